@@ -1,0 +1,1 @@
+//! Benchmarks behind `runner bench …`: each prints its throughput next to a reference measured in the same run.

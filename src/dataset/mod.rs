@@ -1,0 +1,1 @@
+//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl and a generated synthetic dataset. In: a dataset root (or synthetic settings). Out: samples (path or pixels, label, source, query, text).

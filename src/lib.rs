@@ -1,0 +1,21 @@
+//! websieve: train image classifiers on noisy web data.
+//!
+//! The pipeline, one module per stage (see ARCHITECTURE.md):
+//! `recipe` → `dataset`/`store` (ingest) → `text`/`lda` → `score` → `loader`/`model`/`train` →
+//! `eval` → `report`, driven by `stage`.
+
+pub mod bench;
+pub mod dataset;
+pub mod eval;
+pub mod lda;
+pub mod loader;
+pub mod model;
+pub mod progress;
+pub mod recipe;
+pub mod report;
+pub mod sample;
+pub mod score;
+pub mod stage;
+pub mod store;
+pub mod text;
+pub mod train;

@@ -1,0 +1,361 @@
+//! The validated settings of each stage: what a recipe means once defaults are filled in,
+//! paths resolved and every value checked. Stages take these, never the raw TOML.
+//!
+//! Every struct is `Serialize` so that the stage cache can hash exactly the settings a stage
+//! reads, and `runner` can write `recipe.resolved.toml`.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::sample::Source;
+
+/// `[dataset]`: where the images and their text come from and how they are stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetParams {
+    pub format: DatasetFormat,
+    /// Dataset root, resolved against the recipe's folder. `None` for `synthetic`.
+    pub root: Option<PathBuf>,
+    /// WebVision sources to read; ignored by formats without sources.
+    pub sources: Vec<Source>,
+    /// Target size in pixels: both sides for `squash`, the shorter side for `shorter-side`.
+    pub resize: u32,
+    pub resize_mode: ResizeMode,
+    pub encoding: StoreEncoding,
+    /// Ingest the validation split as well (WebVision `val_filelist.txt`).
+    pub val: bool,
+    /// Keep at most this many training images per class (first in file-list order).
+    pub max_per_class: Option<usize>,
+    pub synthetic: SyntheticParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    Webvision,
+    Imagefolder,
+    Jsonl,
+    Synthetic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeMode {
+    /// Both sides to `resize` (the original pipeline's 256×256).
+    Squash,
+    /// Shorter side to `resize`, aspect ratio kept.
+    ShorterSide,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum StoreEncoding {
+    /// Raw RGB u8, as the original store.
+    Raw,
+    /// JPEG at the given quality (1..=100).
+    Jpeg { quality: u8 },
+}
+
+/// Settings of the generated WebVision-like dataset (`format = "synthetic"`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyntheticParams {
+    pub classes: usize,
+    /// Training images per class, smallest and largest (sizes follow a long tail between).
+    pub min_per_class: usize,
+    pub max_per_class: usize,
+    pub val_per_class: usize,
+    /// Share of training images whose label is wrong.
+    pub noise: f64,
+    /// Side of the generated images in pixels.
+    pub image_size: u32,
+    pub seed: u64,
+}
+
+/// Which fields of a sample's page text make up its document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextField {
+    Title,
+    Description,
+    Tags,
+}
+
+/// `[text]`: from page text to bag-of-words documents.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextParams {
+    pub google_fields: Vec<TextField>,
+    pub flickr_fields: Vec<TextField>,
+    /// Fields for sources without a search engine (imagefolder, jsonl, synthetic).
+    pub other_fields: Vec<TextField>,
+    /// Drop English stop words.
+    pub english_stop_words: bool,
+    /// Drop web words (wikipedia, google, flickr, photo, image, ...).
+    pub web_stop_words: bool,
+    pub extra_stop_words: Vec<String>,
+    /// Porter stemming.
+    pub stemming: bool,
+    /// Minimum corpus count of a word to enter the vocabulary.
+    pub min_count: u32,
+    /// Maximum share of documents a word may appear in (0 < x ≤ 1).
+    pub max_doc_freq: f64,
+}
+
+impl TextParams {
+    pub fn fields(&self, source: Source) -> &[TextField] {
+        match source {
+            Source::Google => &self.google_fields,
+            Source::Flickr => &self.flickr_fields,
+            Source::Other => &self.other_fields,
+        }
+    }
+}
+
+/// `[lda]`: online variational Bayes (Hoffman, Blei & Bach 2010).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LdaParams {
+    pub topics: usize,
+    pub passes: usize,
+    /// Documents per M-step update (gensim's chunksize).
+    pub batch_size: usize,
+    pub alpha: Alpha,
+    /// Topic-word prior; `None` means 1/K.
+    pub eta: Option<f64>,
+    /// Learning-rate offset τ0 (gensim's `offset`).
+    pub tau0: f64,
+    /// Learning-rate decay κ in (0.5, 1] (gensim's `decay`).
+    pub kappa: f64,
+    pub e_step_iterations: usize,
+    pub e_step_tolerance: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "value")]
+pub enum Alpha {
+    /// The same prior for every topic; `None` means 1/K.
+    Symmetric(Option<f64>),
+    /// Learned by Newton steps after each update (gensim's `alpha="auto"`).
+    Learned,
+}
+
+/// `[clean]`: how a sample's score is computed and which samples are discarded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CleanParams {
+    pub similarity: Similarity,
+    pub rule: CleanRule,
+    /// Classes with fewer training samples than this are lenient: they discard
+    /// `small_class_factor` times what the rule would.
+    pub small_class: usize,
+    pub small_class_factor: f64,
+    /// Truth file (path, given_label, true_label, ...) for noise-detection metrics.
+    pub truth: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Similarity {
+    /// Dot product with the class mean (what the original code computed).
+    Dot,
+    /// Cosine similarity with the class mean (what its write-up describes).
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+pub enum CleanRule {
+    /// Keep everything (scores are still computed).
+    None,
+    /// Discard samples scoring below this value.
+    Threshold(f64),
+    /// Discard this share of each class, lowest scores first.
+    Fraction(f64),
+}
+
+/// `[labels]`: hard labels, or soft labels that weight each sample's loss by λ.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum LabelParams {
+    Hard,
+    Soft { lambda: LambdaMap },
+}
+
+/// How a sample's score s becomes its loss weight λ ∈ [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum LambdaMap {
+    /// `min(1, s / s0)`: the original (s0 = 0.1).
+    Ratio { s0: f64 },
+    /// Linear in the sample's rank within its class, from `min` (lowest) to 1 (highest).
+    Rank { min: f64 },
+    /// `1 / (1 + exp(-(s - center) / scale))`.
+    Sigmoid { center: f64, scale: f64 },
+}
+
+/// `[model]`: the network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelParams {
+    pub arch: Arch,
+    pub classification: bool,
+    /// Regression heads predicting the LDA topic vector (the 2-headed variant).
+    pub regression: bool,
+    /// Weights of the classification and regression tasks.
+    pub task_weights: [f64; 2],
+    /// Weights of the two auxiliary heads (after 4a and 4d); the main head weighs 1.
+    pub aux_weights: [f64; 2],
+    pub input_size: u32,
+    /// Multiplies every layer's width (1.0 = the published GoogLeNet).
+    pub width: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// BVLC GoogLeNet (Inception v1) with LRN, as in Caffe.
+    Googlenet,
+    /// The same with batch norm after every convolution and no LRN.
+    GooglenetBn,
+}
+
+/// `[train]`: optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainParams {
+    pub devices: Devices,
+    pub batch_per_device: usize,
+    pub optimizer: SgdParams,
+    pub schedule: Schedule,
+    pub length: TrainLength,
+    pub augmentation: Augmentation,
+    pub sampler: SamplerKind,
+    pub precision: Precision,
+    /// Save a checkpoint every this many iterations (and at the end).
+    pub checkpoint_every: u64,
+    /// Start from another run's final checkpoint (its run name or a checkpoint path).
+    pub init: Option<String>,
+    pub on_divergence: OnDivergence,
+    /// Loader threads.
+    pub workers: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "ids")]
+pub enum Devices {
+    Cpu,
+    /// All visible CUDA GPUs.
+    CudaAll,
+    /// These CUDA GPUs.
+    Cuda(Vec<usize>),
+}
+
+/// SGD with momentum and weight decay, Caffe's update rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SgdParams {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Biases learn at this multiple of the lr and are not decayed (Caffe: 2).
+    pub bias_lr_mult: f64,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad_norm: Option<f64>,
+}
+
+/// Learning-rate schedule in iterations, Caffe's `lr_policy` formulas, plus cosine and a
+/// linear warm-up (Goyal et al. 2017).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    pub policy: LrPolicy,
+    pub warmup_iterations: u64,
+    /// Warm-up starts at `lr * warmup_start_factor`.
+    pub warmup_start_factor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum LrPolicy {
+    Fixed,
+    /// lr · γ^floor(iter / step_size)
+    Step { gamma: f64, step_size: u64 },
+    /// lr · γ^(number of steps passed)
+    Multistep { gamma: f64, steps: Vec<u64> },
+    /// lr · (1 − iter/max_iter)^power
+    Poly { power: f64 },
+    /// min_lr + (lr − min_lr) · (1 + cos(π · iter/max_iter)) / 2
+    Cosine { min_lr: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainLength {
+    Iterations(u64),
+    Epochs(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Augmentation {
+    /// Side of the random square crop.
+    pub crop: u32,
+    pub mirror: bool,
+    /// Per-channel mean subtracted from every pixel, in RGB order (0..255 scale).
+    pub mean_rgb: [f32; 3],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// Each epoch a fresh permutation.
+    Shuffle,
+    /// Uniform sampling with replacement (the original).
+    Replacement,
+    /// Oversample every class to at least half the largest class (the original's later fix).
+    HalfBalanced,
+    /// Every class equally often.
+    Balanced,
+    /// Sampling probability proportional to the score stage's λ.
+    Weighted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum OnDivergence {
+    /// Stop with an error naming the step.
+    Stop,
+    /// Roll back to the last good checkpoint and multiply the lr by `lr_factor`.
+    Rollback { lr_factor: f64, max_rollbacks: u32 },
+}
+
+/// `[eval]`: how the trained model is evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalParams {
+    pub crops: CropSet,
+    pub metrics: Vec<Metric>,
+    /// Other runs (by name) whose probabilities are averaged with this run's.
+    pub ensemble: Vec<String>,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CropSet {
+    /// One center crop.
+    Center,
+    /// The four corner crops.
+    Four,
+    /// The four corner crops and their mirrors.
+    Eight,
+    /// 4 corners + center, each with its mirror (Krizhevsky et al.).
+    Ten,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Top1,
+    Top5,
+}

@@ -1,0 +1,1 @@
+//! Tables (and later plots) over finished runs. In: run folders. Out: text tables.

@@ -1,0 +1,1 @@
+//! Per-sample scores from topic vectors: similarity to the class mean, cleaning rules, λ soft labels, reports: the `score` stage. In: topic vectors and labels. Out: a per-sample table (score, λ, kept), summaries and plots.

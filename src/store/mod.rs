@@ -1,0 +1,1 @@
+//! The LMDB store (heed): one environment per ingested dataset, images resized, raw RGB or JPEG, plus the ingest stage that fills it. In: dataset samples. Out: a read-only store with a header (format version, classes, per-class counts).
