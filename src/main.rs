@@ -1,1 +1,214 @@
-fn main() {}
+//! `runner`: the command line of websieve. Thin: parses arguments, sets up logging, and calls
+//! the library. Errors print as `error: {:#}` and exit with status 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+use websieve::recipe::{self, Recipe};
+use websieve::stage::{RunContext, RunLog, StageKind, Workspace, RUN_LOG_ONLY};
+
+const EXAMPLES: &str = "\
+Examples:
+  runner recipes/quickstart.toml                 run a recipe end to end
+  runner 'recipes/ablation/*.toml'               run every recipe a glob matches, in sorted order
+  runner recipes/softlabel.toml --set train.optimizer.lr=0.02 --until score
+  runner plan recipes/softlabel.toml             which stages are cached, what would run and why
+  runner validate recipes/*.toml                 check recipes without running anything
+  runner report runs/clean runs/softlabel        one table of settings and results
+  runner schema -o schemas/recipe.schema.json    write the recipe JSON Schema";
+
+/// Train image classifiers on noisy web data, declared in TOML recipes.
+#[derive(Parser)]
+#[command(name = "runner", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check recipes (types, ranges, inheritance, sweeps) without running anything.
+    Validate(RecipeArgs),
+    /// Show each run's stage graph: which stages are cached, what would run and why.
+    Plan(PlanArgs),
+    /// Print (or write) the recipe JSON Schema used by editors to complete and check recipes.
+    Schema {
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// A table of finished runs' settings and results.
+    Report {
+        /// Run folders (runs/<name>) or run names.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        #[command(flatten)]
+        places: Places,
+    },
+    /// Benchmarks that print throughput next to a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {}
+
+#[derive(Args)]
+struct RecipeArgs {
+    /// Recipe files or globs (quote a glob to let runner expand it).
+    #[arg(required = true, value_name = "RECIPE")]
+    recipes: Vec<String>,
+    /// Override a setting, type-checked like the file: --set train.optimizer.lr=0.02
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    recipes: RecipeArgs,
+    /// Last stage to run.
+    #[arg(long, value_enum, default_value = "eval")]
+    until: StageKind,
+    #[command(flatten)]
+    places: Places,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Recipe files or globs (quote a glob to let runner expand it).
+    #[arg(value_name = "RECIPE")]
+    recipes: Vec<String>,
+    /// Override a setting, type-checked like the file: --set train.optimizer.lr=0.02
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Last stage to run.
+    #[arg(long, value_enum, default_value = "eval")]
+    until: StageKind,
+    /// Validate and show the plan, run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    places: Places,
+}
+
+#[derive(Args)]
+struct Places {
+    /// Stage cache folder, shared between runs.
+    #[arg(long, env = "WEBSIEVE_CACHE", default_value = "cache", global = true)]
+    cache: PathBuf,
+    /// Run folders go here.
+    #[arg(long, env = "WEBSIEVE_RUNS", default_value = "runs", global = true)]
+    runs: PathBuf,
+}
+
+impl Places {
+    fn workspace(&self) -> Workspace {
+        Workspace::new(&self.cache, &self.runs)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet);
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let human = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .with_filter(
+            EnvFilter::try_from_env("WEBSIEVE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default))
+                .add_directive(
+                    format!("{RUN_LOG_ONLY}=off")
+                        .parse()
+                        .expect("static directive"),
+                ),
+        );
+    let json = fmt::layer()
+        .json()
+        .with_writer(|| RunLog)
+        .with_filter(EnvFilter::new("info"));
+    tracing_subscriber::registry().with(human).with(json).init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Validate(args)) => {
+            let recipes = load(&args)?;
+            for r in &recipes {
+                println!("ok  {}  ({})", r.name, r.path.display());
+            }
+            Ok(())
+        }
+        Some(Command::Plan(args)) => {
+            let recipes = load(&args.recipes)?;
+            let ws = args.places.workspace();
+            for r in &recipes {
+                print!("{}", ws.plan(r, args.until)?.describe());
+            }
+            Ok(())
+        }
+        Some(Command::Schema { out }) => {
+            let schema = recipe::schema_json();
+            match out {
+                Some(path) => std::fs::write(&path, schema)
+                    .with_context(|| format!("writing {}", path.display())),
+                None => {
+                    print!("{schema}");
+                    Ok(())
+                }
+            }
+        }
+        Some(Command::Report { .. }) => bail!("`runner report` is not implemented yet"),
+        Some(Command::Bench(bench)) => match bench {},
+        None => run(cli.run),
+    }
+}
+
+fn load(args: &RecipeArgs) -> anyhow::Result<Vec<Recipe>> {
+    Ok(recipe::load(&args.recipes, &args.sets)?)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.recipes.is_empty() {
+        bail!("no recipe given: try `runner recipes/quickstart.toml`, or `runner --help`");
+    }
+    let recipes = recipe::load(&args.recipes, &args.sets)?;
+    let ws = args.places.workspace();
+    if args.dry_run {
+        for r in &recipes {
+            print!("{}", ws.plan(r, args.until)?.describe());
+        }
+        return Ok(());
+    }
+    let ctx = RunContext {
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        progress: true,
+    };
+    for r in &recipes {
+        let summary = ws.run(r, args.until, &ctx)?;
+        tracing::info!(run = %summary.run, dir = %summary.run_dir.display(), "run finished");
+    }
+    Ok(())
+}

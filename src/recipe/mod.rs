@@ -1,16 +1,29 @@
 //! Recipes: TOML files → raw serde structs (`deny_unknown_fields`) → a validated [`Recipe`]
-//! with defaults filled in and paths resolved. In: recipe files, `--set` overrides, sweeps.
-//! Out: one `Recipe` per run, or errors that name file, line and column.
+//! with defaults filled in and paths resolved. In: recipe files or globs, `--set` overrides,
+//! `[sweep]` grids. Out: one `Recipe` per run, or errors that name file, line and column.
+//!
+//! Parse, then validate: each file of an `extends` chain and each `--set` is type-checked on
+//! its own (so errors point at its text), the layers are deep-merged, the sweep is expanded,
+//! and [`validate`] turns the merged raw recipe into settings the stages take.
 
+mod diag;
+mod load;
 pub mod params;
+pub mod raw;
+mod validate;
 
+use std::path::{Path, PathBuf};
+
+pub use diag::{Diagnostic, Location, Origin, RecipeError};
 pub use params::*;
 
 /// One run's validated settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Recipe {
-    /// Run name: the recipe's file stem, plus `/key=value` parts for a sweep point.
+    /// Run name: the recipe's file stem, plus `/key=value,...` for a sweep point.
     pub name: String,
+    /// The recipe file named on the command line.
+    pub path: PathBuf,
     pub dataset: DatasetParams,
     pub text: TextParams,
     pub lda: LdaParams,
@@ -19,4 +32,88 @@ pub struct Recipe {
     pub model: ModelParams,
     pub train: TrainParams,
     pub eval: EvalParams,
+}
+
+impl Recipe {
+    /// Every setting with its resolved value, as TOML (written to `recipe.resolved.toml`).
+    pub fn resolved_toml(&self) -> String {
+        let json = serde_json::to_value(self).expect("recipes serialize to JSON");
+        let value = json_to_toml(json).expect("a recipe is a table");
+        toml::to_string_pretty(&value).expect("resolved recipes serialize to TOML")
+    }
+}
+
+/// JSON → TOML, dropping nulls (TOML has none: an unset optional setting is simply absent).
+fn json_to_toml(json: serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match json {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => toml::Value::String(s),
+        J::Array(items) => toml::Value::Array(items.into_iter().filter_map(json_to_toml).collect()),
+        J::Object(map) => toml::Value::Table(
+            map.into_iter()
+                .filter_map(|(k, v)| json_to_toml(v).map(|v| (k, v)))
+                .collect(),
+        ),
+    })
+}
+
+/// Loads every recipe that the arguments (paths or globs) name, with the overrides, expanding
+/// sweeps. All are validated before any is returned; every error is reported.
+pub fn load(patterns: &[String], sets: &[String]) -> Result<Vec<Recipe>, RecipeError> {
+    let mut recipes = Vec::new();
+    let mut errors = Vec::new();
+    for path in load::expand_patterns(patterns)? {
+        match load_file(&path, sets) {
+            Ok(mut r) => recipes.append(&mut r),
+            Err(RecipeError::Many(mut e)) => errors.append(&mut e),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(recipes),
+        1 => Err(errors.pop().expect("one error")),
+        _ => Err(RecipeError::Many(errors)),
+    }
+}
+
+/// Loads one recipe file: one `Recipe` per sweep point (one without a sweep).
+pub fn load_file(path: &Path, sets: &[String]) -> Result<Vec<Recipe>, RecipeError> {
+    let mut recipes = Vec::new();
+    let mut errors = Vec::new();
+    for merged in load::load_merged(path, sets)? {
+        let raw: raw::RawRecipe =
+            toml::Value::Table(merged.table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Diagnostic::new(format!("{}: {}", merged.name, e.message()), None)
+                })?;
+        match validate::validate(merged.name, raw, &merged.sources) {
+            Ok(mut r) => {
+                r.path = path.to_path_buf();
+                recipes.push(r);
+            }
+            Err(RecipeError::Many(mut e)) => errors.append(&mut e),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(recipes),
+        1 => Err(errors.pop().expect("one error")),
+        _ => Err(RecipeError::Many(errors)),
+    }
+}
+
+/// The recipe's JSON Schema (draft 2020-12), as `runner schema` writes it to
+/// `schemas/recipe.schema.json`.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(raw::RawRecipe);
+    let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
+    text.push('\n');
+    text
 }

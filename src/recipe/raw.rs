@@ -1,0 +1,442 @@
+//! The recipe file as written: every key optional, unknown keys rejected. One file of an
+//! `extends` chain, a `--set` override and a sweep point each deserialize into this shape on
+//! their own (so each error points into the text that caused it); the merged table is then
+//! validated into [`super::Recipe`]. The JSON Schema in `schemas/` is generated from here.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A websieve recipe: the settings of one run (or, with `[sweep]`, of several).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipe {
+    /// Another recipe this one inherits from, relative to this file's folder. Tables merge
+    /// key by key; this file's values win; arrays are replaced, not appended.
+    pub extends: Option<String>,
+    pub dataset: Option<RawDataset>,
+    pub text: Option<RawText>,
+    pub lda: Option<RawLda>,
+    pub clean: Option<RawClean>,
+    pub labels: Option<RawLabels>,
+    pub model: Option<RawModel>,
+    pub train: Option<RawTrain>,
+    pub eval: Option<RawEval>,
+    /// A grid of runs: each key is a dotted setting (e.g. "train.optimizer.lr"), each value the
+    /// list of values to try. One run per combination, named `<recipe>/<key>=<value>,...`.
+    #[schemars(with = "Option<BTreeMap<String, Vec<serde_json::Value>>>")]
+    pub sweep: Option<BTreeMap<String, Vec<toml::Value>>>,
+}
+
+/// Where the images and their text come from and how they are stored.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataset {
+    /// Dataset layout. Default: "webvision".
+    pub format: Option<RawDatasetFormat>,
+    /// Dataset root folder (or the .jsonl file), relative to the recipe's folder. Required
+    /// unless format = "synthetic".
+    pub root: Option<String>,
+    /// WebVision sources to read. Default: ["google", "flickr"].
+    pub sources: Option<Vec<RawSource>>,
+    /// Resize target in pixels. Default: 256.
+    pub resize: Option<u32>,
+    /// "squash" (both sides to `resize`, the original) or "shorter-side". Default: "squash".
+    pub resize_mode: Option<RawResizeMode>,
+    /// Store images as "raw" RGB (the original) or "jpeg". Default: "raw".
+    pub encoding: Option<RawEncoding>,
+    /// JPEG quality when encoding = "jpeg". Default: 90.
+    pub jpeg_quality: Option<u8>,
+    /// Also ingest the validation split. Default: true.
+    pub val: Option<bool>,
+    /// Keep at most this many training images per class.
+    pub max_per_class: Option<usize>,
+    pub synthetic: Option<RawSynthetic>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDatasetFormat {
+    Webvision,
+    Imagefolder,
+    Jsonl,
+    Synthetic,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawSource {
+    Google,
+    Flickr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawResizeMode {
+    Squash,
+    ShorterSide,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawEncoding {
+    Raw,
+    Jpeg,
+}
+
+/// The generated WebVision-like dataset (format = "synthetic").
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSynthetic {
+    /// Default: 10.
+    pub classes: Option<usize>,
+    /// Default: 40.
+    pub min_per_class: Option<usize>,
+    /// Default: 120.
+    pub max_per_class: Option<usize>,
+    /// Default: 20.
+    pub val_per_class: Option<usize>,
+    /// Share of wrongly labelled training images. Default: 0.3.
+    pub noise: Option<f64>,
+    /// Image side in pixels. Default: 64.
+    pub image_size: Option<u32>,
+    /// Default: 0.
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawTextField {
+    Title,
+    Description,
+    Tags,
+}
+
+/// From page text to bag-of-words documents.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawText {
+    /// Default: ["title", "description"].
+    pub google_fields: Option<Vec<RawTextField>>,
+    /// Default: ["title", "description", "tags"].
+    pub flickr_fields: Option<Vec<RawTextField>>,
+    /// Fields of sources without a search engine. Default: ["title", "description", "tags"].
+    pub other_fields: Option<Vec<RawTextField>>,
+    /// Default: true.
+    pub english_stop_words: Option<bool>,
+    /// Drop web words (wikipedia, google, flickr, photo, image, ...). Default: true.
+    pub web_stop_words: Option<bool>,
+    /// Default: [].
+    pub extra_stop_words: Option<Vec<String>>,
+    /// Porter stemming. Default: true.
+    pub stemming: Option<bool>,
+    /// Minimum corpus count of a vocabulary word. Default: 5.
+    pub min_count: Option<u32>,
+    /// Maximum share of documents a vocabulary word may appear in. Default: 0.5.
+    pub max_doc_freq: Option<f64>,
+}
+
+/// Online variational Bayes LDA (Hoffman, Blei & Bach 2010).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLda {
+    /// Default: 500.
+    pub topics: Option<usize>,
+    /// Default: 1.
+    pub passes: Option<usize>,
+    /// Documents per update (gensim's chunksize). Default: 2000.
+    pub batch_size: Option<usize>,
+    /// "symmetric" or "auto" (learned). Default: "symmetric".
+    pub alpha: Option<RawAlpha>,
+    /// The symmetric α; default 1/topics.
+    pub alpha_value: Option<f64>,
+    /// Topic-word prior η; default 1/topics.
+    pub eta: Option<f64>,
+    /// Learning-rate offset τ0. Default: 1.0.
+    pub tau0: Option<f64>,
+    /// Learning-rate decay κ in [0.5, 1]. Default: 0.5 (gensim's).
+    pub kappa: Option<f64>,
+    /// Default: 50.
+    pub e_step_iterations: Option<usize>,
+    /// Default: 0.001.
+    pub e_step_tolerance: Option<f64>,
+    /// Default: 0.
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawAlpha {
+    Symmetric,
+    Auto,
+}
+
+/// Scores and cleaning.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClean {
+    /// "dot" (the original code) or "cosine" (its write-up). Default: "dot".
+    pub similarity: Option<RawSimilarity>,
+    /// "none", "threshold" or "fraction". Default: "none".
+    pub rule: Option<RawCleanRule>,
+    /// Discard samples scoring below this (rule = "threshold").
+    pub threshold: Option<f64>,
+    /// Share of each class to discard, lowest scores first (rule = "fraction").
+    pub fraction: Option<f64>,
+    /// Classes with fewer samples than this are lenient. Default: 0 (none).
+    pub small_class: Option<usize>,
+    /// Lenient classes discard this multiple of what the rule says. Default: 0.5.
+    pub small_class_factor: Option<f64>,
+    /// Truth TSV (path, given_label, true_label, ...) for noise-detection metrics.
+    pub truth: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawSimilarity {
+    Dot,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCleanRule {
+    None,
+    Threshold,
+    Fraction,
+}
+
+/// Hard labels, or soft labels that weight each sample's loss by λ.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLabels {
+    /// "hard" or "soft". Default: "hard".
+    pub mode: Option<RawLabelMode>,
+    /// λ mapping for soft labels: "ratio" (min(1, s/s0), the original), "rank" or "sigmoid".
+    /// Default: "ratio".
+    pub lambda: Option<RawLambdaMap>,
+    /// s0 of the ratio map. Default: 0.1.
+    pub s0: Option<f64>,
+    /// λ of the lowest-ranked sample of a class (rank map). Default: 0.2.
+    pub lambda_min: Option<f64>,
+    /// Score at which the sigmoid map gives 0.5. Default: 0.1.
+    pub sigmoid_center: Option<f64>,
+    /// Width of the sigmoid map. Default: 0.05.
+    pub sigmoid_scale: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLabelMode {
+    Hard,
+    Soft,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLambdaMap {
+    Ratio,
+    Rank,
+    Sigmoid,
+}
+
+/// The network.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// "googlenet" (BVLC, with LRN) or "googlenet-bn". Default: "googlenet".
+    pub arch: Option<RawArch>,
+    /// Heads: any of "classification", "regression" (topic-vector regression, the 2-headed
+    /// net). Default: ["classification"].
+    pub heads: Option<Vec<RawHead>>,
+    /// Weights of the classification and regression tasks. Default: [0.75, 0.25].
+    pub task_weights: Option<[f64; 2]>,
+    /// Weights of the auxiliary heads after 4a and 4d. Default: [0.3, 0.3].
+    pub aux_weights: Option<[f64; 2]>,
+    /// Input side in pixels; must equal train.augmentation.crop. Default: 224.
+    pub input_size: Option<u32>,
+    /// Width multiplier of every layer. Default: 1.0.
+    pub width: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawArch {
+    Googlenet,
+    GooglenetBn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawHead {
+    Classification,
+    Regression,
+}
+
+/// Optimisation.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrain {
+    /// "cpu", "cuda" (all GPUs) or "cuda:0,1". Default: "cpu".
+    pub devices: Option<String>,
+    /// Default: 80.
+    pub batch_per_device: Option<usize>,
+    /// Training length in iterations (exclusive with `epochs`).
+    pub iterations: Option<u64>,
+    /// Training length in epochs over the kept samples (exclusive with `iterations`).
+    pub epochs: Option<u64>,
+    /// "shuffle", "replacement" (the original), "half-balanced", "balanced" or "weighted".
+    /// Default: "replacement".
+    pub sampler: Option<RawSampler>,
+    /// "f32" or "bf16". Default: "f32".
+    pub precision: Option<RawPrecision>,
+    /// Checkpoint every this many iterations. Default: 10000.
+    pub checkpoint_every: Option<u64>,
+    /// Start from another run's final weights: a run name or a checkpoint file.
+    pub init: Option<String>,
+    /// Loader threads. Default: 4.
+    pub workers: Option<usize>,
+    /// Default: 0.
+    pub seed: Option<u64>,
+    pub optimizer: Option<RawOptimizer>,
+    pub schedule: Option<RawSchedule>,
+    pub augmentation: Option<RawAugmentation>,
+    pub divergence: Option<RawDivergence>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawSampler {
+    Shuffle,
+    Replacement,
+    HalfBalanced,
+    Balanced,
+    Weighted,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPrecision {
+    F32,
+    Bf16,
+}
+
+/// SGD with momentum and weight decay (Caffe's rule).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizer {
+    /// Only "sgd". Default: "sgd".
+    pub kind: Option<RawOptimizerKind>,
+    /// Base learning rate. Default: 0.01.
+    pub lr: Option<f64>,
+    /// Default: 0.9.
+    pub momentum: Option<f64>,
+    /// Default: 0.0002.
+    pub weight_decay: Option<f64>,
+    /// Bias learning-rate multiplier (biases are not decayed). Default: 2.0.
+    pub bias_lr_mult: Option<f64>,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad_norm: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOptimizerKind {
+    Sgd,
+}
+
+/// Learning-rate schedule, in iterations.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// "fixed", "step", "multistep", "poly" or "cosine". Default: "poly".
+    pub policy: Option<RawPolicy>,
+    /// step and multistep: lr multiplier per step. Default: 0.1.
+    pub gamma: Option<f64>,
+    /// step: iterations per step.
+    pub step_size: Option<u64>,
+    /// multistep: the iterations at which the lr drops.
+    pub steps: Option<Vec<u64>>,
+    /// poly: exponent. Default: 0.5 (BVLC GoogLeNet's quick solver).
+    pub power: Option<f64>,
+    /// cosine: the final lr. Default: 0.
+    pub min_lr: Option<f64>,
+    /// Linear warm-up length. Default: 0.
+    pub warmup_iterations: Option<u64>,
+    /// Warm-up starts at lr × this. Default: 0.1.
+    pub warmup_start_factor: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPolicy {
+    Fixed,
+    Step,
+    Multistep,
+    Poly,
+    Cosine,
+}
+
+/// Training-time augmentation.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAugmentation {
+    /// Random square crop side. Default: 224.
+    pub crop: Option<u32>,
+    /// Random horizontal mirror. Default: true.
+    pub mirror: Option<bool>,
+    /// Mean subtracted per channel, in RGB order, 0..255. Default: ImageNet's
+    /// [123.68, 116.779, 103.939] (Caffe's BGR means reordered to RGB).
+    pub mean_rgb: Option<[f32; 3]>,
+}
+
+/// What to do when the loss becomes NaN/Inf or spikes.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDivergence {
+    /// "stop" or "rollback". Default: "stop".
+    pub action: Option<RawDivergenceAction>,
+    /// rollback: the lr is multiplied by this. Default: 0.5.
+    pub lr_factor: Option<f64>,
+    /// rollback: give up after this many. Default: 3.
+    pub max_rollbacks: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDivergenceAction {
+    Stop,
+    Rollback,
+}
+
+/// Evaluation on the validation split.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEval {
+    /// "center", "four" (corners), "eight" (corners and mirrors) or "ten" (corners, center,
+    /// and mirrors). Default: "center".
+    pub crops: Option<RawCrops>,
+    /// Default: ["top1", "top5"].
+    pub metrics: Option<Vec<RawMetric>>,
+    /// Other runs (by name) whose probabilities are averaged with this run's.
+    pub ensemble: Option<Vec<String>>,
+    /// Samples per evaluation batch. Default: 50.
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCrops {
+    Center,
+    Four,
+    Eight,
+    Ten,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMetric {
+    Top1,
+    Top5,
+}

@@ -1,0 +1,557 @@
+//! Validation: a merged [`RawRecipe`] becomes a [`Recipe`]: defaults filled in, paths resolved,
+//! ranges and combinations checked. Every problem is reported (not just the first), each at
+//! the text that set the offending key.
+
+use std::path::PathBuf;
+
+use super::diag::{Diagnostic, RecipeError};
+use super::load::SourceMap;
+use super::params::*;
+use super::raw::*;
+use super::Recipe;
+use crate::sample::Source;
+
+struct Validator<'a> {
+    sources: &'a SourceMap,
+    errors: Vec<RecipeError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        let diag = Diagnostic::new(
+            format!("`{key}`: {}", message.into()),
+            self.sources.get(key).cloned(),
+        );
+        self.errors.push(diag.into());
+    }
+
+    /// `value` (or `default`) checked against `ok`, which says what is allowed.
+    fn check<T: Copy + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: Option<T>,
+        default: T,
+        ok: impl Fn(T) -> bool,
+        allowed: &str,
+    ) -> T {
+        let v = value.unwrap_or(default);
+        if !ok(v) {
+            self.error(key, format!("{v} is out of range: expected {allowed}"));
+        }
+        v
+    }
+
+    fn positive(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        self.check(
+            key,
+            value,
+            default,
+            |v| v > 0.0 && v.is_finite(),
+            "a number > 0",
+        )
+    }
+
+    fn non_negative(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        self.check(
+            key,
+            value,
+            default,
+            |v| v >= 0.0 && v.is_finite(),
+            "a number ≥ 0",
+        )
+    }
+
+    fn unit(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        self.check(
+            key,
+            value,
+            default,
+            |v| (0.0..=1.0).contains(&v),
+            "a number in [0, 1]",
+        )
+    }
+
+    fn at_least<T: Copy + PartialOrd + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: Option<T>,
+        default: T,
+        min: T,
+    ) -> T {
+        self.check(
+            key,
+            value,
+            default,
+            |v| v >= min,
+            &format!("at least {min}"),
+        )
+    }
+
+    fn path(&self, key: &str, value: &str) -> PathBuf {
+        let path = PathBuf::from(value);
+        if path.is_absolute() {
+            path
+        } else {
+            self.sources.base_dir(key).join(path)
+        }
+    }
+}
+
+/// Validates a merged raw recipe named `name`.
+pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Recipe, RecipeError> {
+    let mut v = Validator {
+        sources,
+        errors: Vec::new(),
+    };
+    let dataset = dataset(&mut v, raw.dataset.unwrap_or_default());
+    let text = text(&mut v, raw.text.unwrap_or_default());
+    let lda = lda(&mut v, raw.lda.unwrap_or_default());
+    let clean = clean(&mut v, raw.clean.unwrap_or_default());
+    let labels = labels(&mut v, raw.labels.unwrap_or_default());
+    let model = model(&mut v, raw.model.unwrap_or_default());
+    let train = train(&mut v, raw.train.unwrap_or_default());
+    let eval = eval(&mut v, raw.eval.unwrap_or_default());
+    if model.input_size != train.augmentation.crop {
+        v.error(
+            "model.input_size",
+            format!(
+                "{} differs from train.augmentation.crop = {}: the network is fed the crops",
+                model.input_size, train.augmentation.crop
+            ),
+        );
+    }
+    if train.augmentation.crop > dataset.resize {
+        v.error(
+            "train.augmentation.crop",
+            format!(
+                "{} is larger than dataset.resize = {}",
+                train.augmentation.crop, dataset.resize
+            ),
+        );
+    }
+    if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
+        v.error(
+            "train.sampler",
+            "\"weighted\" samples by λ, which needs labels.mode = \"soft\"",
+        );
+    }
+    match v.errors.len() {
+        0 => Ok(Recipe {
+            name,
+            path: PathBuf::new(),
+            dataset,
+            text,
+            lda,
+            clean,
+            labels,
+            model,
+            train,
+            eval,
+        }),
+        1 => Err(v.errors.pop().expect("one error")),
+        _ => Err(RecipeError::Many(v.errors)),
+    }
+}
+
+fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
+    let format = match raw.format.unwrap_or(RawDatasetFormat::Webvision) {
+        RawDatasetFormat::Webvision => DatasetFormat::Webvision,
+        RawDatasetFormat::Imagefolder => DatasetFormat::Imagefolder,
+        RawDatasetFormat::Jsonl => DatasetFormat::Jsonl,
+        RawDatasetFormat::Synthetic => DatasetFormat::Synthetic,
+    };
+    let root = raw.root.as_deref().map(|r| v.path("dataset.root", r));
+    if root.is_none() && format != DatasetFormat::Synthetic {
+        v.error(
+            "dataset",
+            "`root` is required unless format = \"synthetic\"",
+        );
+    }
+    let sources = raw
+        .sources
+        .unwrap_or_else(|| vec![RawSource::Google, RawSource::Flickr])
+        .into_iter()
+        .map(|s| match s {
+            RawSource::Google => Source::Google,
+            RawSource::Flickr => Source::Flickr,
+        })
+        .collect::<Vec<_>>();
+    if sources.is_empty() {
+        v.error("dataset.sources", "needs at least one source");
+    }
+    let quality = v.check(
+        "dataset.jpeg_quality",
+        raw.jpeg_quality,
+        90,
+        |q| (1..=100).contains(&q),
+        "1..=100",
+    );
+    let syn = raw.synthetic.unwrap_or_default();
+    let min_per_class = v.at_least("dataset.synthetic.min_per_class", syn.min_per_class, 40, 2);
+    let synthetic = SyntheticParams {
+        classes: v.at_least("dataset.synthetic.classes", syn.classes, 10, 2),
+        min_per_class,
+        max_per_class: v.at_least(
+            "dataset.synthetic.max_per_class",
+            syn.max_per_class,
+            120,
+            min_per_class,
+        ),
+        val_per_class: v.at_least("dataset.synthetic.val_per_class", syn.val_per_class, 20, 1),
+        noise: v.check(
+            "dataset.synthetic.noise",
+            syn.noise,
+            0.3,
+            |n| (0.0..0.9).contains(&n),
+            "[0, 0.9)",
+        ),
+        image_size: v.at_least("dataset.synthetic.image_size", syn.image_size, 64, 16),
+        seed: syn.seed.unwrap_or(0),
+    };
+    DatasetParams {
+        format,
+        root,
+        sources,
+        resize: v.at_least("dataset.resize", raw.resize, 256, 8),
+        resize_mode: match raw.resize_mode.unwrap_or(RawResizeMode::Squash) {
+            RawResizeMode::Squash => ResizeMode::Squash,
+            RawResizeMode::ShorterSide => ResizeMode::ShorterSide,
+        },
+        encoding: match raw.encoding.unwrap_or(RawEncoding::Raw) {
+            RawEncoding::Raw => StoreEncoding::Raw,
+            RawEncoding::Jpeg => StoreEncoding::Jpeg { quality },
+        },
+        val: raw.val.unwrap_or(true),
+        max_per_class: raw
+            .max_per_class
+            .map(|m| v.at_least("dataset.max_per_class", Some(m), m, 1)),
+        synthetic,
+    }
+}
+
+fn fields(raw: Option<Vec<RawTextField>>, default: &[TextField]) -> Vec<TextField> {
+    raw.map(|f| {
+        f.into_iter()
+            .map(|f| match f {
+                RawTextField::Title => TextField::Title,
+                RawTextField::Description => TextField::Description,
+                RawTextField::Tags => TextField::Tags,
+            })
+            .collect()
+    })
+    .unwrap_or_else(|| default.to_vec())
+}
+
+fn text(v: &mut Validator, raw: RawText) -> TextParams {
+    use TextField::*;
+    let max_doc_freq = v.check(
+        "text.max_doc_freq",
+        raw.max_doc_freq,
+        0.5,
+        |x| x > 0.0 && x <= 1.0,
+        "a share in (0, 1]",
+    );
+    TextParams {
+        google_fields: fields(raw.google_fields, &[Title, Description]),
+        flickr_fields: fields(raw.flickr_fields, &[Title, Description, Tags]),
+        other_fields: fields(raw.other_fields, &[Title, Description, Tags]),
+        english_stop_words: raw.english_stop_words.unwrap_or(true),
+        web_stop_words: raw.web_stop_words.unwrap_or(true),
+        extra_stop_words: raw.extra_stop_words.unwrap_or_default(),
+        stemming: raw.stemming.unwrap_or(true),
+        min_count: v.at_least("text.min_count", raw.min_count, 5, 1),
+        max_doc_freq,
+    }
+}
+
+fn lda(v: &mut Validator, raw: RawLda) -> LdaParams {
+    let alpha_value = raw
+        .alpha_value
+        .map(|a| v.positive("lda.alpha_value", Some(a), a));
+    let alpha = match raw.alpha.unwrap_or(RawAlpha::Symmetric) {
+        RawAlpha::Symmetric => Alpha::Symmetric(alpha_value),
+        RawAlpha::Auto => {
+            if alpha_value.is_some() {
+                v.error("lda.alpha_value", "is only used with alpha = \"symmetric\"");
+            }
+            Alpha::Learned
+        }
+    };
+    LdaParams {
+        topics: v.at_least("lda.topics", raw.topics, 500, 2),
+        passes: v.at_least("lda.passes", raw.passes, 1, 1),
+        batch_size: v.at_least("lda.batch_size", raw.batch_size, 2000, 1),
+        alpha,
+        eta: raw.eta.map(|e| v.positive("lda.eta", Some(e), e)),
+        tau0: v.non_negative("lda.tau0", raw.tau0, 1.0),
+        kappa: v.check(
+            "lda.kappa",
+            raw.kappa,
+            0.5,
+            |k| (0.5..=1.0).contains(&k),
+            "[0.5, 1]",
+        ),
+        e_step_iterations: v.at_least("lda.e_step_iterations", raw.e_step_iterations, 50, 1),
+        e_step_tolerance: v.positive("lda.e_step_tolerance", raw.e_step_tolerance, 0.001),
+        seed: raw.seed.unwrap_or(0),
+    }
+}
+
+fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
+    let rule = match raw.rule.unwrap_or(RawCleanRule::None) {
+        RawCleanRule::None => CleanRule::None,
+        RawCleanRule::Threshold => match raw.threshold {
+            Some(t) if t.is_finite() => CleanRule::Threshold(t),
+            _ => {
+                v.error(
+                    "clean.rule",
+                    "rule = \"threshold\" needs a finite `clean.threshold`",
+                );
+                CleanRule::None
+            }
+        },
+        RawCleanRule::Fraction => match raw.fraction {
+            Some(f) => CleanRule::Fraction(v.check(
+                "clean.fraction",
+                Some(f),
+                f,
+                |f| (0.0..1.0).contains(&f),
+                "[0, 1)",
+            )),
+            None => {
+                v.error("clean.rule", "rule = \"fraction\" needs `clean.fraction`");
+                CleanRule::None
+            }
+        },
+    };
+    CleanParams {
+        similarity: match raw.similarity.unwrap_or(RawSimilarity::Dot) {
+            RawSimilarity::Dot => Similarity::Dot,
+            RawSimilarity::Cosine => Similarity::Cosine,
+        },
+        rule,
+        small_class: raw.small_class.unwrap_or(0),
+        small_class_factor: v.unit("clean.small_class_factor", raw.small_class_factor, 0.5),
+        truth: raw.truth.as_deref().map(|t| v.path("clean.truth", t)),
+    }
+}
+
+fn labels(v: &mut Validator, raw: RawLabels) -> LabelParams {
+    let lambda = match raw.lambda.unwrap_or(RawLambdaMap::Ratio) {
+        RawLambdaMap::Ratio => LambdaMap::Ratio {
+            s0: v.positive("labels.s0", raw.s0, 0.1),
+        },
+        RawLambdaMap::Rank => LambdaMap::Rank {
+            min: v.unit("labels.lambda_min", raw.lambda_min, 0.2),
+        },
+        RawLambdaMap::Sigmoid => LambdaMap::Sigmoid {
+            center: raw.sigmoid_center.unwrap_or(0.1),
+            scale: v.positive("labels.sigmoid_scale", raw.sigmoid_scale, 0.05),
+        },
+    };
+    match raw.mode.unwrap_or(RawLabelMode::Hard) {
+        RawLabelMode::Hard => LabelParams::Hard,
+        RawLabelMode::Soft => LabelParams::Soft { lambda },
+    }
+}
+
+fn model(v: &mut Validator, raw: RawModel) -> ModelParams {
+    let heads = raw.heads.unwrap_or_else(|| vec![RawHead::Classification]);
+    let classification = heads.contains(&RawHead::Classification);
+    if !classification {
+        v.error("model.heads", "must include \"classification\"");
+    }
+    let task_weights = raw.task_weights.unwrap_or([0.75, 0.25]);
+    let aux_weights = raw.aux_weights.unwrap_or([0.3, 0.3]);
+    for (key, weights) in [
+        ("model.task_weights", task_weights),
+        ("model.aux_weights", aux_weights),
+    ] {
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+            v.error(key, format!("{weights:?}: weights must be finite and ≥ 0"));
+        }
+    }
+    ModelParams {
+        arch: match raw.arch.unwrap_or(RawArch::Googlenet) {
+            RawArch::Googlenet => Arch::Googlenet,
+            RawArch::GooglenetBn => Arch::GooglenetBn,
+        },
+        classification,
+        regression: heads.contains(&RawHead::Regression),
+        task_weights,
+        aux_weights,
+        input_size: v.at_least("model.input_size", raw.input_size, 224, 32),
+        width: v.check(
+            "model.width",
+            raw.width,
+            1.0,
+            |w| w > 0.0 && w <= 4.0,
+            "(0, 4]",
+        ),
+    }
+}
+
+fn devices(v: &mut Validator, raw: Option<String>) -> Devices {
+    let text = raw.unwrap_or_else(|| "cpu".into());
+    match text.as_str() {
+        "cpu" => Devices::Cpu,
+        "cuda" => Devices::CudaAll,
+        other => match other.strip_prefix("cuda:").map(|ids| {
+            ids.split(',')
+                .map(|i| i.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+        }) {
+            Some(Ok(ids)) if !ids.is_empty() => Devices::Cuda(ids),
+            _ => {
+                v.error(
+                    "train.devices",
+                    format!("{other:?}: expected \"cpu\", \"cuda\" or \"cuda:0,1\""),
+                );
+                Devices::Cpu
+            }
+        },
+    }
+}
+
+fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
+    let length = match (raw.iterations, raw.epochs) {
+        (Some(i), None) => TrainLength::Iterations(v.at_least("train.iterations", Some(i), i, 1)),
+        (None, Some(e)) => TrainLength::Epochs(v.at_least("train.epochs", Some(e), e, 1)),
+        (None, None) => TrainLength::Iterations(2_400_000),
+        (Some(_), Some(_)) => {
+            v.error(
+                "train.epochs",
+                "set either `iterations` or `epochs`, not both",
+            );
+            TrainLength::Iterations(1)
+        }
+    };
+    let opt = raw.optimizer.unwrap_or_default();
+    let optimizer = SgdParams {
+        lr: v.positive("train.optimizer.lr", opt.lr, 0.01),
+        momentum: v.check(
+            "train.optimizer.momentum",
+            opt.momentum,
+            0.9,
+            |m| (0.0..1.0).contains(&m),
+            "[0, 1)",
+        ),
+        weight_decay: v.non_negative("train.optimizer.weight_decay", opt.weight_decay, 0.0002),
+        bias_lr_mult: v.non_negative("train.optimizer.bias_lr_mult", opt.bias_lr_mult, 2.0),
+        clip_grad_norm: opt
+            .clip_grad_norm
+            .map(|c| v.positive("train.optimizer.clip_grad_norm", Some(c), c)),
+    };
+    let sched = raw.schedule.unwrap_or_default();
+    let gamma = v.positive("train.schedule.gamma", sched.gamma, 0.1);
+    let policy = match sched.policy.unwrap_or(RawPolicy::Poly) {
+        RawPolicy::Fixed => LrPolicy::Fixed,
+        RawPolicy::Step => match sched.step_size {
+            Some(s) if s > 0 => LrPolicy::Step {
+                gamma,
+                step_size: s,
+            },
+            _ => {
+                v.error(
+                    "train.schedule.policy",
+                    "policy = \"step\" needs `step_size` ≥ 1",
+                );
+                LrPolicy::Fixed
+            }
+        },
+        RawPolicy::Multistep => match sched.steps {
+            Some(steps) if steps.windows(2).all(|w| w[0] < w[1]) && !steps.is_empty() => {
+                LrPolicy::Multistep { gamma, steps }
+            }
+            _ => {
+                v.error(
+                    "train.schedule.policy",
+                    "policy = \"multistep\" needs increasing `steps`",
+                );
+                LrPolicy::Fixed
+            }
+        },
+        RawPolicy::Poly => LrPolicy::Poly {
+            power: v.positive("train.schedule.power", sched.power, 0.5),
+        },
+        RawPolicy::Cosine => LrPolicy::Cosine {
+            min_lr: v.non_negative("train.schedule.min_lr", sched.min_lr, 0.0),
+        },
+    };
+    let schedule = Schedule {
+        policy,
+        warmup_iterations: sched.warmup_iterations.unwrap_or(0),
+        warmup_start_factor: v.unit(
+            "train.schedule.warmup_start_factor",
+            sched.warmup_start_factor,
+            0.1,
+        ),
+    };
+    let aug = raw.augmentation.unwrap_or_default();
+    let augmentation = Augmentation {
+        crop: v.at_least("train.augmentation.crop", aug.crop, 224, 8),
+        mirror: aug.mirror.unwrap_or(true),
+        mean_rgb: aug.mean_rgb.unwrap_or([123.68, 116.779, 103.939]),
+    };
+    let div = raw.divergence.unwrap_or_default();
+    let on_divergence = match div.action.unwrap_or(RawDivergenceAction::Stop) {
+        RawDivergenceAction::Stop => OnDivergence::Stop,
+        RawDivergenceAction::Rollback => OnDivergence::Rollback {
+            lr_factor: v.check(
+                "train.divergence.lr_factor",
+                div.lr_factor,
+                0.5,
+                |f| f > 0.0 && f < 1.0,
+                "(0, 1)",
+            ),
+            max_rollbacks: v.at_least("train.divergence.max_rollbacks", div.max_rollbacks, 3, 1),
+        },
+    };
+    TrainParams {
+        devices: devices(v, raw.devices),
+        batch_per_device: v.at_least("train.batch_per_device", raw.batch_per_device, 80, 1),
+        optimizer,
+        schedule,
+        length,
+        augmentation,
+        sampler: match raw.sampler.unwrap_or(RawSampler::Replacement) {
+            RawSampler::Shuffle => SamplerKind::Shuffle,
+            RawSampler::Replacement => SamplerKind::Replacement,
+            RawSampler::HalfBalanced => SamplerKind::HalfBalanced,
+            RawSampler::Balanced => SamplerKind::Balanced,
+            RawSampler::Weighted => SamplerKind::Weighted,
+        },
+        precision: match raw.precision.unwrap_or(RawPrecision::F32) {
+            RawPrecision::F32 => Precision::F32,
+            RawPrecision::Bf16 => Precision::Bf16,
+        },
+        checkpoint_every: v.at_least("train.checkpoint_every", raw.checkpoint_every, 10_000, 1),
+        init: raw.init,
+        on_divergence,
+        workers: v.at_least("train.workers", raw.workers, 4, 1),
+        seed: raw.seed.unwrap_or(0),
+    }
+}
+
+fn eval(v: &mut Validator, raw: RawEval) -> EvalParams {
+    let metrics = raw
+        .metrics
+        .unwrap_or_else(|| vec![RawMetric::Top1, RawMetric::Top5])
+        .into_iter()
+        .map(|m| match m {
+            RawMetric::Top1 => Metric::Top1,
+            RawMetric::Top5 => Metric::Top5,
+        })
+        .collect();
+    EvalParams {
+        crops: match raw.crops.unwrap_or(RawCrops::Center) {
+            RawCrops::Center => CropSet::Center,
+            RawCrops::Four => CropSet::Four,
+            RawCrops::Eight => CropSet::Eight,
+            RawCrops::Ten => CropSet::Ten,
+        },
+        metrics,
+        ensemble: raw.ensemble.unwrap_or_default(),
+        batch_size: v.at_least("eval.batch_size", raw.batch_size, 50, 1),
+    }
+}

@@ -1,0 +1,235 @@
+//! The content-addressed stage cache: `<cache>/<stage>/<key>/` holds a finished stage's
+//! output, where `key` hashes everything the stage read. A stage builds in
+//! `<key>.partial/` and is renamed into place only on success, so a crashed stage never
+//! looks complete; a file lock on `<key>.lock` makes a second runner wait for the first and
+//! then reuse its result.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Errors of the cache itself (a stage's own failure passes through as `Build`).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("stage cache {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Build(Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How a stage treats what a killed earlier attempt left in its partial folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    /// Start from an empty folder.
+    Discard,
+    /// Keep it: the stage resumes (ingest, training).
+    Resume,
+}
+
+/// What `Cache::ensure` found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The output was already complete.
+    Hit,
+    /// This call built it.
+    Built,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Cache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder of a finished stage output.
+    pub fn dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join(stage).join(key)
+    }
+
+    /// The folder an unfinished build of that output works in.
+    pub fn partial_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join(stage).join(format!("{key}.partial"))
+    }
+
+    pub fn is_complete(&self, stage: &str, key: &str) -> bool {
+        self.dir(stage, key).is_dir()
+    }
+
+    /// Returns the finished output folder of `stage`/`key`, building it with `build` (which
+    /// writes into the partial folder it is given) when it is not there yet. `inputs` is
+    /// saved beside the output as `stage.json`, for people asking what made it.
+    pub fn ensure<E>(
+        &self,
+        stage: &str,
+        key: &str,
+        inputs: &serde_json::Value,
+        partial: Partial,
+        build: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<(PathBuf, Outcome), CacheError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let done = self.dir(stage, key);
+        if done.is_dir() {
+            return Ok((done, Outcome::Hit));
+        }
+        let stage_root = self.root.join(stage);
+        fs::create_dir_all(&stage_root).map_err(io_err(&stage_root))?;
+        let _lock = self.lock(stage, key)?;
+        if done.is_dir() {
+            // Another runner finished it while we waited for the lock.
+            return Ok((done, Outcome::Hit));
+        }
+        let work = self.partial_dir(stage, key);
+        if partial == Partial::Discard && work.exists() {
+            fs::remove_dir_all(&work).map_err(io_err(&work))?;
+        }
+        fs::create_dir_all(&work).map_err(io_err(&work))?;
+        let manifest = work.join("stage.json");
+        let text = serde_json::to_string_pretty(inputs).expect("JSON values serialize");
+        fs::write(&manifest, text).map_err(io_err(&manifest))?;
+        build(&work).map_err(|e| CacheError::Build(Box::new(e)))?;
+        fs::rename(&work, &done).map_err(io_err(&done))?;
+        if let Ok(dir) = File::open(&stage_root) {
+            // Make the rename durable before anyone is told the stage is done.
+            let _ = dir.sync_all();
+        }
+        Ok((done, Outcome::Built))
+    }
+
+    /// An exclusive lock on `stage`/`key`, waiting (and saying so) while another process
+    /// holds it. Released when the returned file is dropped, or by the OS if we die.
+    fn lock(&self, stage: &str, key: &str) -> Result<File, CacheError> {
+        let path = self.root.join(stage).join(format!("{key}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    stage,
+                    key,
+                    "another runner is building this stage; waiting for it"
+                );
+                file.lock().map_err(io_err(&path))?;
+                Ok(file)
+            }
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    type R = Result<(), io::Error>;
+
+    #[test]
+    fn second_call_is_a_hit_and_does_not_build() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path());
+        let inputs = serde_json::json!({"x": 1});
+        let (dir, outcome) = cache
+            .ensure("s", "k", &inputs, Partial::Discard, |d| -> R {
+                fs::write(d.join("out"), "1")
+            })
+            .unwrap();
+        assert_eq!(outcome, Outcome::Built);
+        assert_eq!(fs::read_to_string(dir.join("out")).unwrap(), "1");
+        assert!(dir.join("stage.json").is_file());
+        let (_, outcome) = cache
+            .ensure("s", "k", &inputs, Partial::Discard, |_| -> R {
+                panic!("must not rebuild")
+            })
+            .unwrap();
+        assert_eq!(outcome, Outcome::Hit);
+    }
+
+    #[test]
+    fn a_failed_build_is_not_complete_and_is_rebuilt_from_scratch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path());
+        let inputs = serde_json::json!({});
+        let err = cache.ensure("s", "k", &inputs, Partial::Discard, |d| -> R {
+            fs::write(d.join("half"), "x")?;
+            Err(io::Error::other("killed"))
+        });
+        assert!(err.is_err());
+        assert!(!cache.is_complete("s", "k"));
+        let (dir, _) = cache
+            .ensure("s", "k", &inputs, Partial::Discard, |d| -> R {
+                assert!(!d.join("half").exists(), "a discarding stage starts empty");
+                fs::write(d.join("out"), "2")
+            })
+            .unwrap();
+        assert!(!dir.join("half").exists());
+    }
+
+    #[test]
+    fn a_resuming_stage_sees_what_the_killed_attempt_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path());
+        let inputs = serde_json::json!({});
+        let _ = cache.ensure("s", "k", &inputs, Partial::Resume, |d| -> R {
+            fs::write(d.join("progress"), "half")?;
+            Err(io::Error::other("killed"))
+        });
+        cache
+            .ensure("s", "k", &inputs, Partial::Resume, |d| -> R {
+                assert_eq!(fs::read_to_string(d.join("progress"))?, "half");
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn concurrent_builders_build_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path());
+        let builds = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let cache = cache.clone();
+                let builds = builds.clone();
+                s.spawn(move || {
+                    cache
+                        .ensure(
+                            "s",
+                            "k",
+                            &serde_json::json!({}),
+                            Partial::Discard,
+                            |d| -> R {
+                                builds.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                                fs::write(d.join("out"), "x")
+                            },
+                        )
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,236 @@
+//! Recipes as users write them: every shipped recipe validates; bad ones are rejected with
+//! file:line:col, the line, a caret and a suggestion; inheritance, overrides, sweeps, globs
+//! and the schema behave as documented.
+
+use std::path::{Path, PathBuf};
+
+use websieve::recipe::{self, LrPolicy, Recipe};
+
+fn load(pattern: &str, sets: &[&str]) -> Result<Vec<Recipe>, recipe::RecipeError> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    recipe::load(&[pattern.to_string()], &sets)
+}
+
+fn error(pattern: &str, sets: &[&str]) -> String {
+    load(pattern, sets)
+        .expect_err("the recipe must be rejected")
+        .to_string()
+}
+
+const FIXTURES: &str = "tests/fixtures/recipes";
+
+#[test]
+fn every_shipped_recipe_validates() {
+    let recipes = load("recipes/**/*.toml", &[]).unwrap();
+    let names: Vec<&str> = recipes.iter().map(|r| r.name.as_str()).collect();
+    for expected in [
+        "base",
+        "quickstart",
+        "clean",
+        "softlabel",
+        "twohead",
+        "discard-20",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(
+        recipes
+            .iter()
+            .filter(|r| r.path.starts_with("recipes/ablation"))
+            .count()
+            >= 3
+    );
+}
+
+#[test]
+fn every_shipped_recipe_extends_base_and_names_the_schema() {
+    for entry in glob::glob("recipes/**/*.toml").unwrap() {
+        let path = entry.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("#:schema "),
+            "{} lacks the #:schema line",
+            path.display()
+        );
+        let schema = path
+            .parent()
+            .unwrap()
+            .join(text.lines().next().unwrap()["#:schema ".len()..].trim());
+        assert!(
+            schema.is_file(),
+            "{}: schema path {} does not exist",
+            path.display(),
+            schema.display()
+        );
+        if path != Path::new("recipes/base.toml") {
+            assert!(
+                text.contains("extends = "),
+                "{} does not extend base",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_key_points_at_it_and_suggests_the_right_one() {
+    insta::assert_snapshot!(error(&format!("{FIXTURES}/unknown-key.toml"), &[]));
+}
+
+#[test]
+fn wrong_type_says_what_was_expected() {
+    insta::assert_snapshot!(error(&format!("{FIXTURES}/wrong-type.toml"), &[]));
+}
+
+#[test]
+fn misspelt_enum_value_gets_a_suggestion() {
+    insta::assert_snapshot!(error(&format!("{FIXTURES}/bad-enum.toml"), &[]));
+}
+
+#[test]
+fn every_range_error_is_reported_at_its_key() {
+    insta::assert_snapshot!(error(&format!("{FIXTURES}/out-of-range.toml"), &[]));
+}
+
+#[test]
+fn extends_merges_deeply_and_resolves_paths_against_the_file_that_set_them() {
+    let r = &load(&format!("{FIXTURES}/chain/child.toml"), &[]).unwrap()[0];
+    assert_eq!(r.lda.topics, 60, "the child wins");
+    assert_eq!(r.lda.batch_size, 100, "the parent's other keys stay");
+    assert_eq!(r.dataset.resize, 300);
+    let root = r.dataset.root.as_ref().unwrap();
+    assert!(root.ends_with("chain/data/here"), "{}", root.display());
+}
+
+#[test]
+fn an_extends_cycle_names_the_chain() {
+    let msg = error(&format!("{FIXTURES}/cycle-a.toml"), &[]);
+    assert!(msg.contains("cycle"), "{msg}");
+    assert!(
+        msg.contains("cycle-a.toml → ") && msg.contains("cycle-b.toml → "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn set_overrides_are_type_checked_like_the_file() {
+    let r = &load(
+        "recipes/softlabel.toml",
+        &["train.optimizer.lr=0.02", "clean.similarity=cosine"],
+    )
+    .unwrap()[0];
+    assert_eq!(r.train.optimizer.lr, 0.02);
+    assert_eq!(r.clean.similarity, recipe::Similarity::Cosine);
+    insta::assert_snapshot!(
+        "set_wrong_type",
+        error("recipes/softlabel.toml", &["train.optimizer.lr=fast"])
+    );
+    insta::assert_snapshot!(
+        "set_unknown_key",
+        error("recipes/softlabel.toml", &["train.optimiser.lr=0.1"])
+    );
+    insta::assert_snapshot!(
+        "set_out_of_range",
+        error("recipes/softlabel.toml", &["train.optimizer.lr=-1"])
+    );
+    assert!(error("recipes/softlabel.toml", &["train.optimizer.lr"]).contains("KEY=VALUE"));
+}
+
+#[test]
+fn a_sweep_expands_to_one_named_run_per_combination() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grid.toml");
+    let base = std::fs::canonicalize("recipes/base.toml").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "extends = {:?}\n[sweep]\n\"train.optimizer.lr\" = [0.01, 0.02]\n\"clean.similarity\" = [\"dot\", \"cosine\"]\n\"lda.topics\" = [50, 100, 200]\n",
+            base.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let runs = load(path.to_str().unwrap(), &[]).unwrap();
+    assert_eq!(runs.len(), 12);
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names[0], "grid/similarity=dot,topics=50,lr=0.01");
+    assert_eq!(names[11], "grid/similarity=cosine,topics=200,lr=0.02");
+    let unique: std::collections::HashSet<&&str> = names.iter().collect();
+    assert_eq!(unique.len(), 12);
+    let last = runs.last().unwrap();
+    assert_eq!((last.lda.topics, last.train.optimizer.lr), (200, 0.02));
+}
+
+#[test]
+fn a_bad_sweep_value_is_rejected_at_the_sweep_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grid.toml");
+    std::fs::write(
+        &path,
+        "[sweep]\n\"clean.similarity\" = [\"dot\", \"cosin\"]\n",
+    )
+    .unwrap();
+    let msg = error(path.to_str().unwrap(), &[]);
+    assert!(msg.contains("grid.toml:2:1"), "{msg}");
+    assert!(msg.contains("did you mean `cosine`"), "{msg}");
+}
+
+#[test]
+fn globs_expand_in_sorted_order_and_all_recipes_are_validated_first() {
+    let runs = load("recipes/ablation/*.toml", &[]).unwrap();
+    let files: Vec<PathBuf> = runs.iter().map(|r| r.path.clone()).collect();
+    let mut sorted = files.clone();
+    sorted.sort();
+    assert_eq!(files, sorted);
+    let two_bad = recipe::load(
+        &[
+            format!("{FIXTURES}/wrong-type.toml"),
+            format!("{FIXTURES}/bad-enum.toml"),
+        ],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        two_bad.contains("wrong-type.toml:4:") && two_bad.contains("bad-enum.toml:2:"),
+        "{two_bad}"
+    );
+    assert!(error("recipes/nothing-*.toml", &[]).contains("no recipe matches"));
+}
+
+#[test]
+fn the_committed_schema_is_fresh() {
+    let committed = std::fs::read_to_string("schemas/recipe.schema.json").unwrap();
+    assert!(
+        committed == recipe::schema_json(),
+        "schemas/recipe.schema.json is stale: run `cargo run -- schema -o schemas/recipe.schema.json`"
+    );
+}
+
+#[test]
+fn defaults_are_the_original_pipeline() {
+    let r = &load("recipes/base.toml", &[]).unwrap()[0];
+    assert_eq!(r.lda.topics, 500);
+    assert_eq!(r.model.task_weights, [0.75, 0.25]);
+    assert_eq!(r.model.aux_weights, [0.3, 0.3]);
+    assert_eq!(r.train.batch_per_device, 80);
+    assert_eq!(
+        (
+            r.train.optimizer.lr,
+            r.train.optimizer.momentum,
+            r.train.optimizer.weight_decay
+        ),
+        (0.01, 0.9, 0.0002)
+    );
+    assert_eq!(r.train.schedule.policy, LrPolicy::Poly { power: 0.5 });
+}
+
+#[test]
+fn the_resolved_recipe_is_toml_that_round_trips_its_values() {
+    let r = &load("recipes/quickstart.toml", &[]).unwrap()[0];
+    let resolved: toml::Table = toml::from_str(&r.resolved_toml()).unwrap();
+    assert_eq!(resolved["lda"]["topics"].as_integer(), Some(20));
+    assert_eq!(resolved["train"]["optimizer"]["lr"].as_float(), Some(0.01));
+}
