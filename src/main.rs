@@ -202,6 +202,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    for r in &recipes {
+        ws.preflight(r, args.until)?;
+    }
     let ctx = RunContext {
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         progress: true,

@@ -369,3 +369,17 @@ pub enum Metric {
     Top1,
     Top5,
 }
+
+impl std::fmt::Display for Devices {
+    /// As written in a recipe: "cpu", "cuda", "cuda:0,1".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Devices::Cpu => f.write_str("cpu"),
+            Devices::CudaAll => f.write_str("cuda"),
+            Devices::Cuda(ids) => {
+                let ids: Vec<String> = ids.iter().map(usize::to_string).collect();
+                write!(f, "cuda:{}", ids.join(","))
+            }
+        }
+    }
+}

@@ -160,7 +160,11 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         RawDatasetFormat::Jsonl => DatasetFormat::Jsonl,
         RawDatasetFormat::Synthetic => DatasetFormat::Synthetic,
     };
-    let root = raw.root.as_deref().map(|r| v.path("dataset.root", r));
+    // A generated dataset has no root: one inherited from a base recipe is ignored.
+    let root = match format {
+        DatasetFormat::Synthetic => None,
+        _ => raw.root.as_deref().map(|r| v.path("dataset.root", r)),
+    };
     if root.is_none() && format != DatasetFormat::Synthetic {
         v.error(
             "dataset",

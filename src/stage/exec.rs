@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{StageError, StageKind, Workspace};
-use crate::recipe::Recipe;
+use crate::recipe::{Devices, Recipe};
 
 /// The stages whose output a stage reads (and whose keys its key includes).
 pub(super) fn reads(kind: StageKind) -> &'static [StageKind] {
@@ -17,12 +17,43 @@ pub(super) fn reads(kind: StageKind) -> &'static [StageKind] {
     }
 }
 
+/// What must hold before `recipe` starts: its input files exist and its devices are usable.
+pub(super) fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageError> {
+    let fail = |message: String| {
+        Err(StageError::Preflight {
+            run: recipe.name.clone(),
+            message,
+        })
+    };
+    if let Some(root) = &recipe.dataset.root {
+        if !root.exists() {
+            return fail(format!("dataset.root {} does not exist", root.display()));
+        }
+    }
+    if let Some(truth) = &recipe.clean.truth {
+        if until >= StageKind::Score && !truth.is_file() {
+            return fail(format!("clean.truth {} does not exist", truth.display()));
+        }
+    }
+    if until >= StageKind::Train && recipe.train.devices != Devices::Cpu {
+        return fail(format!(
+            "train.devices = \"{}\": training runs on the CPU only for now (the custom pooling and \
+             LRN ops have no CUDA kernels yet); set train.devices = \"cpu\"",
+            recipe.train.devices
+        ));
+    }
+    Ok(())
+}
+
 /// A training run's starting weights (`train.init`).
 #[derive(Debug, Clone)]
 pub(super) struct InitRef {
     /// Goes into the train stage's key: the init run's train key, or the file's content hash.
     pub key: String,
-    #[expect(dead_code, reason = "read by the train stage, which lands with issue 5")]
+    #[expect(
+        dead_code,
+        reason = "read by the train stage, which lands with issue 5"
+    )]
     pub checkpoint: PathBuf,
 }
 

@@ -83,6 +83,8 @@ pub enum StageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("run {run}: {message}")]
+    Preflight { run: String, message: String },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }
@@ -233,6 +235,12 @@ impl Workspace {
             run: recipe.name.clone(),
             stages,
         })
+    }
+
+    /// Checks what validation cannot (files exist, devices are usable) so that a call with
+    /// several recipes fails before any of them starts work.
+    pub fn preflight(&self, recipe: &Recipe, until: StageKind) -> Result<(), StageError> {
+        exec::preflight(recipe, until)
     }
 
     /// Runs `recipe` up to `until`: builds what the cache lacks, then writes the run folder.
