@@ -52,7 +52,8 @@ impl ConfusionMatrix {
 }
 
 /// Geometry of the picture: square cells of `cell` pixels (32 for a few classes down to 1 for
-/// 960 and more), the matrix at `(left, top)`, margins for the names and the title.
+/// 960 and more), the matrix at `(left, top)`, margins for the title and, when the cells are
+/// tall enough to label, the class names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     cell: u32,
@@ -63,7 +64,10 @@ struct Layout {
 }
 
 impl Layout {
-    const LEFT: u32 = 180;
+    /// The smallest cell that gets a class name and index.
+    const LABELLED_CELL: u32 = 10;
+    const LEFT_NAMES: u32 = 180;
+    const LEFT: u32 = 20;
     const TOP: u32 = 40;
     const RIGHT: u32 = 20;
     const BOTTOM: u32 = 50;
@@ -72,11 +76,16 @@ impl Layout {
         let classes = classes as u32;
         let cell = (960 / classes).clamp(1, 32);
         let side = cell * classes;
+        let left = if cell >= Self::LABELLED_CELL {
+            Self::LEFT_NAMES
+        } else {
+            Self::LEFT
+        };
         Layout {
             cell,
-            left: Self::LEFT,
+            left,
             top: Self::TOP,
-            width: Self::LEFT + side + Self::RIGHT,
+            width: left + side + Self::RIGHT,
             height: Self::TOP + side + Self::BOTTOM,
         }
     }
@@ -179,7 +188,7 @@ fn draw_labels<'a>(
         &style(14, HPos::Center, VPos::Bottom),
         (left + side / 2, layout.height as i32 - 4),
     )?;
-    if cell < 10 {
+    if layout.cell < Layout::LABELLED_CELL {
         return Ok(());
     }
     let size = (cell - 2).min(14);

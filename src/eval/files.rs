@@ -121,7 +121,8 @@ pub fn load_predictions(dir: &Path) -> Result<Predictions, EvalError> {
         return Err(bad(
             "magic",
             format!(
-                "not a websieve probabilities file (expected {PROBABILITIES_MAGIC:?} at offset 0)"
+                "not a websieve probabilities file (expected \"{}\" at offset 0)",
+                PROBABILITIES_MAGIC.escape_ascii()
             ),
         ));
     }

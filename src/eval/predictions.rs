@@ -132,7 +132,7 @@ impl Evaluation {
         logits: &[f32],
     ) -> Result<(), EvalError> {
         let (classes, crops) = (self.num_classes, self.crops_per_sample);
-        if logits.len() % (classes * crops) != 0 {
+        if !logits.len().is_multiple_of(classes * crops) {
             return Err(EvalError::LogitsShape {
                 found: logits.len(),
                 crops,
