@@ -142,13 +142,11 @@ impl Evaluation {
         let images = logits.len() / classes;
         let samples = images / crops;
         let ids = per_sample("ids", ids, images, crops)?;
-        let labels: Vec<u64> = labels.iter().map(|&l| u64::from(l)).collect();
-        let labels = per_sample("labels", &labels, images, crops)?;
+        let labels = per_sample("labels", labels, images, crops)?;
 
         let mut batch_ids = HashSet::with_capacity(samples);
         let mut probs = Vec::with_capacity(samples * classes);
         for (s, (&id, &label)) in ids.iter().zip(&labels).enumerate() {
-            let label = u32::try_from(label).expect("labels came from u32");
             if label as usize >= classes {
                 return Err(EvalError::LabelOutOfRange { id, label, classes });
             }
@@ -160,11 +158,7 @@ impl Evaluation {
         }
         self.seen.extend(batch_ids);
         self.ids.extend(ids);
-        self.labels.extend(
-            labels
-                .iter()
-                .map(|&l| u32::try_from(l).expect("checked above")),
-        );
+        self.labels.extend(labels);
         self.probs.extend(probs);
         Ok(())
     }
@@ -206,12 +200,12 @@ impl Evaluation {
 
 /// One value per sample from a field given per image (checking that a sample's crops agree) or
 /// already per sample.
-fn per_sample(
+fn per_sample<T: Copy + PartialEq + Into<u64>>(
     field: &'static str,
-    values: &[u64],
+    values: &[T],
     images: usize,
     crops: usize,
-) -> Result<Vec<u64>, EvalError> {
+) -> Result<Vec<T>, EvalError> {
     let samples = images / crops;
     if values.len() == samples {
         return Ok(values.to_vec());
@@ -230,8 +224,8 @@ fn per_sample(
             return Err(EvalError::CropsDisagree {
                 image,
                 field,
-                expected,
-                found: value,
+                expected: expected.into(),
+                found: value.into(),
             });
         }
     }
@@ -389,9 +383,12 @@ mod tests {
 
     #[test]
     fn per_sample_fields_accept_both_layouts() {
-        assert_eq!(per_sample("ids", &[7, 7, 9, 9], 4, 2).unwrap(), vec![7, 9]);
-        assert_eq!(per_sample("ids", &[7, 9], 4, 2).unwrap(), vec![7, 9]);
-        let err = per_sample("ids", &[7, 7, 9, 8], 4, 2).unwrap_err();
+        assert_eq!(
+            per_sample("ids", &[7u64, 7, 9, 9], 4, 2).unwrap(),
+            vec![7, 9]
+        );
+        assert_eq!(per_sample("ids", &[7u64, 9], 4, 2).unwrap(), vec![7, 9]);
+        let err = per_sample("ids", &[7u64, 7, 9, 8], 4, 2).unwrap_err();
         assert!(matches!(
             err,
             EvalError::CropsDisagree {
@@ -402,7 +399,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            per_sample("labels", &[1, 2, 3], 4, 2),
+            per_sample("labels", &[1u32, 2, 3], 4, 2),
             Err(EvalError::PerSampleLength { found: 3, .. })
         ));
     }

@@ -1,7 +1,8 @@
 //! Tables over finished runs: `runner report RUNS...`. In: run folders `runs/<name>/`, each
 //! with `recipe.resolved.toml` and the eval stage's `metrics.json`. Out: one text table with a
 //! row per run, the settings whose values differ between the runs (as dotted keys, e.g.
-//! `train.optimizer.lr`) and the results (top-1/top-5).
+//! `train.optimizer.lr`) and the results (top-1/top-5). A folder without a recipe stands for
+//! the runs below it, so a sweep's `runs/<recipe>/` reports all its points.
 
 pub mod table;
 
@@ -21,6 +22,8 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub enum ReportError {
     #[error("no runs to report")]
     NoRuns,
+    #[error("{}: no {RECIPE_FILE} in it or in any folder below it: not a run folder", path.display())]
+    NotARun { path: PathBuf },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -56,9 +59,9 @@ pub struct RunSummary {
     pub results: RunResults,
 }
 
-/// Reads the run folders and renders their table, in the order given.
-pub fn report(dirs: &[PathBuf]) -> Result<String, ReportError> {
-    let runs = dirs
+/// Finds the runs in `paths` (see [`find_runs`]), reads them and renders their table.
+pub fn report(paths: &[PathBuf]) -> Result<String, ReportError> {
+    let runs = find_runs(paths)?
         .iter()
         .map(|dir| load_run(dir))
         .collect::<Result<Vec<_>, _>>()?;
@@ -66,6 +69,40 @@ pub fn report(dirs: &[PathBuf]) -> Result<String, ReportError> {
         return Err(ReportError::NoRuns);
     }
     Ok(render_report(&runs))
+}
+
+/// The run folders in `paths`, in the order given: a folder with `recipe.resolved.toml` is a
+/// run; any other folder stands for the runs below it, in name order.
+pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
+    let mut runs = Vec::new();
+    for path in paths {
+        let before = runs.len();
+        collect_runs(path, &mut runs)?;
+        if runs.len() == before {
+            return Err(ReportError::NotARun { path: path.clone() });
+        }
+    }
+    Ok(runs)
+}
+
+fn collect_runs(dir: &Path, runs: &mut Vec<PathBuf>) -> Result<(), ReportError> {
+    if dir.join(RECIPE_FILE).is_file() {
+        runs.push(dir.to_path_buf());
+        return Ok(());
+    }
+    let io = |source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut below = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_dir() {
+            below.push(path);
+        }
+    }
+    below.sort();
+    below.iter().try_for_each(|sub| collect_runs(sub, runs))
 }
 
 /// Reads `dir/recipe.resolved.toml` and `dir/metrics.json`.

@@ -428,7 +428,7 @@ proptest! {
 mod report {
     use std::path::{Path, PathBuf};
 
-    use websieve::report::{load_run, report};
+    use websieve::report::{find_runs, load_run, report};
 
     const BASE: &str = r#"name = "clean"
 
@@ -491,6 +491,27 @@ value = 0.1
     }
 
     #[test]
+    fn a_sweep_folder_stands_for_the_runs_below_it() {
+        let root = tempfile::tempdir().unwrap();
+        let base = write_run(root.path(), "base", BASE, &metrics(0.5, 0.7));
+        let sweep = root.path().join("clean");
+        for (i, lr) in ["0.1", "0.01"].iter().enumerate() {
+            let recipe = BASE
+                .replace("name = \"clean\"", &format!("name = \"clean/lr={lr}\""))
+                .replace("lr = 0.01", &format!("lr = {lr}"));
+            write_run(
+                &sweep,
+                &format!("lr={lr}"),
+                &recipe,
+                &metrics(0.4 + 0.1 * i as f64, 0.8),
+            );
+        }
+        let found = find_runs(&[sweep.clone(), base.clone()]).unwrap();
+        assert_eq!(found, [sweep.join("lr=0.01"), sweep.join("lr=0.1"), base]);
+        insta::assert_snapshot!(report(&[sweep]).unwrap());
+    }
+
+    #[test]
     fn unreadable_run_folders_name_the_file() {
         let root = tempfile::tempdir().unwrap();
         let good = write_run(root.path(), "good", BASE, &metrics(0.5, 0.7));
@@ -510,14 +531,22 @@ value = 0.1
         std::fs::create_dir_all(&no_metrics).unwrap();
         std::fs::write(no_metrics.join("recipe.resolved.toml"), BASE).unwrap();
         let missing = root.path().join("missing");
-        let errors: Vec<String> = [bad_toml, bad_json, no_metrics, missing]
-            .iter()
-            .map(|dir| {
-                let err = report(&[good.clone(), dir.clone()]).unwrap_err();
-                err.to_string()
-                    .replace(&root.path().display().to_string(), "<runs>")
-            })
-            .collect();
+        let empty = root.path().join("empty/sweep");
+        std::fs::create_dir_all(&empty).unwrap();
+        let errors: Vec<String> = [
+            bad_toml,
+            bad_json,
+            no_metrics,
+            missing,
+            empty.parent().unwrap().to_path_buf(),
+        ]
+        .iter()
+        .map(|dir| {
+            let err = report(&[good.clone(), dir.clone()]).unwrap_err();
+            err.to_string()
+                .replace(&root.path().display().to_string(), "<runs>")
+        })
+        .collect();
         insta::assert_snapshot!(errors.join("\n---\n"));
         assert!(load_run(&good).is_ok());
         assert!(report(&[]).is_err());
