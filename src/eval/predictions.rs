@@ -302,28 +302,57 @@ where
 pub fn ensemble(members: &[Predictions]) -> Result<Predictions, EvalError> {
     let first = members.first().ok_or(EvalError::EmptyEnsemble)?;
     let classes = first.num_classes;
-    let mut sum: Vec<f64> = first.probs.iter().map(|&p| p as f64).collect();
-    for (member, other) in members.iter().enumerate().skip(1) {
-        if other.num_classes != classes {
-            return Err(EvalError::EnsembleClasses {
-                member,
-                expected: classes,
-                found: other.num_classes,
-            });
+    // For every member, the row holding each of member 0's samples.
+    let rows = members
+        .iter()
+        .enumerate()
+        .map(|(member, other)| align(first, member, other))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = members.len() as f64;
+    let mut probs = Vec::with_capacity(first.probs.len());
+    let mut sum = vec![0f64; classes];
+    for i in 0..first.len() {
+        sum.fill(0.0);
+        for (member, rows) in members.iter().zip(&rows) {
+            for (s, &p) in sum.iter_mut().zip(member.row(rows[i])) {
+                *s += p as f64;
+            }
         }
-        let rows: HashMap<u64, usize> = other
-            .ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| (id, i))
-            .collect();
-        for (i, (&id, &label)) in first.ids.iter().zip(&first.labels).enumerate() {
-            let Some(&j) = rows.get(&id) else {
-                return Err(EvalError::EnsembleIds {
-                    member,
-                    detail: format!("has no sample {id}"),
-                });
-            };
+        probs.extend(sum.iter().map(|s| (s / n) as f32));
+    }
+    Ok(Predictions::from_parts(
+        classes,
+        first.ids.clone(),
+        first.labels.clone(),
+        probs,
+    ))
+}
+
+/// Where `other` (ensemble member number `member`) holds each sample of `first`, checking that
+/// it has the same classes, samples and labels.
+fn align(first: &Predictions, member: usize, other: &Predictions) -> Result<Vec<usize>, EvalError> {
+    if other.num_classes != first.num_classes {
+        return Err(EvalError::EnsembleClasses {
+            member,
+            expected: first.num_classes,
+            found: other.num_classes,
+        });
+    }
+    let index: HashMap<u64, usize> = other
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(j, &id)| (id, j))
+        .collect();
+    let rows = first
+        .ids
+        .iter()
+        .zip(&first.labels)
+        .map(|(&id, &label)| {
+            let &j = index.get(&id).ok_or_else(|| EvalError::EnsembleIds {
+                member,
+                detail: format!("has no sample {id}"),
+            })?;
             if other.labels[j] != label {
                 return Err(EvalError::EnsembleLabels {
                     member,
@@ -332,34 +361,23 @@ pub fn ensemble(members: &[Predictions]) -> Result<Predictions, EvalError> {
                     found: other.labels[j],
                 });
             }
-            for (s, &p) in sum[i * classes..(i + 1) * classes]
-                .iter_mut()
-                .zip(other.row(j))
-            {
-                *s += p as f64;
-            }
-        }
-        if other.len() != first.len() {
-            let extra = other.ids.iter().find(|id| !first.ids.contains(id));
-            return Err(EvalError::EnsembleIds {
-                member,
-                detail: format!(
-                    "has {} samples, member 0 has {}; sample {} is not in member 0",
-                    other.len(),
-                    first.len(),
-                    extra.map_or("?".to_string(), |id| id.to_string())
-                ),
-            });
-        }
+            Ok(j)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if other.len() != first.len() {
+        let known: HashSet<u64> = first.ids.iter().copied().collect();
+        let extra = other.ids.iter().find(|id| !known.contains(id));
+        return Err(EvalError::EnsembleIds {
+            member,
+            detail: format!(
+                "has {} samples, member 0 has {}; sample {} is not in member 0",
+                other.len(),
+                first.len(),
+                extra.expect("more samples, all of member 0's among them")
+            ),
+        });
     }
-    let n = members.len() as f64;
-    let probs = sum.into_iter().map(|s| (s / n) as f32).collect();
-    Ok(Predictions::from_parts(
-        classes,
-        first.ids.clone(),
-        first.labels.clone(),
-        probs,
-    ))
+    Ok(rows)
 }
 
 #[cfg(test)]
