@@ -59,6 +59,17 @@ pub struct RunSummary {
     pub results: RunResults,
 }
 
+/// `runner report RUNS...`: the command line of a report.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points"
+)]
+pub struct ReportArgs {
+    /// Run folders (with recipe.resolved.toml and metrics.json), or folders holding runs.
+    #[arg(required = true, value_name = "RUNS")]
+    pub runs: Vec<PathBuf>,
+}
+
 /// Finds the runs in `paths` (see [`find_runs`]), reads them and renders their table.
 pub fn report(paths: &[PathBuf]) -> Result<String, ReportError> {
     let runs = find_runs(paths)?
@@ -192,4 +203,47 @@ pub fn render_report(runs: &[RunSummary]) -> String {
         "{}{shared} other setting(s) are the same in every run\n",
         table.render()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReportArgs,
+    }
+
+    #[test]
+    fn report_needs_at_least_one_run() {
+        assert!(Cli::try_parse_from(["report"]).is_err());
+        let cli = Cli::try_parse_from(["report", "runs/a", "runs/b"]).unwrap();
+        assert_eq!(
+            cli.args.runs,
+            [PathBuf::from("runs/a"), PathBuf::from("runs/b")]
+        );
+    }
+
+    #[test]
+    fn nested_and_inline_tables_become_dotted_keys() {
+        let table: toml::Table = toml::from_str(
+            "name = \"x\"\n[train]\ndevices = { kind = \"cuda\", ids = [0, 1] }\nsteps = [10, 20]\n",
+        )
+        .unwrap();
+        let mut flat = BTreeMap::new();
+        flatten("", &table, &mut flat);
+        let flat: Vec<(&str, &str)> = flat.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            flat,
+            [
+                ("name", "x"),
+                ("train.devices.ids", "[0, 1]"),
+                ("train.devices.kind", "cuda"),
+                ("train.steps", "[10, 20]"),
+            ]
+        );
+    }
 }
