@@ -1,0 +1,76 @@
+//! Top-1/top-5 accuracy overall and per class, the content of `metrics.json`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{EvalError, Predictions};
+
+/// Accuracies of one evaluation, as fractions in [0, 1]. With fewer than 5 classes, top-5
+/// means top-all and is 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub samples: usize,
+    pub top1: f64,
+    pub top5: f64,
+    /// Mean of the per-class top-1 over the classes that have samples: on a long-tailed
+    /// split the small classes weigh as much as the large ones.
+    pub mean_class_top1: f64,
+    pub mean_class_top5: f64,
+    pub per_class: Vec<ClassMetrics>,
+}
+
+/// One class's share of an evaluation. Accuracies are `None` for a class without samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub class: usize,
+    pub name: String,
+    pub samples: usize,
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
+}
+
+/// Top-1/top-5 of `p` overall and per class; `class_names[c]` names class `c`.
+pub fn metrics(p: &Predictions, class_names: &[String]) -> Result<EvalMetrics, EvalError> {
+    let classes = p.num_classes();
+    if class_names.len() != classes {
+        return Err(EvalError::ClassNames {
+            expected: classes,
+            found: class_names.len(),
+        });
+    }
+    if p.is_empty() {
+        return Err(EvalError::NoSamples);
+    }
+    // Per class: samples, top-1 hits, top-5 hits.
+    let mut counts = vec![[0usize; 3]; classes];
+    for (i, &label) in p.labels().iter().enumerate() {
+        let ranked = p.top_k(i, 5);
+        let count = &mut counts[label as usize];
+        count[0] += 1;
+        count[1] += usize::from(ranked[0] == label as usize);
+        count[2] += usize::from(ranked.contains(&(label as usize)));
+    }
+    let share = |hits: usize, of: usize| hits as f64 / of as f64;
+    let total = |k: usize| counts.iter().map(|c| c[k]).sum::<usize>();
+    let present: Vec<&[usize; 3]> = counts.iter().filter(|c| c[0] > 0).collect();
+    let class_mean =
+        |k: usize| present.iter().map(|c| share(c[k], c[0])).sum::<f64>() / present.len() as f64;
+    Ok(EvalMetrics {
+        samples: p.len(),
+        top1: share(total(1), p.len()),
+        top5: share(total(2), p.len()),
+        mean_class_top1: class_mean(1),
+        mean_class_top5: class_mean(2),
+        per_class: counts
+            .iter()
+            .zip(class_names)
+            .enumerate()
+            .map(|(class, (c, name))| ClassMetrics {
+                class,
+                name: name.clone(),
+                samples: c[0],
+                top1: (c[0] > 0).then(|| share(c[1], c[0])),
+                top5: (c[0] > 0).then(|| share(c[2], c[0])),
+            })
+            .collect(),
+    })
+}
