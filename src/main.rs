@@ -48,13 +48,7 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// A table of finished runs' settings and results.
-    Report {
-        /// Run folders (runs/<name>) or run names.
-        #[arg(required = true)]
-        runs: Vec<String>,
-        #[command(flatten)]
-        places: Places,
-    },
+    Report(websieve::report::ReportArgs),
     /// Benchmarks that print throughput next to a reference measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
@@ -180,7 +174,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Some(Command::Report { .. }) => bail!("`runner report` is not implemented yet"),
+        Some(Command::Report(args)) => {
+            print!("{}", websieve::report::report(&args.runs)?);
+            Ok(())
+        }
         Some(Command::Bench(bench)) => match bench {},
         None => run(cli.run),
     }
