@@ -123,3 +123,118 @@ fn expect_shape(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::gradcheck::{assert_gradient_matches, random_values};
+    use candle_core::Device;
+
+    #[test]
+    fn weighted_cross_entropy_gradient_matches_finite_differences() {
+        for (rows, classes, seed) in [(4, 5, 1), (1, 3, 2), (7, 2, 3)] {
+            let logits = (random_values((rows, classes), seed).unwrap() * 3.0).unwrap();
+            let labels: Vec<u32> = (0..rows).map(|r| ((r * 7 + 1) % classes) as u32).collect();
+            let labels = Tensor::new(labels, &Device::Cpu).unwrap();
+            let weights = random_values(rows, seed + 10).unwrap().abs().unwrap();
+            assert_gradient_matches(
+                |x| weighted_softmax_cross_entropy(x, &labels, &weights),
+                &logits,
+                1e-6,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn weighted_cross_entropy_gradient_is_lambda_times_p_minus_onehot_over_n() {
+        let logits = random_values((3, 4), 5).unwrap();
+        let labels = Tensor::new(&[2u32, 0, 3], &Device::Cpu).unwrap();
+        let weights = Tensor::new(&[0.5f64, 1.0, 0.25], &Device::Cpu).unwrap();
+        let var = candle_core::Var::from_tensor(&logits).unwrap();
+        let loss = weighted_softmax_cross_entropy(var.as_tensor(), &labels, &weights).unwrap();
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(var.as_tensor())
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        let p = candle_nn::ops::softmax(&logits, 1)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        for (row, (label, lambda)) in [(2, 0.5), (0, 1.0), (3, 0.25)].into_iter().enumerate() {
+            for class in 0..4 {
+                let onehot = if class == label { 1.0 } else { 0.0 };
+                let want = lambda * (p[row][class] - onehot) / 3.0;
+                assert!((grad[row][class] - want).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn sigmoid_cross_entropy_gradient_matches_finite_differences() {
+        for (rows, dims, seed) in [(3, 4, 1), (1, 6, 2), (5, 1, 3)] {
+            let logits = (random_values((rows, dims), seed).unwrap() * 4.0).unwrap();
+            let targets =
+                ((random_values((rows, dims), seed + 5).unwrap() + 1.0).unwrap() * 0.5).unwrap();
+            assert_gradient_matches(|x| sigmoid_cross_entropy(x, &targets), &logits, 1e-6).unwrap();
+        }
+    }
+
+    #[test]
+    fn sigmoid_cross_entropy_gradient_at_zero_is_half_minus_target() {
+        let zeros = Tensor::zeros((2, 2), DType::F64, &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[[0.0f64, 1.0], [0.25, 0.5]], &Device::Cpu).unwrap();
+        let var = candle_core::Var::from_tensor(&zeros).unwrap();
+        let loss = sigmoid_cross_entropy(var.as_tensor(), &targets).unwrap();
+        // Value: 4 · log 2 / 2 rows.
+        assert!((loss.to_vec0::<f64>().unwrap() - 2.0 * 2f64.ln()).abs() < 1e-12);
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(var.as_tensor())
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        assert_eq!(grad, vec![vec![0.25, -0.25], vec![0.125, 0.0]]);
+    }
+
+    #[test]
+    fn sigmoid_cross_entropy_is_finite_for_huge_logits() {
+        let logits = Tensor::new(&[[1e4f32, -1e4]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[[0.0f32, 0.0]], &Device::Cpu).unwrap();
+        let loss = sigmoid_cross_entropy(&logits, &targets)
+            .unwrap()
+            .to_vec0::<f32>()
+            .unwrap();
+        assert_eq!(loss, 1e4);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_operand_and_row() {
+        let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let weights = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[1u32, 3], &Device::Cpu).unwrap();
+        let msg = weighted_softmax_cross_entropy(&logits, &labels, &weights)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("label 3 in row 1 is out of range for 3 classes"),
+            "{msg}"
+        );
+        let short = Tensor::new(&[1u32], &Device::Cpu).unwrap();
+        let msg = weighted_softmax_cross_entropy(&logits, &short, &weights)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("labels has shape [1], expected [2]"), "{msg}");
+        let msg = sigmoid_cross_entropy(&logits, &weights)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("targets has shape [2], expected [2, 3]"),
+            "{msg}"
+        );
+    }
+}
