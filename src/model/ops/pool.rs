@@ -170,13 +170,27 @@ impl PoolGeom {
 #[inline]
 fn argmax<T: Element>(plane: &[T], w: usize, rows: &Window, cols: &Window) -> usize {
     let mut best = rows.start * w + cols.start;
+    let mut best_value = plane[best];
     for r in rows.start..rows.end {
-        for (i, &v) in plane[r * w + cols.start..r * w + cols.end]
-            .iter()
-            .enumerate()
-        {
-            if v > plane[best] {
-                best = r * w + cols.start + i;
+        let row = r * w;
+        for (c, &v) in plane[row + cols.start..row + cols.end].iter().enumerate() {
+            if v > best_value {
+                best_value = v;
+                best = row + cols.start + c;
+            }
+        }
+    }
+    best
+}
+
+/// The largest input of a window.
+#[inline]
+fn window_max<T: Element>(plane: &[T], w: usize, rows: &Window, cols: &Window) -> T {
+    let mut best = plane[rows.start * w + cols.start];
+    for r in rows.start..rows.end {
+        for &v in &plane[r * w + cols.start..r * w + cols.end] {
+            if v > best {
+                best = v;
             }
         }
     }
@@ -215,7 +229,7 @@ impl Kernel1 for MaxPool2d {
             .for_each(|(out, plane)| {
                 for (i, rw) in rows.iter().enumerate() {
                     for (j, cw) in cols.iter().enumerate() {
-                        out[i * g.ow + j] = plane[argmax(plane, g.w, rw, cw)];
+                        out[i * g.ow + j] = window_max(plane, g.w, rw, cw);
                     }
                 }
             });
