@@ -145,49 +145,49 @@ fn forward_backward(
 #[test]
 fn pooling_matches_reference() {
     type Pool = fn(&Tensor, usize, usize, usize, bool) -> candle_core::Result<Tensor>;
-    let cases: [(&str, Pool, usize, usize, usize, &[f64], &[f64]); 6] = [
+    type Expected = (&'static [f64], &'static [f64]);
+    // (what, op, [kernel, stride, pad], expected y, expected dx)
+    let cases: [(&str, Pool, [usize; 3], Expected); 6] = [
         (
             "max 3/2 pad 1",
             max_pool2d,
-            3,
-            2,
-            1,
-            MAX_K3S2P1_Y,
-            MAX_K3S2P1_DX,
+            [3, 2, 1],
+            (MAX_K3S2P1_Y, MAX_K3S2P1_DX),
         ),
         (
             "avg 3/2 pad 1",
             avg_pool2d,
-            3,
-            2,
-            1,
-            AVG_K3S2P1_Y,
-            AVG_K3S2P1_DX,
+            [3, 2, 1],
+            (AVG_K3S2P1_Y, AVG_K3S2P1_DX),
         ),
         (
             "max 2/2 pad 1",
             max_pool2d,
-            2,
-            2,
-            1,
-            MAX_K2S2P1_Y,
-            MAX_K2S2P1_DX,
+            [2, 2, 1],
+            (MAX_K2S2P1_Y, MAX_K2S2P1_DX),
         ),
         (
             "avg 2/2 pad 1",
             avg_pool2d,
-            2,
-            2,
-            1,
-            AVG_K2S2P1_Y,
-            AVG_K2S2P1_DX,
+            [2, 2, 1],
+            (AVG_K2S2P1_Y, AVG_K2S2P1_DX),
         ),
-        ("max 3/1", max_pool2d, 3, 1, 0, MAX_K3S1P0_Y, MAX_K3S1P0_DX),
-        ("avg 3/1", avg_pool2d, 3, 1, 0, AVG_K3S1P0_Y, AVG_K3S1P0_DX),
+        (
+            "max 3/1",
+            max_pool2d,
+            [3, 1, 0],
+            (MAX_K3S1P0_Y, MAX_K3S1P0_DX),
+        ),
+        (
+            "avg 3/1",
+            avg_pool2d,
+            [3, 1, 0],
+            (AVG_K3S1P0_Y, AVG_K3S1P0_DX),
+        ),
     ];
     for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
         let x = pattern(&[1, 2, 5, 6], 0.37, 0.1, dtype);
-        for (what, pool, k, s, p, want_y, want_dx) in cases {
+        for (what, pool, [k, s, p], (want_y, want_dx)) in cases {
             let (y, dx) = forward_backward(
                 |x| pool(x, k, s, p, true),
                 &x,

@@ -18,13 +18,13 @@ pub fn lrn(x: &Tensor, size: usize, alpha: f64, beta: f64, k: f64) -> Result<Ten
         requirement,
         value,
     };
-    if size % 2 == 0 {
+    if size.is_multiple_of(2) {
         return Err(bad("size", "odd", size.to_string()).into());
     }
-    if !(k > 0.0) || !k.is_finite() {
+    if !k.is_finite() || k <= 0.0 {
         return Err(bad("k", "positive and finite", k.to_string()).into());
     }
-    if !(alpha >= 0.0) || !alpha.is_finite() || !beta.is_finite() {
+    if !alpha.is_finite() || alpha < 0.0 || !beta.is_finite() {
         return Err(bad(
             "alpha, beta",
             "finite, alpha ≥ 0",

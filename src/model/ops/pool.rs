@@ -415,8 +415,10 @@ mod tests {
         );
     }
 
+    type Nchw = (usize, usize, usize, usize);
+
     /// (shape, kernel, stride, pad, ceil): kernel ≠ stride, padding, ceil mode, odd sizes.
-    const CASES: [((usize, usize, usize, usize), usize, usize, usize, bool); 6] = [
+    const CASES: [(Nchw, usize, usize, usize, bool); 6] = [
         ((2, 3, 7, 7), 3, 2, 0, true),
         ((1, 2, 9, 8), 3, 2, 1, true),
         ((2, 2, 6, 5), 3, 1, 1, false),
