@@ -35,8 +35,9 @@ pub fn avg_pool2d(
 }
 
 /// Output length of pooling `len` inputs: `floor` or `ceil` of `(len + 2·pad − kernel)/stride`
-/// plus one, and in ceil mode one fewer when the last window would start inside the right
-/// padding (Caffe's and PyTorch's rule).
+/// plus one, and in ceil mode one fewer when the last window would start past the input
+/// (PyTorch's rule; Caffe checks it only when padded, which differs only for stride > kernel,
+/// where Caffe would pool an empty window).
 pub fn pooled_len(
     len: usize,
     kernel: usize,
@@ -57,8 +58,8 @@ pub fn pooled_len(
     } else {
         span / stride
     };
-    let last_start_in_right_pad = pad > 0 && steps * stride >= len + pad;
-    Ok(steps + 1 - usize::from(last_start_in_right_pad))
+    let last_starts_past_input = ceil_mode && steps * stride >= len + pad;
+    Ok(steps + 1 - usize::from(last_starts_past_input))
 }
 
 /// Everything a pooling kernel needs to know about its input and output.
@@ -388,6 +389,8 @@ mod tests {
         // last start 6 ≥ 6 → 2.
         assert_eq!(pooled_len(5, 3, 3, 2, true).unwrap(), 3);
         assert_eq!(pooled_len(4, 3, 3, 2, true).unwrap(), 2);
+        // Stride beyond the kernel: len 5, k 1, s 3: ceil(4/3)+1 = 3 would start at 6 → 2.
+        assert_eq!(pooled_len(5, 1, 3, 0, true).unwrap(), 2);
         assert!(matches!(
             pooled_len(2, 5, 1, 1, false),
             Err(OpError::InputTooSmall { .. })
@@ -475,6 +478,36 @@ mod tests {
                 .unwrap();
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             assert!(diff.to_vec0::<f32>().unwrap() < 2e-2);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any geometry: the gradient of Σy reaches x in full through max-pooling (each output
+        /// routes to one input), and without padding no average exceeds its window's max.
+        #[test]
+        fn max_pool_routes_all_gradient_and_bounds_the_average(
+            h in 1usize..10,
+            w in 1usize..10,
+            kernel in 1usize..5,
+            stride in 1usize..4,
+            pad_seed in 0usize..4,
+            ceil_mode: bool,
+            seed: u64,
+        ) {
+            let pad = pad_seed % kernel;
+            proptest::prop_assume!(h + 2 * pad >= kernel && w + 2 * pad >= kernel);
+            let x = candle_core::Var::from_tensor(&distinct_values((2, 2, h, w), seed).unwrap()).unwrap();
+            let y = max_pool2d(x.as_tensor(), kernel, stride, pad, ceil_mode).unwrap();
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let routed = grads.get(x.as_tensor()).unwrap().sum_all().unwrap().to_vec0::<f64>().unwrap();
+            proptest::prop_assert_eq!(routed, y.elem_count() as f64);
+            if pad == 0 {
+                let avg = avg_pool2d(x.as_tensor(), kernel, stride, 0, ceil_mode).unwrap();
+                let excess = (avg - &y).unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+                proptest::prop_assert!(excess <= 1e-12);
+            }
         }
     }
 }
