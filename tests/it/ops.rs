@@ -348,6 +348,39 @@ fn small_network_with_all_pieces_learns() {
     assert!(last < 0.05 * first, "loss {first} → {last}");
 }
 
+/// Every way the public API refuses input, one message per line (the first line of each: candle
+/// appends a backtrace when RUST_BACKTRACE is set).
+#[test]
+fn error_messages() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();
+    let first_line = |e: candle_core::Error| e.to_string().lines().next().unwrap().to_string();
+    let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    let ones = Tensor::ones(2, DType::F32, &dev).unwrap();
+    let labels = Tensor::new(&[0u32, 5], &dev).unwrap();
+    let settings = SgdParams {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: -1.0,
+        bias_lr_mult: 2.0,
+        clip_grad_norm: None,
+    };
+    let messages = [
+        first_line(max_pool2d(&x, 0, 1, 0, false).unwrap_err()),
+        first_line(max_pool2d(&x, 3, 2, 3, true).unwrap_err()),
+        first_line(avg_pool2d(&x, 7, 1, 1, false).unwrap_err()),
+        first_line(avg_pool2d(&x.flatten_all().unwrap(), 2, 2, 0, false).unwrap_err()),
+        first_line(max_pool2d(&x.to_dtype(DType::U8).unwrap(), 2, 2, 0, false).unwrap_err()),
+        first_line(lrn(&x, 2, 1e-4, 0.75, 1.0).unwrap_err()),
+        first_line(lrn(&x, 5, 1e-4, 0.75, 0.0).unwrap_err()),
+        first_line(weighted_softmax_cross_entropy(&logits, &labels, &ones).unwrap_err()),
+        first_line(weighted_softmax_cross_entropy(&logits, &ones, &ones).unwrap_err()),
+        first_line(sigmoid_cross_entropy(&ones, &ones).unwrap_err()),
+        Sgd::new(Vec::new(), &settings).err().unwrap().to_string(),
+    ];
+    insta::assert_snapshot!(messages.join("\n"));
+}
+
 // ---- reference values printed by the script above ----
 const MAX_K3S2P1_Y: &[f64] = &[
     0.7322314440302514,

@@ -230,6 +230,28 @@ mod tests {
     }
 
     #[test]
+    fn half_precision_agrees_with_f32() {
+        let x = (random_values((2, 6, 3, 3), 8).unwrap() * 4.0).unwrap();
+        let want = lrn(&x, 5, 0.5, 0.75, 1.0).unwrap();
+        for dtype in [
+            candle_core::DType::F32,
+            candle_core::DType::BF16,
+            candle_core::DType::F16,
+        ] {
+            let got = lrn(&x.to_dtype(dtype).unwrap(), 5, 0.5, 0.75, 1.0).unwrap();
+            let diff = (got.to_dtype(candle_core::DType::F64).unwrap() - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_vec0::<f64>()
+                .unwrap();
+            assert!(diff < 3e-2, "{dtype:?}: {diff}");
+        }
+    }
+
+    #[test]
     fn even_size_is_rejected() {
         let x = random_values((1, 4, 2, 2), 1).unwrap();
         let msg = lrn(&x, 4, 1e-4, 0.75, 1.0).unwrap_err().to_string();
