@@ -9,7 +9,8 @@ use rayon::prelude::*;
 use super::cpu::{self, Element, Kernel1, Kernel2};
 use super::{dims4, OpError};
 
-/// Max pooling: each output is the largest input in its window (padding never wins).
+/// Max pooling: each output is the largest input in its window (padding never wins; ties go
+/// to the first in row-major order, and the gradient with them, as in Caffe).
 pub fn max_pool2d(
     x: &Tensor,
     kernel: usize,
