@@ -2,5 +2,6 @@
 //! directly (and the `runner` binary where the CLI itself is under test).
 
 mod eval;
+mod ops;
 mod recipe;
 mod stages;
