@@ -55,7 +55,10 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum Bench {}
+enum Bench {
+    /// Custom pooling and LRN ops against candle's own ops (forward, forward + backward).
+    Ops(websieve::bench::ops::OpsBenchArgs),
+}
 
 #[derive(Args)]
 struct RecipeArgs {
@@ -178,7 +181,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", websieve::report::report(&args.runs)?);
             Ok(())
         }
-        Some(Command::Bench(bench)) => match bench {},
+        Some(Command::Bench(bench)) => match bench {
+            Bench::Ops(args) => websieve::bench::ops::run(&args),
+        },
         None => run(cli.run),
     }
 }
