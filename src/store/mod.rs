@@ -196,6 +196,14 @@ impl Store {
     }
 }
 
+/// A stored image as RGB rows.
+pub struct RgbRecord<'a> {
+    pub label: u32,
+    pub width: u32,
+    pub height: u32,
+    pub pixels: std::borrow::Cow<'a, [u8]>,
+}
+
 /// Reads records inside one read transaction: what it reads is one consistent snapshot.
 pub struct StoreReader<'s> {
     store: &'s Store,
@@ -209,14 +217,21 @@ impl StoreReader<'_> {
     }
 
     pub fn image(&self, split: Split, id: u64) -> Result<image::RgbImage, StoreError> {
+        let rgb = self.rgb(split, id)?;
+        Ok(image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels.into_owned()).expect("length checked"))
+    }
+
+    /// A record's label, size and RGB pixels: borrowed from the map for raw stores, decoded
+    /// for JPEG ones. The loader's fast path.
+    pub fn rgb(&self, split: Split, id: u64) -> Result<RgbRecord<'_>, StoreError> {
         let record = self.record(split, id)?;
         let pixels = codec::record_pixels(&record, self.store.header().encoding)
             .map_err(|message| self.corrupt(split, id, "image", message))?;
-        Ok(image::RgbImage::from_raw(record.width, record.height, pixels.into_owned()).expect("length checked"))
+        Ok(RgbRecord { label: record.label, width: record.width, height: record.height, pixels })
     }
 
-    /// The stored record (label, size, payload), borrowed from the map: the loader's fast path.
-    pub fn record(&self, split: Split, id: u64) -> Result<codec::RecordView<'_>, StoreError> {
+    /// The stored record (label, size, payload), borrowed from the map.
+    fn record(&self, split: Split, id: u64) -> Result<codec::RecordView<'_>, StoreError> {
         let bytes = self.get(self.store.inner.tables.image(split), split, id)?;
         codec::parse_record(bytes).ok_or_else(|| self.corrupt(split, id, "image", "shorter than its header".into()))
     }
