@@ -73,7 +73,7 @@ pub enum DatasetError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}:{line}: {field}: {message}", path.display())]
     Line { path: PathBuf, line: usize, field: &'static str, message: String },
-    #[error("{}: invalid JSON at line {}, column {}: {source}", path.display(), source.line(), source.column())]
+    #[error("{}: invalid JSON: {source}", path.display())]
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{}: row {row}: {message}", path.display())]
     Row { path: PathBuf, row: usize, message: String },

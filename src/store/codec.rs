@@ -92,8 +92,13 @@ pub fn decode(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
 fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
     let undecodable = |e: jpeg_decoder::Error| Skip::new(SkipReason::Undecodable, format!("jpeg: {e}"));
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    let request = min_side.min(u32::from(u16::MAX)) as u16;
-    let (width, height) = decoder.scale(request, request).map_err(undecodable)?;
+    decoder.read_info().map_err(undecodable)?;
+    let info = decoder.info().ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
+    // jpeg-decoder takes the smallest scale at which *either* side covers the request; asking
+    // only for the shorter side (the other side can never be met) keeps both sides ≥ min_side.
+    let request = min_side.min(u32::from(u16::MAX - 1)) as u16;
+    let (request_w, request_h) = if info.width <= info.height { (request, u16::MAX) } else { (u16::MAX, request) };
+    let (width, height) = decoder.scale(request_w, request_h).map_err(undecodable)?;
     if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
         return Err(Skip::new(SkipReason::TooLarge, format!("{width}x{height} after DCT scaling")));
     }
@@ -114,8 +119,8 @@ fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
     Ok(orient(image, orientation))
 }
 
-/// jpeg-decoder hands out Adobe CMYK as stored (inverted); R = (255 − C)(255 − K)/255 on the
-/// un-inverted values, which is what this computes from the stored ones.
+/// jpeg-decoder hands out CMYK with 0 = no ink (it undoes Adobe's inverted storage):
+/// R = (255 − C)(255 − K)/255, and likewise G from M and B from Y.
 fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
     cmyk.chunks_exact(4)
         .flat_map(|p| {
@@ -266,8 +271,9 @@ mod tests {
 
     #[test]
     fn cmyk_white_and_black() {
-        // Stored (inverted) Adobe CMYK: 255 everywhere is white, K stored 0 is black.
-        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255, 255, 255, 255, 0]), vec![255, 255, 255, 0, 0, 0]);
+        // No ink is white, full black ink is black, full magenta + yellow is red.
+        let rgb = cmyk_to_rgb(&[0, 0, 0, 0, 0, 0, 0, 255, 0, 255, 255, 0]);
+        assert_eq!(rgb, vec![255, 255, 255, 0, 0, 0, 255, 0, 0]);
     }
 
     #[test]

@@ -121,8 +121,6 @@ pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) 
         .collect();
     let env_dir = dir.join(STORE_DIR);
     let lmdb = |source| IngestError::Lmdb { dir: env_dir.clone(), source };
-    let env = open_env(&env_dir, false).map_err(lmdb)?;
-    let tables = create_tables(&env).map_err(lmdb)?;
     let fingerprint = serde_json::json!({
         "format_version": FORMAT_VERSION,
         "params": params,
@@ -130,6 +128,21 @@ pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) 
         "work": work.iter().map(|(_, s)| s.path.as_str()).collect::<Vec<_>>(),
     });
     let fingerprint = blake3::hash(fingerprint.to_string().as_bytes()).to_hex().to_string();
+    // A finished store may be open for reading in this process (heed then refuses a second,
+    // writable handle): read its report through the reader.
+    if let Ok(store) = super::Store::open(dir) {
+        let inner = &store.inner;
+        let lmdb = |source| IngestError::Lmdb { dir: env_dir.clone(), source };
+        let txn = inner.env.read_txn().map_err(lmdb)?;
+        let stored = inner.tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
+        if stored != Some(fingerprint.as_bytes()) {
+            return Err(IngestError::Changed { dir: env_dir });
+        }
+        drop(txn);
+        return build_report(&inner.env, &inner.tables, &env_dir);
+    }
+    let env = open_env(&env_dir, false).map_err(lmdb)?;
+    let tables = create_tables(&env).map_err(lmdb)?;
     let mut counts = start_or_resume(&env, &tables, &fingerprint, index.classes.len(), &env_dir)?;
 
     let pool = rayon::ThreadPoolBuilder::new()
@@ -194,7 +207,7 @@ pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) 
     txn.commit().map_err(lmdb)?;
     env.force_sync().map_err(lmdb)?;
 
-    let report = build_report(&env, &tables, &work, &counts).map_err(lmdb)?;
+    let report = build_report(&env, &tables, &env_dir)?;
     let report_path = dir.join(REPORT_FILE);
     let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
     std::fs::write(&report_path, report_json).map_err(|source| IngestError::Io { path: report_path, source })?;
@@ -288,19 +301,18 @@ fn write_chunk(
     Ok(())
 }
 
-fn build_report(
-    env: &heed::Env<heed::WithoutTls>,
-    tables: &Tables,
-    work: &[(Split, &DatasetSample)],
-    counts: &Counts,
-) -> Result<IngestReport, heed::Error> {
-    let txn = env.read_txn()?;
+fn build_report(env: &heed::Env<heed::WithoutTls>, tables: &Tables, env_dir: &Path) -> Result<IngestReport, IngestError> {
+    let lmdb = |source| IngestError::Lmdb { dir: env_dir.to_path_buf(), source };
+    let state_error = |key, e: serde_json::Error| IngestError::State { dir: env_dir.to_path_buf(), key, message: e.to_string() };
+    let txn = env.read_txn().map_err(lmdb)?;
+    let counts: Counts = match tables.state.get(&txn, "counts").map_err(lmdb)? {
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| state_error("counts", e))?,
+        None => Counts::default(),
+    };
     let mut skips = Vec::new();
-    for entry in tables.skips.iter(&txn)? {
-        let (position, bytes) = entry?;
-        let skipped: SkippedFile = serde_json::from_slice(bytes).map_err(|e| heed::Error::Decoding(Box::new(e)))?;
-        debug_assert_eq!(skipped.path, work[position as usize].1.path);
-        skips.push(skipped);
+    for entry in tables.skips.iter(&txn).map_err(lmdb)? {
+        let (_, bytes) = entry.map_err(lmdb)?;
+        skips.push(serde_json::from_slice::<SkippedFile>(bytes).map_err(|e| state_error("skips", e))?);
     }
     let mut skipped = BTreeMap::new();
     for skip in &skips {

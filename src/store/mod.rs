@@ -250,7 +250,9 @@ impl StoreReader<'_> {
 }
 
 fn open_env(dir: &Path, read_only: bool) -> Result<Env<WithoutTls>, heed::Error> {
-    std::fs::create_dir_all(dir)?;
+    if !read_only {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(MAP_SIZE).max_dbs(Tables::NAMES.len() as u32).max_readers(MAX_READERS);
     // NO_SYNC while writing: a killed process loses nothing the OS already has (kill -9 is
