@@ -1,3 +1,5 @@
 //! Benchmarks behind `runner bench …`: each prints its throughput next to a reference measured in the same run.
 
+pub mod ingest;
+pub mod loader;
 pub mod ops;

@@ -1,1 +1,150 @@
-//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl and a generated synthetic dataset. In: a dataset root (or synthetic settings). Out: samples (path or pixels, label, source, query, text).
+//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl and a generated synthetic dataset.
+//!
+//! In: a dataset root (or, for `synthetic`, the settings and a folder to generate into).
+//! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
+//! page text, in file-list order. No image is opened here; the ingest stage decodes them.
+
+pub mod imagefolder;
+pub mod jsonl;
+mod lines;
+pub mod synthetic;
+pub mod webvision;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::recipe::params::{DatasetFormat, DatasetParams};
+use crate::sample::{SampleText, Source, Split};
+
+/// One class: its id (WordNet id or folder name) and a readable name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// A search query of a WebVision dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryInfo {
+    pub id: u32,
+    /// The query words, `+` turned into spaces.
+    pub text: String,
+    /// 0-based class the query was made for.
+    pub label: u32,
+}
+
+/// A sample as a dataset lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSample {
+    /// As written in the file list (e.g. `flickr/q0001/1.jpg`, `val000001.jpg`).
+    pub path: String,
+    /// Where the image file is.
+    pub file: PathBuf,
+    pub label: u32,
+    pub source: Source,
+    /// WebVision query id; 0 where there is none.
+    pub query: u32,
+    pub text: SampleText,
+}
+
+/// Everything a dataset lists, before any image is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetIndex {
+    pub classes: Vec<ClassInfo>,
+    pub queries: Vec<QueryInfo>,
+    pub train: Vec<DatasetSample>,
+    pub val: Vec<DatasetSample>,
+}
+
+impl DatasetIndex {
+    pub fn samples(&self, split: Split) -> &[DatasetSample] {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+        }
+    }
+}
+
+/// A dataset that cannot be read: always names the file, and the line or row when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}: {field}: {message}", path.display())]
+    Line { path: PathBuf, line: usize, field: &'static str, message: String },
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{}: row {row}: {message}", path.display())]
+    Row { path: PathBuf, row: usize, message: String },
+    #[error("[dataset] root is required for format `{format}`")]
+    NoRoot { format: &'static str },
+    #[error("synthetic dataset in {}: {message}", dir.display())]
+    Synthetic { dir: PathBuf, message: String },
+}
+
+impl DatasetError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+        move |source| DatasetError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Reads the dataset `params` describe. `work_dir` is where `synthetic` generates its files.
+pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, DatasetError> {
+    let root = || params.root.as_deref().ok_or(DatasetError::NoRoot { format: format_name(params.format) });
+    let mut index = match params.format {
+        DatasetFormat::Webvision => webvision::read(root()?, &params.sources, params.val)?,
+        DatasetFormat::Imagefolder => imagefolder::read(root()?, params.val)?,
+        DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?,
+        DatasetFormat::Synthetic => {
+            let generated = synthetic::generate(&params.synthetic, work_dir)?;
+            webvision::read(&generated, &[Source::Google, Source::Flickr], params.val)?
+        }
+    };
+    if let Some(cap) = params.max_per_class {
+        index.train = cap_per_class(std::mem::take(&mut index.train), index.classes.len(), cap);
+    }
+    Ok(index)
+}
+
+fn format_name(format: DatasetFormat) -> &'static str {
+    match format {
+        DatasetFormat::Webvision => "webvision",
+        DatasetFormat::Imagefolder => "imagefolder",
+        DatasetFormat::Jsonl => "jsonl",
+        DatasetFormat::Synthetic => "synthetic",
+    }
+}
+
+/// Keeps the first `cap` samples of each class, in list order.
+fn cap_per_class(samples: Vec<DatasetSample>, classes: usize, cap: usize) -> Vec<DatasetSample> {
+    let mut kept = vec![0usize; classes];
+    samples
+        .into_iter()
+        .filter(|s| {
+            let count = &mut kept[s.label as usize];
+            *count += 1;
+            *count <= cap
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_keeps_first_per_class_in_order() {
+        let sample = |path: &str, label| DatasetSample {
+            path: path.into(),
+            file: path.into(),
+            label,
+            source: Source::Other,
+            query: 0,
+            text: SampleText::default(),
+        };
+        let samples = vec![sample("a", 0), sample("b", 1), sample("c", 0), sample("d", 0), sample("e", 1)];
+        let kept: Vec<_> = cap_per_class(samples, 2, 2).into_iter().map(|s| s.path).collect();
+        assert_eq!(kept, ["a", "b", "c", "e"]);
+    }
+}

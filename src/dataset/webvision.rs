@@ -1,0 +1,210 @@
+//! The WebVision 2017 layout, as the real release and `imagenette-web` have it:
+//!
+//! ```text
+//! info/synsets.txt                      <wnid> <lemmas>           label = 0-based line
+//! info/queries_{google,flickr}.txt      <qid> <words joined by +>
+//! info/queries_synsets_map.txt          <qid> <1-based synset line>
+//! info/train_filelist_{google,flickr,all}.txt   <source>/qNNNN/<id>.jpg <label>
+//! info/train_meta_list_{google,flickr,all}.txt  <source>/qNNNN.json <row>  (line-aligned)
+//! info/val_filelist.txt                 <name> <label>           images in val_images_256/
+//! meta/<source>/qNNNN.json              [{title, description, tags?}, ...]  row is 1-based
+//! ```
+//!
+//! Google text is title + description; Flickr text is title + description + tags. A key the
+//! page lacks (or `null`) is `None`, an empty string is `Some("")`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::lines::{Line, ListFile};
+use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample, QueryInfo};
+use crate::sample::{SampleText, Source};
+
+/// The folder of the validation images.
+pub const VAL_IMAGES: &str = "val_images_256";
+
+/// Reads the training lists of `sources` (the `all` lists when both are asked for, keeping
+/// their order) and, if `val`, the validation list.
+pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, DatasetError> {
+    let info = root.join("info");
+    let classes = read_classes(&info.join("synsets.txt"))?;
+    let queries = read_queries(&info)?;
+    let google = sources.contains(&Source::Google);
+    let flickr = sources.contains(&Source::Flickr);
+    let list = match (google, flickr) {
+        (true, true) | (false, false) => "all",
+        (true, false) => "google",
+        (false, true) => "flickr",
+    };
+    let files = ListFile::read(info.join(format!("train_filelist_{list}.txt")))?;
+    let metas = ListFile::read(info.join(format!("train_meta_list_{list}.txt")))?;
+    let mut pages = MetaCache { root, files: HashMap::new() };
+    let mut train = Vec::new();
+    let mut meta_lines = metas.lines();
+    for file_line in files.lines() {
+        let meta_line = meta_lines.next().ok_or_else(|| {
+            file_line.error("meta list", format!("{} has no line for this file", metas.path.display()))
+        })?;
+        train.push(train_sample(root, &file_line, &meta_line, classes.len(), &mut pages)?);
+    }
+    if let Some(extra) = meta_lines.next() {
+        return Err(extra.error("file list", format!("{} ended before this line", files.path.display())));
+    }
+    let val = if val { read_val(root, classes.len())? } else { Vec::new() };
+    Ok(DatasetIndex { classes, queries, train, val })
+}
+
+fn read_classes(path: &Path) -> Result<Vec<ClassInfo>, DatasetError> {
+    let file = ListFile::read(path.to_path_buf())?;
+    file.lines()
+        .map(|line| {
+            let (id, name) = line.head_rest("wnid")?;
+            Ok(ClassInfo { id: id.to_string(), name: name.to_string() })
+        })
+        .collect()
+}
+
+/// Queries with their class, when `queries_synsets_map.txt` is there (text from the Google
+/// list, else the Flickr one).
+fn read_queries(info: &Path) -> Result<Vec<QueryInfo>, DatasetError> {
+    let map_path = info.join("queries_synsets_map.txt");
+    if !map_path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut texts = HashMap::new();
+    for name in ["queries_flickr.txt", "queries_google.txt"] {
+        let path = info.join(name);
+        if path.exists() {
+            let file = ListFile::read(path)?;
+            for line in file.lines() {
+                let (id, text) = line.head_rest("query id")?;
+                let id: u32 = id.parse().map_err(|e| line.error("query id", format!("`{id}`: {e}")))?;
+                texts.insert(id, text.replace('+', " "));
+            }
+        }
+    }
+    let map = ListFile::read(map_path)?;
+    map.lines()
+        .map(|line| {
+            let (id, synset) = line.pair::<u32>("query id", "synset line")?;
+            let id: u32 = id.parse().map_err(|e| line.error("query id", format!("`{id}`: {e}")))?;
+            let label = synset.checked_sub(1).ok_or_else(|| line.error("synset line", "is 1-based, got 0"))?;
+            Ok(QueryInfo { id, text: texts.get(&id).cloned().unwrap_or_default(), label })
+        })
+        .collect()
+}
+
+fn train_sample(
+    root: &Path,
+    file_line: &Line<'_>,
+    meta_line: &Line<'_>,
+    classes: usize,
+    pages: &mut MetaCache<'_>,
+) -> Result<DatasetSample, DatasetError> {
+    let (path, label) = file_line.pair::<u32>("path", "label")?;
+    check_label(file_line, label, classes)?;
+    let (source, query) = source_and_query(path, file_line)?;
+    let (meta_path, row) = meta_line.pair::<usize>("meta file", "row")?;
+    let meta_stem = meta_path.strip_suffix(".json").unwrap_or(meta_path);
+    if source_and_query(meta_stem, meta_line)? != (source, query) {
+        return Err(meta_line.error(
+            "meta file",
+            format!("`{meta_path}` does not match line {} of the file list (`{path}`)", file_line.number),
+        ));
+    }
+    let text = pages.text(meta_path, row, source, meta_line)?;
+    Ok(DatasetSample { path: path.to_string(), file: root.join(path), label, source, query, text })
+}
+
+fn check_label(line: &Line<'_>, label: u32, classes: usize) -> Result<(), DatasetError> {
+    if label as usize >= classes {
+        return Err(line.error("label", format!("{label} but synsets.txt has {classes} classes")));
+    }
+    Ok(())
+}
+
+/// `google/q0012/x.jpg` or `google/q0012` → (Google, 12).
+fn source_and_query(path: &str, line: &Line<'_>) -> Result<(Source, u32), DatasetError> {
+    let mut parts = path.split('/');
+    let source = match parts.next() {
+        Some("google") => Source::Google,
+        Some("flickr") => Source::Flickr,
+        _ => return Err(line.error("path", format!("`{path}` does not start with google/ or flickr/"))),
+    };
+    let query = parts
+        .next()
+        .and_then(|q| q.strip_prefix('q'))
+        .and_then(|digits| digits.parse::<u32>().ok())
+        .ok_or_else(|| line.error("path", format!("`{path}` has no qNNNN query folder")))?;
+    Ok((source, query))
+}
+
+fn read_val(root: &Path, classes: usize) -> Result<Vec<DatasetSample>, DatasetError> {
+    let list = ListFile::read(root.join("info").join("val_filelist.txt"))?;
+    list.lines()
+        .map(|line| {
+            let (name, label) = line.pair::<u32>("path", "label")?;
+            check_label(&line, label, classes)?;
+            Ok(DatasetSample {
+                path: name.to_string(),
+                file: root.join(VAL_IMAGES).join(name),
+                label,
+                source: Source::Other,
+                query: 0,
+                text: SampleText::default(),
+            })
+        })
+        .collect()
+}
+
+/// The meta JSON files, each parsed once.
+struct MetaCache<'a> {
+    root: &'a Path,
+    files: HashMap<String, Vec<Value>>,
+}
+
+impl MetaCache<'_> {
+    fn text(&mut self, meta_path: &str, row: usize, source: Source, line: &Line<'_>) -> Result<SampleText, DatasetError> {
+        let file = self.root.join("meta").join(meta_path);
+        if !self.files.contains_key(meta_path) {
+            self.files.insert(meta_path.to_string(), parse_array(&file)?);
+        }
+        let rows = &self.files[meta_path];
+        let element = row
+            .checked_sub(1)
+            .and_then(|i| rows.get(i))
+            .ok_or_else(|| line.error("row", format!("{row} is outside 1..={} of {}", rows.len(), file.display())))?;
+        page_text(element, source).map_err(|message| DatasetError::Row { path: file, row, message })
+    }
+}
+
+fn parse_array(path: &PathBuf) -> Result<Vec<Value>, DatasetError> {
+    let bytes = std::fs::read(path).map_err(DatasetError::io(path))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|source| DatasetError::Json { path: path.clone(), source })?;
+    match value {
+        Value::Array(rows) => Ok(rows),
+        _ => Err(DatasetError::Row { path: path.clone(), row: 0, message: "expected a JSON array".into() }),
+    }
+}
+
+fn page_text(element: &Value, source: Source) -> Result<SampleText, String> {
+    let object = element.as_object().ok_or("expected a JSON object")?;
+    let field = |key: &str| match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("`{key}` should be a string, is {other}")),
+    };
+    let tags = match (source, object.get("tags")) {
+        (Source::Flickr, Some(Value::Array(tags))) => tags
+            .iter()
+            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| format!("tag {t} is not a string")))
+            .collect::<Result<_, _>>()?,
+        (Source::Flickr, Some(Value::String(s))) => s.split_whitespace().map(str::to_string).collect(),
+        (Source::Flickr, Some(other)) if !other.is_null() => return Err(format!("`tags` should be a list, is {other}")),
+        _ => Vec::new(),
+    };
+    Ok(SampleText { title: field("title")?, description: field("description")?, tags })
+}

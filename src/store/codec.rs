@@ -1,0 +1,296 @@
+//! Image bytes as found on the web → a resized RGB image, and the store's payload encoding.
+//!
+//! In: a file's bytes (any extension; the format is sniffed from the magic bytes), the target
+//! size and mode. Out: an RGB u8 image resized for the store, or the reason it was skipped.
+//! JPEGs are decoded with DCT scaling (jpeg-decoder's `scale`): a large original is decoded at
+//! 1/2, 1/4 or 1/8 of its size when that still covers the target, which bounds both the time and
+//! the memory of a huge image. Other formats go through `image` with allocation limits.
+
+use std::io::Cursor;
+
+use fast_image_resize::{images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{metadata::Orientation, DynamicImage, ImageFormat, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::recipe::params::{ResizeMode, StoreEncoding};
+
+/// Decoded images above this many pixels (after DCT scaling) are skipped as too large.
+pub const MAX_DECODED_PIXELS: u64 = 64 << 20;
+/// Allocation limit for the non-JPEG decoders.
+const MAX_DECODE_ALLOC: u64 = 512 << 20;
+
+/// Why an image was not stored. Serialized in the ingest report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// The file is not there.
+    Missing,
+    /// The file has zero bytes.
+    Empty,
+    /// The bytes are no image format we decode.
+    UnknownFormat,
+    /// A known format that failed to decode (truncated, corrupt).
+    Undecodable,
+    /// Larger than the decode bound even after DCT scaling.
+    TooLarge,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Missing => "missing",
+            SkipReason::Empty => "empty",
+            SkipReason::UnknownFormat => "unknown-format",
+            SkipReason::Undecodable => "undecodable",
+            SkipReason::TooLarge => "too-large",
+        }
+    }
+}
+
+/// A skipped image: the reason and the decoder's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+impl Skip {
+    fn new(reason: SkipReason, detail: impl ToString) -> Skip {
+        Skip { reason, detail: detail.to_string() }
+    }
+}
+
+/// The size an image of `width × height` gets in the store.
+pub fn target_size(width: u32, height: u32, resize: u32, mode: ResizeMode) -> (u32, u32) {
+    match mode {
+        ResizeMode::Squash => (resize, resize),
+        ResizeMode::ShorterSide => {
+            let scale = f64::from(resize) / f64::from(width.min(height).max(1));
+            let side = |s: u32| ((f64::from(s) * scale).round() as u32).max(resize);
+            if width <= height {
+                (resize, side(height))
+            } else {
+                (side(width), resize)
+            }
+        }
+    }
+}
+
+/// Decodes `bytes` (format sniffed), applies EXIF orientation and returns RGB. `min_side`
+/// lets a JPEG decode at a reduced DCT scale as long as both sides stay ≥ `min_side`.
+pub fn decode(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
+    if bytes.is_empty() {
+        return Err(Skip::new(SkipReason::Empty, "zero-byte file"));
+    }
+    let format = image::guess_format(bytes).map_err(|e| Skip::new(SkipReason::UnknownFormat, e))?;
+    match format {
+        ImageFormat::Jpeg => decode_jpeg(bytes, min_side),
+        other => decode_other(bytes, other),
+    }
+}
+
+fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
+    let undecodable = |e: jpeg_decoder::Error| Skip::new(SkipReason::Undecodable, format!("jpeg: {e}"));
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().map_err(undecodable)?;
+    let info = decoder.info().ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
+    // jpeg-decoder takes the smallest scale at which *either* side covers the request; asking
+    // only for the shorter side (the other side can never be met) keeps both sides ≥ min_side.
+    let request = min_side.min(u32::from(u16::MAX - 1)) as u16;
+    let (request_w, request_h) = if info.width <= info.height { (request, u16::MAX) } else { (u16::MAX, request) };
+    let (width, height) = decoder.scale(request_w, request_h).map_err(undecodable)?;
+    if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+        return Err(Skip::new(SkipReason::TooLarge, format!("{width}x{height} after DCT scaling")));
+    }
+    let pixels = decoder.decode().map_err(undecodable)?;
+    let info = decoder.info().ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    let rgb = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => pixels,
+        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&l| [l, l, l]).collect(),
+        jpeg_decoder::PixelFormat::L16 => {
+            pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
+        }
+        jpeg_decoder::PixelFormat::CMYK32 => cmyk_to_rgb(&pixels),
+    };
+    let image = RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: short pixel buffer"))?;
+    let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk);
+    Ok(orient(image, orientation))
+}
+
+/// jpeg-decoder hands out CMYK with 0 = no ink (it undoes Adobe's inverted storage):
+/// R = (255 − C)(255 − K)/255, and likewise G from M and B from Y.
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    cmyk.chunks_exact(4)
+        .flat_map(|p| {
+            let k = 255 - u16::from(p[3]);
+            [0, 1, 2].map(|c| ((255 - u16::from(p[c])) * k / 255) as u8)
+        })
+        .collect()
+}
+
+fn decode_other(bytes: &[u8], format: ImageFormat) -> Result<RgbImage, Skip> {
+    use image::ImageDecoder;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+        return Err(Skip::new(SkipReason::TooLarge, format!("{format:?} {width}x{height}")));
+    }
+    let orientation = decoder.orientation().ok();
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, e))?;
+    Ok(orient(image.into_rgb8(), orientation))
+}
+
+fn classify(format: ImageFormat, e: image::ImageError) -> Skip {
+    let reason = match e {
+        image::ImageError::Limits(_) => SkipReason::TooLarge,
+        image::ImageError::Unsupported(_) => SkipReason::UnknownFormat,
+        _ => SkipReason::Undecodable,
+    };
+    Skip::new(reason, format!("{format:?}: {e}"))
+}
+
+fn orient(image: RgbImage, orientation: Option<Orientation>) -> RgbImage {
+    match orientation {
+        None | Some(Orientation::NoTransforms) => image,
+        Some(o) => {
+            let mut dynamic = DynamicImage::ImageRgb8(image);
+            dynamic.apply_orientation(o);
+            dynamic.into_rgb8()
+        }
+    }
+}
+
+/// Bilinear resize to `width × height` (fast_image_resize, SIMD where the CPU has it).
+pub fn resize(image: RgbImage, width: u32, height: u32) -> RgbImage {
+    if image.dimensions() == (width, height) {
+        return image;
+    }
+    let (src_w, src_h) = image.dimensions();
+    let src = FirImage::from_vec_u8(src_w, src_h, image.into_raw(), PixelType::U8x3)
+        .expect("an RgbImage buffer holds exactly w*h*3 bytes");
+    let mut dst = FirImage::new(width, height, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new().resize(&src, &mut dst, &options).expect("both images are U8x3");
+    RgbImage::from_raw(width, height, dst.into_vec()).expect("resizer output is width*height*3")
+}
+
+/// Decode, orient and resize one file's bytes for the store.
+pub fn prepare(bytes: &[u8], resize_to: u32, mode: ResizeMode) -> Result<RgbImage, Skip> {
+    let image = decode(bytes, resize_to)?;
+    let (width, height) = target_size(image.width(), image.height(), resize_to, mode);
+    Ok(resize(image, width, height))
+}
+
+/// The stored value of an image: `label u32 LE, width u32 LE, height u32 LE`, then raw RGB
+/// rows or a JPEG stream.
+pub fn encode_record(label: u32, image: &RgbImage, encoding: StoreEncoding) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + image.as_raw().len());
+    out.extend_from_slice(&label.to_le_bytes());
+    out.extend_from_slice(&image.width().to_le_bytes());
+    out.extend_from_slice(&image.height().to_le_bytes());
+    match encoding {
+        StoreEncoding::Raw => out.extend_from_slice(image.as_raw()),
+        StoreEncoding::Jpeg { quality } => {
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+            image
+                .write_with_encoder(encoder)
+                .expect("JPEG encoding into memory of a valid RGB image does not fail");
+        }
+    }
+    out
+}
+
+/// A stored record, borrowed from the LMDB map.
+pub struct RecordView<'a> {
+    pub label: u32,
+    pub width: u32,
+    pub height: u32,
+    pub payload: &'a [u8],
+}
+
+/// Splits a stored record; `None` when it is shorter than its header.
+pub fn parse_record(bytes: &[u8]) -> Option<RecordView<'_>> {
+    let word = |i: usize| Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
+    Some(RecordView { label: word(0)?, width: word(4)?, height: word(8)?, payload: bytes.get(12..)? })
+}
+
+/// RGB pixels of a record: borrowed for raw payloads, decoded for JPEG ones.
+pub fn record_pixels<'a>(
+    record: &RecordView<'a>,
+    encoding: StoreEncoding,
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+    let expected = record.width as usize * record.height as usize * 3;
+    let pixels: std::borrow::Cow<'a, [u8]> = match encoding {
+        StoreEncoding::Raw => std::borrow::Cow::Borrowed(record.payload),
+        StoreEncoding::Jpeg { .. } => {
+            let mut decoder = jpeg_decoder::Decoder::new(record.payload);
+            std::borrow::Cow::Owned(decoder.decode().map_err(|e| format!("stored jpeg: {e}"))?)
+        }
+    };
+    if pixels.len() != expected {
+        return Err(format!(
+            "payload has {} bytes, {}x{} RGB needs {expected}",
+            pixels.len(),
+            record.width,
+            record.height
+        ));
+    }
+    Ok(pixels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg_of(image: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)).unwrap();
+        out
+    }
+
+    #[test]
+    fn shorter_side_keeps_aspect_and_squash_ignores_it() {
+        assert_eq!(target_size(400, 200, 100, ResizeMode::ShorterSide), (200, 100));
+        assert_eq!(target_size(200, 401, 100, ResizeMode::ShorterSide), (100, 201));
+        assert_eq!(target_size(400, 200, 100, ResizeMode::Squash), (100, 100));
+    }
+
+    #[test]
+    fn large_jpeg_decodes_at_reduced_dct_scale_but_covers_target() {
+        let image = RgbImage::from_fn(800, 640, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+        let decoded = decode(&jpeg_of(&image), 100).unwrap();
+        // 1/4 scale is 200x160; 1/8 would be 100x80, which no longer covers 100 on both sides.
+        assert_eq!(decoded.dimensions(), (200, 160));
+    }
+
+    #[test]
+    fn cmyk_white_and_black() {
+        // No ink is white, full black ink is black, full magenta + yellow is red.
+        let rgb = cmyk_to_rgb(&[0, 0, 0, 0, 0, 0, 0, 255, 0, 255, 255, 0]);
+        assert_eq!(rgb, vec![255, 255, 255, 0, 0, 0, 255, 0, 0]);
+    }
+
+    #[test]
+    fn raw_record_round_trips() {
+        let image = RgbImage::from_fn(3, 2, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let bytes = encode_record(7, &image, StoreEncoding::Raw);
+        let record = parse_record(&bytes).unwrap();
+        assert_eq!((record.label, record.width, record.height), (7, 3, 2));
+        assert_eq!(&*record_pixels(&record, StoreEncoding::Raw).unwrap(), image.as_raw().as_slice());
+    }
+
+    #[test]
+    fn empty_and_garbage_are_told_apart() {
+        assert_eq!(decode(&[], 8).unwrap_err().reason, SkipReason::Empty);
+        assert_eq!(decode(b"not an image at all", 8).unwrap_err().reason, SkipReason::UnknownFormat);
+        let mut truncated = jpeg_of(&RgbImage::new(64, 64));
+        truncated.truncate(40);
+        assert_eq!(decode(&truncated, 8).unwrap_err().reason, SkipReason::Undecodable);
+    }
+}

@@ -1,0 +1,328 @@
+//! The ingest stage: dataset → store. rayon workers read, decode, orient, resize and encode a
+//! chunk of images while a single writer thread commits the previous chunk in one LMDB
+//! transaction, together with the ingest position and the per-class counts.
+//!
+//! Resuming: every commit records how far the work list (training samples, then validation
+//! samples, in list order) has been taken, so a rerun after `kill -9` continues from the last
+//! commit and produces the same records as an uninterrupted run (ids are assigned in work-list
+//! order, skipped files get none). The header is written last; a store without one is not
+//! finished and [`super::Store::open`] refuses it.
+//!
+//! Failpoint (for the resume test): with `WEBSIEVE_INGEST_ABORT_AFTER_COMMITS=N` in the
+//! environment, the process calls `std::process::abort()` right after its N-th commit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, Skip, SkipReason};
+use super::{create_tables, open_env, SampleMeta, StoreHeader, Tables, FORMAT_VERSION, STORE_DIR};
+use crate::dataset::{self, DatasetError, DatasetSample};
+use crate::recipe::params::DatasetParams;
+use crate::sample::Split;
+
+/// See the module doc.
+pub const ABORT_AFTER_COMMITS_ENV: &str = "WEBSIEVE_INGEST_ABORT_AFTER_COMMITS";
+/// The report's file name in the stage folder.
+pub const REPORT_FILE: &str = "ingest_report.json";
+
+/// How the ingest runs (not what it produces: the store does not depend on these).
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub progress: bool,
+    /// Decode threads; 0 = one per core.
+    pub threads: usize,
+    /// Images per write transaction.
+    pub commit_every: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions { progress: false, threads: 0, commit_every: 512 }
+    }
+}
+
+/// A file that was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub split: crate::sample::Split,
+    /// As in the file list.
+    pub path: String,
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+/// What the ingest stored and skipped; also written to `<stage dir>/ingest_report.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub train: u64,
+    pub val: u64,
+    pub skipped: BTreeMap<SkipReason, u64>,
+    pub skips: Vec<SkippedFile>,
+    /// Bytes of all image records (header + payload).
+    pub image_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("store {}: {source}", dir.display())]
+    Lmdb { dir: PathBuf, source: heed::Error },
+    #[error("store {} was started with other settings or another dataset: delete it to re-ingest", dir.display())]
+    Changed { dir: PathBuf },
+    #[error("store {}: corrupt ingest state `{key}`: {message}", dir.display())]
+    State { dir: PathBuf, key: &'static str, message: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("ingest threads: {0}")]
+    Threads(String),
+}
+
+/// Progress persisted with every commit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Counts {
+    /// Work-list position of the next sample to ingest.
+    next: u64,
+    train: Vec<u64>,
+    val: Vec<u64>,
+    image_bytes: u64,
+}
+
+impl Counts {
+    fn of(&mut self, split: Split) -> &mut Vec<u64> {
+        match split {
+            Split::Train => &mut self.train,
+            Split::Val => &mut self.val,
+        }
+    }
+}
+
+/// The ingest stage: builds (or resumes building) a store in `dir` with default options.
+pub fn ingest(params: &DatasetParams, dir: &Path, progress: bool) -> Result<IngestReport, IngestError> {
+    ingest_with(params, dir, &IngestOptions { progress, ..IngestOptions::default() })
+}
+
+/// One chunk of decoded work, on its way to the writer.
+struct Chunk {
+    start: u64,
+    results: Vec<Result<Vec<u8>, Skip>>,
+}
+
+/// [`ingest`] with explicit threads and commit size.
+pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) -> Result<IngestReport, IngestError> {
+    let index = dataset::read(params, dir)?;
+    let work: Vec<(Split, &DatasetSample)> = [Split::Train, Split::Val]
+        .into_iter()
+        .flat_map(|split| index.samples(split).iter().map(move |s| (split, s)))
+        .collect();
+    let env_dir = dir.join(STORE_DIR);
+    let lmdb = |source| IngestError::Lmdb { dir: env_dir.clone(), source };
+    let fingerprint = serde_json::json!({
+        "format_version": FORMAT_VERSION,
+        "params": params,
+        "classes": index.classes,
+        "work": work.iter().map(|(_, s)| s.path.as_str()).collect::<Vec<_>>(),
+    });
+    let fingerprint = blake3::hash(fingerprint.to_string().as_bytes()).to_hex().to_string();
+    // A finished store may be open for reading in this process (heed then refuses a second,
+    // writable handle): read its report through the reader.
+    if let Ok(store) = super::Store::open(dir) {
+        let inner = &store.inner;
+        let lmdb = |source| IngestError::Lmdb { dir: env_dir.clone(), source };
+        let txn = inner.env.read_txn().map_err(lmdb)?;
+        let stored = inner.tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
+        if stored != Some(fingerprint.as_bytes()) {
+            return Err(IngestError::Changed { dir: env_dir });
+        }
+        drop(txn);
+        return build_report(&inner.env, &inner.tables, &env_dir);
+    }
+    let env = open_env(&env_dir, false).map_err(lmdb)?;
+    let tables = create_tables(&env).map_err(lmdb)?;
+    let mut counts = start_or_resume(&env, &tables, &fingerprint, index.classes.len(), &env_dir)?;
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.threads)
+        .build()
+        .map_err(|e| IngestError::Threads(e.to_string()))?;
+    let bar = options.progress.then(|| crate::progress::bar(work.len() as u64, "ingest", "img"));
+    if let Some(bar) = &bar {
+        bar.set_position(counts.next);
+    }
+    let abort_after: Option<u64> = std::env::var(ABORT_AFTER_COMMITS_ENV).ok().and_then(|v| v.parse().ok());
+    let commit_every = options.commit_every.max(1);
+    let prepare = |(_, sample): &(Split, &DatasetSample)| prepare_file(sample, params);
+
+    let first = counts.next as usize;
+    let written = std::thread::scope(|scope| {
+        let (sender, receiver) = sync_channel::<Chunk>(1);
+        let writer = scope.spawn(|| -> Result<(), IngestError> {
+            let mut commits = 0u64;
+            for chunk in receiver {
+                write_chunk(&env, &tables, &work, &chunk, &mut counts).map_err(lmdb)?;
+                commits += 1;
+                if abort_after == Some(commits) {
+                    std::process::abort();
+                }
+                if let Some(bar) = &bar {
+                    bar.inc(chunk.results.len() as u64);
+                }
+            }
+            Ok(())
+        });
+        let mut start = first;
+        while start < work.len() {
+            let end = (start + commit_every).min(work.len());
+            let results = pool.install(|| work[start..end].par_iter().map(prepare).collect());
+            if sender.send(Chunk { start: start as u64, results }).is_err() {
+                break; // the writer failed; its error is returned below
+            }
+            start = end;
+        }
+        drop(sender);
+        writer.join().expect("the ingest writer does not panic")
+    });
+    written?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    let header = StoreHeader {
+        format_version: FORMAT_VERSION,
+        classes: index.classes.clone(),
+        train_counts: counts.train.clone(),
+        val_counts: counts.val.clone(),
+        encoding: params.encoding,
+        resize: params.resize,
+        resize_mode: params.resize_mode,
+        queries: index.queries.clone(),
+    };
+    let mut txn = env.write_txn().map_err(lmdb)?;
+    let header_json = serde_json::to_vec(&header).expect("header serializes");
+    tables.state.put(&mut txn, "header", &header_json).map_err(lmdb)?;
+    txn.commit().map_err(lmdb)?;
+    env.force_sync().map_err(lmdb)?;
+
+    let report = build_report(&env, &tables, &env_dir)?;
+    let report_path = dir.join(REPORT_FILE);
+    let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
+    std::fs::write(&report_path, report_json).map_err(|source| IngestError::Io { path: report_path, source })?;
+    tracing::info!(train = report.train, val = report.val, skipped = report.skips.len(), "ingest finished");
+    Ok(report)
+}
+
+/// Reads the persisted progress, or records the fingerprint of a fresh store.
+fn start_or_resume(
+    env: &heed::Env<heed::WithoutTls>,
+    tables: &Tables,
+    fingerprint: &str,
+    classes: usize,
+    env_dir: &Path,
+) -> Result<Counts, IngestError> {
+    let lmdb = |source| IngestError::Lmdb { dir: env_dir.to_path_buf(), source };
+    let mut txn = env.write_txn().map_err(lmdb)?;
+    let stored = tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
+    let counts = match stored {
+        None => {
+            tables.state.put(&mut txn, "fingerprint", fingerprint.as_bytes()).map_err(lmdb)?;
+            Counts { next: 0, train: vec![0; classes], val: vec![0; classes], image_bytes: 0 }
+        }
+        Some(stored) if stored != fingerprint.as_bytes() => {
+            return Err(IngestError::Changed { dir: env_dir.to_path_buf() });
+        }
+        Some(_) => match tables.state.get(&txn, "counts").map_err(lmdb)? {
+            None => Counts { next: 0, train: vec![0; classes], val: vec![0; classes], image_bytes: 0 },
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| IngestError::State {
+                dir: env_dir.to_path_buf(),
+                key: "counts",
+                message: e.to_string(),
+            })?,
+        },
+    };
+    txn.commit().map_err(lmdb)?;
+    if counts.next > 0 {
+        tracing::info!(next = counts.next, "resuming ingest");
+    }
+    Ok(counts)
+}
+
+/// Reads, decodes and encodes one file for the store.
+fn prepare_file(sample: &DatasetSample, params: &DatasetParams) -> Result<Vec<u8>, Skip> {
+    let bytes = std::fs::read(&sample.file).map_err(|e| Skip {
+        reason: if e.kind() == std::io::ErrorKind::NotFound { SkipReason::Missing } else { SkipReason::Undecodable },
+        detail: e.to_string(),
+    })?;
+    let image = codec::prepare(&bytes, params.resize, params.resize_mode)?;
+    Ok(codec::encode_record(sample.label, &image, params.encoding))
+}
+
+/// Writes one chunk and the progress after it in one transaction.
+fn write_chunk(
+    env: &heed::Env<heed::WithoutTls>,
+    tables: &Tables,
+    work: &[(Split, &DatasetSample)],
+    chunk: &Chunk,
+    counts: &mut Counts,
+) -> Result<(), heed::Error> {
+    let mut txn = env.write_txn()?;
+    let mut next = counts.clone();
+    for (offset, result) in chunk.results.iter().enumerate() {
+        let position = chunk.start + offset as u64;
+        let (split, sample) = work[position as usize];
+        match result {
+            Ok(record) => {
+                let id = next.of(split).iter().sum::<u64>();
+                tables.image(split).put(&mut txn, &id, record)?;
+                let meta = SampleMeta {
+                    label: sample.label,
+                    source: sample.source,
+                    query: sample.query,
+                    text: sample.text.clone(),
+                    path: sample.path.clone(),
+                };
+                tables.meta(split).put(&mut txn, &id, &serde_json::to_vec(&meta).expect("meta serializes"))?;
+                next.of(split)[sample.label as usize] += 1;
+                next.image_bytes += record.len() as u64;
+            }
+            Err(skip) => {
+                let skipped = SkippedFile { split, path: sample.path.clone(), reason: skip.reason, detail: skip.detail.clone() };
+                tables.skips.put(&mut txn, &position, &serde_json::to_vec(&skipped).expect("skip serializes"))?;
+            }
+        }
+    }
+    next.next = chunk.start + chunk.results.len() as u64;
+    tables.state.put(&mut txn, "counts", &serde_json::to_vec(&next).expect("counts serialize"))?;
+    txn.commit()?;
+    *counts = next;
+    Ok(())
+}
+
+fn build_report(env: &heed::Env<heed::WithoutTls>, tables: &Tables, env_dir: &Path) -> Result<IngestReport, IngestError> {
+    let lmdb = |source| IngestError::Lmdb { dir: env_dir.to_path_buf(), source };
+    let state_error = |key, e: serde_json::Error| IngestError::State { dir: env_dir.to_path_buf(), key, message: e.to_string() };
+    let txn = env.read_txn().map_err(lmdb)?;
+    let counts: Counts = match tables.state.get(&txn, "counts").map_err(lmdb)? {
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| state_error("counts", e))?,
+        None => Counts::default(),
+    };
+    let mut skips = Vec::new();
+    for entry in tables.skips.iter(&txn).map_err(lmdb)? {
+        let (_, bytes) = entry.map_err(lmdb)?;
+        skips.push(serde_json::from_slice::<SkippedFile>(bytes).map_err(|e| state_error("skips", e))?);
+    }
+    let mut skipped = BTreeMap::new();
+    for skip in &skips {
+        *skipped.entry(skip.reason).or_insert(0) += 1;
+    }
+    Ok(IngestReport {
+        train: counts.train.iter().sum(),
+        val: counts.val.iter().sum(),
+        skipped,
+        skips,
+        image_bytes: counts.image_bytes,
+    })
+}
