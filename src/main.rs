@@ -58,6 +58,10 @@ enum Command {
 enum Bench {
     /// Custom pooling and LRN ops against candle's own ops (forward, forward + backward).
     Ops(websieve::bench::ops::OpsBenchArgs),
+    /// Ingest images/s and bytes per image against the reference PIL + lmdb script.
+    Ingest(websieve::bench::ingest::IngestBenchArgs),
+    /// Loader images/s (training crops + mirror) from raw and JPEG stores.
+    Loader(websieve::bench::loader::LoaderBenchArgs),
 }
 
 #[derive(Args)]
@@ -183,6 +187,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Bench(bench)) => match bench {
             Bench::Ops(args) => websieve::bench::ops::run(&args),
+            Bench::Ingest(args) => websieve::bench::ingest::run(&args),
+            Bench::Loader(args) => websieve::bench::loader::run(&args),
         },
         None => run(cli.run),
     }

@@ -40,7 +40,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Batches `start..end` (`end = None`: endless) of `source`.
-    pub fn spawn<S: BatchSource>(store: Arc<Store>, source: Arc<S>, workers: usize, start: u64, end: Option<u64>) -> Pipeline {
+    pub fn spawn<S: BatchSource>(
+        store: Arc<Store>,
+        source: Arc<S>,
+        workers: usize,
+        start: u64,
+        end: Option<u64>,
+    ) -> Pipeline {
         let workers = workers.max(1);
         let pool: BufferPool = Arc::default();
         let mut receivers = Vec::with_capacity(workers);
@@ -60,7 +66,11 @@ impl Pipeline {
                 let mut state = S::State::default();
                 let mut k = start + worker;
                 while end.is_none_or(|end| k < end) {
-                    let buffer = pool.lock().ok().and_then(|mut pool| pool.pop()).unwrap_or_default();
+                    let buffer = pool
+                        .lock()
+                        .ok()
+                        .and_then(|mut pool| pool.pop())
+                        .unwrap_or_default();
                     let batch = source.build(k, &reader, buffer, &mut state);
                     let failed = batch.is_err();
                     if sender.send(batch).is_err() || failed {
@@ -70,7 +80,14 @@ impl Pipeline {
                 }
             }));
         }
-        Pipeline { receivers, handles, start, next: start, end, pool }
+        Pipeline {
+            receivers,
+            handles,
+            start,
+            next: start,
+            end,
+            pool,
+        }
     }
 
     /// Hands a batch's pixel buffer back for reuse (saves allocating and faulting in ~77 MB per
@@ -95,7 +112,9 @@ impl Iterator for Pipeline {
             return None;
         }
         let worker = ((self.next - self.start) % self.receivers.len() as u64) as usize;
-        let item = self.receivers[worker].recv().unwrap_or(Err(LoaderError::WorkerStopped));
+        let item = self.receivers[worker]
+            .recv()
+            .unwrap_or(Err(LoaderError::WorkerStopped));
         self.next += 1;
         if item.is_err() {
             self.end = Some(self.next); // an error ends the stream

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{StageError, StageKind, Workspace};
 use crate::recipe::{Devices, Recipe};
+use crate::store;
 
 /// The stages whose output a stage reads (and whose keys its key includes).
 pub(super) fn reads(kind: StageKind) -> &'static [StageKind] {
@@ -98,11 +99,22 @@ pub(super) fn final_checkpoint(train_dir: &Path) -> PathBuf {
 /// Builds one stage into `out` (its partial folder), reading the upstream stage folders.
 pub(super) fn execute(
     _ws: &Workspace,
-    _recipe: &Recipe,
+    recipe: &Recipe,
     kind: StageKind,
     _upstream: &[(StageKind, PathBuf)],
-    _out: &Path,
-    _progress: bool,
+    out: &Path,
+    progress: bool,
 ) -> Result<(), StageError> {
-    Err(StageError::NotImplemented { stage: kind })
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| StageError::Failed {
+        stage: kind,
+        run: recipe.name.clone(),
+        source,
+    };
+    match kind {
+        StageKind::Ingest => {
+            store::ingest(&recipe.dataset, out, progress).map_err(|e| failed(e.into()))?;
+            Ok(())
+        }
+        _ => Err(StageError::NotImplemented { stage: kind }),
+    }
 }

@@ -97,3 +97,120 @@ fn plan_says_why_each_stage_runs() {
         "{text}"
     );
 }
+
+/// Runs the `runner` binary in `dir` with its own cache and run folders.
+fn runner(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runner"));
+    cmd.args(args)
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .arg("--runs")
+        .arg(dir.join("runs"))
+        .env("WEBSIEVE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stages_json(dir: &std::path::Path, run: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("runs").join(run).join("stages.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+const TINY: [&str; 6] = [
+    "--set",
+    "dataset.synthetic.max_per_class=20",
+    "--set",
+    "dataset.synthetic.min_per_class=10",
+    "--set",
+    "dataset.synthetic.val_per_class=4",
+];
+
+#[test]
+fn a_second_run_reuses_the_stage_and_an_upstream_change_misses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["recipes/quickstart.toml", "--until", "ingest"];
+    args.extend(TINY);
+    let first = runner(tmp.path(), &args, &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
+        false
+    );
+    let run_dir = tmp.path().join("runs/quickstart");
+    for file in [
+        "recipe.resolved.toml",
+        "command.txt",
+        "version.json",
+        "log.jsonl",
+    ] {
+        assert!(run_dir.join(file).is_file(), "run folder lacks {file}");
+    }
+    let second = runner(tmp.path(), &args, &[]);
+    assert!(second.status.success());
+    assert_eq!(
+        stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
+        true
+    );
+    args.extend(["--set", "dataset.synthetic.seed=7"]);
+    let changed = runner(tmp.path(), &args, &[]);
+    assert!(changed.status.success());
+    assert_eq!(
+        stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
+        false
+    );
+}
+
+#[test]
+fn a_stage_killed_mid_way_is_not_reused_but_finished_on_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["recipes/quickstart.toml", "--until", "ingest"];
+    args.extend(TINY);
+    let killed = runner(
+        tmp.path(),
+        &args,
+        &[(websieve::store::ABORT_AFTER_COMMITS_ENV, "1")],
+    );
+    assert!(
+        !killed.status.success(),
+        "the failpoint must kill the runner"
+    );
+    let plan = runner(
+        tmp.path(),
+        &[
+            "plan",
+            "recipes/quickstart.toml",
+            "--until",
+            "ingest",
+            TINY[0],
+            TINY[1],
+            TINY[2],
+            TINY[3],
+            TINY[4],
+            TINY[5],
+        ],
+        &[],
+    );
+    let plan = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(
+        plan.contains("resume"),
+        "the killed stage must not look complete:\n{plan}"
+    );
+    let finished = runner(tmp.path(), &args, &[]);
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    let dir = stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = websieve::store::Store::open(std::path::Path::new(&dir)).unwrap();
+    assert!(store.len(websieve::sample::Split::Train) >= 100);
+}
