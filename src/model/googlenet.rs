@@ -277,7 +277,11 @@ impl BatchNorm {
             let update = |running: &Var, batch: Tensor, scale: f64| {
                 running.set(&(running.affine(1.0 - BN_MOMENTUM, 0.0)? + batch.affine(scale, 0.0)?)?)
             };
-            update(&self.running_mean, mean.detach().flatten_all()?, BN_MOMENTUM)?;
+            update(
+                &self.running_mean,
+                mean.detach().flatten_all()?,
+                BN_MOMENTUM,
+            )?;
             update(&self.running_var, var.detach().flatten_all()?, unbiased)?;
             (mean, var)
         } else {
@@ -357,7 +361,10 @@ struct AuxHead {
 impl AuxHead {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<HeadOutput> {
         let pooled = avg_pool2d(x, self.pool_kernel, 3, 0, true)?;
-        let features = self.conv.forward(&pooled, pass.is_train())?.flatten_from(1)?;
+        let features = self
+            .conv
+            .forward(&pooled, pass.is_train())?
+            .flatten_from(1)?;
         let classes = match &self.classifier {
             Some(branch) => Some(branch.forward(&features, pass)?),
             None => None,
@@ -411,7 +418,11 @@ pub struct GoogLeNet {
 /// Output side of a Caffe pooling layer; `None` when the window does not fit.
 fn pool_out(size: usize, kernel: usize, stride: usize, pad: usize, ceil: bool) -> Option<usize> {
     let span = (size + 2 * pad).checked_sub(kernel)?;
-    let mut out = if ceil { span.div_ceil(stride) } else { span / stride } + 1;
+    let mut out = if ceil {
+        span.div_ceil(stride)
+    } else {
+        span / stride
+    } + 1;
     // Caffe drops a last window that would start inside the padding only.
     if pad > 0 && (out - 1) * stride >= size + pad {
         out -= 1;
@@ -634,7 +645,11 @@ impl GoogLeNet {
             }
         }
         for (name, var) in self.named_tensors() {
-            var.set(&tensors[name].to_device(var.device())?.to_dtype(var.dtype())?)?;
+            var.set(
+                &tensors[name]
+                    .to_device(var.device())?
+                    .to_dtype(var.dtype())?,
+            )?;
         }
         Ok(())
     }
@@ -713,7 +728,11 @@ mod tests {
         )
         .unwrap();
         let find = |name: &str| &net.vars().iter().find(|(n, _)| n == name).unwrap().1;
-        let conv1: Vec<f32> = find("conv1.weight").flatten_all().unwrap().to_vec1().unwrap();
+        let conv1: Vec<f32> = find("conv1.weight")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let bound = (3.0f32 / (3.0 * 49.0)).sqrt();
         assert!(conv1.iter().all(|w| w.abs() <= bound));
         // A uniform draw fills its range: the extremes come close to ±bound.
@@ -793,7 +812,10 @@ mod tests {
             .collect();
         let before: Vec<f32> = net.vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
         let err = net.load(&tensors).unwrap_err();
-        assert!(matches!(err, ModelError::ShapeMismatch { ref name, .. } if name.starts_with("loss1.classifier")), "{err}");
+        assert!(
+            matches!(err, ModelError::ShapeMismatch { ref name, .. } if name.starts_with("loss1.classifier")),
+            "{err}"
+        );
         let after: Vec<f32> = net.vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(before, after);
     }

@@ -56,8 +56,6 @@ pub struct TrainState {
     /// Product of the rollback lr factors applied so far (1 without rollbacks).
     pub lr_scale: f64,
     pub rollbacks: u32,
-    /// Moving average of the loss, for spike detection.
-    pub loss_average: Option<f64>,
 }
 
 /// A loaded checkpoint: tensors by full key and the loop state.
@@ -111,10 +109,12 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let step = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?.parse().ok());
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            n.strip_prefix(FILE_PREFIX)?
+                .strip_suffix(FILE_SUFFIX)?
+                .parse()
+                .ok()
+        });
         if let Some(step) = step {
             found.push((step, path));
         }
@@ -140,7 +140,10 @@ pub fn save<'a>(
     };
     let mut views = Vec::new();
     for (name, tensor) in tensors {
-        let values: Vec<f32> = tensor.flatten_all().and_then(|t| t.to_vec1()).map_err(candle)?;
+        let values: Vec<f32> = tensor
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(candle)?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let shape = tensor.dims().to_vec();
         views.push((name, F32View { shape, bytes }));
@@ -202,11 +205,12 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let tensor =
-            Tensor::from_vec(values, view.shape(), device).map_err(|source| CheckpointError::Candle {
+        let tensor = Tensor::from_vec(values, view.shape(), device).map_err(|source| {
+            CheckpointError::Candle {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
         tensors.insert(name.to_string(), tensor);
     }
     Ok(Checkpoint { tensors, state })
@@ -234,7 +238,6 @@ mod tests {
             seed: 9,
             lr_scale: 0.5,
             rollbacks: 1,
-            loss_average: Some(1.25),
         }
     }
 
@@ -262,11 +265,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
         for step in [100, 9, 1000, 0] {
-            save(&path_for(dir.path(), step), [("x".to_string(), &t)], &state(step)).unwrap();
+            save(
+                &path_for(dir.path(), step),
+                [("x".to_string(), &t)],
+                &state(step),
+            )
+            .unwrap();
         }
-        assert_eq!(latest(dir.path()).unwrap(), Some(path_for(dir.path(), 1000)));
+        assert_eq!(
+            latest(dir.path()).unwrap(),
+            Some(path_for(dir.path(), 1000))
+        );
         prune(dir.path(), 2).unwrap();
-        let steps: Vec<u64> = list(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        let steps: Vec<u64> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(steps, vec![100, 1000]);
     }
 
@@ -277,6 +292,9 @@ mod tests {
         let t = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(&HashMap::from([("w", t)]), &path).unwrap();
         let err = load(&path, &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("plain.safetensors") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("plain.safetensors") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

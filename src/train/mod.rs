@@ -28,15 +28,11 @@ use crate::recipe::params::{ModelParams, OnDivergence, Precision, TrainLength, T
 use crate::sample::Batch;
 use checkpoint::{Checkpoint, CheckpointError, TrainState, MODEL_PREFIX, MOMENTUM_PREFIX};
 use loss::{sigmoid_cross_entropy, weighted_softmax_cross_entropy};
-use optim::Sgd;
+use optim::{DivergenceGuard, OptimError, Sgd, SgdState};
 use schedule::learning_rate;
 
-/// A loss above this multiple of its moving average counts as a spike (divergence).
+/// A loss above this multiple of its running mean counts as a spike (divergence).
 pub const SPIKE_FACTOR: f64 = 5.0;
-/// Steps before spike detection starts (the average needs a few losses first).
-const SPIKE_WARMUP_STEPS: u64 = 20;
-/// Weight of the newest loss in the moving average.
-const LOSS_AVERAGE_RATE: f64 = 0.1;
 /// Checkpoints kept in the run folder (the newest is the rollback target).
 const CHECKPOINTS_KEPT: usize = 2;
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -51,6 +47,8 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("train: {0}")]
+    Optim(#[from] OptimError),
     #[error("train: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("train: {path}: {source}")]
@@ -73,7 +71,9 @@ pub enum TrainError {
     MissingLambda { step: u64, id: u64 },
     #[error("train: step {step}: sample {id} has no topic vector")]
     MissingTopics { step: u64, id: u64 },
-    #[error("train: step {step}: sample {id} has a topic vector of length {found}, expected {expected}")]
+    #[error(
+        "train: step {step}: sample {id} has a topic vector of length {found}, expected {expected}"
+    )]
     TopicLength {
         step: u64,
         id: u64,
@@ -88,16 +88,11 @@ pub enum TrainError {
         input_size: usize,
     },
     #[error(
-        "train: diverged at step {step}: loss {loss} (moving average {average:?}); \
-         lower train.optimizer.lr or set train.on_divergence to rollback"
+        "train: diverged: {0}; lower train.optimizer.lr or set train.on_divergence to rollback"
     )]
-    Diverged {
-        step: u64,
-        loss: f64,
-        average: Option<f64>,
-    },
-    #[error("train: diverged at step {step} after {rollbacks} rollbacks (train.on_divergence.max_rollbacks)")]
-    TooManyRollbacks { step: u64, rollbacks: u32 },
+    Diverged(String),
+    #[error("train: diverged again after {rollbacks} rollbacks (train.on_divergence.max_rollbacks): {cause}")]
+    TooManyRollbacks { rollbacks: u32, cause: String },
     #[error("train: train.precision = bf16 is not implemented yet; use f32")]
     Bf16Unsupported,
 }
@@ -188,6 +183,7 @@ struct Trainer<'a> {
     device: &'a Device,
     net: GoogLeNet,
     sgd: Sgd,
+    guard: DivergenceGuard,
     state: TrainState,
     metrics_path: PathBuf,
 }
@@ -264,7 +260,11 @@ impl<'a> Trainer<'a> {
             if let Some(logits) = &head.classes {
                 let term =
                     weighted_softmax_cross_entropy(logits, &targets.labels, &targets.lambdas)?;
-                add(format!("{name}/classification"), term, weight * class_weight)?;
+                add(
+                    format!("{name}/classification"),
+                    term,
+                    weight * class_weight,
+                )?;
             }
             if let (Some(logits), Some(topics)) = (&head.topics, &targets.topics) {
                 let term = sigmoid_cross_entropy(logits, topics)?;
@@ -283,8 +283,9 @@ impl<'a> Trainer<'a> {
             .net
             .named_tensors()
             .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor()));
-        let momentum = self.sgd.state();
-        let momentum = momentum
+        let sgd = self.sgd.state();
+        let momentum = sgd
+            .momentum
             .iter()
             .map(|(name, t)| (format!("{MOMENTUM_PREFIX}{name}"), t));
         checkpoint::save(&path, model.chain(momentum), &self.state)?;
@@ -294,8 +295,13 @@ impl<'a> Trainer<'a> {
 
     fn restore(&mut self, loaded: &Checkpoint) -> Result<(), TrainError> {
         self.net.load(&loaded.group(MODEL_PREFIX))?;
-        self.sgd.load_state(&loaded.group(MOMENTUM_PREFIX))?;
+        self.sgd.load_state(&SgdState {
+            step: loaded.state.step,
+            momentum: loaded.group(MOMENTUM_PREFIX),
+        })?;
         self.state = loaded.state;
+        // The guard's running mean is not checkpointed: it starts afresh, as after a rollback.
+        self.guard.reset();
         Ok(())
     }
 
@@ -336,26 +342,12 @@ impl<'a> Trainer<'a> {
         fs::write(&self.metrics_path, kept).map_err(io)
     }
 
-    /// Whether `loss` is a divergence: not finite, or a spike over the moving average.
-    fn diverged(&self, loss: f64) -> bool {
-        let spike = self.state.step >= SPIKE_WARMUP_STEPS
-            && self
-                .state
-                .loss_average
-                .is_some_and(|avg| loss > SPIKE_FACTOR * avg);
-        !loss.is_finite() || spike
-    }
-
     /// Handles a divergence per `on_divergence`: an error, or the state of the newest
     /// checkpoint with the lr scaled down.
-    fn on_divergence(&mut self, loss: f64) -> Result<(), TrainError> {
+    fn on_divergence(&mut self, cause: String) -> Result<(), TrainError> {
         let step = self.state.step;
         match self.job.train.on_divergence {
-            OnDivergence::Stop => Err(TrainError::Diverged {
-                step,
-                loss,
-                average: self.state.loss_average,
-            }),
+            OnDivergence::Stop => Err(TrainError::Diverged(cause)),
             OnDivergence::Rollback {
                 lr_factor,
                 max_rollbacks,
@@ -363,8 +355,8 @@ impl<'a> Trainer<'a> {
                 let rollbacks = self.state.rollbacks + 1;
                 if rollbacks > max_rollbacks {
                     return Err(TrainError::TooManyRollbacks {
-                        step,
                         rollbacks: self.state.rollbacks,
+                        cause,
                     });
                 }
                 let lr_scale = self.state.lr_scale * lr_factor;
@@ -373,16 +365,10 @@ impl<'a> Trainer<'a> {
                 self.restore(&checkpoint::load(&path, self.device)?)?;
                 self.state.lr_scale = lr_scale;
                 self.state.rollbacks = rollbacks;
-                tracing::warn!(
-                    step,
-                    loss,
-                    to_step = self.state.step,
-                    lr_scale,
-                    "training diverged; rolled back"
-                );
+                tracing::warn!(cause, to_step = self.state.step, lr_scale, "rolled back");
                 self.append_metrics(json!({
                     "step": self.state.step, "event": "rollback", "diverged_at": step,
-                    "loss": loss, "lr_scale": lr_scale,
+                    "cause": cause, "lr_scale": lr_scale,
                 }))
             }
         }
@@ -405,7 +391,13 @@ pub fn train<'b>(
         path: job.out_dir.to_path_buf(),
         source,
     })?;
-    let net = GoogLeNet::new(job.model, job.num_classes, job.topics, job.train.seed, device)?;
+    let net = GoogLeNet::new(
+        job.model,
+        job.num_classes,
+        job.topics,
+        job.train.seed,
+        device,
+    )?;
     let sgd = Sgd::new(net.vars().to_vec(), &job.train.optimizer)?;
     let mut trainer = Trainer {
         job,
@@ -413,12 +405,12 @@ pub fn train<'b>(
         device,
         net,
         sgd,
+        guard: DivergenceGuard::new(SPIKE_FACTOR),
         state: TrainState {
             step: 0,
             seed: job.train.seed,
             lr_scale: 1.0,
             rollbacks: 0,
-            loss_average: None,
         },
         metrics_path: job.out_dir.join(METRICS_FILE),
     };
@@ -440,7 +432,9 @@ pub fn train<'b>(
         // Step 0 is the rollback target until the first periodic checkpoint.
         trainer.save_checkpoint()?;
     }
-    let end = job.stop_after.map_or(job.iterations, |s| s.min(job.iterations));
+    let end = job
+        .stop_after
+        .map_or(job.iterations, |s| s.min(job.iterations));
     run_steps(&mut trainer, batches, end)
 }
 
@@ -488,24 +482,29 @@ fn run_steps<'b>(
             .forward_train(&images, &mut step_rng(trainer.state.seed, step))?;
         let loss = trainer.loss(&heads, &targets)?;
         let total = loss.total.to_scalar::<f32>()? as f64;
-        if trainer.diverged(total) {
-            trainer.on_divergence(total)?;
-            stream = open(trainer.state.step)?;
-            continue;
-        }
-        let grads = loss.total.backward()?;
         let lr = learning_rate(
             &job.train.schedule,
             job.train.optimizer.lr,
             step,
             job.iterations,
         ) * trainer.state.lr_scale;
-        trainer.sgd.step(&grads, lr)?;
+        let update = match trainer.guard.check(step, total) {
+            Err(divergence) => Err(divergence.to_string()),
+            Ok(()) => match trainer.sgd.step(&loss.total.backward()?, lr) {
+                Ok(stats) => Ok(stats),
+                Err(e @ OptimError::NonFiniteGradient { .. }) => Err(e.to_string()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let stats = match update {
+            Ok(stats) => stats,
+            Err(cause) => {
+                trainer.on_divergence(cause)?;
+                stream = open(trainer.state.step)?;
+                continue;
+            }
+        };
         trainer.state.step += 1;
-        trainer.state.loss_average = Some(match trainer.state.loss_average {
-            Some(avg) => avg + LOSS_AVERAGE_RATE * (total - avg),
-            None => total,
-        });
         last_loss = total;
         let mut losses = serde_json::Map::new();
         for (name, term) in &loss.terms {
@@ -514,6 +513,7 @@ fn run_steps<'b>(
         let seconds = started.elapsed().as_secs_f64();
         trainer.append_metrics(json!({
             "step": trainer.state.step, "lr": lr, "loss": total, "losses": losses,
+            "grad_norm": stats.grad_norm, "clipped": stats.clipped,
             "images_per_s": n as f64 / seconds,
         }))?;
         let step = trainer.state.step;
