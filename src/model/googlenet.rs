@@ -15,7 +15,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::ops::{avg_pool2d, lrn, max_pool2d};
+use crate::model::conv::conv2d;
+use crate::model::ops::{avg_pool2d, lrn, max_pool2d, pooled_len};
 use crate::recipe::params::{Arch, ModelParams};
 
 /// Caffe's LRN settings in GoogLeNet (`local_size: 5, alpha: 1e-4, beta: 0.75`, k = 1).
@@ -246,7 +247,7 @@ impl Conv {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut y = x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?;
+        let mut y = conv2d(x, &self.weight, self.pad, self.stride)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
         }
@@ -415,21 +416,6 @@ pub struct GoogLeNet {
     buffers: Vec<(String, Var)>,
 }
 
-/// Output side of a Caffe pooling layer; `None` when the window does not fit.
-fn pool_out(size: usize, kernel: usize, stride: usize, pad: usize, ceil: bool) -> Option<usize> {
-    let span = (size + 2 * pad).checked_sub(kernel)?;
-    let mut out = if ceil {
-        span.div_ceil(stride)
-    } else {
-        span / stride
-    } + 1;
-    // Caffe drops a last window that would start inside the padding only.
-    if pad > 0 && (out - 1) * stride >= size + pad {
-        out -= 1;
-    }
-    Some(out)
-}
-
 /// Spatial sides along the trunk, checked against every pooling window.
 struct Sides {
     /// Input of the auxiliary heads (the output of 4a and 4d).
@@ -440,7 +426,7 @@ struct Sides {
 fn trunk_sides(input_size: u32) -> Result<Sides, ModelError> {
     let size = input_size as usize;
     let pool = |layer: &'static str, side: usize, kernel: usize, stride: usize| {
-        pool_out(side, kernel, stride, 0, true).ok_or(ModelError::InputTooSmall {
+        pooled_len(side, kernel, stride, 0, true).map_err(|_| ModelError::InputTooSmall {
             input_size,
             layer,
             size: side,
@@ -676,16 +662,13 @@ mod tests {
     }
 
     #[test]
-    fn caffe_pool_sides() {
-        // 224 px through BVLC GoogLeNet: 112 → 56 → 28 → 14 → 7, aux 14 → 4.
-        assert_eq!(pool_out(112, 3, 2, 0, true), Some(56));
-        assert_eq!(pool_out(56, 3, 2, 0, true), Some(28));
-        assert_eq!(pool_out(14, 5, 3, 0, true), Some(4));
-        assert_eq!(pool_out(14, 3, 1, 1, true), Some(14));
-        // Floor mode would give 55 here; ceil mode keeps the partial window.
-        assert_eq!(pool_out(112, 3, 2, 0, false), Some(55));
-        assert_eq!(pool_out(111, 3, 2, 0, true), Some(55));
-        assert_eq!(pool_out(2, 3, 2, 0, true), None);
+    fn trunk_sides_follow_caffe_ceil_mode() {
+        // 224 px in BVLC GoogLeNet: 112 → 56 → 28 → 14 (4a, 4d) → aux pool 5/3 → 4×4.
+        let full = trunk_sides(224).unwrap();
+        assert_eq!((full.aux_input, full.aux_output), (14, 4));
+        // 64 px: 32 → 16 → 8 → 4; the aux pool shrinks to the 4×4 map.
+        let small = trunk_sides(64).unwrap();
+        assert_eq!((small.aux_input, small.aux_output), (4, 1));
     }
 
     #[test]
@@ -765,6 +748,38 @@ mod tests {
         }
         let eval = net.forward_eval(&images).unwrap();
         assert_eq!(eval.classes.unwrap().dims(), &[2, 5]);
+    }
+
+    #[test]
+    fn batch_norm_training_moves_running_statistics_towards_the_batch() {
+        let net = GoogLeNet::new(
+            &params(Arch::GooglenetBn, 0.125, 64, false),
+            3,
+            0,
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let images = Tensor::randn(0f32, 1.0, (4, 3, 64, 64), &Device::Cpu).unwrap();
+        let (name, running_mean) = &net.buffers()[0];
+        assert_eq!(name, "conv1.bn.running_mean");
+        let weight = &net.vars()[0].1;
+        // conv1 has no bias in the BN variant: its batch mean per channel, by hand.
+        let batch_mean: Vec<f32> = images
+            .conv2d(weight, 3, 2, 1, 1)
+            .unwrap()
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        net.forward_train(&images, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        let updated: Vec<f32> = running_mean.to_vec1().unwrap();
+        for (u, b) in updated.iter().zip(&batch_mean) {
+            assert!((u - 0.1 * b).abs() < 1e-5, "{u} vs 0.1 × {b}");
+        }
     }
 
     #[test]

@@ -164,17 +164,62 @@ fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
     rng
 }
 
-/// Losses of one step: the weighted total and each (head, task) term unweighted.
-struct StepLoss {
-    total: Tensor,
-    terms: Vec<(String, Tensor)>,
+/// Losses of one step: the weighted total and each (head, task) term unweighted, named
+/// `<head>/<task>` (e.g. `loss1/regression`).
+pub struct StepLoss {
+    pub total: Tensor,
+    pub terms: Vec<(String, Tensor)>,
 }
 
-/// The batch's targets as tensors.
-struct Targets {
-    labels: Tensor,
-    lambdas: Tensor,
-    topics: Option<Tensor>,
+/// A batch's targets as tensors: labels `[n]` u32, λ `[n]` f32, topic vectors `[n, K]` f32.
+pub struct Targets {
+    pub labels: Tensor,
+    pub lambdas: Tensor,
+    pub topics: Option<Tensor>,
+}
+
+/// The training loss: per head and task, λ-weighted softmax cross-entropy or sigmoid
+/// cross-entropy, summed with head weights (1, aux₀, aux₁) × task weights. The task weights
+/// apply only when both tasks are on (one task alone weighs 1, so the lr keeps its meaning).
+pub fn step_loss(
+    model: &ModelParams,
+    heads: &[HeadOutput; 3],
+    targets: &Targets,
+) -> Result<StepLoss, TrainError> {
+    let [class_weight, topic_weight] = match (model.classification, model.regression) {
+        (true, true) => model.task_weights,
+        _ => [1.0, 1.0],
+    };
+    let [aux0, aux1] = model.aux_weights;
+    let mut total: Option<Tensor> = None;
+    let mut terms = Vec::new();
+    let mut add = |name: String, term: Tensor, weight: f64| -> Result<(), TrainError> {
+        let weighted = term.affine(weight, 0.0)?;
+        total = Some(match total.take() {
+            Some(sum) => (sum + weighted)?,
+            None => weighted,
+        });
+        terms.push((name, term));
+        Ok(())
+    };
+    for ((head, name), weight) in heads.iter().zip(HEAD_NAMES).zip([1.0, aux0, aux1]) {
+        if let Some(logits) = &head.classes {
+            let term = weighted_softmax_cross_entropy(logits, &targets.labels, &targets.lambdas)?;
+            add(
+                format!("{name}/classification"),
+                term,
+                weight * class_weight,
+            )?;
+        }
+        if let (Some(logits), Some(topics)) = (&head.topics, &targets.topics) {
+            let term = sigmoid_cross_entropy(logits, topics)?;
+            add(format!("{name}/regression"), term, weight * topic_weight)?;
+        }
+    }
+    Ok(StepLoss {
+        total: total.expect("the model has at least one task"),
+        terms,
+    })
 }
 
 struct Trainer<'a> {
@@ -189,18 +234,6 @@ struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    fn task_weights(&self) -> [f64; 2] {
-        match (self.job.model.classification, self.job.model.regression) {
-            (true, true) => self.job.model.task_weights,
-            _ => [1.0, 1.0],
-        }
-    }
-
-    fn head_weights(&self) -> [f64; 3] {
-        let [aux0, aux1] = self.job.model.aux_weights;
-        [1.0, aux0, aux1]
-    }
-
     fn targets(&self, batch: &Batch) -> Result<Targets, TrainError> {
         let step = self.state.step;
         let classes = self.job.num_classes;
@@ -240,40 +273,6 @@ impl<'a> Trainer<'a> {
             labels: Tensor::from_vec(batch.labels.clone(), n, self.device)?,
             lambdas: Tensor::from_vec(lambdas, n, self.device)?,
             topics,
-        })
-    }
-
-    fn loss(&self, heads: &[HeadOutput; 3], targets: &Targets) -> Result<StepLoss, TrainError> {
-        let [class_weight, topic_weight] = self.task_weights();
-        let mut total: Option<Tensor> = None;
-        let mut terms = Vec::new();
-        let mut add = |name: String, term: Tensor, weight: f64| -> Result<(), TrainError> {
-            let weighted = term.affine(weight, 0.0)?;
-            total = Some(match total.take() {
-                Some(sum) => (sum + weighted)?,
-                None => weighted,
-            });
-            terms.push((name, term));
-            Ok(())
-        };
-        for ((head, name), weight) in heads.iter().zip(HEAD_NAMES).zip(self.head_weights()) {
-            if let Some(logits) = &head.classes {
-                let term =
-                    weighted_softmax_cross_entropy(logits, &targets.labels, &targets.lambdas)?;
-                add(
-                    format!("{name}/classification"),
-                    term,
-                    weight * class_weight,
-                )?;
-            }
-            if let (Some(logits), Some(topics)) = (&head.topics, &targets.topics) {
-                let term = sigmoid_cross_entropy(logits, topics)?;
-                add(format!("{name}/regression"), term, weight * topic_weight)?;
-            }
-        }
-        Ok(StepLoss {
-            total: total.expect("the model has at least one task"),
-            terms,
         })
     }
 
@@ -480,7 +479,7 @@ fn run_steps<'b>(
         let heads = trainer
             .net
             .forward_train(&images, &mut step_rng(trainer.state.seed, step))?;
-        let loss = trainer.loss(&heads, &targets)?;
+        let loss = step_loss(job.model, &heads, &targets)?;
         let total = loss.total.to_scalar::<f32>()? as f64;
         let lr = learning_rate(
             &job.train.schedule,
