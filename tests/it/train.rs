@@ -26,8 +26,12 @@ const CLASSES: usize = 4;
 const TOPICS: usize = 3;
 
 fn model(regression: bool) -> ModelParams {
+    model_with(Arch::Googlenet, regression)
+}
+
+fn model_with(arch: Arch, regression: bool) -> ModelParams {
     ModelParams {
-        arch: Arch::Googlenet,
+        arch,
         classification: true,
         regression,
         task_weights: [0.75, 0.25],
@@ -246,7 +250,10 @@ fn small_googlenet_overfits_64_images() {
     assert_eq!(losses.len(), steps as usize);
     let first = losses[..3].iter().sum::<f64>() / 3.0;
     let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
-    assert!(last < 0.1 * first, "loss fell only from {first} to {last}: {losses:?}");
+    assert!(
+        last < 0.1 * first,
+        "loss fell only from {first} to {last}: {losses:?}"
+    );
     assert_eq!(accuracy, 1.0, "losses: {losses:?}");
 }
 
@@ -263,22 +270,29 @@ fn short_run(model: ModelParams, params: TrainParams, iterations: u64) -> Run<'s
 
 #[test]
 fn resume_replays_the_straight_run_bit_for_bit() {
-    // Dropout on, the 2-headed net, a poly schedule over the whole run, a checkpoint between.
+    // LRN and batch norm (running statistics are checkpointed too).
+    for arch in [Arch::Googlenet, Arch::GooglenetBn] {
+        resume_equals_straight(arch);
+    }
+}
+
+/// Dropout on, the 2-headed net, a poly schedule over the whole run, a checkpoint between.
+fn resume_equals_straight(arch: Arch) {
     let data = images(16);
     let (n, every) = (3, 2);
+    let whole = || short_run(model_with(arch, true), params(0.01, 4, every), 2 * n);
     let straight = tempfile::tempdir().unwrap();
-    let whole = short_run(model(true), params(0.01, 4, every), 2 * n);
-    let done = run(&data, straight.path(), &whole).unwrap();
+    let done = run(&data, straight.path(), &whole()).unwrap();
 
     let interrupted = tempfile::tempdir().unwrap();
     let first = Run {
         stop_after: Some(n),
-        ..short_run(model(true), params(0.01, 4, every), 2 * n)
+        ..whole()
     };
     assert_eq!(run(&data, interrupted.path(), &first).unwrap().steps, n);
     let second = Run {
         resume: true,
-        ..short_run(model(true), params(0.01, 4, every), 2 * n)
+        ..whole()
     };
     let resumed = run(&data, interrupted.path(), &second).unwrap();
     assert_eq!(resumed.steps, 2 * n);
@@ -289,8 +303,12 @@ fn resume_replays_the_straight_run_bit_for_bit() {
     );
     assert_eq!(a.len(), b.len());
     assert!(a.keys().any(|k| k.starts_with("momentum.")));
+    assert_eq!(
+        a.keys().any(|k| k.ends_with("running_var")),
+        arch == Arch::GooglenetBn
+    );
     for (name, bits) in &a {
-        assert!(&b[name] == bits, "{name} differs after resume");
+        assert!(&b[name] == bits, "{arch:?}: {name} differs after resume");
     }
     assert_eq!(losses(straight.path()), losses(interrupted.path()));
 }
