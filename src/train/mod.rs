@@ -516,7 +516,7 @@ fn run_steps<'b>(
             "images_per_s": n as f64 / seconds,
         }))?;
         let step = trainer.state.step;
-        if step % job.train.checkpoint_every.max(1) == 0 || step == end {
+        if step.is_multiple_of(job.train.checkpoint_every.max(1)) || step == end {
             final_checkpoint = Some(trainer.save_checkpoint()?);
         }
     }

@@ -322,8 +322,7 @@ fn divergence_stops_naming_the_step() {
         dir.path(),
         &short_run(model(false), params(1e6, 4, 100), 6),
     )
-    .err()
-    .expect("lr 1e6 diverges");
+    .expect_err("lr 1e6 diverges");
     let message = err.to_string();
     assert!(matches!(err, TrainError::Diverged(_)), "{message}");
     assert!(message.contains("at step"), "{message}");
