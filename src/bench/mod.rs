@@ -1,2 +1,4 @@
 //! Benchmarks behind `runner bench …`: each prints its throughput next to a reference measured in the same run.
+
+pub mod ops;
 pub mod train;

@@ -1,6 +1,6 @@
-//! Losses for the classifier and topic-regression heads. In: logits (N×K) and labels, λ
-//! weights or target vectors. Out: a scalar loss tensor whose gradient flows back through
-//! candle's autograd; both are built from candle ops, so they run on any device.
+//! Losses for the classifier and topic-regression heads, and their weighted total. In: logits
+//! (N×K) and labels, λ weights or target vectors. Out: a scalar loss tensor whose gradient flows
+//! back through candle's autograd; all are built from candle ops, so they run on any device.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -21,6 +21,12 @@ pub enum LossError {
         got: DType,
         expected: &'static str,
     },
+    #[error(
+        "total_loss: {task} has {got} head losses, expected 1 (main) or 3 (main, aux 4a, aux 4d)"
+    )]
+    HeadCount { task: &'static str, got: usize },
+    #[error("total_loss: neither classification nor regression losses given")]
+    NoTask,
     #[error("{loss}: label {label} in row {row} is out of range for {classes} classes")]
     LabelOutOfRange {
         loss: &'static str,
@@ -104,6 +110,44 @@ pub fn sigmoid_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor
     let softplus_tail = (abs.neg()?.exp()? + 1.0)?.log()?;
     let per_element = ((positive_part - (logits * targets)?)? + softplus_tail)?;
     per_element.sum_all()?.affine(1.0 / rows as f64, 0.0)
+}
+
+/// The training objective from per-head losses: `Σ_task w_task · Σ_head w_head · loss`, heads
+/// ordered (main, aux after 4a, aux after 4d) weighing `(1, aux_weights[0], aux_weights[1])`
+/// (GoogLeNet's 1, 0.3, 0.3), tasks (classification, regression) weighing `task_weights` (the
+/// original's 0.75, 0.25) when both are trained and 1 when only one is. Each slice holds the
+/// main head's loss alone, or all three.
+pub fn total_loss(
+    classification: Option<&[Tensor]>,
+    regression: Option<&[Tensor]>,
+    task_weights: [f64; 2],
+    aux_weights: [f64; 2],
+) -> Result<Tensor> {
+    let head_weights = [1.0, aux_weights[0], aux_weights[1]];
+    let both = classification.is_some() && regression.is_some();
+    let mut total: Option<Tensor> = None;
+    for (task, losses, task_weight) in [
+        ("classification", classification, task_weights[0]),
+        ("regression", regression, task_weights[1]),
+    ] {
+        let Some(losses) = losses else { continue };
+        if losses.len() != 1 && losses.len() != 3 {
+            return Err(LossError::HeadCount {
+                task,
+                got: losses.len(),
+            }
+            .into());
+        }
+        let task_weight = if both { task_weight } else { 1.0 };
+        for (loss, head_weight) in losses.iter().zip(head_weights) {
+            let term = loss.affine(task_weight * head_weight, 0.0)?;
+            total = Some(match total {
+                Some(t) => (t + term)?,
+                None => term,
+            });
+        }
+    }
+    total.ok_or_else(|| LossError::NoTask.into())
 }
 
 fn expect_shape(
@@ -210,6 +254,24 @@ mod tests {
             .to_vec0::<f32>()
             .unwrap();
         assert_eq!(loss, 1e4);
+    }
+
+    #[test]
+    fn total_loss_weighs_heads_and_tasks() {
+        let scalar = |v: f64| Tensor::new(v, &Device::Cpu).unwrap();
+        let cls = [scalar(2.0), scalar(4.0), scalar(8.0)];
+        let reg = [scalar(1.0), scalar(10.0), scalar(100.0)];
+        let value = |t: Tensor| t.to_vec0::<f64>().unwrap();
+        // 0.75·(2 + 0.3·4 + 0.3·8) + 0.25·(1 + 0.3·10 + 0.3·100)
+        let both = total_loss(Some(&cls), Some(&reg), [0.75, 0.25], [0.3, 0.3]).unwrap();
+        assert!((value(both) - (0.75 * 5.6 + 0.25 * 34.0)).abs() < 1e-12);
+        let alone = total_loss(Some(&cls[..1]), None, [0.75, 0.25], [0.3, 0.3]).unwrap();
+        assert_eq!(value(alone), 2.0);
+        let msg = total_loss(Some(&cls[..2]), None, [0.75, 0.25], [0.3, 0.3])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("classification has 2 head losses"), "{msg}");
+        assert!(total_loss(None, None, [0.75, 0.25], [0.3, 0.3]).is_err());
     }
 
     #[test]

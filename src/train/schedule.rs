@@ -146,4 +146,43 @@ mod tests {
             ],
         );
     }
+
+    /// The schedules side by side over a 1000-iteration run at base lr 0.01, for the docs.
+    /// Step: γ 0.1 every 300; multistep: γ 0.1 at 500 and 800; poly: power 0.5 (Caffe's
+    /// GoogLeNet quick_solver); cosine to 1e-4; the last column is poly with 100 iterations of
+    /// warm-up from 0.1·lr.
+    #[test]
+    fn schedule_table() {
+        let policies = [
+            LrPolicy::Fixed,
+            LrPolicy::Step {
+                gamma: 0.1,
+                step_size: 300,
+            },
+            LrPolicy::Multistep {
+                gamma: 0.1,
+                steps: vec![500, 800],
+            },
+            LrPolicy::Poly { power: 0.5 },
+            LrPolicy::Cosine { min_lr: 1e-4 },
+        ];
+        let warm_poly = Schedule {
+            policy: LrPolicy::Poly { power: 0.5 },
+            warmup_iterations: 100,
+            warmup_start_factor: 0.1,
+        };
+        let mut table =
+            String::from("iter  fixed     step      multistep poly      cosine    warm+poly\n");
+        for iter in [0, 50, 100, 299, 300, 500, 750, 800, 999, 1000] {
+            table += &format!("{iter:<5}");
+            for policy in &policies {
+                table += &format!(
+                    " {:<9.3e}",
+                    learning_rate(&schedule(policy.clone()), 0.01, iter, 1000)
+                );
+            }
+            table += &format!(" {:.3e}\n", learning_rate(&warm_poly, 0.01, iter, 1000));
+        }
+        insta::assert_snapshot!(table);
+    }
 }

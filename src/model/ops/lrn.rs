@@ -18,13 +18,13 @@ pub fn lrn(x: &Tensor, size: usize, alpha: f64, beta: f64, k: f64) -> Result<Ten
         requirement,
         value,
     };
-    if size % 2 == 0 {
+    if size.is_multiple_of(2) {
         return Err(bad("size", "odd", size.to_string()).into());
     }
-    if !(k > 0.0) || !k.is_finite() {
+    if !k.is_finite() || k <= 0.0 {
         return Err(bad("k", "positive and finite", k.to_string()).into());
     }
-    if !(alpha >= 0.0) || !alpha.is_finite() || !beta.is_finite() {
+    if !alpha.is_finite() || alpha < 0.0 || !beta.is_finite() {
         return Err(bad(
             "alpha, beta",
             "finite, alpha ≥ 0",
@@ -226,6 +226,28 @@ mod tests {
                 "channel {c}: {} vs {want}",
                 ys[c]
             );
+        }
+    }
+
+    #[test]
+    fn half_precision_agrees_with_f32() {
+        let x = (random_values((2, 6, 3, 3), 8).unwrap() * 4.0).unwrap();
+        let want = lrn(&x, 5, 0.5, 0.75, 1.0).unwrap();
+        for dtype in [
+            candle_core::DType::F32,
+            candle_core::DType::BF16,
+            candle_core::DType::F16,
+        ] {
+            let got = lrn(&x.to_dtype(dtype).unwrap(), 5, 0.5, 0.75, 1.0).unwrap();
+            let diff = (got.to_dtype(candle_core::DType::F64).unwrap() - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_vec0::<f64>()
+                .unwrap();
+            assert!(diff < 3e-2, "{dtype:?}: {diff}");
         }
     }
 

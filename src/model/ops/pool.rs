@@ -9,7 +9,8 @@ use rayon::prelude::*;
 use super::cpu::{self, Element, Kernel1, Kernel2};
 use super::{dims4, OpError};
 
-/// Max pooling: each output is the largest input in its window (padding never wins).
+/// Max pooling: each output is the largest input in its window (padding never wins; ties go
+/// to the first in row-major order, and the gradient with them, as in Caffe).
 pub fn max_pool2d(
     x: &Tensor,
     kernel: usize,
@@ -35,8 +36,9 @@ pub fn avg_pool2d(
 }
 
 /// Output length of pooling `len` inputs: `floor` or `ceil` of `(len + 2·pad − kernel)/stride`
-/// plus one, and in ceil mode one fewer when the last window would start inside the right
-/// padding (Caffe's and PyTorch's rule).
+/// plus one, and in ceil mode one fewer when the last window would start past the input
+/// (PyTorch's rule; Caffe checks it only when padded, which differs only for stride > kernel,
+/// where Caffe would pool an empty window).
 pub fn pooled_len(
     len: usize,
     kernel: usize,
@@ -57,8 +59,8 @@ pub fn pooled_len(
     } else {
         span / stride
     };
-    let last_start_in_right_pad = pad > 0 && steps * stride >= len + pad;
-    Ok(steps + 1 - usize::from(last_start_in_right_pad))
+    let last_starts_past_input = ceil_mode && steps * stride >= len + pad;
+    Ok(steps + 1 - usize::from(last_starts_past_input))
 }
 
 /// Everything a pooling kernel needs to know about its input and output.
@@ -170,13 +172,27 @@ impl PoolGeom {
 #[inline]
 fn argmax<T: Element>(plane: &[T], w: usize, rows: &Window, cols: &Window) -> usize {
     let mut best = rows.start * w + cols.start;
+    let mut best_value = plane[best];
     for r in rows.start..rows.end {
-        for (i, &v) in plane[r * w + cols.start..r * w + cols.end]
-            .iter()
-            .enumerate()
-        {
-            if v > plane[best] {
-                best = r * w + cols.start + i;
+        let row = r * w;
+        for (c, &v) in plane[row + cols.start..row + cols.end].iter().enumerate() {
+            if v > best_value {
+                best_value = v;
+                best = row + cols.start + c;
+            }
+        }
+    }
+    best
+}
+
+/// The largest input of a window.
+#[inline]
+fn window_max<T: Element>(plane: &[T], w: usize, rows: &Window, cols: &Window) -> T {
+    let mut best = plane[rows.start * w + cols.start];
+    for r in rows.start..rows.end {
+        for &v in &plane[r * w + cols.start..r * w + cols.end] {
+            if v > best {
+                best = v;
             }
         }
     }
@@ -215,7 +231,7 @@ impl Kernel1 for MaxPool2d {
             .for_each(|(out, plane)| {
                 for (i, rw) in rows.iter().enumerate() {
                     for (j, cw) in cols.iter().enumerate() {
-                        out[i * g.ow + j] = plane[argmax(plane, g.w, rw, cw)];
+                        out[i * g.ow + j] = window_max(plane, g.w, rw, cw);
                     }
                 }
             });
@@ -374,6 +390,8 @@ mod tests {
         // last start 6 ≥ 6 → 2.
         assert_eq!(pooled_len(5, 3, 3, 2, true).unwrap(), 3);
         assert_eq!(pooled_len(4, 3, 3, 2, true).unwrap(), 2);
+        // Stride beyond the kernel: len 5, k 1, s 3: ceil(4/3)+1 = 3 would start at 6 → 2.
+        assert_eq!(pooled_len(5, 1, 3, 0, true).unwrap(), 2);
         assert!(matches!(
             pooled_len(2, 5, 1, 1, false),
             Err(OpError::InputTooSmall { .. })
@@ -401,8 +419,10 @@ mod tests {
         );
     }
 
+    type Nchw = (usize, usize, usize, usize);
+
     /// (shape, kernel, stride, pad, ceil): kernel ≠ stride, padding, ceil mode, odd sizes.
-    const CASES: [((usize, usize, usize, usize), usize, usize, usize, bool); 6] = [
+    const CASES: [(Nchw, usize, usize, usize, bool); 6] = [
         ((2, 3, 7, 7), 3, 2, 0, true),
         ((1, 2, 9, 8), 3, 2, 1, true),
         ((2, 2, 6, 5), 3, 1, 1, false),
@@ -459,6 +479,36 @@ mod tests {
                 .unwrap();
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             assert!(diff.to_vec0::<f32>().unwrap() < 2e-2);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any geometry: the gradient of Σy reaches x in full through max-pooling (each output
+        /// routes to one input), and without padding no average exceeds its window's max.
+        #[test]
+        fn max_pool_routes_all_gradient_and_bounds_the_average(
+            h in 1usize..10,
+            w in 1usize..10,
+            kernel in 1usize..5,
+            stride in 1usize..4,
+            pad_seed in 0usize..4,
+            ceil_mode: bool,
+            seed: u64,
+        ) {
+            let pad = pad_seed % kernel;
+            proptest::prop_assume!(h + 2 * pad >= kernel && w + 2 * pad >= kernel);
+            let x = candle_core::Var::from_tensor(&distinct_values((2, 2, h, w), seed).unwrap()).unwrap();
+            let y = max_pool2d(x.as_tensor(), kernel, stride, pad, ceil_mode).unwrap();
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let routed = grads.get(x.as_tensor()).unwrap().sum_all().unwrap().to_vec0::<f64>().unwrap();
+            proptest::prop_assert_eq!(routed, y.elem_count() as f64);
+            if pad == 0 {
+                let avg = avg_pool2d(x.as_tensor(), kernel, stride, 0, ceil_mode).unwrap();
+                let excess = (avg - &y).unwrap().max_all().unwrap().to_vec0::<f64>().unwrap();
+                proptest::prop_assert!(excess <= 1e-12);
+            }
         }
     }
 }
