@@ -86,7 +86,7 @@ fn image(class: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let mut pixels = vec![0f32; 3 * SIZE * SIZE];
     for y in 0..SIZE {
         for x in 0..SIZE {
-            let along = if class % 2 == 0 { y } else { x };
+            let along = if class.is_multiple_of(2) { y } else { x };
             let on = ((along + phase) / 4) % 2 == 0;
             for c in 0..3 {
                 let value = if on { 200.0 * colour[c] } else { 40.0 };
@@ -143,7 +143,7 @@ fn stream(data: &Images, batch: usize, start: u64) -> BatchStream<'_> {
 
 fn topic_vector(id: u64) -> Vec<f32> {
     (0..TOPICS)
-        .map(|t| ((id as usize + t) % TOPICS == 0) as u8 as f32)
+        .map(|t| (id as usize + t).is_multiple_of(TOPICS) as u8 as f32)
         .collect()
 }
 
@@ -170,7 +170,7 @@ fn run(data: &Images, dir: &Path, r: &Run) -> Result<TrainSummary, TrainError> {
         progress: false,
     };
     let batch = r.params.batch_per_device;
-    let lambda = |id: u64| Some(if id % 5 == 0 { 0.5 } else { 1.0 });
+    let lambda = |id: u64| Some(if id.is_multiple_of(5) { 0.5 } else { 1.0 });
     let topics = |id: u64| Some(topic_vector(id));
     let targets = SampleTargets {
         lambda: &lambda,
