@@ -93,6 +93,11 @@ pub enum TrainError {
     Diverged(String),
     #[error("train: diverged again after {rollbacks} rollbacks (train.on_divergence.max_rollbacks): {cause}")]
     TooManyRollbacks { rollbacks: u32, cause: String },
+    #[error(
+        "train: {checkpoint} is from an earlier run in this folder; resume it, or remove the \
+         folder's checkpoints to start over"
+    )]
+    ExistingRun { checkpoint: PathBuf },
     #[error("train: train.precision = bf16 is not implemented yet; use f32")]
     Bf16Unsupported,
 }
@@ -422,6 +427,9 @@ pub fn train<'b>(
         trainer.truncate_metrics(trainer.state.step)?;
         tracing::info!(step = trainer.state.step, checkpoint = %path.display(), "resuming");
     } else {
+        if let Some(found) = checkpoint::latest(job.out_dir)? {
+            return Err(TrainError::ExistingRun { checkpoint: found });
+        }
         if let Some(init) = job.init {
             let loaded = checkpoint::load(init, device)?;
             trainer.net.load(&loaded.group(MODEL_PREFIX))?;

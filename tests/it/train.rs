@@ -311,6 +311,55 @@ fn resume_equals_straight(arch: Arch) {
         assert!(&b[name] == bits, "{arch:?}: {name} differs after resume");
     }
     assert_eq!(losses(straight.path()), losses(interrupted.path()));
+
+    // Starting afresh over a run's checkpoints would mix two runs: refused.
+    let err = run(&data, interrupted.path(), &whole()).unwrap_err();
+    assert!(matches!(err, TrainError::ExistingRun { .. }), "{err}");
+}
+
+#[test]
+fn metrics_log_every_head_and_task() {
+    let data = images(8);
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &data,
+        dir.path(),
+        &short_run(model(true), params(0.01, 4, 100), 2),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let first = &lines[0];
+    assert_eq!(first["step"], 1);
+    assert_eq!(first["lr"], 0.01);
+    assert!(first["images_per_s"].as_f64().unwrap() > 0.0);
+    let mut terms: Vec<&String> = first["losses"].as_object().unwrap().keys().collect();
+    terms.sort();
+    assert_eq!(
+        terms,
+        [
+            "loss1/classification",
+            "loss1/regression",
+            "loss2/classification",
+            "loss2/regression",
+            "loss3/classification",
+            "loss3/regression",
+        ]
+    );
+    // The total is the weighted sum: heads (1, 0.3, 0.3) × tasks (0.75, 0.25).
+    let term = |name: &str| first["losses"][name].as_f64().unwrap();
+    let total: f64 = [("loss3", 1.0), ("loss1", 0.3), ("loss2", 0.3)]
+        .iter()
+        .map(|(h, w)| {
+            w * (0.75 * term(&format!("{h}/classification"))
+                + 0.25 * term(&format!("{h}/regression")))
+        })
+        .sum();
+    assert!((total - first["loss"].as_f64().unwrap()).abs() < 1e-5 * total);
 }
 
 #[test]
