@@ -3,3 +3,4 @@
 pub mod ingest;
 pub mod loader;
 pub mod ops;
+pub mod train;

@@ -6,3 +6,4 @@ mod eval;
 mod ops;
 mod recipe;
 mod stages;
+mod train;

@@ -1,0 +1,837 @@
+//! GoogLeNet (Inception v1) as BVLC's Caffe model defines it, with an optional batch-norm
+//! variant, a width multiplier, any input size the pooling chain admits, and the 2-headed
+//! variant (a topic-regression branch beside each of the 3 classifiers).
+//!
+//! In: [`ModelParams`], the class and topic counts, an init seed and a device. Out: a network
+//! mapping `[n, 3, h, w]` f32 images to per-head class logits and topic logits
+//! ([`GoogLeNet::forward_train`]), or the main head's only ([`GoogLeNet::forward_eval`]).
+//!
+//! Layer names follow the prototxt (`conv1`, `inception_4a.3x3_reduce`, `loss1.fc`, …) with
+//! `.weight` / `.bias` appended; they are the keys of checkpoints.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::conv::conv2d;
+use crate::model::ops::{avg_pool2d, lrn, max_pool2d, pooled_len};
+use crate::recipe::params::{Arch, ModelParams};
+
+/// Caffe's LRN settings in GoogLeNet (`local_size: 5, alpha: 1e-4, beta: 0.75`, k = 1).
+const LRN_SIZE: usize = 5;
+const LRN_ALPHA: f64 = 1e-4;
+const LRN_BETA: f64 = 0.75;
+const LRN_K: f64 = 1.0;
+/// Bias filler of every convolution and hidden fc layer (`constant 0.2`); classifiers use 0.
+const HIDDEN_BIAS: f32 = 0.2;
+const AUX_DROPOUT: f64 = 0.7;
+const MAIN_DROPOUT: f64 = 0.4;
+const BN_EPS: f64 = 1e-5;
+/// Share of the current batch in the running statistics after each training step.
+const BN_MOMENTUM: f64 = 0.1;
+
+/// Head names in output order: the main classifier, then the auxiliary heads after 4a and 4d.
+pub const HEAD_NAMES: [&str; 3] = ["loss3", "loss1", "loss2"];
+
+/// `(1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj)` output widths from the paper's table 1.
+const INCEPTIONS: [(&str, [usize; 6]); 9] = [
+    ("inception_3a", [64, 96, 128, 16, 32, 32]),
+    ("inception_3b", [128, 128, 192, 32, 96, 64]),
+    ("inception_4a", [192, 96, 208, 16, 48, 64]),
+    ("inception_4b", [160, 112, 224, 24, 64, 64]),
+    ("inception_4c", [128, 128, 256, 24, 64, 64]),
+    ("inception_4d", [112, 144, 288, 32, 64, 64]),
+    ("inception_4e", [256, 160, 320, 32, 128, 128]),
+    ("inception_5a", [256, 160, 320, 32, 128, 128]),
+    ("inception_5b", [384, 192, 384, 48, 128, 128]),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "model.input_size = {input_size}: too small for GoogLeNet, {layer} would see \
+         {size}×{size} px, less than its {kernel}×{kernel} window"
+    )]
+    InputTooSmall {
+        input_size: u32,
+        layer: &'static str,
+        size: usize,
+        kernel: usize,
+    },
+    #[error("model.width = {0}: must be a finite number > 0")]
+    BadWidth(f64),
+    #[error("model: neither `classification` nor `regression` is enabled")]
+    NoTask,
+    #[error("model: classification needs at least 1 class, got {0}")]
+    NoClasses(usize),
+    #[error("model: regression needs at least 1 topic, got {0}")]
+    NoTopics(usize),
+    #[error("model: tensor `{name}` is missing from the weights being loaded")]
+    MissingTensor { name: String },
+    #[error("model: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("model: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Whether a forward pass trains (dropout on, batch statistics) or evaluates.
+enum Pass<'a> {
+    Train(&'a mut ChaCha8Rng),
+    Eval,
+}
+
+impl Pass<'_> {
+    fn is_train(&self) -> bool {
+        matches!(self, Pass::Train(_))
+    }
+
+    /// Inverted dropout with a mask drawn from our own seeded RNG (candle's CPU RNG cannot be
+    /// seeded, and resume must replay the same masks).
+    fn dropout(&mut self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
+        let Pass::Train(rng) = self else {
+            return Ok(x.clone());
+        };
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+            .collect();
+        x * Tensor::from_vec(mask, x.shape(), x.device())?
+    }
+}
+
+/// One head's outputs: logits over classes and/or logits of the topic vector (pre-sigmoid).
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    pub classes: Option<Tensor>,
+    pub topics: Option<Tensor>,
+}
+
+/// Creates layers with Caffe's fillers and records every learnable tensor and buffer by name.
+struct Builder<'a> {
+    device: &'a Device,
+    rng: ChaCha8Rng,
+    batch_norm: bool,
+    width: f64,
+    vars: Vec<(String, Var)>,
+    buffers: Vec<(String, Var)>,
+}
+
+impl Builder<'_> {
+    fn scaled(&self, channels: usize) -> usize {
+        ((channels as f64 * self.width).round() as usize).max(1)
+    }
+
+    /// Caffe's `xavier` filler: U(−a, a) with a = sqrt(3 / fan_in); its `std` field is unused.
+    fn xavier(&mut self, name: String, shape: &[usize], fan_in: usize) -> candle_core::Result<Var> {
+        let bound = (3.0 / fan_in as f64).sqrt() as f32;
+        let count = shape.iter().product();
+        let values: Vec<f32> = (0..count)
+            .map(|_| self.rng.random_range(-bound..=bound))
+            .collect();
+        self.var(name, Tensor::from_vec(values, shape, self.device)?)
+    }
+
+    fn constant(&mut self, name: String, len: usize, value: f32) -> candle_core::Result<Var> {
+        self.var(name, Tensor::full(value, len, self.device)?)
+    }
+
+    fn var(&mut self, name: String, init: Tensor) -> candle_core::Result<Var> {
+        let var = Var::from_tensor(&init)?;
+        self.vars.push((name, var.clone()));
+        Ok(var)
+    }
+
+    fn buffer(&mut self, name: String, init: Tensor) -> candle_core::Result<Var> {
+        let var = Var::from_tensor(&init)?;
+        self.buffers.push((name, var.clone()));
+        Ok(var)
+    }
+
+    /// Convolution + (batch norm) + ReLU; `out` is the published width before scaling.
+    fn conv(
+        &mut self,
+        name: &str,
+        in_channels: usize,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> candle_core::Result<Conv> {
+        let out = self.scaled(out);
+        let weight = self.xavier(
+            format!("{name}.weight"),
+            &[out, in_channels, kernel, kernel],
+            in_channels * kernel * kernel,
+        )?;
+        let (bias, bn) = if self.batch_norm {
+            let bn = BatchNorm {
+                gamma: self.constant(format!("{name}.bn.weight"), out, 1.0)?,
+                beta: self.constant(format!("{name}.bn.bias"), out, 0.0)?,
+                running_mean: self.buffer(
+                    format!("{name}.bn.running_mean"),
+                    Tensor::zeros(out, DType::F32, self.device)?,
+                )?,
+                running_var: self.buffer(
+                    format!("{name}.bn.running_var"),
+                    Tensor::ones(out, DType::F32, self.device)?,
+                )?,
+            };
+            (None, Some(bn))
+        } else {
+            let bias = self.constant(format!("{name}.bias"), out, HIDDEN_BIAS)?;
+            (Some(bias), None)
+        };
+        Ok(Conv {
+            weight,
+            bias,
+            bn,
+            stride,
+            pad,
+        })
+    }
+
+    fn linear(
+        &mut self,
+        name: &str,
+        inputs: usize,
+        outputs: usize,
+        bias: f32,
+    ) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight: self.xavier(format!("{name}.weight"), &[outputs, inputs], inputs)?,
+            bias: self.constant(format!("{name}.bias"), outputs, bias)?,
+        })
+    }
+
+    fn inception(
+        &mut self,
+        name: &str,
+        in_channels: usize,
+        widths: [usize; 6],
+    ) -> candle_core::Result<Inception> {
+        let [w1, w3r, w3, w5r, w5, wp] = widths;
+        let b1 = self.conv(&format!("{name}.1x1"), in_channels, w1, 1, 1, 0)?;
+        let b3r = self.conv(&format!("{name}.3x3_reduce"), in_channels, w3r, 1, 1, 0)?;
+        let b3 = self.conv(&format!("{name}.3x3"), b3r.out_channels(), w3, 3, 1, 1)?;
+        let b5r = self.conv(&format!("{name}.5x5_reduce"), in_channels, w5r, 1, 1, 0)?;
+        let b5 = self.conv(&format!("{name}.5x5"), b5r.out_channels(), w5, 5, 1, 2)?;
+        let proj = self.conv(&format!("{name}.pool_proj"), in_channels, wp, 1, 1, 0)?;
+        Ok(Inception {
+            b1,
+            b3r,
+            b3,
+            b5r,
+            b5,
+            proj,
+        })
+    }
+}
+
+struct Conv {
+    weight: Var,
+    bias: Option<Var>,
+    bn: Option<BatchNorm>,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv {
+    fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut y = conv2d(x, &self.weight, self.pad, self.stride)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        }
+        if let Some(bn) = &self.bn {
+            y = bn.forward(&y, train)?;
+        }
+        y.relu()
+    }
+}
+
+/// Batch norm over (n, h, w) per channel; running statistics are buffers, not learned.
+struct BatchNorm {
+    gamma: Var,
+    beta: Var,
+    running_mean: Var,
+    running_var: Var,
+}
+
+impl BatchNorm {
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let channel = (1, (), 1, 1);
+        let (mean, var) = if train {
+            let (n, _, h, w) = x.dims4()?;
+            let count = (n * h * w) as f64;
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            let unbiased = (count / (count - 1.0).max(1.0)) * BN_MOMENTUM;
+            let update = |running: &Var, batch: Tensor, scale: f64| {
+                running.set(&(running.affine(1.0 - BN_MOMENTUM, 0.0)? + batch.affine(scale, 0.0)?)?)
+            };
+            update(
+                &self.running_mean,
+                mean.detach().flatten_all()?,
+                BN_MOMENTUM,
+            )?;
+            update(&self.running_var, var.detach().flatten_all()?, unbiased)?;
+            (mean, var)
+        } else {
+            (
+                self.running_mean.reshape(channel)?,
+                self.running_var.reshape(channel)?,
+            )
+        };
+        let normalised = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+        normalised
+            .broadcast_mul(&self.gamma.reshape(channel)?)?
+            .broadcast_add(&self.beta.reshape(channel)?)
+    }
+}
+
+struct Linear {
+    weight: Var,
+    bias: Var,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Inception {
+    b1: Conv,
+    b3r: Conv,
+    b3: Conv,
+    b5r: Conv,
+    b5: Conv,
+    proj: Conv,
+}
+
+impl Inception {
+    fn out_channels(&self) -> usize {
+        self.b1.out_channels()
+            + self.b3.out_channels()
+            + self.b5.out_channels()
+            + self.proj.out_channels()
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let branch1 = self.b1.forward(x, train)?;
+        let branch3 = self.b3.forward(&self.b3r.forward(x, train)?, train)?;
+        let branch5 = self.b5.forward(&self.b5r.forward(x, train)?, train)?;
+        let pooled = max_pool2d(x, 3, 1, 1, true)?;
+        let branch_pool = self.proj.forward(&pooled, train)?;
+        Tensor::cat(&[branch1, branch3, branch5, branch_pool], 1)
+    }
+}
+
+/// A classifier (fc → ReLU → dropout 0.7 → fc) or topic regressor of the same shape.
+struct AuxBranch {
+    fc: Linear,
+    out: Linear,
+}
+
+impl AuxBranch {
+    fn forward(&self, features: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
+        let hidden = self.fc.forward(features)?.relu()?;
+        self.out.forward(&pass.dropout(&hidden, AUX_DROPOUT)?)
+    }
+}
+
+/// avg-pool 5×5/3 → 1×1 conv 128 → ReLU, then each task's branch.
+struct AuxHead {
+    pool_kernel: usize,
+    conv: Conv,
+    classifier: Option<AuxBranch>,
+    regressor: Option<AuxBranch>,
+}
+
+impl AuxHead {
+    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<HeadOutput> {
+        let pooled = avg_pool2d(x, self.pool_kernel, 3, 0, true)?;
+        let features = self
+            .conv
+            .forward(&pooled, pass.is_train())?
+            .flatten_from(1)?;
+        let classes = match &self.classifier {
+            Some(branch) => Some(branch.forward(&features, pass)?),
+            None => None,
+        };
+        let topics = match &self.regressor {
+            Some(branch) => Some(branch.forward(&features, pass)?),
+            None => None,
+        };
+        Ok(HeadOutput { classes, topics })
+    }
+}
+
+/// Global average pool → dropout 0.4 → fc, per task.
+struct MainHead {
+    classifier: Option<Linear>,
+    regressor: Option<Linear>,
+}
+
+impl MainHead {
+    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<HeadOutput> {
+        let features = x.mean_keepdim((2, 3))?.flatten_from(1)?;
+        let mut task = |layer: &Option<Linear>| -> candle_core::Result<Option<Tensor>> {
+            match layer {
+                Some(fc) => Ok(Some(fc.forward(&pass.dropout(&features, MAIN_DROPOUT)?)?)),
+                None => Ok(None),
+            }
+        };
+        Ok(HeadOutput {
+            classes: task(&self.classifier)?,
+            topics: task(&self.regressor)?,
+        })
+    }
+}
+
+/// The network. Learnable tensors are [`GoogLeNet::vars`]; batch-norm running statistics are
+/// [`GoogLeNet::buffers`]. Both are shared handles: an optimiser updating a `Var` updates
+/// the network.
+pub struct GoogLeNet {
+    batch_norm: bool,
+    input_size: usize,
+    conv1: Conv,
+    conv2_reduce: Conv,
+    conv2: Conv,
+    inceptions: Vec<Inception>,
+    aux: [AuxHead; 2],
+    main: MainHead,
+    vars: Vec<(String, Var)>,
+    buffers: Vec<(String, Var)>,
+}
+
+/// Spatial sides along the trunk, checked against every pooling window.
+struct Sides {
+    /// Input of the auxiliary heads (the output of 4a and 4d).
+    aux_input: usize,
+    aux_output: usize,
+}
+
+fn trunk_sides(input_size: u32) -> Result<Sides, ModelError> {
+    let size = input_size as usize;
+    let pool = |layer: &'static str, side: usize, kernel: usize, stride: usize| {
+        pooled_len(side, kernel, stride, 0, true).map_err(|_| ModelError::InputTooSmall {
+            input_size,
+            layer,
+            size: side,
+            kernel,
+        })
+    };
+    let conv1 = (size + 2 * 3).saturating_sub(7) / 2 + 1;
+    let pool1 = pool("pool1", conv1, 3, 2)?;
+    let pool2 = pool("pool2", pool1, 3, 2)?;
+    let pool3 = pool("pool3", pool2, 3, 2)?;
+    pool("pool4", pool3, 3, 2)?;
+    // The aux pool is 5×5/3 as published; below 5 px it shrinks to the whole map.
+    let aux_kernel = pool3.min(5);
+    let aux_output = pool("loss1.ave_pool", pool3, aux_kernel, 3)?;
+    Ok(Sides {
+        aux_input: pool3,
+        aux_output,
+    })
+}
+
+impl GoogLeNet {
+    /// Builds the network with Caffe's fillers drawn from `seed`. `num_classes` is used when
+    /// `params.classification`, `topics` when `params.regression`.
+    pub fn new(
+        params: &ModelParams,
+        num_classes: usize,
+        topics: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        if !(params.width.is_finite() && params.width > 0.0) {
+            return Err(ModelError::BadWidth(params.width));
+        }
+        if !params.classification && !params.regression {
+            return Err(ModelError::NoTask);
+        }
+        if params.classification && num_classes == 0 {
+            return Err(ModelError::NoClasses(num_classes));
+        }
+        if params.regression && topics == 0 {
+            return Err(ModelError::NoTopics(topics));
+        }
+        let sides = trunk_sides(params.input_size)?;
+        let mut b = Builder {
+            device,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            batch_norm: params.arch == Arch::GooglenetBn,
+            width: params.width,
+            vars: Vec::new(),
+            buffers: Vec::new(),
+        };
+        let conv1 = b.conv("conv1", 3, 64, 7, 2, 3)?;
+        let conv2_reduce = b.conv("conv2_reduce", conv1.out_channels(), 64, 1, 1, 0)?;
+        let conv2 = b.conv("conv2", conv2_reduce.out_channels(), 192, 3, 1, 1)?;
+        let mut channels = conv2.out_channels();
+        let mut inceptions = Vec::with_capacity(INCEPTIONS.len());
+        let mut aux_channels = Vec::new();
+        for (name, widths) in INCEPTIONS {
+            let block = b.inception(name, channels, widths)?;
+            channels = block.out_channels();
+            if name == "inception_4a" || name == "inception_4d" {
+                aux_channels.push(channels);
+            }
+            inceptions.push(block);
+        }
+        let features = b.scaled(128) * sides.aux_output * sides.aux_output;
+        let hidden = b.scaled(1024);
+        let aux_head = |b: &mut Builder, name: &str, in_channels| {
+            let conv = b.conv(&format!("{name}.conv"), in_channels, 128, 1, 1, 0)?;
+            let branch = |b: &mut Builder, enabled: bool, fc: &str, out: &str, outputs| {
+                if !enabled {
+                    return Ok(None);
+                }
+                Ok::<_, candle_core::Error>(Some(AuxBranch {
+                    fc: b.linear(&format!("{name}.{fc}"), features, hidden, HIDDEN_BIAS)?,
+                    out: b.linear(&format!("{name}.{out}"), hidden, outputs, 0.0)?,
+                }))
+            };
+            let classifier = branch(b, params.classification, "fc", "classifier", num_classes)?;
+            let regressor = branch(b, params.regression, "topic_fc", "topic_regressor", topics)?;
+            Ok::<_, candle_core::Error>(AuxHead {
+                pool_kernel: sides.aux_input.min(5),
+                conv,
+                classifier,
+                regressor,
+            })
+        };
+        let aux = [
+            aux_head(&mut b, "loss1", aux_channels[0])?,
+            aux_head(&mut b, "loss2", aux_channels[1])?,
+        ];
+        let main = MainHead {
+            classifier: match params.classification {
+                true => Some(b.linear("loss3.classifier", channels, num_classes, 0.0)?),
+                false => None,
+            },
+            regressor: match params.regression {
+                true => Some(b.linear("loss3.topic_regressor", channels, topics, 0.0)?),
+                false => None,
+            },
+        };
+        Ok(Self {
+            batch_norm: b.batch_norm,
+            input_size: params.input_size as usize,
+            conv1,
+            conv2_reduce,
+            conv2,
+            inceptions,
+            aux,
+            main,
+            vars: b.vars,
+            buffers: b.buffers,
+        })
+    }
+
+    /// The side of the square images the network was built for.
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    /// Learnable tensors by name, in construction order.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Batch-norm running statistics by name (empty for `googlenet`).
+    pub fn buffers(&self) -> &[(String, Var)] {
+        &self.buffers
+    }
+
+    /// Training pass: dropout from `rng`, batch statistics. Outputs in [`HEAD_NAMES`] order.
+    pub fn forward_train(
+        &self,
+        images: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<[HeadOutput; 3], ModelError> {
+        let mut pass = Pass::Train(rng);
+        let (main, aux) = self.forward(images, &mut pass, true)?;
+        let [aux1, aux2] = aux.expect("aux heads run in training");
+        Ok([main, aux1, aux2])
+    }
+
+    /// Evaluation pass: no dropout, running statistics, main head only.
+    pub fn forward_eval(&self, images: &Tensor) -> Result<HeadOutput, ModelError> {
+        Ok(self.forward(images, &mut Pass::Eval, false)?.0)
+    }
+
+    fn forward(
+        &self,
+        images: &Tensor,
+        pass: &mut Pass,
+        with_aux: bool,
+    ) -> candle_core::Result<(HeadOutput, Option<[HeadOutput; 2]>)> {
+        let train = pass.is_train();
+        let normalise = |x: Tensor| match self.batch_norm {
+            true => Ok(x),
+            false => lrn(&x, LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K),
+        };
+        let x = self.conv1.forward(images, train)?;
+        let x = normalise(max_pool2d(&x, 3, 2, 0, true)?)?;
+        let x = self.conv2_reduce.forward(&x, train)?;
+        let x = normalise(self.conv2.forward(&x, train)?)?;
+        let mut x = max_pool2d(&x, 3, 2, 0, true)?;
+        let mut aux_outputs = Vec::new();
+        for (block, (name, _)) in self.inceptions.iter().zip(INCEPTIONS) {
+            x = block.forward(&x, train)?;
+            match name {
+                "inception_3b" | "inception_4e" => x = max_pool2d(&x, 3, 2, 0, true)?,
+                "inception_4a" | "inception_4d" if with_aux => {
+                    let head = &self.aux[aux_outputs.len()];
+                    aux_outputs.push(head.forward(&x, pass)?);
+                }
+                _ => {}
+            }
+        }
+        let main = self.main.forward(&x, pass)?;
+        let aux = aux_outputs.try_into().ok();
+        Ok((main, aux))
+    }
+
+    /// All tensors a checkpoint holds for the network: learnable ones, then buffers.
+    pub fn named_tensors(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.vars
+            .iter()
+            .chain(&self.buffers)
+            .map(|(name, var)| (name.as_str(), var))
+    }
+
+    /// Overwrites every learnable tensor and buffer from `tensors` (by name; extra entries
+    /// are ignored). Nothing is changed unless every tensor is present with the right shape.
+    pub fn load(&self, tensors: &HashMap<String, Tensor>) -> Result<(), ModelError> {
+        for (name, var) in self.named_tensors() {
+            let found = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+            })?;
+            if found.dims() != var.dims() {
+                return Err(ModelError::ShapeMismatch {
+                    name: name.to_string(),
+                    expected: var.dims().to_vec(),
+                    found: found.dims().to_vec(),
+                });
+            }
+        }
+        for (name, var) in self.named_tensors() {
+            var.set(
+                &tensors[name]
+                    .to_device(var.device())?
+                    .to_dtype(var.dtype())?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn params(arch: Arch, width: f64, input_size: u32, regression: bool) -> ModelParams {
+        ModelParams {
+            arch,
+            classification: true,
+            regression,
+            task_weights: [0.75, 0.25],
+            aux_weights: [0.3, 0.3],
+            input_size,
+            width,
+        }
+    }
+
+    fn count(net: &GoogLeNet) -> usize {
+        net.vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    #[test]
+    fn trunk_sides_follow_caffe_ceil_mode() {
+        // 224 px in BVLC GoogLeNet: 112 → 56 → 28 → 14 (4a, 4d) → aux pool 5/3 → 4×4.
+        let full = trunk_sides(224).unwrap();
+        assert_eq!((full.aux_input, full.aux_output), (14, 4));
+        // 64 px: 32 → 16 → 8 → 4; the aux pool shrinks to the 4×4 map.
+        let small = trunk_sides(64).unwrap();
+        assert_eq!((small.aux_input, small.aux_output), (4, 1));
+    }
+
+    #[test]
+    fn full_googlenet_has_the_published_parameter_count() {
+        // BVLC GoogLeNet with 1000 classes: 13,378,280 learnable values, 6,998,552 without
+        // loss1/loss2. Computed independently from the paper's table with:
+        //   conv = lambda i, o, k: o*i*k*k + o
+        //   total = conv(3,64,7) + conv(64,64,1) + conv(64,192,3); c = 192; aux_in = []
+        //   for n, (a,b,d,e,f,g) in enumerate(INCEPTIONS):   # widths as in INCEPTIONS
+        //       total += conv(c,a,1)+conv(c,b,1)+conv(b,d,3)+conv(c,e,1)+conv(e,f,5)+conv(c,g,1)
+        //       c = a+d+f+g; aux_in += [c] if n in (2, 5) else []
+        //   main = total + c*1000 + 1000
+        //   aux = sum(conv(i,128,1) + 2048*1024+1024 + 1024*1000+1000 for i in aux_in)
+        let net = GoogLeNet::new(
+            &params(Arch::Googlenet, 1.0, 224, false),
+            1000,
+            0,
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(count(&net), 13_378_280);
+        let aux: usize = net
+            .vars()
+            .iter()
+            .filter(|(n, _)| n.starts_with("loss1") || n.starts_with("loss2"))
+            .map(|(_, v)| v.elem_count())
+            .sum();
+        assert_eq!(count(&net) - aux, 6_998_552);
+    }
+
+    #[test]
+    fn xavier_init_bounds_follow_fan_in() {
+        let net = GoogLeNet::new(
+            &params(Arch::Googlenet, 1.0, 224, false),
+            10,
+            0,
+            7,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let find = |name: &str| &net.vars().iter().find(|(n, _)| n == name).unwrap().1;
+        let conv1: Vec<f32> = find("conv1.weight")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bound = (3.0f32 / (3.0 * 49.0)).sqrt();
+        assert!(conv1.iter().all(|w| w.abs() <= bound));
+        // A uniform draw fills its range: the extremes come close to ±bound.
+        let max = conv1.iter().fold(0f32, |m, w| m.max(w.abs()));
+        assert!(max > 0.99 * bound, "max |w| {max} vs bound {bound}");
+        let bias: Vec<f32> = find("conv1.bias").to_vec1().unwrap();
+        assert!(bias.iter().all(|&b| b == 0.2));
+        let classifier: Vec<f32> = find("loss3.classifier.bias").to_vec1().unwrap();
+        assert!(classifier.iter().all(|&b| b == 0.0));
+    }
+
+    #[test]
+    fn small_two_headed_bn_net_shapes() {
+        let net = GoogLeNet::new(
+            &params(Arch::GooglenetBn, 0.125, 64, true),
+            5,
+            7,
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(net.buffers().len() > 100);
+        assert!(!net.vars().iter().any(|(n, _)| n.starts_with("conv1.bias")));
+        let images = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let heads = net.forward_train(&images, &mut rng).unwrap();
+        for head in &heads {
+            assert_eq!(head.classes.as_ref().unwrap().dims(), &[2, 5]);
+            assert_eq!(head.topics.as_ref().unwrap().dims(), &[2, 7]);
+        }
+        let eval = net.forward_eval(&images).unwrap();
+        assert_eq!(eval.classes.unwrap().dims(), &[2, 5]);
+    }
+
+    #[test]
+    fn batch_norm_training_moves_running_statistics_towards_the_batch() {
+        let net = GoogLeNet::new(
+            &params(Arch::GooglenetBn, 0.125, 64, false),
+            3,
+            0,
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let images = Tensor::randn(0f32, 1.0, (4, 3, 64, 64), &Device::Cpu).unwrap();
+        let (name, running_mean) = &net.buffers()[0];
+        assert_eq!(name, "conv1.bn.running_mean");
+        let weight = &net.vars()[0].1;
+        // conv1 has no bias in the BN variant: its batch mean per channel, by hand.
+        let batch_mean: Vec<f32> = images
+            .conv2d(weight, 3, 2, 1, 1)
+            .unwrap()
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        net.forward_train(&images, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        let updated: Vec<f32> = running_mean.to_vec1().unwrap();
+        for (u, b) in updated.iter().zip(&batch_mean) {
+            assert!((u - 0.1 * b).abs() < 1e-5, "{u} vs 0.1 × {b}");
+        }
+    }
+
+    #[test]
+    fn eval_is_deterministic_and_train_draws_dropout() {
+        let net = GoogLeNet::new(
+            &params(Arch::Googlenet, 0.125, 64, false),
+            3,
+            0,
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let images = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let logits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = logits(net.forward_eval(&images).unwrap().classes.unwrap());
+        let b = logits(net.forward_eval(&images).unwrap().classes.unwrap());
+        assert_eq!(a, b);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let [main, ..] = net.forward_train(&images, &mut rng).unwrap();
+        assert_ne!(a, logits(main.classes.unwrap()));
+    }
+
+    #[test]
+    fn too_small_input_names_the_layer() {
+        let err = GoogLeNet::new(
+            &params(Arch::Googlenet, 0.125, 32, false),
+            3,
+            0,
+            1,
+            &Device::Cpu,
+        )
+        .err()
+        .unwrap();
+        insta::assert_snapshot!(err.to_string(), @"model.input_size = 32: too small for GoogLeNet, pool4 would see 2×2 px, less than its 3×3 window");
+    }
+
+    #[test]
+    fn load_rejects_a_wrong_shape_and_changes_nothing() {
+        let p = params(Arch::Googlenet, 0.125, 64, false);
+        let net = GoogLeNet::new(&p, 3, 0, 1, &Device::Cpu).unwrap();
+        let other = GoogLeNet::new(&p, 4, 0, 2, &Device::Cpu).unwrap();
+        let tensors: HashMap<String, Tensor> = other
+            .named_tensors()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        let before: Vec<f32> = net.vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
+        let err = net.load(&tensors).unwrap_err();
+        assert!(
+            matches!(err, ModelError::ShapeMismatch { ref name, .. } if name.starts_with("loss1.classifier")),
+            "{err}"
+        );
+        let after: Vec<f32> = net.vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(before, after);
+    }
+}

@@ -1,0 +1,300 @@
+//! Training checkpoints: one safetensors file per saved step holding the network's tensors
+//! (`model.<name>`), the optimiser's momentum buffers (`momentum.<name>`) and, in the
+//! header metadata, the loop state ([`TrainState`]: step, seed, lr scale, rollbacks…).
+//!
+//! In: named f32 tensors and a state. Out: `checkpoint-<step>.safetensors` in the run folder,
+//! written to a temporary file and renamed, so a crash never leaves a torn checkpoint.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+/// Key prefixes of the two tensor groups in a checkpoint.
+pub const MODEL_PREFIX: &str = "model.";
+pub const MOMENTUM_PREFIX: &str = "momentum.";
+const STATE_KEY: &str = "websieve.train_state";
+const FILE_PREFIX: &str = "checkpoint-";
+const FILE_SUFFIX: &str = ".safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: not a safetensors file: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("checkpoint {path}: tensor `{name}` is {dtype:?}, only F32 is stored")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: Dtype,
+    },
+    #[error("checkpoint {path}: header has no valid `{STATE_KEY}` entry: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("checkpoint {path}: {source}")]
+    Candle {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
+}
+
+/// The training loop's state besides tensors; everything resume needs to replay the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Updates applied so far; also the index of the next batch (the sampler position).
+    pub step: u64,
+    /// Seed of the per-step dropout RNG (its state at step s is derived from (seed, s)).
+    pub seed: u64,
+    /// Product of the rollback lr factors applied so far (1 without rollbacks).
+    pub lr_scale: f64,
+    pub rollbacks: u32,
+}
+
+/// A loaded checkpoint: tensors by full key and the loop state.
+pub struct Checkpoint {
+    pub tensors: HashMap<String, Tensor>,
+    pub state: TrainState,
+}
+
+impl Checkpoint {
+    /// The tensors under `prefix`, with the prefix removed.
+    pub fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix(prefix)?.to_string(), t.clone())))
+            .collect()
+    }
+}
+
+/// An f32 tensor's bytes, as safetensors serialises them.
+struct F32View {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for F32View {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// The file a checkpoint of `step` has in `dir`.
+pub fn path_for(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("{FILE_PREFIX}{step:08}{FILE_SUFFIX}"))
+}
+
+/// Checkpoints in `dir`, oldest step first.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            n.strip_prefix(FILE_PREFIX)?
+                .strip_suffix(FILE_SUFFIX)?
+                .parse()
+                .ok()
+        });
+        if let Some(step) = step {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The checkpoint with the highest step in `dir`, if any.
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    Ok(list(dir)?.pop().map(|(_, path)| path))
+}
+
+/// Writes `tensors` and `state` to `path` atomically (temporary file, fsync, rename).
+pub fn save<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (String, &'a Tensor)>,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    let candle = |source| CheckpointError::Candle {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut views = Vec::new();
+    for (name, tensor) in tensors {
+        let values: Vec<f32> = tensor
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(candle)?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = tensor.dims().to_vec();
+        views.push((name, F32View { shape, bytes }));
+    }
+    let state_json = serde_json::to_string(state).expect("train state serialises");
+    let metadata = HashMap::from([(STATE_KEY.to_string(), state_json)]);
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let temporary = path.with_extension("safetensors.tmp");
+    let io = |source| CheckpointError::Io {
+        path: temporary.clone(),
+        source,
+    };
+    let mut file = fs::File::create(&temporary).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temporary, path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a checkpoint written by [`save`], placing its tensors on `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
+    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let format = |e: safetensors::SafeTensorError| CheckpointError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(format)?;
+    let state_error = |reason: String| CheckpointError::State {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let state_json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| state_error("missing".into()))?;
+    let state = serde_json::from_str(state_json).map_err(|e| state_error(e.to_string()))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(format)?;
+    let mut tensors = HashMap::new();
+    for (name, view) in file.iter() {
+        if view.dtype() != Dtype::F32 {
+            return Err(CheckpointError::Dtype {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                dtype: view.dtype(),
+            });
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let tensor = Tensor::from_vec(values, view.shape(), device).map_err(|source| {
+            CheckpointError::Candle {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        tensors.insert(name.to_string(), tensor);
+    }
+    Ok(Checkpoint { tensors, state })
+}
+
+/// Deletes all but the `keep` most recent checkpoints in `dir`.
+pub fn prune(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let found = list(dir)?;
+    for (_, path) in &found[..found.len().saturating_sub(keep)] {
+        fs::remove_file(path).map_err(|source| CheckpointError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64) -> TrainState {
+        TrainState {
+            step,
+            seed: 9,
+            lr_scale: 0.5,
+            rollbacks: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_keeps_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = vec![1.0f32, -0.0, f32::MIN_POSITIVE, 3.25e-7, f32::MAX, -2.5];
+        let a = Tensor::from_vec(values.clone(), (2, 3), &Device::Cpu).unwrap();
+        let path = path_for(dir.path(), 12);
+        save(&path, [("model.a".to_string(), &a)], &state(12)).unwrap();
+        let loaded = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(loaded.state, state(12));
+        let b = &loaded.group(MODEL_PREFIX)["a"];
+        assert_eq!(b.dims(), &[2, 3]);
+        let back: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(!path.with_extension("safetensors.tmp").exists());
+    }
+
+    #[test]
+    fn latest_and_prune_order_by_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
+        for step in [100, 9, 1000, 0] {
+            save(
+                &path_for(dir.path(), step),
+                [("x".to_string(), &t)],
+                &state(step),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            latest(dir.path()).unwrap(),
+            Some(path_for(dir.path(), 1000))
+        );
+        prune(dir.path(), 2).unwrap();
+        let steps: Vec<u64> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(steps, vec![100, 1000]);
+    }
+
+    #[test]
+    fn a_file_without_state_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.safetensors");
+        let t = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w", t)]), &path).unwrap();
+        let err = load(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(
+            err.contains("plain.safetensors") && err.contains("missing"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! The training loop end to end on CPU with a small GoogLeNet (width 1/8, 64 px) on generated
+//! images whose class is a coloured pattern: learning, resume equality, divergence handling,
+//! `init`, and loading for evaluation.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use websieve::model::GoogLeNet;
+use websieve::recipe::params::{
+    Arch, Augmentation, Devices, LrPolicy, ModelParams, OnDivergence, Precision, SamplerKind,
+    Schedule, SgdParams, TrainLength, TrainParams,
+};
+use websieve::sample::Batch;
+use websieve::train::checkpoint::{self, MODEL_PREFIX};
+use websieve::train::{
+    load_for_eval, train, BatchStream, BoxError, SampleTargets, TrainError, TrainJob, TrainSummary,
+    METRICS_FILE,
+};
+
+const SIZE: usize = 64;
+const CLASSES: usize = 4;
+const TOPICS: usize = 3;
+
+fn model(regression: bool) -> ModelParams {
+    model_with(Arch::Googlenet, regression)
+}
+
+fn model_with(arch: Arch, regression: bool) -> ModelParams {
+    ModelParams {
+        arch,
+        classification: true,
+        regression,
+        task_weights: [0.75, 0.25],
+        aux_weights: [0.3, 0.3],
+        input_size: SIZE as u32,
+        width: 0.125,
+    }
+}
+
+fn params(lr: f64, batch: usize, checkpoint_every: u64) -> TrainParams {
+    TrainParams {
+        devices: Devices::Cpu,
+        batch_per_device: batch,
+        optimizer: SgdParams {
+            lr,
+            momentum: 0.9,
+            weight_decay: 2e-4,
+            bias_lr_mult: 2.0,
+            clip_grad_norm: None,
+        },
+        schedule: Schedule {
+            policy: LrPolicy::Poly { power: 0.5 },
+            warmup_iterations: 0,
+            warmup_start_factor: 1.0,
+        },
+        length: TrainLength::Iterations(0),
+        augmentation: Augmentation {
+            crop: SIZE as u32,
+            mirror: false,
+            mean_rgb: [0.0; 3],
+        },
+        sampler: SamplerKind::Shuffle,
+        precision: Precision::F32,
+        checkpoint_every,
+        init: None,
+        on_divergence: OnDivergence::Stop,
+        workers: 1,
+        seed: 17,
+    }
+}
+
+/// One image of `class`: a stripe pattern whose colour and orientation encode the class,
+/// with pixel noise, mean-subtracted on Caffe's 0..255 scale.
+fn image(class: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let colour = [
+        [1.0, 0.2, 0.2],
+        [0.2, 1.0, 0.2],
+        [0.2, 0.2, 1.0],
+        [1.0, 1.0, 0.2],
+    ][class];
+    let phase = rng.random_range(0..8);
+    let mut pixels = vec![0f32; 3 * SIZE * SIZE];
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let along = if class.is_multiple_of(2) { y } else { x };
+            let on = ((along + phase) / 4) % 2 == 0;
+            for c in 0..3 {
+                let value = if on { 200.0 * colour[c] } else { 40.0 };
+                let noise = rng.random_range(-20.0..20.0);
+                pixels[(c * SIZE + y) * SIZE + x] = value + noise - 110.0;
+            }
+        }
+    }
+    pixels
+}
+
+/// `count` images, classes in turn; sample id = index.
+struct Images {
+    pixels: Vec<Vec<f32>>,
+    labels: Vec<u32>,
+}
+
+fn images(count: usize) -> Images {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let labels: Vec<u32> = (0..count).map(|i| (i % CLASSES) as u32).collect();
+    let pixels = labels
+        .iter()
+        .map(|&l| image(l as usize, &mut rng))
+        .collect();
+    Images { pixels, labels }
+}
+
+/// Batch k of a run: epochs are seeded permutations, so any batch index can start a stream.
+fn stream(data: &Images, batch: usize, start: u64) -> BatchStream<'_> {
+    let n = data.labels.len();
+    let order = move |epoch: u64| {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch));
+        order
+    };
+    Box::new((start..).map(move |k| {
+        let first = k as usize * batch;
+        let ids: Vec<u64> = (first..first + batch)
+            .map(|i| order((i / n) as u64)[i % n] as u64)
+            .collect();
+        let labels = ids.iter().map(|&i| data.labels[i as usize]).collect();
+        let pixels = ids
+            .iter()
+            .flat_map(|&i| data.pixels[i as usize].clone())
+            .collect();
+        Ok::<_, BoxError>(Batch {
+            ids,
+            labels,
+            pixels,
+            shape: [batch, 3, SIZE, SIZE],
+        })
+    }))
+}
+
+fn topic_vector(id: u64) -> Vec<f32> {
+    (0..TOPICS)
+        .map(|t| (id as usize + t).is_multiple_of(TOPICS) as u8 as f32)
+        .collect()
+}
+
+struct Run<'a> {
+    model: ModelParams,
+    params: TrainParams,
+    iterations: u64,
+    stop_after: Option<u64>,
+    resume: bool,
+    init: Option<&'a Path>,
+}
+
+fn run(data: &Images, dir: &Path, r: &Run) -> Result<TrainSummary, TrainError> {
+    let job = TrainJob {
+        model: &r.model,
+        train: &r.params,
+        num_classes: CLASSES,
+        topics: if r.model.regression { TOPICS } else { 0 },
+        iterations: r.iterations,
+        out_dir: dir,
+        init: r.init,
+        resume: r.resume,
+        stop_after: r.stop_after,
+        progress: false,
+    };
+    let batch = r.params.batch_per_device;
+    let lambda = |id: u64| Some(if id.is_multiple_of(5) { 0.5 } else { 1.0 });
+    let topics = |id: u64| Some(topic_vector(id));
+    let targets = SampleTargets {
+        lambda: &lambda,
+        topics: &topics,
+    };
+    train(
+        &job,
+        &mut |start| Ok(stream(data, batch, start)),
+        &targets,
+        &Device::Cpu,
+    )
+}
+
+fn accuracy(net: &GoogLeNet, data: &Images) -> f64 {
+    let pixels: Vec<f32> = data.pixels.concat();
+    let n = data.labels.len();
+    let images = Tensor::from_vec(pixels, (n, 3, SIZE, SIZE), &Device::Cpu).unwrap();
+    let logits = net.forward_eval(&images).unwrap().classes.unwrap();
+    let predicted: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
+    let right = predicted
+        .iter()
+        .zip(&data.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    right as f64 / n as f64
+}
+
+fn losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["loss"].as_f64().filter(|_| v["event"].is_null()))
+        .collect()
+}
+
+fn tensors_bits(path: &Path) -> HashMap<String, Vec<u32>> {
+    let loaded = checkpoint::load(path, &Device::Cpu).unwrap();
+    loaded
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            (k.clone(), values.iter().map(|v| v.to_bits()).collect())
+        })
+        .collect()
+}
+
+/// Trains the small net on `count` images, full passes in batches of 32; returns the losses
+/// and the training accuracy of the final weights (eval mode).
+fn fit(count: usize, steps: u64, lr: f64) -> (Vec<f64>, f64) {
+    let data = images(count);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(
+        &data,
+        dir.path(),
+        &short_run(model(false), params(lr, 32, 1000), steps),
+    )
+    .unwrap();
+    assert_eq!(summary.steps, steps);
+    let net = load_for_eval(
+        &summary.final_checkpoint,
+        &model(false),
+        CLASSES,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    (losses(dir.path()), accuracy(&net, &data))
+}
+
+/// The "must show": width 1/8, 64 px, 64 images, 100% training accuracy on CPU.
+#[test]
+fn small_googlenet_overfits_64_images() {
+    let steps = 80;
+    let (losses, accuracy) = fit(64, steps, 0.01);
+    assert_eq!(losses.len(), steps as usize);
+    let first = losses[..3].iter().sum::<f64>() / 3.0;
+    let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.1 * first,
+        "loss fell only from {first} to {last}: {losses:?}"
+    );
+    assert_eq!(accuracy, 1.0, "losses: {losses:?}");
+}
+
+fn short_run(model: ModelParams, params: TrainParams, iterations: u64) -> Run<'static> {
+    Run {
+        model,
+        params,
+        iterations,
+        stop_after: None,
+        resume: false,
+        init: None,
+    }
+}
+
+#[test]
+fn resume_replays_the_straight_run_bit_for_bit() {
+    // LRN and batch norm (running statistics are checkpointed too).
+    for arch in [Arch::Googlenet, Arch::GooglenetBn] {
+        resume_equals_straight(arch);
+    }
+}
+
+/// Dropout on, the 2-headed net, a poly schedule over the whole run, a checkpoint between.
+fn resume_equals_straight(arch: Arch) {
+    let data = images(16);
+    let (n, every) = (3, 2);
+    let whole = || short_run(model_with(arch, true), params(0.01, 4, every), 2 * n);
+    let straight = tempfile::tempdir().unwrap();
+    let done = run(&data, straight.path(), &whole()).unwrap();
+
+    let interrupted = tempfile::tempdir().unwrap();
+    let first = Run {
+        stop_after: Some(n),
+        ..whole()
+    };
+    assert_eq!(run(&data, interrupted.path(), &first).unwrap().steps, n);
+    let second = Run {
+        resume: true,
+        ..whole()
+    };
+    let resumed = run(&data, interrupted.path(), &second).unwrap();
+    assert_eq!(resumed.steps, 2 * n);
+
+    let (a, b) = (
+        tensors_bits(&done.final_checkpoint),
+        tensors_bits(&resumed.final_checkpoint),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(a.keys().any(|k| k.starts_with("momentum.")));
+    assert_eq!(
+        a.keys().any(|k| k.ends_with("running_var")),
+        arch == Arch::GooglenetBn
+    );
+    for (name, bits) in &a {
+        assert!(&b[name] == bits, "{arch:?}: {name} differs after resume");
+    }
+    assert_eq!(losses(straight.path()), losses(interrupted.path()));
+
+    // Starting afresh over a run's checkpoints would mix two runs: refused.
+    let err = run(&data, interrupted.path(), &whole()).unwrap_err();
+    assert!(matches!(err, TrainError::ExistingRun { .. }), "{err}");
+}
+
+#[test]
+fn metrics_log_every_head_and_task() {
+    let data = images(8);
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &data,
+        dir.path(),
+        &short_run(model(true), params(0.01, 4, 100), 2),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let first = &lines[0];
+    assert_eq!(first["step"], 1);
+    assert_eq!(first["lr"], 0.01);
+    assert!(first["images_per_s"].as_f64().unwrap() > 0.0);
+    let mut terms: Vec<&String> = first["losses"].as_object().unwrap().keys().collect();
+    terms.sort();
+    assert_eq!(
+        terms,
+        [
+            "loss1/classification",
+            "loss1/regression",
+            "loss2/classification",
+            "loss2/regression",
+            "loss3/classification",
+            "loss3/regression",
+        ]
+    );
+    // The total is the weighted sum: heads (1, 0.3, 0.3) × tasks (0.75, 0.25).
+    let term = |name: &str| first["losses"][name].as_f64().unwrap();
+    let total: f64 = [("loss3", 1.0), ("loss1", 0.3), ("loss2", 0.3)]
+        .iter()
+        .map(|(h, w)| {
+            w * (0.75 * term(&format!("{h}/classification"))
+                + 0.25 * term(&format!("{h}/regression")))
+        })
+        .sum();
+    assert!((total - first["loss"].as_f64().unwrap()).abs() < 1e-5 * total);
+}
+
+#[test]
+fn divergence_stops_naming_the_step() {
+    let data = images(8);
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(
+        &data,
+        dir.path(),
+        &short_run(model(false), params(1e6, 4, 100), 6),
+    )
+    .expect_err("lr 1e6 diverges");
+    let message = err.to_string();
+    assert!(matches!(err, TrainError::Diverged(_)), "{message}");
+    assert!(message.contains("at step"), "{message}");
+}
+
+#[test]
+fn rollback_lowers_the_lr_and_finishes() {
+    let data = images(8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = params(1e6, 4, 100);
+    p.on_divergence = OnDivergence::Rollback {
+        lr_factor: 1e-8,
+        max_rollbacks: 2,
+    };
+    let summary = run(&data, dir.path(), &short_run(model(false), p, 4)).unwrap();
+    assert!(summary.rollbacks >= 1);
+    assert!(summary.last_loss.is_finite());
+    let metrics = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    assert!(metrics.contains("\"event\":\"rollback\""), "{metrics}");
+    // The rolled-back run's checkpoint keeps the lowered lr for a later resume.
+    let state = checkpoint::load(&summary.final_checkpoint, &Device::Cpu)
+        .unwrap()
+        .state;
+    assert!(state.lr_scale <= 1e-8 && state.rollbacks == summary.rollbacks);
+}
+
+#[test]
+fn init_copies_weights_and_load_for_eval_reproduces_them() {
+    let data = images(8);
+    let source = tempfile::tempdir().unwrap();
+    let trained = run(
+        &data,
+        source.path(),
+        &short_run(model(false), params(0.01, 4, 100), 2),
+    )
+    .unwrap();
+    // lr 0: the run's final weights are exactly the ones it started from.
+    let target = tempfile::tempdir().unwrap();
+    let mut p = params(0.0, 4, 100);
+    p.seed = 99;
+    let init = Run {
+        init: Some(&trained.final_checkpoint),
+        ..short_run(model(false), p, 1)
+    };
+    let copied = run(&data, target.path(), &init).unwrap();
+    let (a, b) = (
+        tensors_bits(&trained.final_checkpoint),
+        tensors_bits(&copied.final_checkpoint),
+    );
+    for (name, bits) in a.iter().filter(|(k, _)| k.starts_with(MODEL_PREFIX)) {
+        assert!(&b[name] == bits, "{name} not copied by init");
+    }
+    // Momentum is not inherited: it starts at zero and lr 0 keeps it there.
+    assert!(b
+        .iter()
+        .filter(|(k, _)| k.starts_with("momentum."))
+        .all(|(_, bits)| bits.iter().all(|&x| f32::from_bits(x) == 0.0)));
+    let net = load_for_eval(
+        &trained.final_checkpoint,
+        &model(false),
+        CLASSES,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loaded = checkpoint::load(&trained.final_checkpoint, &Device::Cpu).unwrap();
+    let weights = loaded.group(MODEL_PREFIX);
+    for (name, var) in net.vars() {
+        let expected: Vec<f32> = weights[name].flatten_all().unwrap().to_vec1().unwrap();
+        let found: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(expected, found, "{name}");
+    }
+}
+
+#[test]
+fn a_label_beyond_the_classes_is_named_with_its_sample() {
+    let mut data = images(8);
+    data.labels[3] = CLASSES as u32;
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(
+        &data,
+        dir.path(),
+        &short_run(model(false), params(0.01, 8, 100), 1),
+    )
+    .err()
+    .unwrap();
+    insta::assert_snapshot!(err.to_string(), @"train: step 0: sample 3 has label 4, but there are 4 classes");
+}
