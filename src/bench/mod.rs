@@ -1,1 +1,2 @@
 //! Benchmarks behind `runner bench …`: each prints its throughput next to a reference measured in the same run.
+pub mod lda;

@@ -1,2 +1,4 @@
 //! websieve's integration tests: one binary, one module per area. They call the library
 //! directly (and the `runner` binary where the CLI itself is under test).
+
+mod text;
