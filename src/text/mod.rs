@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn normalises_hash_digits_and_case() {
-        assert_eq!(normalise("#Golf-Ball2019 café"), " golf ball     caf  ");
+        assert_eq!(normalise("#Golf-Ball2019 café"), " golf ball     caf ");
     }
 
     #[test]

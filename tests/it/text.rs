@@ -69,7 +69,12 @@ fn draw(rng: &mut ChaCha8Rng, p: &[f64]) -> usize {
 
 /// A document of `len` words: mostly topic `main`, a fifth of it topic `other`.
 fn planted_doc(rng: &mut ChaCha8Rng, topics: &[Vec<f64>], main: usize, other: usize, len: usize) -> Vec<usize> {
-    (0..len).map(|_| draw(rng, &topics[if rng.random::<f64>() < 0.8 { main } else { other }])).collect()
+    (0..len)
+        .map(|_| {
+            let topic = if rng.random::<f64>() < 0.8 { main } else { other };
+            draw(rng, &topics[topic])
+        })
+        .collect()
 }
 
 fn sample(words: &[usize]) -> (Source, SampleText) {
@@ -83,7 +88,8 @@ fn planted_corpus(k: usize, docs: usize, seed: u64) -> (MemorySource, Vec<Vec<f6
     let mut source = MemorySource::default();
     for d in 0..docs {
         let len = rng.random_range(20..60);
-        let words = planted_doc(&mut rng, &topics, d % k, rng.random_range(0..k), len);
+        let other = rng.random_range(0..k);
+        let words = planted_doc(&mut rng, &topics, d % k, other, len);
         source.train.push(sample(&words));
     }
     source.val = source.train[..10].to_vec();
