@@ -44,7 +44,11 @@ impl NpyArray {
 
 /// Writes a whole array at once.
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    let cols = if shape.len() == 1 { shape[0] } else { shape.iter().skip(1).product() };
+    let cols = if shape.len() == 1 {
+        shape[0]
+    } else {
+        shape.iter().skip(1).product()
+    };
     let mut writer = NpyWriter::create(path, shape)?;
     for row in data.chunks(cols.max(1)) {
         writer.write_row(row)?;
@@ -63,7 +67,10 @@ pub struct NpyWriter {
 
 impl NpyWriter {
     pub fn create(path: &Path, shape: &[usize]) -> Result<NpyWriter, NpyError> {
-        let io = |source| NpyError::Io { path: path.to_path_buf(), source };
+        let io = |source| NpyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let (rows, cols) = match shape {
             [n] => (1, *n),
             [r, rest @ ..] => (*r, rest.iter().product()),
@@ -71,7 +78,13 @@ impl NpyWriter {
         };
         let mut out = BufWriter::new(File::create(path).map_err(io)?);
         out.write_all(&header(shape)).map_err(io)?;
-        Ok(NpyWriter { path: path.to_path_buf(), out, rows, cols, written: 0 })
+        Ok(NpyWriter {
+            path: path.to_path_buf(),
+            out,
+            rows,
+            cols,
+            written: 0,
+        })
     }
 
     pub fn write_row(&mut self, row: &[f32]) -> Result<(), NpyError> {
@@ -79,9 +92,10 @@ impl NpyWriter {
             return Err(self.rows_error(format!("row {} has {} values", self.written, row.len())));
         }
         let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.out
-            .write_all(&bytes)
-            .map_err(|source| NpyError::Io { path: self.path.clone(), source })?;
+        self.out.write_all(&bytes).map_err(|source| NpyError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         self.written += 1;
         Ok(())
     }
@@ -91,11 +105,19 @@ impl NpyWriter {
         if self.written != self.rows {
             return Err(self.rows_error(format!("only {} were written", self.written)));
         }
-        self.out.flush().map_err(|source| NpyError::Io { path: self.path.clone(), source })
+        self.out.flush().map_err(|source| NpyError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     fn rows_error(&self, message: String) -> NpyError {
-        NpyError::Rows { path: self.path.clone(), expected: self.rows, cols: self.cols, message }
+        NpyError::Rows {
+            path: self.path.clone(),
+            expected: self.rows,
+            cols: self.cols,
+            message,
+        }
     }
 }
 
@@ -119,8 +141,14 @@ fn header(shape: &[usize]) -> Vec<u8> {
 
 /// Reads a `<f4` C-order array.
 pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
-    let io = |source| NpyError::Io { path: path.to_path_buf(), source };
-    let bad = |message: String| NpyError::Header { path: path.to_path_buf(), message };
+    let io = |source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad = |message: String| NpyError::Header {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut input = BufReader::new(File::open(path).map_err(io)?);
     let mut start = [0u8; 10];
     input.read_exact(&mut start).map_err(io)?;
@@ -140,7 +168,10 @@ pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
     input.read_exact(&mut dict).map_err(io)?;
     let dict = String::from_utf8_lossy(&dict);
     if !dict.contains("'descr': '<f4'") {
-        return Err(bad(format!("only little-endian f32 ('<f4') is supported: {}", dict.trim())));
+        return Err(bad(format!(
+            "only little-endian f32 ('<f4') is supported: {}",
+            dict.trim()
+        )));
     }
     if dict.contains("'fortran_order': True") {
         return Err(bad("Fortran order is not supported".into()));
@@ -150,9 +181,16 @@ pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
     let mut bytes = Vec::with_capacity(count * 4);
     input.read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() != count * 4 {
-        return Err(bad(format!("shape {shape:?} needs {} data bytes, file has {}", count * 4, bytes.len())));
+        return Err(bad(format!(
+            "shape {shape:?} needs {} data bytes, file has {}",
+            count * 4,
+            bytes.len()
+        )));
     }
-    let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let data = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Ok(NpyArray { shape, data })
 }
 
@@ -201,8 +239,14 @@ mod tests {
         w.write_row(&[1.0, 2.0]).unwrap();
         assert!(w.write_row(&[1.0]).is_err());
         let err = w.finish().unwrap_err().to_string();
-        assert!(err.ends_with("expected 2 rows of 2 values, only 1 were written"), "{err}");
+        assert!(
+            err.ends_with("expected 2 rows of 2 values, only 1 were written"),
+            "{err}"
+        );
         std::fs::write(&path, b"hello world").unwrap();
-        assert!(read(&path).unwrap_err().to_string().contains("not a .npy file"));
+        assert!(read(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a .npy file"));
     }
 }

@@ -15,7 +15,12 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 /// Series colours, in order.
-const COLOURS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+const COLOURS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -30,7 +35,10 @@ pub enum PlotError {
 }
 
 fn draw_error(path: &Path) -> impl Fn(String) -> PlotError + '_ {
-    move |message| PlotError::Draw { path: path.to_path_buf(), message }
+    move |message| PlotError::Draw {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 /// Registers DejaVu Sans once; false when no font file is found (then no text is drawn).
@@ -39,18 +47,37 @@ pub fn font_available() -> bool {
     *READY.get_or_init(|| {
         FONT_PATHS.iter().any(|path| match std::fs::read(path) {
             // plotters keeps a &'static reference to the font: leak it once per process.
-            Ok(bytes) => plotters::style::register_font(FONT, FontStyle::Normal, Box::leak(bytes.into_boxed_slice())).is_ok(),
+            Ok(bytes) => plotters::style::register_font(
+                FONT,
+                FontStyle::Normal,
+                Box::leak(bytes.into_boxed_slice()),
+            )
+            .is_ok(),
             Err(_) => false,
         })
     })
 }
 
 /// Histograms of several series over one shared range, overlaid semi-transparently.
-pub fn histogram(path: &Path, title: &str, series: &[(&str, &[f64])], bins: usize) -> Result<(), PlotError> {
+pub fn histogram(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &[f64])],
+    bins: usize,
+) -> Result<(), PlotError> {
     let err = draw_error(path);
-    let values = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite());
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (0.0, 1.0) };
+    let values = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    };
     let width = (hi - lo) / bins as f64;
     let counts: Vec<Vec<u32>> = series
         .iter()
@@ -69,9 +96,14 @@ pub fn histogram(path: &Path, title: &str, series: &[(&str, &[f64])], bins: usiz
     let mut builder = ChartBuilder::on(&root);
     builder.margin(16);
     if with_text {
-        builder.caption(title, (FONT, 22)).x_label_area_size(36).y_label_area_size(56);
+        builder
+            .caption(title, (FONT, 22))
+            .x_label_area_size(36)
+            .y_label_area_size(56);
     }
-    let mut chart = builder.build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1).map_err(|e| err(e.to_string()))?;
+    let mut chart = builder
+        .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+        .map_err(|e| err(e.to_string()))?;
     if with_text {
         chart
             .configure_mesh()
@@ -92,7 +124,9 @@ pub fn histogram(path: &Path, title: &str, series: &[(&str, &[f64])], bins: usiz
         if with_text {
             drawn
                 .label(format!("{name} ({})", c.iter().sum::<u32>()))
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
+                });
         }
     }
     if with_text {
@@ -115,7 +149,13 @@ pub struct Cell {
 
 /// Images in a grid of `columns`, each fitted into a `cell`×`cell` square (aspect kept),
 /// captioned, under a title. An empty list gives a sheet with only the title.
-pub fn contact_sheet(path: &Path, title: &str, cells: &[Cell], columns: usize, cell: u32) -> Result<(), PlotError> {
+pub fn contact_sheet(
+    path: &Path,
+    title: &str,
+    cells: &[Cell],
+    columns: usize,
+    cell: u32,
+) -> Result<(), PlotError> {
     let with_text = font_available();
     let (title_h, caption_h, pad) = if with_text { (28, 16, 4) } else { (0, 0, 4) };
     let rows = cells.len().div_ceil(columns.max(1)).max(1) as u32;
@@ -124,23 +164,38 @@ pub fn contact_sheet(path: &Path, title: &str, cells: &[Cell], columns: usize, c
     let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let origin = |i: usize| {
         let (col, row) = ((i % columns) as u32, (i / columns) as u32);
-        (pad + col * (cell + pad), title_h + pad + row * (cell + caption_h + pad))
+        (
+            pad + col * (cell + pad),
+            title_h + pad + row * (cell + caption_h + pad),
+        )
     };
     for (i, c) in cells.iter().enumerate() {
         let (w, h) = c.image.dimensions();
         let scale = cell as f64 / w.max(h).max(1) as f64;
-        let (tw, th) = (((w as f64 * scale) as u32).max(1), ((h as f64 * scale) as u32).max(1));
+        let (tw, th) = (
+            ((w as f64 * scale) as u32).max(1),
+            ((h as f64 * scale) as u32).max(1),
+        );
         let thumb = imageops::resize(&c.image, tw, th, imageops::FilterType::Triangle);
         let (x, y) = origin(i);
-        imageops::replace(&mut canvas, &thumb, (x + (cell - tw) / 2) as i64, (y + (cell - th) / 2) as i64);
+        imageops::replace(
+            &mut canvas,
+            &thumb,
+            (x + (cell - tw) / 2) as i64,
+            (y + (cell - th) / 2) as i64,
+        );
     }
     if with_text {
         let err = draw_error(path);
         let mut raw = canvas.into_raw();
         {
             let root = BitMapBackend::with_buffer(&mut raw, (width, height)).into_drawing_area();
-            root.draw_text(title, &(FONT, 18).into_font().color(&BLACK), (pad as i32, 5))
-                .map_err(|e| err(e.to_string()))?;
+            root.draw_text(
+                title,
+                &(FONT, 18).into_font().color(&BLACK),
+                (pad as i32, 5),
+            )
+            .map_err(|e| err(e.to_string()))?;
             let style = (FONT, 12).into_font().color(&BLACK);
             for (i, c) in cells.iter().enumerate() {
                 let (x, y) = origin(i);
@@ -151,7 +206,10 @@ pub fn contact_sheet(path: &Path, title: &str, cells: &[Cell], columns: usize, c
         }
         canvas = RgbImage::from_raw(width, height, raw).expect("buffer keeps its size");
     }
-    canvas.save(path).map_err(|source| PlotError::Save { path: path.to_path_buf(), source })
+    canvas.save(path).map_err(|source| PlotError::Save {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -162,16 +220,33 @@ mod tests {
     fn histogram_and_contact_sheet_are_pngs_of_the_expected_size() {
         let dir = tempfile::tempdir().unwrap();
         let hist = dir.path().join("h.png");
-        histogram(&hist, "scores", &[("a", &[0.1, 0.2, 0.2, 0.9]), ("b", &[0.5])], 10).unwrap();
-        assert_eq!(image::open(&hist).unwrap().to_rgb8().dimensions(), (900, 540));
+        histogram(
+            &hist,
+            "scores",
+            &[("a", &[0.1, 0.2, 0.2, 0.9]), ("b", &[0.5])],
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            image::open(&hist).unwrap().to_rgb8().dimensions(),
+            (900, 540)
+        );
 
         let sheet = dir.path().join("s.png");
         let red = RgbImage::from_pixel(40, 20, Rgb([255, 0, 0]));
-        let cells: Vec<Cell> = (0..5).map(|i| Cell { image: red.clone(), caption: format!("#{i}") }).collect();
+        let cells: Vec<Cell> = (0..5)
+            .map(|i| Cell {
+                image: red.clone(),
+                caption: format!("#{i}"),
+            })
+            .collect();
         contact_sheet(&sheet, "lowest", &cells, 3, 32).unwrap();
         let img = image::open(&sheet).unwrap().to_rgb8();
         let (title_h, caption_h) = if font_available() { (28, 16) } else { (0, 0) };
-        assert_eq!(img.dimensions(), (3 * 36 + 4, title_h + 2 * (32 + caption_h + 4) + 4));
+        assert_eq!(
+            img.dimensions(),
+            (3 * 36 + 4, title_h + 2 * (32 + caption_h + 4) + 4)
+        );
         // The first image's centre is red: images land in their cells.
         assert_eq!(img.get_pixel(4 + 16, title_h + 4 + 16), &Rgb([255, 0, 0]));
     }

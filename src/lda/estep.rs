@@ -72,7 +72,12 @@ pub fn fit_doc(
             break;
         }
     }
-    DocFit { gamma, theta, weights, iterations }
+    DocFit {
+        gamma,
+        theta,
+        weights,
+        iterations,
+    }
 }
 
 fn set_weights(theta: &[f32], rows: &[u32], counts: &[f32], beta: &[f32], weights: &mut [f32]) {
@@ -131,7 +136,10 @@ mod tests {
         // Two topics, three words: word 0 only in topic 0, word 2 only in topic 1.
         let beta = [0.9, 1e-6, 0.05, 0.05, 1e-6, 0.9];
         let alpha = [0.5, 0.5];
-        let s = EStepSettings { iterations: 200, tolerance: 1e-6 };
+        let s = EStepSettings {
+            iterations: 200,
+            tolerance: 1e-6,
+        };
         let fit = fit_doc(&alpha, &[0, 2], &[3.0, 1.0], &beta, s);
         let sum: f32 = fit.gamma.iter().sum();
         assert!((sum - 5.0).abs() < 1e-3, "{sum}");

@@ -11,7 +11,8 @@ pub fn digamma(mut x: f64) -> f64 {
         x += 1.0;
     }
     let r = 1.0 / (x * x);
-    let series = r * (1.0 / 12.0 - r * (1.0 / 120.0 - r * (1.0 / 252.0 - r * (1.0 / 240.0 - r / 132.0))));
+    let series =
+        r * (1.0 / 12.0 - r * (1.0 / 120.0 - r * (1.0 / 252.0 - r * (1.0 / 240.0 - r / 132.0))));
     shift + x.ln() - 0.5 / x - series
 }
 
@@ -23,7 +24,8 @@ pub fn trigamma(mut x: f64) -> f64 {
         x += 1.0;
     }
     let r = 1.0 / (x * x);
-    let series = 1.0 / x + r / 2.0 + r / x * (1.0 / 6.0 - r * (1.0 / 30.0 - r * (1.0 / 42.0 - r / 30.0)));
+    let series =
+        1.0 / x + r / 2.0 + r / x * (1.0 / 6.0 - r * (1.0 / 30.0 - r * (1.0 / 42.0 - r / 30.0)));
     shift + series
 }
 
@@ -41,7 +43,8 @@ pub fn fast_exp(x: f32) -> f32 {
     // Taylor to r^6 on |r| ≤ ln2/2.
     let p = 1.0
         + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.0 {
         0.0
@@ -113,7 +116,10 @@ mod tests {
     #[test]
     fn digamma_and_trigamma_match_scipy() {
         for &(x, psi, psi1) in REF {
-            assert!((digamma(x) - psi).abs() < 1e-10 * psi.abs().max(1.0), "ψ({x})");
+            assert!(
+                (digamma(x) - psi).abs() < 1e-10 * psi.abs().max(1.0),
+                "ψ({x})"
+            );
             assert!((trigamma(x) - psi1).abs() < 1e-9 * psi1, "ψ′({x})");
         }
     }
@@ -129,14 +135,19 @@ mod tests {
         for &x in &[0.02, 0.1, 0.5, 1.0, 2.5, 7.0, 30.0, 1000.0, 1e5] {
             let want = digamma(x).exp();
             let got = exp_digamma(x as f32) as f64;
-            assert!((got - want).abs() <= 2e-6 * want, "exp(ψ({x})): {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 2e-6 * want,
+                "exp(ψ({x})): {got} vs {want}"
+            );
         }
     }
 
     #[test]
     fn gamma_samples_have_the_right_moments() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let draws: Vec<f64> = (0..20_000).map(|_| sample_gamma(&mut rng, 100.0, 0.01)).collect();
+        let draws: Vec<f64> = (0..20_000)
+            .map(|_| sample_gamma(&mut rng, 100.0, 0.01))
+            .collect();
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;
         let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / draws.len() as f64;
         assert!((mean - 1.0).abs() < 0.005, "mean {mean}");

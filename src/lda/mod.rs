@@ -63,12 +63,19 @@ pub enum LdaError {
         "the vocabulary is empty: no word of the {docs} training documents occurs at least \
          min_count = {min_count} times in at most max_doc_freq = {max_doc_freq} of them"
     )]
-    EmptyVocabulary { docs: u64, min_count: u32, max_doc_freq: f64 },
+    EmptyVocabulary {
+        docs: u64,
+        min_count: u32,
+        max_doc_freq: f64,
+    },
 }
 
 impl LdaError {
     fn io(path: &Path, source: std::io::Error) -> LdaError {
-        LdaError::Io { path: path.to_path_buf(), source }
+        LdaError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -129,7 +136,11 @@ pub fn run_stage(
     let tokenizer = Tokenizer::new(text);
     let train_docs = docs.len(Split::Train);
     let vocab = build_vocabulary(docs, &tokenizer, text)?;
-    tracing::info!(words = vocab.len(), docs = train_docs, "lda: vocabulary built");
+    tracing::info!(
+        words = vocab.len(),
+        docs = train_docs,
+        "lda: vocabulary built"
+    );
 
     let updates = planned_updates(train_docs, params.batch_size, params.passes);
     if updates < MIN_USEFUL_UPDATES {
@@ -146,8 +157,13 @@ pub fn run_stage(
     }
 
     let started = Instant::now();
-    let mut lda = OnlineLda::new(online_settings(params, train_docs), vocab.len(), params.seed);
-    let bar = progress.then(|| crate::progress::bar(train_docs * params.passes as u64, "lda", "doc"));
+    let mut lda = OnlineLda::new(
+        online_settings(params, train_docs),
+        vocab.len(),
+        params.seed,
+    );
+    let bar =
+        progress.then(|| crate::progress::bar(train_docs * params.passes as u64, "lda", "doc"));
     let mut tokens = 0.0;
     for _ in 0..params.passes {
         let mut batch = Vec::with_capacity(params.batch_size);
@@ -179,9 +195,24 @@ pub fn run_stage(
     model.save(dir)?;
 
     let inferencer = model.inferencer();
-    let empty_train_docs =
-        write_topics(docs, Split::Train, &tokenizer, &model, &inferencer, &dir.join(TOPICS_TRAIN_FILE), progress)?;
-    write_topics(docs, Split::Val, &tokenizer, &model, &inferencer, &dir.join(TOPICS_VAL_FILE), progress)?;
+    let empty_train_docs = write_topics(
+        docs,
+        Split::Train,
+        &tokenizer,
+        &model,
+        &inferencer,
+        &dir.join(TOPICS_TRAIN_FILE),
+        progress,
+    )?;
+    write_topics(
+        docs,
+        Split::Val,
+        &tokenizer,
+        &model,
+        &inferencer,
+        &dir.join(TOPICS_VAL_FILE),
+        progress,
+    )?;
 
     let summary = LdaSummary {
         topics: model.topics(),
@@ -202,9 +233,15 @@ pub fn run_stage(
     Ok(summary)
 }
 
-fn build_vocabulary(docs: &dyn DocumentSource, tokenizer: &Tokenizer, text: &TextParams) -> Result<Vocabulary, LdaError> {
+fn build_vocabulary(
+    docs: &dyn DocumentSource,
+    tokenizer: &Tokenizer,
+    text: &TextParams,
+) -> Result<Vocabulary, LdaError> {
     let mut builder = VocabBuilder::default();
-    docs.for_each(Split::Train, &mut |_, source, sample| builder.add_doc(&tokenizer.tokens(source, sample)))?;
+    docs.for_each(Split::Train, &mut |_, source, sample| {
+        builder.add_doc(&tokenizer.tokens(source, sample))
+    })?;
     let vocab = builder.build(text.min_count, text.max_doc_freq);
     if vocab.is_empty() {
         return Err(LdaError::EmptyVocabulary {
@@ -269,7 +306,9 @@ fn write_topic_words(path: &Path, top_words: &[Vec<String>]) -> Result<(), LdaEr
 }
 
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), LdaError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|source| LdaError::Json { path: path.to_path_buf(), source })?;
+    let text = serde_json::to_string_pretty(value).map_err(|source| LdaError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     std::fs::write(path, text + "\n").map_err(|source| LdaError::io(path, source))
 }

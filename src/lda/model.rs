@@ -48,8 +48,19 @@ impl LdaModel {
         e_step: EStepSettings,
         updates: u64,
     ) -> LdaModel {
-        assert_eq!(lambda.len(), alpha.len() * vocab.len(), "lambda must be [K, V]");
-        LdaModel { vocab, lambda, alpha, eta, e_step, updates }
+        assert_eq!(
+            lambda.len(),
+            alpha.len() * vocab.len(),
+            "lambda must be [K, V]"
+        );
+        LdaModel {
+            vocab,
+            lambda,
+            alpha,
+            eta,
+            e_step,
+            updates,
+        }
     }
 
     pub fn topics(&self) -> usize {
@@ -84,7 +95,10 @@ impl LdaModel {
             .map(|row| {
                 let mut ids: Vec<usize> = (0..v).collect();
                 ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                ids.iter().take(n).map(|&i| self.vocab.word(i as u32).to_string()).collect()
+                ids.iter()
+                    .take(n)
+                    .map(|&i| self.vocab.word(i as u32).to_string())
+                    .collect()
             })
             .collect()
     }
@@ -112,7 +126,11 @@ impl LdaModel {
 
     pub fn save(&self, dir: &Path) -> Result<(), LdaError> {
         std::fs::create_dir_all(dir).map_err(|source| LdaError::io(dir, source))?;
-        npy::write(&dir.join(LAMBDA_FILE), &[self.topics(), self.vocab.len()], &self.lambda)?;
+        npy::write(
+            &dir.join(LAMBDA_FILE),
+            &[self.topics(), self.vocab.len()],
+            &self.lambda,
+        )?;
         self.vocab.save(&dir.join(VOCAB_FILE))?;
         let meta = ModelMeta {
             topics: self.topics(),
@@ -129,13 +147,18 @@ impl LdaModel {
     pub fn load(dir: &Path) -> Result<LdaModel, LdaError> {
         let meta_path = dir.join(MODEL_FILE);
         let text = std::fs::read_to_string(&meta_path).map_err(|s| LdaError::io(&meta_path, s))?;
-        let meta: ModelMeta = serde_json::from_str(&text)
-            .map_err(|source| LdaError::Json { path: meta_path.clone(), source })?;
+        let meta: ModelMeta = serde_json::from_str(&text).map_err(|source| LdaError::Json {
+            path: meta_path.clone(),
+            source,
+        })?;
         let vocab = Vocabulary::load(&dir.join(VOCAB_FILE))?;
         let lambda_path = dir.join(LAMBDA_FILE);
         let lambda = npy::read(&lambda_path)?;
         let expected = [meta.topics, vocab.len()];
-        if lambda.shape != expected || meta.alpha.len() != meta.topics || meta.vocabulary != vocab.len() {
+        if lambda.shape != expected
+            || meta.alpha.len() != meta.topics
+            || meta.vocabulary != vocab.len()
+        {
             return Err(LdaError::BadModel {
                 path: lambda_path,
                 message: format!(
@@ -148,8 +171,18 @@ impl LdaModel {
                 ),
             });
         }
-        let e_step = EStepSettings { iterations: meta.e_step_iterations, tolerance: meta.e_step_tolerance };
-        Ok(LdaModel::new(vocab, lambda.data, meta.alpha, meta.eta, e_step, meta.updates))
+        let e_step = EStepSettings {
+            iterations: meta.e_step_iterations,
+            tolerance: meta.e_step_tolerance,
+        };
+        Ok(LdaModel::new(
+            vocab,
+            lambda.data,
+            meta.alpha,
+            meta.eta,
+            e_step,
+            meta.updates,
+        ))
     }
 }
 

@@ -58,19 +58,26 @@ impl OnlineLda {
     /// stream per topic row so that initialisation is parallel and still deterministic.
     pub fn new(settings: OnlineSettings, vocab: usize, seed: u64) -> OnlineLda {
         let mut lambda = vec![0.0f32; settings.topics * vocab];
-        lambda.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(k, row)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(k as u64);
-            for x in row {
-                *x = sample_gamma(&mut rng, 100.0, 0.01) as f32;
-            }
-        });
+        lambda
+            .par_chunks_mut(vocab.max(1))
+            .enumerate()
+            .for_each(|(k, row)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(k as u64);
+                for x in row {
+                    *x = sample_gamma(&mut rng, 100.0, 0.01) as f32;
+                }
+            });
         OnlineLda::with_lambda(settings, vocab, lambda)
     }
 
     /// A trainer starting from a given λ [K, V] (tests, warm starts).
     pub fn with_lambda(settings: OnlineSettings, vocab: usize, lambda: Vec<f32>) -> OnlineLda {
-        assert_eq!(lambda.len(), settings.topics * vocab, "lambda must be [K, V]");
+        assert_eq!(
+            lambda.len(),
+            settings.topics * vocab,
+            "lambda must be [K, V]"
+        );
         let alpha = settings.alpha.clone();
         let mut lda = OnlineLda {
             settings,
@@ -225,7 +232,13 @@ impl OnlineLda {
 
 /// Expected word-topic counts of the batch, [U, K] over its distinct words:
 /// sstats[u, k] = β̃[u, k] · Σ_d θ̃_dk · weight_du, summed over documents in batch order.
-fn word_statistics(fits: &[DocFit], rows: &[Vec<u32>], beta: &[f32], words: usize, k: usize) -> Vec<f32> {
+fn word_statistics(
+    fits: &[DocFit],
+    rows: &[Vec<u32>],
+    beta: &[f32],
+    words: usize,
+    k: usize,
+) -> Vec<f32> {
     // Inverted index (document, position) per word, by counting sort: O(tokens).
     let mut starts = vec![0usize; words + 1];
     for doc_rows in rows {

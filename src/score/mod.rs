@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-pub use rules::{auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, scores, similarity};
+pub use rules::{
+    auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, scores, similarity,
+};
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
 
@@ -57,7 +59,10 @@ pub enum ScoreError {
 
 impl ScoreError {
     fn io(path: &Path, source: std::io::Error) -> ScoreError {
-        ScoreError::Io { path: path.to_path_buf(), source }
+        ScoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -150,16 +155,32 @@ pub fn run_stage(
         similarity: clean.similarity,
         samples: score.len(),
         kept: keep.iter().filter(|&&k| k).count(),
-        noise: noisy.as_deref().map(|n| noise_metrics(&score, &keep, n, &class_summaries)),
+        noise: noisy
+            .as_deref()
+            .map(|n| noise_metrics(&score, &keep, n, &class_summaries)),
         classes: class_summaries,
     };
     write_classes(&dir.join(CLASSES_FILE), &summary.classes)?;
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|source| ScoreError::Json { path: dir.join(SUMMARY_FILE), source })?;
-    std::fs::write(dir.join(SUMMARY_FILE), json + "\n").map_err(|s| ScoreError::io(&dir.join(SUMMARY_FILE), s))?;
-    write_histogram(&dir.join(HISTOGRAM_FILE), &score, noisy.as_deref(), clean.similarity)?;
+    let json = serde_json::to_string_pretty(&summary).map_err(|source| ScoreError::Json {
+        path: dir.join(SUMMARY_FILE),
+        source,
+    })?;
+    std::fs::write(dir.join(SUMMARY_FILE), json + "\n")
+        .map_err(|s| ScoreError::io(&dir.join(SUMMARY_FILE), s))?;
+    write_histogram(
+        &dir.join(HISTOGRAM_FILE),
+        &score,
+        noisy.as_deref(),
+        clean.similarity,
+    )?;
     if let Some(image) = inputs.image {
-        write_contact_sheets(&dir.join(LOWEST_DIR), inputs, image, &score, noisy.as_deref())?;
+        write_contact_sheets(
+            &dir.join(LOWEST_DIR),
+            inputs,
+            image,
+            &score,
+            noisy.as_deref(),
+        )?;
     }
     Ok(summary)
 }
@@ -173,7 +194,12 @@ fn check_inputs(inputs: &ScoreInputs) -> Result<(), ScoreError> {
             inputs.paths.len()
         )));
     }
-    if let Some((id, &label)) = inputs.labels.iter().enumerate().find(|(_, &l)| l as usize >= inputs.class_names.len()) {
+    if let Some((id, &label)) = inputs
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= inputs.class_names.len())
+    {
         return Err(ScoreError::Inputs(format!(
             "sample {id} has label {label} but there are {} classes",
             inputs.class_names.len()
@@ -181,19 +207,32 @@ fn check_inputs(inputs: &ScoreInputs) -> Result<(), ScoreError> {
     }
     let k = inputs.topics.first().map_or(0, Vec::len);
     if let Some(id) = inputs.topics.iter().position(|t| t.len() != k) {
-        return Err(ScoreError::Inputs(format!("sample {id} has {} topics, sample 0 has {k}", inputs.topics[id].len())));
+        return Err(ScoreError::Inputs(format!(
+            "sample {id} has {} topics, sample 0 has {k}",
+            inputs.topics[id].len()
+        )));
     }
     Ok(())
 }
 
-fn summarise_classes(inputs: &ScoreInputs, score: &[f64], keep: &[bool], noisy: Option<&[Option<bool>]>) -> Vec<ClassSummary> {
+fn summarise_classes(
+    inputs: &ScoreInputs,
+    score: &[f64],
+    keep: &[bool],
+    noisy: Option<&[Option<bool>]>,
+) -> Vec<ClassSummary> {
     by_class_ascending(score, inputs.labels, inputs.class_names.len())
         .into_iter()
         .enumerate()
         .map(|(label, members)| {
             let n = members.len();
             let known: Vec<(f64, bool)> = noisy
-                .map(|noisy| members.iter().filter_map(|&i| noisy[i].map(|x| (score[i], x))).collect())
+                .map(|noisy| {
+                    members
+                        .iter()
+                        .filter_map(|&i| noisy[i].map(|x| (score[i], x)))
+                        .collect()
+                })
                 .unwrap_or_default();
             ClassSummary {
                 label: label as u32,
@@ -203,8 +242,12 @@ fn summarise_classes(inputs: &ScoreInputs, score: &[f64], keep: &[bool], noisy: 
                 mean_score: members.iter().map(|&i| score[i]).sum::<f64>() / n.max(1) as f64,
                 median_score: if n == 0 { 0.0 } else { score[members[n / 2]] },
                 noisy: noisy.map(|_| known.iter().filter(|k| k.1).count()),
-                noisy_discarded: noisy
-                    .map(|noisy| members.iter().filter(|&&i| noisy[i] == Some(true) && !keep[i]).count()),
+                noisy_discarded: noisy.map(|noisy| {
+                    members
+                        .iter()
+                        .filter(|&&i| noisy[i] == Some(true) && !keep[i])
+                        .count()
+                }),
                 auc: noisy.and_then(|_| {
                     let (s, p): (Vec<f64>, Vec<bool>) = known.into_iter().unzip();
                     auc_low_is_positive(&s, &p)
@@ -214,7 +257,12 @@ fn summarise_classes(inputs: &ScoreInputs, score: &[f64], keep: &[bool], noisy: 
         .collect()
 }
 
-fn noise_metrics(score: &[f64], keep: &[bool], noisy: &[Option<bool>], classes: &[ClassSummary]) -> NoiseMetrics {
+fn noise_metrics(
+    score: &[f64],
+    keep: &[bool],
+    noisy: &[Option<bool>],
+    classes: &[ClassSummary],
+) -> NoiseMetrics {
     let matched: Vec<usize> = (0..score.len()).filter(|&i| noisy[i].is_some()).collect();
     let is_noisy = |i: usize| noisy[i] == Some(true);
     let discarded = matched.iter().filter(|&&i| !keep[i]).count();
@@ -232,13 +280,16 @@ fn noise_metrics(score: &[f64], keep: &[bool], noisy: &[Option<bool>], classes: 
         precision: noisy_discarded as f64 / discarded.max(1) as f64,
         recall: noisy_discarded as f64 / noisy_count.max(1) as f64,
         auc: auc_low_is_positive(&s, &p),
-        macro_auc: (!per_class.is_empty()).then(|| per_class.iter().sum::<f64>() / per_class.len() as f64),
+        macro_auc: (!per_class.is_empty())
+            .then(|| per_class.iter().sum::<f64>() / per_class.len() as f64),
     }
 }
 
 fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError> {
     let opt = |x: Option<usize>| x.map_or(String::new(), |v| v.to_string());
-    let mut out = String::from("label\tname\tsamples\tkept\tmean_score\tmedian_score\tnoisy\tnoisy_discarded\tauc\n");
+    let mut out = String::from(
+        "label\tname\tsamples\tkept\tmean_score\tmedian_score\tnoisy\tnoisy_discarded\tauc\n",
+    );
     for c in classes {
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{}\t{}\n",
@@ -256,18 +307,39 @@ fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError
     std::fs::write(path, out).map_err(|s| ScoreError::io(path, s))
 }
 
-fn write_histogram(path: &Path, score: &[f64], noisy: Option<&[Option<bool>]>, kind: Similarity) -> Result<(), ScoreError> {
-    let title = format!("{} similarity to the class mean", if kind == Similarity::Dot { "dot" } else { "cosine" });
+fn write_histogram(
+    path: &Path,
+    score: &[f64],
+    noisy: Option<&[Option<bool>]>,
+    kind: Similarity,
+) -> Result<(), ScoreError> {
+    let title = format!(
+        "{} similarity to the class mean",
+        if kind == Similarity::Dot {
+            "dot"
+        } else {
+            "cosine"
+        }
+    );
     let series: Vec<(String, Vec<f64>)> = match noisy {
         None => vec![("all samples".into(), score.to_vec())],
         Some(noisy) => [(false, "clean (truth)"), (true, "noisy (truth)")]
             .into_iter()
             .map(|(want, name)| {
-                (name.to_string(), (0..score.len()).filter(|&i| noisy[i] == Some(want)).map(|i| score[i]).collect())
+                (
+                    name.to_string(),
+                    (0..score.len())
+                        .filter(|&i| noisy[i] == Some(want))
+                        .map(|i| score[i])
+                        .collect(),
+                )
             })
             .collect(),
     };
-    let borrowed: Vec<(&str, &[f64])> = series.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let borrowed: Vec<(&str, &[f64])> = series
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
     Ok(plot::histogram(path, &title, &borrowed, 40)?)
 }
 
@@ -279,7 +351,10 @@ fn write_contact_sheets(
     noisy: Option<&[Option<bool>]>,
 ) -> Result<(), ScoreError> {
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
-    for (label, members) in by_class_ascending(score, inputs.labels, inputs.class_names.len()).into_iter().enumerate() {
+    for (label, members) in by_class_ascending(score, inputs.labels, inputs.class_names.len())
+        .into_iter()
+        .enumerate()
+    {
         let cells: Vec<plot::Cell> = members
             .par_iter()
             .take(SHEET_IMAGES)
@@ -289,16 +364,28 @@ fn write_contact_sheets(
                     Some(false) => " clean",
                     None => "",
                 };
-                image(i as u64).map(|img| plot::Cell { image: img, caption: format!("#{i} {:.3}{truth}", score[i]) })
+                image(i as u64).map(|img| plot::Cell {
+                    image: img,
+                    caption: format!("#{i} {:.3}{truth}", score[i]),
+                })
             })
             .collect();
         let name = sanitize(&inputs.class_names[label]);
         let title = format!("class {label} {}: lowest scores", inputs.class_names[label]);
-        plot::contact_sheet(&dir.join(format!("{label:04}_{name}.png")), &title, &cells, 6, 128)?;
+        plot::contact_sheet(
+            &dir.join(format!("{label:04}_{name}.png")),
+            &title,
+            &cells,
+            6,
+            128,
+        )?;
     }
     Ok(())
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(40).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! The numbers of the `score` stage, on plain vectors: class means, similarities, which
 //! samples the cleaning rule discards, λ maps, and noise-detection metrics.
 
-use crate::recipe::params::{CleanParams, CleanRule, LambdaMap, LabelParams, Similarity};
+use crate::recipe::params::{CleanParams, CleanRule, LabelParams, LambdaMap, Similarity};
 
 /// Mean topic vector of each class (a class without samples gets zeros).
 pub fn class_means(topics: &[Vec<f32>], labels: &[u32], classes: usize) -> Vec<Vec<f64>> {
@@ -26,7 +26,11 @@ pub fn similarity(kind: Similarity, theta: &[f32], mean: &[f64]) -> f64 {
     match kind {
         Similarity::Dot => dot,
         Similarity::Cosine => {
-            let norm_t = theta.iter().map(|&t| (t as f64).powi(2)).sum::<f64>().sqrt();
+            let norm_t = theta
+                .iter()
+                .map(|&t| (t as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
             let norm_m = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
             if norm_t == 0.0 || norm_m == 0.0 {
                 0.0
@@ -71,7 +75,11 @@ pub fn kept(scores: &[f64], labels: &[u32], classes: usize, clean: &CleanParams)
             CleanRule::Threshold(t) => members.iter().filter(|&&i| scores[i] < t).count() as f64,
             CleanRule::Fraction(f) => f * n as f64,
         };
-        let factor = if n < clean.small_class { clean.small_class_factor } else { 1.0 };
+        let factor = if n < clean.small_class {
+            clean.small_class_factor
+        } else {
+            1.0
+        };
         let discard = ((by_rule * factor).round() as usize).min(n);
         for &i in &members[..discard] {
             keep[i] = false;
@@ -88,9 +96,10 @@ pub fn lambdas(scores: &[f64], labels: &[u32], classes: usize, mode: &LabelParam
     };
     match map {
         LambdaMap::Ratio { s0 } => scores.iter().map(|&s| (s / s0).clamp(0.0, 1.0)).collect(),
-        LambdaMap::Sigmoid { center, scale } => {
-            scores.iter().map(|&s| 1.0 / (1.0 + (-(s - center) / scale).exp())).collect()
-        }
+        LambdaMap::Sigmoid { center, scale } => scores
+            .iter()
+            .map(|&s| 1.0 / (1.0 + (-(s - center) / scale).exp()))
+            .collect(),
         LambdaMap::Rank { min } => {
             let mut out = vec![1.0; scores.len()];
             for members in by_class_ascending(scores, labels, classes) {
@@ -137,7 +146,12 @@ pub fn auc_low_is_positive(scores: &[f64], positive: &[bool]) -> Option<f64> {
         return None;
     }
     // Sum of the negatives' (1-based) ranks: how often a negative outranks a positive.
-    let rank_sum_neg: f64 = order.iter().zip(&ranks).filter(|(&i, _)| !positive[i]).map(|(_, r)| r + 1.0).sum();
+    let rank_sum_neg: f64 = order
+        .iter()
+        .zip(&ranks)
+        .filter(|(&i, _)| !positive[i])
+        .map(|(_, r)| r + 1.0)
+        .sum();
     Some((rank_sum_neg - n_neg * (n_neg + 1.0) / 2.0) / (n_pos * n_neg))
 }
 
@@ -146,7 +160,13 @@ mod tests {
     use super::*;
 
     fn clean(rule: CleanRule, small_class: usize, factor: f64) -> CleanParams {
-        CleanParams { similarity: Similarity::Dot, rule, small_class, small_class_factor: factor, truth: None }
+        CleanParams {
+            similarity: Similarity::Dot,
+            rule,
+            small_class,
+            small_class_factor: factor,
+            truth: None,
+        }
     }
 
     #[test]
@@ -166,19 +186,52 @@ mod tests {
     #[test]
     fn threshold_fraction_and_small_class_leniency() {
         // Class 0 has 10 samples scoring 0.0..0.9, class 1 has 4 scoring 0.0..0.3.
-        let scores: Vec<f64> = (0..10).map(|i| i as f64 / 10.0).chain((0..4).map(|i| i as f64 / 10.0)).collect();
+        let scores: Vec<f64> = (0..10)
+            .map(|i| i as f64 / 10.0)
+            .chain((0..4).map(|i| i as f64 / 10.0))
+            .collect();
         let labels: Vec<u32> = [0; 10].into_iter().chain([1; 4]).collect();
-        let discarded = |keep: Vec<bool>| keep.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect::<Vec<_>>();
-        assert_eq!(discarded(kept(&scores, &labels, 2, &clean(CleanRule::None, 0, 1.0))), Vec::<usize>::new());
+        let discarded = |keep: Vec<bool>| {
+            keep.iter()
+                .enumerate()
+                .filter(|(_, k)| !**k)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            discarded(kept(&scores, &labels, 2, &clean(CleanRule::None, 0, 1.0))),
+            Vec::<usize>::new()
+        );
         // Threshold 0.25: class 0 loses 0.0, 0.1, 0.2; class 1 (small: < 5) loses half of 3 → 2.
         assert_eq!(
-            discarded(kept(&scores, &labels, 2, &clean(CleanRule::Threshold(0.25), 5, 0.5))),
+            discarded(kept(
+                &scores,
+                &labels,
+                2,
+                &clean(CleanRule::Threshold(0.25), 5, 0.5)
+            )),
             [0, 1, 2, 10, 11]
         );
         // Fraction 0.2: class 0 loses 2, class 1 loses round(0.8) = 1.
-        assert_eq!(discarded(kept(&scores, &labels, 2, &clean(CleanRule::Fraction(0.2), 0, 1.0))), [0, 1, 10]);
+        assert_eq!(
+            discarded(kept(
+                &scores,
+                &labels,
+                2,
+                &clean(CleanRule::Fraction(0.2), 0, 1.0)
+            )),
+            [0, 1, 10]
+        );
         // Leniency 0 keeps the whole small class.
-        assert_eq!(discarded(kept(&scores, &labels, 2, &clean(CleanRule::Fraction(0.2), 5, 0.0))), [0, 1]);
+        assert_eq!(
+            discarded(kept(
+                &scores,
+                &labels,
+                2,
+                &clean(CleanRule::Fraction(0.2), 5, 0.0)
+            )),
+            [0, 1]
+        );
     }
 
     #[test]
@@ -187,27 +240,55 @@ mod tests {
         let labels = [0, 0, 0, 0];
         let soft = |lambda| LabelParams::Soft { lambda };
         assert_eq!(lambdas(&scores, &labels, 1, &LabelParams::Hard), [1.0; 4]);
-        assert_eq!(lambdas(&scores, &labels, 1, &soft(LambdaMap::Ratio { s0: 0.1 })), [0.0, 0.5, 1.0, 1.0]);
+        assert_eq!(
+            lambdas(&scores, &labels, 1, &soft(LambdaMap::Ratio { s0: 0.1 })),
+            [0.0, 0.5, 1.0, 1.0]
+        );
         let rank = lambdas(&scores, &labels, 1, &soft(LambdaMap::Rank { min: 0.4 }));
         for (got, want) in rank.iter().zip([0.4, 0.6, 0.8, 1.0]) {
             assert!((got - want).abs() < 1e-12, "{rank:?}");
         }
-        let sig = lambdas(&scores, &labels, 1, &soft(LambdaMap::Sigmoid { center: 0.1, scale: 0.05 }));
+        let sig = lambdas(
+            &scores,
+            &labels,
+            1,
+            &soft(LambdaMap::Sigmoid {
+                center: 0.1,
+                scale: 0.05,
+            }),
+        );
         assert!((sig[2] - 0.5).abs() < 1e-12);
         assert!((sig[0] - 1.0 / (1.0 + 2f64.exp())).abs() < 1e-12);
         // Ties share a rank; a lone sample gets 1.
-        let tied = lambdas(&[0.2, 0.2, 0.5], &[0, 0, 1], 2, &soft(LambdaMap::Rank { min: 0.0 }));
+        let tied = lambdas(
+            &[0.2, 0.2, 0.5],
+            &[0, 0, 1],
+            2,
+            &soft(LambdaMap::Rank { min: 0.0 }),
+        );
         assert_eq!(tied, [0.5, 0.5, 1.0]);
     }
 
     #[test]
     fn auc_of_perfect_reversed_chance_and_tied_detectors() {
         let positive = [true, true, false, false];
-        assert_eq!(auc_low_is_positive(&[0.1, 0.2, 0.8, 0.9], &positive), Some(1.0));
-        assert_eq!(auc_low_is_positive(&[0.8, 0.9, 0.1, 0.2], &positive), Some(0.0));
+        assert_eq!(
+            auc_low_is_positive(&[0.1, 0.2, 0.8, 0.9], &positive),
+            Some(1.0)
+        );
+        assert_eq!(
+            auc_low_is_positive(&[0.8, 0.9, 0.1, 0.2], &positive),
+            Some(0.0)
+        );
         assert_eq!(auc_low_is_positive(&[0.5; 4], &positive), Some(0.5));
-        assert_eq!(auc_low_is_positive(&[0.1, 0.9, 0.2, 0.8], &positive), Some(0.5));
-        assert_eq!(auc_low_is_positive(&[0.1, 0.8, 0.2, 0.9], &positive), Some(0.75));
+        assert_eq!(
+            auc_low_is_positive(&[0.1, 0.9, 0.2, 0.8], &positive),
+            Some(0.5)
+        );
+        assert_eq!(
+            auc_low_is_positive(&[0.1, 0.8, 0.2, 0.9], &positive),
+            Some(0.75)
+        );
         assert_eq!(auc_low_is_positive(&[0.1, 0.2], &[false, false]), None);
     }
 }

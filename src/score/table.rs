@@ -58,8 +58,12 @@ impl ScoreTable {
         out.push('\n');
         for (row, path) in self.rows.iter().zip(paths) {
             // Scores keep full precision (`{}` round-trips f64) so reloading changes nothing.
-            writeln!(out, "{}\t{}\t{}\t{}\t{}\t{}", row.id, path, row.label, row.score, row.lambda, row.kept as u8)
-                .expect("writing to a String");
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                row.id, path, row.label, row.score, row.lambda, row.kept as u8
+            )
+            .expect("writing to a String");
         }
         let path = dir.join(SCORES_FILE);
         std::fs::write(&path, out).map_err(|s| ScoreError::io(&path, s))
@@ -83,19 +87,35 @@ impl ScoreTable {
             let line_no = n + 2;
             let fields: Vec<&str> = line.split('\t').collect();
             if fields.len() != 6 {
-                return Err(bad(line_no, "row", format!("expected 6 tab-separated fields, found {}", fields.len())));
+                return Err(bad(
+                    line_no,
+                    "row",
+                    format!("expected 6 tab-separated fields, found {}", fields.len()),
+                ));
             }
             fn parse<T: std::str::FromStr>(raw: &str) -> Option<T> {
                 raw.parse().ok()
             }
-            let field = |i: usize, name: &str| bad(line_no, name, format!("cannot parse {:?}", fields[i]));
+            let field =
+                |i: usize, name: &str| bad(line_no, name, format!("cannot parse {:?}", fields[i]));
             let id: u64 = parse(fields[0]).ok_or_else(|| field(0, "id"))?;
             if id != rows.len() as u64 {
-                return Err(bad(line_no, "id", format!("expected id {} (ids run 0..N in order), found {id}", rows.len())));
+                return Err(bad(
+                    line_no,
+                    "id",
+                    format!(
+                        "expected id {} (ids run 0..N in order), found {id}",
+                        rows.len()
+                    ),
+                ));
             }
             let lambda: f64 = parse(fields[4]).ok_or_else(|| field(4, "lambda"))?;
             if !(0.0..=1.0).contains(&lambda) {
-                return Err(bad(line_no, "lambda", format!("{lambda} is outside [0, 1]")));
+                return Err(bad(
+                    line_no,
+                    "lambda",
+                    format!("{lambda} is outside [0, 1]"),
+                ));
             }
             rows.push(ScoreRow {
                 id,
@@ -121,20 +141,40 @@ mod tests {
     fn round_trips_and_reports_bad_rows() {
         let dir = tempfile::tempdir().unwrap();
         let rows = vec![
-            ScoreRow { id: 0, label: 2, score: 0.123456789012345, lambda: 1.0, kept: true },
-            ScoreRow { id: 1, label: 0, score: 1e-9, lambda: 0.25, kept: false },
+            ScoreRow {
+                id: 0,
+                label: 2,
+                score: 0.123456789012345,
+                lambda: 1.0,
+                kept: true,
+            },
+            ScoreRow {
+                id: 1,
+                label: 0,
+                score: 1e-9,
+                lambda: 0.25,
+                kept: false,
+            },
         ];
         let table = ScoreTable::new(rows);
-        table.save(dir.path(), &["a.jpg".into(), "b.jpg".into()]).unwrap();
+        table
+            .save(dir.path(), &["a.jpg".into(), "b.jpg".into()])
+            .unwrap();
         assert_eq!(ScoreTable::load(dir.path()).unwrap(), table);
         assert_eq!(table.kept_ids(), [0]);
 
         let path = dir.path().join(SCORES_FILE);
         std::fs::write(&path, format!("{HEADER}\n0\ta.jpg\t2\t0.5\t1.5\t1\n")).unwrap();
         let err = ScoreTable::load(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("scores.tsv:2: field lambda: 1.5 is outside [0, 1]"), "{err}");
+        assert!(
+            err.ends_with("scores.tsv:2: field lambda: 1.5 is outside [0, 1]"),
+            "{err}"
+        );
         std::fs::write(&path, format!("{HEADER}\n0\ta.jpg\tx\t0.5\t1\t1\n")).unwrap();
         let err = ScoreTable::load(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("scores.tsv:2: field label: cannot parse \"x\""), "{err}");
+        assert!(
+            err.ends_with("scores.tsv:2: field label: cannot parse \"x\""),
+            "{err}"
+        );
     }
 }

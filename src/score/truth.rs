@@ -51,7 +51,11 @@ pub fn read_truth(path: &Path) -> Result<Truth, ScoreError> {
             .position(|h| *h == name)
             .ok_or_else(|| bad(1, name, format!("missing from the header {header:?}")))
     };
-    let (path_col, given_col, true_col) = (column("path")?, column("given_label")?, column("true_label")?);
+    let (path_col, given_col, true_col) = (
+        column("path")?,
+        column("given_label")?,
+        column("true_label")?,
+    );
     let mut truth = Truth::default();
     for (n, line) in lines.enumerate() {
         let line_no = n + 2;
@@ -60,15 +64,21 @@ pub fn read_truth(path: &Path) -> Result<Truth, ScoreError> {
         }
         let fields: Vec<&str> = line.split('\t').collect();
         let get = |col: usize, name: &str| {
-            fields.get(col).copied().ok_or_else(|| bad(line_no, name, format!("missing ({} fields)", fields.len())))
+            fields
+                .get(col)
+                .copied()
+                .ok_or_else(|| bad(line_no, name, format!("missing ({} fields)", fields.len())))
         };
         let number = |col: usize, name: &str| -> Result<i64, ScoreError> {
             let raw = get(col, name)?;
-            raw.parse().map_err(|_| bad(line_no, name, format!("not an integer: {raw:?}")))
+            raw.parse()
+                .map_err(|_| bad(line_no, name, format!("not an integer: {raw:?}")))
         };
         number(given_col, "given_label")?;
         let true_label = number(true_col, "true_label")?;
-        truth.true_label.insert(get(path_col, "path")?.to_string(), true_label);
+        truth
+            .true_label
+            .insert(get(path_col, "path")?.to_string(), true_label);
     }
     Ok(truth)
 }
@@ -87,14 +97,25 @@ mod tests {
         )
         .unwrap();
         let truth = read_truth(&path).unwrap();
-        let paths: Vec<String> = ["a/1.jpg", "./a/2.jpg", "b/3.jpg", "c/4.jpg"].map(String::from).to_vec();
-        assert_eq!(truth.noisy_by_sample(&paths, &[0, 0, 1, 1]), [Some(false), Some(true), Some(true), None]);
+        let paths: Vec<String> = ["a/1.jpg", "./a/2.jpg", "b/3.jpg", "c/4.jpg"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            truth.noisy_by_sample(&paths, &[0, 0, 1, 1]),
+            [Some(false), Some(true), Some(true), None]
+        );
 
         std::fs::write(&path, "path\tgiven_label\ttrue_label\na/1.jpg\t0\tseven\n").unwrap();
         let err = read_truth(&path).unwrap_err().to_string();
-        assert!(err.ends_with("truth.tsv:2: field true_label: not an integer: \"seven\""), "{err}");
+        assert!(
+            err.ends_with("truth.tsv:2: field true_label: not an integer: \"seven\""),
+            "{err}"
+        );
         std::fs::write(&path, "path\tlabel\n").unwrap();
         let err = read_truth(&path).unwrap_err().to_string();
-        assert!(err.contains("truth.tsv:1: field given_label: missing from the header"), "{err}");
+        assert!(
+            err.contains("truth.tsv:1: field given_label: missing from the header"),
+            "{err}"
+        );
     }
 }

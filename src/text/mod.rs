@@ -103,12 +103,12 @@ impl Tokenizer {
             stop.extend(stopwords::WEB.iter().map(|w| w.to_string()));
         }
         // Extra words go through the same normalisation so "Photo#2" style entries still match.
-        stop.extend(
-            params
-                .extra_stop_words
-                .iter()
-                .flat_map(|w| normalise(w).split_whitespace().map(str::to_string).collect::<Vec<_>>()),
-        );
+        stop.extend(params.extra_stop_words.iter().flat_map(|w| {
+            normalise(w)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }));
         Tokenizer {
             params: params.clone(),
             stop,
@@ -201,7 +201,10 @@ mod tests {
     fn fields_follow_the_source() {
         let tok = Tokenizer::new(&params());
         let sample = text("Running dogs", "the churches", &["parachutes"]);
-        assert_eq!(tok.tokens(Source::Google, &sample), ["run", "dog", "church"]);
+        assert_eq!(
+            tok.tokens(Source::Google, &sample),
+            ["run", "dog", "church"]
+        );
         assert_eq!(
             tok.tokens(Source::Flickr, &sample),
             ["run", "dog", "church", "parachut"]
@@ -231,6 +234,8 @@ mod tests {
     #[test]
     fn missing_and_empty_fields_give_no_tokens() {
         let tok = Tokenizer::new(&params());
-        assert!(tok.tokens(Source::Flickr, &SampleText::default()).is_empty());
+        assert!(tok
+            .tokens(Source::Flickr, &SampleText::default())
+            .is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 /// English function words (the usual short list of pronouns, articles, auxiliaries,
 /// prepositions and conjunctions, with contractions split as `normalise` splits them).
+#[rustfmt::skip]
 pub const ENGLISH: &[&str] = &[
     "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours",
     "yourself", "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself",
@@ -22,6 +23,7 @@ pub const ENGLISH: &[&str] = &[
 ];
 
 /// Words of web pages rather than of what an image shows (the list).
+#[rustfmt::skip]
 pub const WEB: &[&str] = &[
     "wikipedia", "google", "flickr", "figure", "photo", "image", "homepage", "url", "youtube",
     "images", "blog", "pinterest",

@@ -117,7 +117,10 @@ impl Vocabulary {
 
     /// One word per line, line number = id.
     pub fn save(&self, path: &Path) -> Result<(), TextError> {
-        let io = |source| TextError::Io { path: path.to_path_buf(), source };
+        let io = |source| TextError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut out = BufWriter::new(std::fs::File::create(path).map_err(io)?);
         for word in &self.words {
             writeln!(out, "{word}").map_err(io)?;
@@ -126,7 +129,10 @@ impl Vocabulary {
     }
 
     pub fn load(path: &Path) -> Result<Vocabulary, TextError> {
-        let io = |source| TextError::Io { path: path.to_path_buf(), source };
+        let io = |source| TextError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
         let mut words = Vec::new();
         for (n, line) in file.lines().enumerate() {
@@ -184,6 +190,9 @@ mod tests {
         assert_eq!(Vocabulary::load(&path).unwrap(), v);
         std::fs::write(&path, "x\ntwo words\n").unwrap();
         let err = Vocabulary::load(&path).unwrap_err().to_string();
-        assert!(err.ends_with("vocab.txt:2: expected one word, found \"two words\""), "{err}");
+        assert!(
+            err.ends_with("vocab.txt:2: expected one word, found \"two words\""),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use websieve::lda::{self, EStepSettings, LdaModel, OnlineLda, OnlineSettings};
 use websieve::recipe::params::{
-    Alpha, CleanParams, CleanRule, LabelParams, LambdaMap, LdaParams, Similarity, TextField, TextParams,
+    Alpha, CleanParams, CleanRule, LabelParams, LambdaMap, LdaParams, Similarity, TextField,
+    TextParams,
 };
 use websieve::sample::{SampleText, Source};
 use websieve::score::{self, ScoreInputs, ScoreTable};
@@ -46,7 +47,11 @@ fn lda_params(topics: usize) -> LdaParams {
 
 /// Letters-only names so the tokenizer keeps them: "qaa", "qab", ...
 fn word(i: usize) -> String {
-    format!("q{}{}", (b'a' + (i / 26) as u8) as char, (b'a' + (i % 26) as u8) as char)
+    format!(
+        "q{}{}",
+        (b'a' + (i / 26) as u8) as char,
+        (b'a' + (i % 26) as u8) as char
+    )
 }
 
 /// Planted topics: topic t puts 95% of its mass on words [20t, 20t + 20), the rest evenly.
@@ -68,10 +73,20 @@ fn draw(rng: &mut ChaCha8Rng, p: &[f64]) -> usize {
 }
 
 /// A document of `len` words: mostly topic `main`, a fifth of it topic `other`.
-fn planted_doc(rng: &mut ChaCha8Rng, topics: &[Vec<f64>], main: usize, other: usize, len: usize) -> Vec<usize> {
+fn planted_doc(
+    rng: &mut ChaCha8Rng,
+    topics: &[Vec<f64>],
+    main: usize,
+    other: usize,
+    len: usize,
+) -> Vec<usize> {
     (0..len)
         .map(|_| {
-            let topic = if rng.random::<f64>() < 0.8 { main } else { other };
+            let topic = if rng.random::<f64>() < 0.8 {
+                main
+            } else {
+                other
+            };
             draw(rng, &topics[topic])
         })
         .collect()
@@ -79,7 +94,14 @@ fn planted_doc(rng: &mut ChaCha8Rng, topics: &[Vec<f64>], main: usize, other: us
 
 fn sample(words: &[usize]) -> (Source, SampleText) {
     let text = words.iter().map(|&w| word(w)).collect::<Vec<_>>().join(" ");
-    (Source::Other, SampleText { title: Some(text), description: None, tags: vec![] })
+    (
+        Source::Other,
+        SampleText {
+            title: Some(text),
+            description: None,
+            tags: vec![],
+        },
+    )
 }
 
 fn planted_corpus(k: usize, docs: usize, seed: u64) -> (MemorySource, Vec<Vec<f64>>) {
@@ -98,12 +120,19 @@ fn planted_corpus(k: usize, docs: usize, seed: u64) -> (MemorySource, Vec<Vec<f6
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
+    dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt()
+        * b.iter().map(|x| x * x).sum::<f64>().sqrt())
 }
 
 /// Best one-to-one matching of learned to planted topics (all permutations: K is small).
 fn best_matching(sim: &[Vec<f64>]) -> Vec<f64> {
-    fn go(sim: &[Vec<f64>], row: usize, used: &mut Vec<bool>, cur: &mut Vec<f64>, best: &mut Vec<f64>) {
+    fn go(
+        sim: &[Vec<f64>],
+        row: usize,
+        used: &mut Vec<bool>,
+        cur: &mut Vec<f64>,
+        best: &mut Vec<f64>,
+    ) {
         if row == sim.len() {
             if cur.iter().sum::<f64>() > best.iter().sum::<f64>() {
                 *best = cur.clone();
@@ -121,7 +150,13 @@ fn best_matching(sim: &[Vec<f64>]) -> Vec<f64> {
         }
     }
     let mut best = vec![f64::NEG_INFINITY; sim.len()];
-    go(sim, 0, &mut vec![false; sim.len()], &mut Vec::new(), &mut best);
+    go(
+        sim,
+        0,
+        &mut vec![false; sim.len()],
+        &mut Vec::new(),
+        &mut best,
+    );
     best
 }
 
@@ -135,8 +170,12 @@ fn lda_stage_recovers_planted_topics() {
     let k = 4;
     let (source, planted) = planted_corpus(k, 1200, 1);
     let dir = tempfile::tempdir().unwrap();
-    let summary = lda::run_stage(&source, &text_params(), &lda_params(k), dir.path(), false).unwrap();
-    assert_eq!((summary.train_docs, summary.val_docs, summary.updates), (1200, 10, 48));
+    let summary =
+        lda::run_stage(&source, &text_params(), &lda_params(k), dir.path(), false).unwrap();
+    assert_eq!(
+        (summary.train_docs, summary.val_docs, summary.updates),
+        (1200, 10, 48)
+    );
 
     let model = LdaModel::load(dir.path()).unwrap();
     let v = model.vocab().len();
@@ -148,33 +187,57 @@ fn lda_stage_recovers_planted_topics() {
             let mut p = vec![0.0; planted[0].len()];
             for (id, &l) in row.iter().enumerate() {
                 let w = model.vocab().word(id as u32);
-                p[planted[0].iter().enumerate().position(|(i, _)| word(i) == w).unwrap()] = l as f64;
+                p[planted[0]
+                    .iter()
+                    .enumerate()
+                    .position(|(i, _)| word(i) == w)
+                    .unwrap()] = l as f64;
             }
             p
         })
         .collect();
-    let sim: Vec<Vec<f64>> = learned.iter().map(|l| planted.iter().map(|p| cosine(l, p)).collect()).collect();
+    let sim: Vec<Vec<f64>> = learned
+        .iter()
+        .map(|l| planted.iter().map(|p| cosine(l, p)).collect())
+        .collect();
     let matched = best_matching(&sim);
-    assert!(matched.iter().all(|&c| c >= 0.9), "matched cosines {matched:?}");
+    assert!(
+        matched.iter().all(|&c| c >= 0.9),
+        "matched cosines {matched:?}"
+    );
 
     let train = topics_file(&dir.path().join(lda::TOPICS_TRAIN_FILE));
     assert_eq!((train.len(), train[0].len()), (1200, k));
-    assert!(train.iter().all(|t| (t.iter().sum::<f32>() - 1.0).abs() < 1e-4));
-    assert_eq!(topics_file(&dir.path().join(lda::TOPICS_VAL_FILE)), train[..10].to_vec());
+    assert!(train
+        .iter()
+        .all(|t| (t.iter().sum::<f32>() - 1.0).abs() < 1e-4));
+    assert_eq!(
+        topics_file(&dir.path().join(lda::TOPICS_VAL_FILE)),
+        train[..10].to_vec()
+    );
     // θ saved by the stage is what the saved model infers.
     let again = model.infer(&[model.vocab().doc(&text_tokens(&source.train[3].1))]);
     assert_eq!(again[0], train[3]);
 }
 
 fn text_tokens(text: &SampleText) -> Vec<String> {
-    text.title.as_deref().unwrap_or("").split_whitespace().map(str::to_string).collect()
+    text.title
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
 fn empty_vocabulary_is_a_clear_error() {
-    let source = MemorySource { train: vec![sample(&[1, 2])], val: vec![] };
+    let source = MemorySource {
+        train: vec![sample(&[1, 2])],
+        val: vec![],
+    };
     let dir = tempfile::tempdir().unwrap();
-    let err = lda::run_stage(&source, &text_params(), &lda_params(2), dir.path(), false).unwrap_err();
+    let err =
+        lda::run_stage(&source, &text_params(), &lda_params(2), dir.path(), false).unwrap_err();
     insta::assert_snapshot!(err.to_string(), @"the vocabulary is empty: no word of the 1 training documents occurs at least min_count = 2 times in at most max_doc_freq = 0.9 of them");
 }
 
@@ -199,13 +262,23 @@ fn settings(k: usize, docs: u64, learn_alpha: bool) -> OnlineSettings {
         eta: 0.05,
         tau0: 1.0,
         kappa: 0.6,
-        e_step: EStepSettings { iterations: 50, tolerance: 1e-3 },
+        e_step: EStepSettings {
+            iterations: 50,
+            tolerance: 1e-3,
+        },
         corpus_docs: docs,
     }
 }
 
-fn train_with_threads(threads: usize, docs: &[SparseDoc], v: usize) -> (Vec<f32>, Vec<f64>, Vec<Vec<f32>>) {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+fn train_with_threads(
+    threads: usize,
+    docs: &[SparseDoc],
+    v: usize,
+) -> (Vec<f32>, Vec<f64>, Vec<Vec<f32>>) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     pool.install(|| {
         let mut lda = OnlineLda::new(settings(3, docs.len() as u64, true), v, 11);
         for batch in docs.chunks(150) {
@@ -213,7 +286,17 @@ fn train_with_threads(threads: usize, docs: &[SparseDoc], v: usize) -> (Vec<f32>
         }
         let (lambda, alpha, updates) = lda.into_parts();
         let vocab = Vocabulary::new((0..v).map(word).collect());
-        let model = LdaModel::new(vocab, lambda.clone(), alpha.clone(), 0.05, EStepSettings { iterations: 50, tolerance: 1e-3 }, updates);
+        let model = LdaModel::new(
+            vocab,
+            lambda.clone(),
+            alpha.clone(),
+            0.05,
+            EStepSettings {
+                iterations: 50,
+                tolerance: 1e-3,
+            },
+            updates,
+        );
         (lambda, alpha, model.infer(&docs[..50]))
     })
 }
@@ -253,8 +336,22 @@ const GENSIM_GAMMA: [[f64; 2]; 4] = [
     [2.209916443195075, 3.790083556804913],
 ];
 const GENSIM_LAMBDA: [[f64; 6]; 2] = [
-    [3.648164925294303, 2.444079497904982, 0.42123299497325767, 0.4099414951404864, 1.142342413998217, 0.30618482571862893],
-    [0.25183507470569483, 0.655920502095015, 2.8787670050267407, 2.8400585048595093, 0.5076575860017815, 2.643815174281369],
+    [
+        3.648164925294303,
+        2.444079497904982,
+        0.42123299497325767,
+        0.4099414951404864,
+        1.142342413998217,
+        0.30618482571862893,
+    ],
+    [
+        0.25183507470569483,
+        0.655920502095015,
+        2.8787670050267407,
+        2.8400585048595093,
+        0.5076575860017815,
+        2.643815174281369,
+    ],
 ];
 const GENSIM_AUTO_ALPHA: [f64; 2] = [0.49357176979377115, 0.5266345138367323];
 
@@ -278,7 +375,10 @@ fn one_update_matches_gensim() {
             eta: 0.3,
             tau0: 4.0,
             kappa: 0.5,
-            e_step: EStepSettings { iterations: 1000, tolerance: 1e-7 },
+            e_step: EStepSettings {
+                iterations: 1000,
+                tolerance: 1e-7,
+            },
             corpus_docs: 4,
         };
         let mut lda = OnlineLda::with_lambda(s, 6, lambda.clone());
@@ -290,7 +390,11 @@ fn one_update_matches_gensim() {
         for (ours, theirs) in lda.lambda().iter().zip(GENSIM_LAMBDA.iter().flatten()) {
             assert!((*ours as f64 - theirs).abs() < 1e-4, "λ {:?}", lda.lambda());
         }
-        let want_alpha = if learn_alpha { GENSIM_AUTO_ALPHA } else { [0.5, 0.5] };
+        let want_alpha = if learn_alpha {
+            GENSIM_AUTO_ALPHA
+        } else {
+            [0.5, 0.5]
+        };
         for (ours, theirs) in lda.alpha().iter().zip(want_alpha) {
             assert!((ours - theirs).abs() < 1e-5, "α {:?}", lda.alpha());
         }
@@ -329,20 +433,39 @@ proptest! {
 
 /// A text-only noisy dataset: `classes` classes, each with its own 15-word vocabulary plus
 /// 30 shared words; a noisy sample's text follows another (its true) class.
-fn noisy_text_dataset(classes: usize, per_class: usize, noise: f64, seed: u64) -> (MemorySource, Vec<u32>, Vec<String>, String) {
+fn noisy_text_dataset(
+    classes: usize,
+    per_class: usize,
+    noise: f64,
+    seed: u64,
+) -> (MemorySource, Vec<u32>, Vec<String>, String) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let shared = classes * 15;
     let (mut source, mut labels, mut paths) = (MemorySource::default(), Vec::new(), Vec::new());
     let mut truth = String::from("path\tgiven_label\ttrue_label\tnoise_kind\n");
     for class in 0..classes {
         for i in 0..per_class {
-            let true_class = if rng.random::<f64>() < noise { (class + rng.random_range(1..classes)) % classes } else { class };
+            let true_class = if rng.random::<f64>() < noise {
+                (class + rng.random_range(1..classes)) % classes
+            } else {
+                class
+            };
             let words: Vec<usize> = (0..rng.random_range(8..25))
-                .map(|_| if rng.random::<f64>() < 0.6 { true_class * 15 + rng.random_range(0..15) } else { shared + rng.random_range(0..30) })
+                .map(|_| {
+                    if rng.random::<f64>() < 0.6 {
+                        true_class * 15 + rng.random_range(0..15)
+                    } else {
+                        shared + rng.random_range(0..30)
+                    }
+                })
                 .collect();
             source.train.push(sample(&words));
             let path = format!("c{class}/{i}.jpg");
-            let kind = if true_class == class { "clean" } else { "cross" };
+            let kind = if true_class == class {
+                "clean"
+            } else {
+                "cross"
+            };
             truth.push_str(&format!("{path}\t{class}\t{true_class}\t{kind}\n"));
             labels.push(class as u32);
             paths.push(path);
@@ -365,8 +488,20 @@ fn score_stage_detects_planted_noise_from_text() {
     let truth_path = dir.path().join("truth.tsv");
     std::fs::write(&truth_path, truth).unwrap();
     let class_names: Vec<String> = (0..classes).map(|c| format!("class {c}")).collect();
-    let image = |id: u64| Some(image::RgbImage::from_pixel(24, 16, image::Rgb([(id % 255) as u8, 90, 160])));
-    let inputs = ScoreInputs { topics: &topics, labels: &labels, paths: &paths, class_names: &class_names, image: Some(&image) };
+    let image = |id: u64| {
+        Some(image::RgbImage::from_pixel(
+            24,
+            16,
+            image::Rgb([(id % 255) as u8, 90, 160]),
+        ))
+    };
+    let inputs = ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &class_names,
+        image: Some(&image),
+    };
     let clean = CleanParams {
         similarity: Similarity::Cosine,
         rule: CleanRule::Fraction(0.1),
@@ -374,7 +509,9 @@ fn score_stage_detects_planted_noise_from_text() {
         small_class_factor: 1.0,
         truth: Some(truth_path),
     };
-    let soft = LabelParams::Soft { lambda: LambdaMap::Ratio { s0: 0.5 } };
+    let soft = LabelParams::Soft {
+        lambda: LambdaMap::Ratio { s0: 0.5 },
+    };
     let score_dir = dir.path().join("score");
     let summary = score::run_stage(&inputs, &clean, &soft, &score_dir).unwrap();
     let noise = summary.noise.clone().unwrap();
@@ -388,15 +525,37 @@ fn score_stage_detects_planted_noise_from_text() {
     assert_eq!(table.len(), 600);
     assert_eq!(table.kept_ids().len(), 540);
     assert!(table.rows().iter().all(|r| (0.0..=1.0).contains(&r.lambda)));
-    for name in [score::CLASSES_FILE, score::SUMMARY_FILE, score::HISTOGRAM_FILE] {
+    for name in [
+        score::CLASSES_FILE,
+        score::SUMMARY_FILE,
+        score::HISTOGRAM_FILE,
+    ] {
         assert!(score_dir.join(name).is_file(), "{name}");
     }
-    let sheets = std::fs::read_dir(score_dir.join(score::LOWEST_DIR)).unwrap().count();
+    let sheets = std::fs::read_dir(score_dir.join(score::LOWEST_DIR))
+        .unwrap()
+        .count();
     assert_eq!(sheets, classes);
 
     // Dot scores the same data, and with hard labels every λ is 1.
-    let dot = CleanParams { similarity: Similarity::Dot, ..clean };
-    let summary = score::run_stage(&ScoreInputs { image: None, ..inputs }, &dot, &LabelParams::Hard, &score_dir).unwrap();
+    let dot = CleanParams {
+        similarity: Similarity::Dot,
+        ..clean
+    };
+    let summary = score::run_stage(
+        &ScoreInputs {
+            image: None,
+            ..inputs
+        },
+        &dot,
+        &LabelParams::Hard,
+        &score_dir,
+    )
+    .unwrap();
     assert!(summary.noise.unwrap().auc.unwrap() > 0.7);
-    assert!(ScoreTable::load(&score_dir).unwrap().rows().iter().all(|r| r.lambda == 1.0));
+    assert!(ScoreTable::load(&score_dir)
+        .unwrap()
+        .rows()
+        .iter()
+        .all(|r| r.lambda == 1.0));
 }
