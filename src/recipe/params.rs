@@ -274,23 +274,13 @@ pub struct Schedule {
 pub enum LrPolicy {
     Fixed,
     /// lr · γ^floor(iter / step_size)
-    Step {
-        gamma: f64,
-        step_size: u64,
-    },
+    Step { gamma: f64, step_size: u64 },
     /// lr · γ^(number of steps passed)
-    Multistep {
-        gamma: f64,
-        steps: Vec<u64>,
-    },
+    Multistep { gamma: f64, steps: Vec<u64> },
     /// lr · (1 − iter/max_iter)^power
-    Poly {
-        power: f64,
-    },
+    Poly { power: f64 },
     /// min_lr + (lr − min_lr) · (1 + cos(π · iter/max_iter)) / 2
-    Cosine {
-        min_lr: f64,
-    },
+    Cosine { min_lr: f64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
