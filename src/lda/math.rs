@@ -67,28 +67,53 @@ pub fn exp_digamma(x: f32) -> f32 {
     y * fast_exp(-0.5 * inv - inv2 * (1.0 / 12.0 - inv2 / 120.0) - shift)
 }
 
-/// A Gamma(shape, scale) draw (Marsaglia & Tsang 2000), shape ≥ 1.
-pub fn sample_gamma(rng: &mut impl Rng, shape: f64, scale: f64) -> f64 {
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let z = standard_normal(rng);
-        let v = (1.0 + c * z).powi(3);
-        if v <= 0.0 {
-            continue;
-        }
-        let u: f64 = rng.random();
-        if u.ln() < 0.5 * z * z + d - d * v + d * v.ln() {
-            return d * v * scale;
-        }
-    }
+/// Gamma(shape, scale) draws, shape ≥ 1 (Marsaglia & Tsang 2000, with their squeeze so
+/// most draws need no logarithm, and both normals of each Box–Muller pair used).
+pub struct GammaSampler {
+    d: f64,
+    c: f64,
+    scale: f64,
+    spare_normal: Option<f64>,
 }
 
-fn standard_normal(rng: &mut impl Rng) -> f64 {
-    // Box–Muller; 1 − u keeps the log argument in (0, 1].
-    let u: f64 = rng.random();
-    let v: f64 = rng.random();
-    (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+impl GammaSampler {
+    pub fn new(shape: f64, scale: f64) -> GammaSampler {
+        assert!(shape >= 1.0, "shape {shape} < 1");
+        let d = shape - 1.0 / 3.0;
+        GammaSampler {
+            d,
+            c: 1.0 / (9.0 * d).sqrt(),
+            scale,
+            spare_normal: None,
+        }
+    }
+
+    pub fn sample(&mut self, rng: &mut impl Rng) -> f64 {
+        loop {
+            let z = self.standard_normal(rng);
+            let v = (1.0 + self.c * z).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u: f64 = rng.random();
+            if u < 1.0 - 0.0331 * z.powi(4) || u.ln() < 0.5 * z * z + self.d * (1.0 - v + v.ln()) {
+                return self.d * v * self.scale;
+            }
+        }
+    }
+
+    fn standard_normal(&mut self, rng: &mut impl Rng) -> f64 {
+        if let Some(z) = self.spare_normal.take() {
+            return z;
+        }
+        // Box–Muller; 1 − u keeps the log argument in (0, 1].
+        let u: f64 = rng.random();
+        let v: f64 = rng.random();
+        let radius = (-2.0 * (1.0 - u).ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * v).sin_cos();
+        self.spare_normal = Some(radius * sin);
+        radius * cos
+    }
 }
 
 /// `E[log θ]` of a Dirichlet with parameter `gamma`.
@@ -145,9 +170,8 @@ mod tests {
     #[test]
     fn gamma_samples_have_the_right_moments() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let draws: Vec<f64> = (0..20_000)
-            .map(|_| sample_gamma(&mut rng, 100.0, 0.01))
-            .collect();
+        let mut gamma = GammaSampler::new(100.0, 0.01);
+        let draws: Vec<f64> = (0..20_000).map(|_| gamma.sample(&mut rng)).collect();
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;
         let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / draws.len() as f64;
         assert!((mean - 1.0).abs() < 0.005, "mean {mean}");

@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::estep::{beta_rows, fit_doc, EStepSettings};
+use super::estep::{beta_rows, fit_doc, BetaBuffers, EStepSettings};
 use super::math::digamma;
 use super::LdaError;
 use crate::npy;
@@ -112,8 +112,10 @@ impl LdaModel {
             .map(|row| digamma(row.iter().map(|&x| x as f64).sum()))
             .collect();
         let words: Vec<u32> = (0..v as u32).collect();
+        let mut buffers = BetaBuffers::default();
+        beta_rows(&self.lambda, v, &row_digamma, &words, &mut buffers);
         Inferencer {
-            beta: beta_rows(&self.lambda, v, &row_digamma, &words),
+            beta: buffers.rows,
             alpha: self.alpha.iter().map(|&a| a as f32).collect(),
             e_step: self.e_step,
         }

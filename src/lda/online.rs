@@ -11,8 +11,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::estep::{beta_rows, fit_doc, DocFit, EStepSettings};
-use super::math::{digamma, dirichlet_expectation, sample_gamma, trigamma};
+use super::estep::{beta_rows, fit_doc, BetaBuffers, DocFit, EStepSettings};
+use super::math::{digamma, dirichlet_expectation, trigamma, GammaSampler};
 use crate::text::SparseDoc;
 
 /// Settings of the trainer (the numeric part of `LdaParams`, resolved).
@@ -51,6 +51,8 @@ pub struct OnlineLda {
     updates: u64,
     /// Word id → row in the current batch's β rows (u32::MAX when absent); reused.
     slot: Vec<u32>,
+    beta: BetaBuffers,
+    sstats: Vec<f32>,
 }
 
 impl OnlineLda {
@@ -64,8 +66,9 @@ impl OnlineLda {
             .for_each(|(k, row)| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(k as u64);
+                let mut gamma = GammaSampler::new(100.0, 0.01);
                 for x in row {
-                    *x = sample_gamma(&mut rng, 100.0, 0.01) as f32;
+                    *x = gamma.sample(&mut rng) as f32;
                 }
             });
         OnlineLda::with_lambda(settings, vocab, lambda)
@@ -87,6 +90,8 @@ impl OnlineLda {
             alpha,
             updates: 0,
             slot: vec![u32::MAX; vocab],
+            beta: BetaBuffers::default(),
+            sstats: Vec::new(),
         };
         lda.refresh_row_digamma();
         lda
@@ -120,21 +125,30 @@ impl OnlineLda {
     pub fn update(&mut self, batch: &[SparseDoc]) -> (Vec<Vec<f32>>, BatchStats) {
         let k = self.settings.topics;
         let (words, rows) = self.local_words(batch);
-        let beta = beta_rows(&self.lambda, self.vocab, &self.row_digamma, &words);
+        beta_rows(
+            &self.lambda,
+            self.vocab,
+            &self.row_digamma,
+            &words,
+            &mut self.beta,
+        );
+        let beta = &self.beta.rows;
         let alpha32: Vec<f32> = self.alpha.iter().map(|&a| a as f32).collect();
         let e_step = self.settings.e_step;
         let fits: Vec<DocFit> = batch
             .par_iter()
             .zip(rows.par_iter())
-            .map(|(doc, rows)| fit_doc(&alpha32, rows, &doc.counts, &beta, e_step))
+            .map(|(doc, rows)| fit_doc(&alpha32, rows, &doc.counts, beta, e_step))
             .collect();
-        let sstats = word_statistics(&fits, &rows, &beta, words.len(), k);
+        let mut sstats = std::mem::take(&mut self.sstats);
+        word_statistics(&fits, &rows, beta, words.len(), k, &mut sstats);
 
         let rho = (self.settings.tau0 + self.updates as f64).powf(-self.settings.kappa);
         if self.settings.learn_alpha {
             self.update_alpha(&fits, rho);
         }
         self.m_step(&words, &sstats, rho, batch.len());
+        self.sstats = sstats;
         self.updates += 1;
 
         let fitted: Vec<&DocFit> = fits.iter().filter(|f| f.iterations > 0).collect();
@@ -179,18 +193,22 @@ impl OnlineLda {
         let keep = (1.0 - rho) as f32;
         let prior = (rho * self.settings.eta) as f32;
         let gain = (rho * self.settings.corpus_docs as f64 / batch_docs.max(1) as f64) as f32;
-        self.lambda
-            .par_chunks_mut(self.vocab.max(1))
+        let vocab = self.vocab.max(1);
+        // ψ(row sum) is taken while the row is still in cache.
+        self.row_digamma = self
+            .lambda
+            .par_chunks_mut(vocab)
             .enumerate()
-            .for_each(|(t, row)| {
+            .map(|(t, row)| {
                 for x in row.iter_mut() {
                     *x = keep * *x + prior;
                 }
                 for (u, &w) in words.iter().enumerate() {
                     row[w as usize] += gain * sstats[u * k + t];
                 }
-            });
-        self.refresh_row_digamma();
+                digamma(row.iter().map(|&x| x as f64).sum())
+            })
+            .collect();
     }
 
     fn refresh_row_digamma(&mut self) {
@@ -238,7 +256,8 @@ fn word_statistics(
     beta: &[f32],
     words: usize,
     k: usize,
-) -> Vec<f32> {
+    sstats: &mut Vec<f32>,
+) {
     // Inverted index (document, position) per word, by counting sort: O(tokens).
     let mut starts = vec![0usize; words + 1];
     for doc_rows in rows {
@@ -257,7 +276,8 @@ fn word_statistics(
             fill[r as usize] += 1;
         }
     }
-    let mut sstats = vec![0.0f32; words * k];
+    sstats.clear();
+    sstats.resize(words * k, 0.0);
     sstats
         .par_chunks_mut(k.max(1))
         .with_min_len(64)
@@ -274,5 +294,4 @@ fn word_statistics(
                 *s *= b;
             }
         });
-    sstats
 }
