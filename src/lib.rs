@@ -10,6 +10,8 @@ pub mod eval;
 pub mod lda;
 pub mod loader;
 pub mod model;
+pub mod npy;
+pub mod plot;
 pub mod progress;
 pub mod recipe;
 pub mod report;

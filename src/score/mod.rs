@@ -1,1 +1,391 @@
-//! Per-sample scores from topic vectors: similarity to the class mean, cleaning rules, λ soft labels, reports: the `score` stage. In: topic vectors and labels. Out: a per-sample table (score, λ, kept), summaries and plots.
+//! Per-sample scores from topic vectors: similarity to the class mean, cleaning rules, λ soft
+//! labels, reports: the `score` stage. In: topic vectors, labels, paths (and optionally the
+//! images and a truth file). Out, in the stage folder: `scores.tsv` (id, path, label, score,
+//! λ, kept: what training reads back through [`ScoreTable`]), `classes.tsv`, `summary.json`,
+//! `score_histogram.png`, and `lowest/<class>.png` contact sheets of each class's
+//! lowest-scored images.
+
+mod rules;
+mod table;
+mod truth;
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+pub use rules::{
+    auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, scores, similarity,
+};
+pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
+pub use truth::{read_truth, Truth};
+
+use crate::plot::{self, PlotError};
+use crate::recipe::params::{CleanParams, LabelParams, Similarity};
+
+pub const CLASSES_FILE: &str = "classes.tsv";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const HISTOGRAM_FILE: &str = "score_histogram.png";
+pub const LOWEST_DIR: &str = "lowest";
+/// Images per contact sheet.
+pub const SHEET_IMAGES: usize = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: field {field}: {message}")]
+    BadField {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    #[error("inputs disagree: {0}")]
+    Inputs(String),
+}
+
+impl ScoreError {
+    fn io(path: &Path, source: std::io::Error) -> ScoreError {
+        ScoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Image loader by sample id (decoded RGB), for the contact sheets.
+pub type ImageFn<'a> = &'a (dyn Fn(u64) -> Option<image::RgbImage> + Sync);
+
+/// What the stage reads: one entry per training sample, index = sample id.
+pub struct ScoreInputs<'a> {
+    pub topics: &'a [Vec<f32>],
+    pub labels: &'a [u32],
+    pub paths: &'a [String],
+    pub class_names: &'a [String],
+    pub image: Option<ImageFn<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassSummary {
+    pub label: u32,
+    pub name: String,
+    pub samples: usize,
+    pub kept: usize,
+    pub mean_score: f64,
+    pub median_score: f64,
+    /// With a truth file: noisy samples of the class, how many were discarded, and the AUC
+    /// of the score at telling noisy from clean within the class.
+    pub noisy: Option<usize>,
+    pub noisy_discarded: Option<usize>,
+    pub auc: Option<f64>,
+}
+
+/// Noise detection against the truth file (noisy = true label differs from the given one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoiseMetrics {
+    /// Samples found in the truth file (by path) and samples not found (left out).
+    pub matched: usize,
+    pub unmatched: usize,
+    pub noisy: usize,
+    pub discarded: usize,
+    pub noisy_discarded: usize,
+    /// Share of discarded samples that are noisy.
+    pub precision: f64,
+    /// Share of noisy samples discarded.
+    pub recall: f64,
+    /// Low score as a detector of noise, over all matched samples.
+    pub auc: Option<f64>,
+    /// Mean of the per-class AUCs (classes with both clean and noisy samples).
+    pub macro_auc: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreSummary {
+    pub similarity: Similarity,
+    pub samples: usize,
+    pub kept: usize,
+    pub classes: Vec<ClassSummary>,
+    pub noise: Option<NoiseMetrics>,
+}
+
+/// The `score` stage.
+pub fn run_stage(
+    inputs: &ScoreInputs,
+    clean: &CleanParams,
+    labels: &LabelParams,
+    dir: &Path,
+) -> Result<ScoreSummary, ScoreError> {
+    check_inputs(inputs)?;
+    std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
+    let classes = inputs.class_names.len();
+    let score = scores(inputs.topics, inputs.labels, classes, clean.similarity);
+    let keep = kept(&score, inputs.labels, classes, clean);
+    let lambda = lambdas(&score, inputs.labels, classes, labels);
+    let rows: Vec<ScoreRow> = (0..score.len())
+        .map(|i| ScoreRow {
+            id: i as u64,
+            label: inputs.labels[i],
+            score: score[i],
+            lambda: lambda[i],
+            kept: keep[i],
+        })
+        .collect();
+    let table = ScoreTable::new(rows);
+    table.save(dir, inputs.paths)?;
+
+    let noisy = match &clean.truth {
+        Some(path) => Some(read_truth(path)?.noisy_by_sample(inputs.paths, inputs.labels)),
+        None => None,
+    };
+    let class_summaries = summarise_classes(inputs, &score, &keep, noisy.as_deref());
+    let summary = ScoreSummary {
+        similarity: clean.similarity,
+        samples: score.len(),
+        kept: keep.iter().filter(|&&k| k).count(),
+        noise: noisy
+            .as_deref()
+            .map(|n| noise_metrics(&score, &keep, n, &class_summaries)),
+        classes: class_summaries,
+    };
+    write_classes(&dir.join(CLASSES_FILE), &summary.classes)?;
+    let json = serde_json::to_string_pretty(&summary).map_err(|source| ScoreError::Json {
+        path: dir.join(SUMMARY_FILE),
+        source,
+    })?;
+    std::fs::write(dir.join(SUMMARY_FILE), json + "\n")
+        .map_err(|s| ScoreError::io(&dir.join(SUMMARY_FILE), s))?;
+    write_histogram(
+        &dir.join(HISTOGRAM_FILE),
+        &score,
+        noisy.as_deref(),
+        clean.similarity,
+    )?;
+    if let Some(image) = inputs.image {
+        write_contact_sheets(
+            &dir.join(LOWEST_DIR),
+            inputs,
+            image,
+            &score,
+            noisy.as_deref(),
+        )?;
+    }
+    Ok(summary)
+}
+
+fn check_inputs(inputs: &ScoreInputs) -> Result<(), ScoreError> {
+    let n = inputs.topics.len();
+    if inputs.labels.len() != n || inputs.paths.len() != n {
+        return Err(ScoreError::Inputs(format!(
+            "{n} topic vectors, {} labels, {} paths",
+            inputs.labels.len(),
+            inputs.paths.len()
+        )));
+    }
+    if let Some((id, &label)) = inputs
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= inputs.class_names.len())
+    {
+        return Err(ScoreError::Inputs(format!(
+            "sample {id} has label {label} but there are {} classes",
+            inputs.class_names.len()
+        )));
+    }
+    let k = inputs.topics.first().map_or(0, Vec::len);
+    if let Some(id) = inputs.topics.iter().position(|t| t.len() != k) {
+        return Err(ScoreError::Inputs(format!(
+            "sample {id} has {} topics, sample 0 has {k}",
+            inputs.topics[id].len()
+        )));
+    }
+    Ok(())
+}
+
+fn summarise_classes(
+    inputs: &ScoreInputs,
+    score: &[f64],
+    keep: &[bool],
+    noisy: Option<&[Option<bool>]>,
+) -> Vec<ClassSummary> {
+    by_class_ascending(score, inputs.labels, inputs.class_names.len())
+        .into_iter()
+        .enumerate()
+        .map(|(label, members)| {
+            let n = members.len();
+            let known: Vec<(f64, bool)> = noisy
+                .map(|noisy| {
+                    members
+                        .iter()
+                        .filter_map(|&i| noisy[i].map(|x| (score[i], x)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ClassSummary {
+                label: label as u32,
+                name: inputs.class_names[label].clone(),
+                samples: n,
+                kept: members.iter().filter(|&&i| keep[i]).count(),
+                mean_score: members.iter().map(|&i| score[i]).sum::<f64>() / n.max(1) as f64,
+                median_score: if n == 0 { 0.0 } else { score[members[n / 2]] },
+                noisy: noisy.map(|_| known.iter().filter(|k| k.1).count()),
+                noisy_discarded: noisy.map(|noisy| {
+                    members
+                        .iter()
+                        .filter(|&&i| noisy[i] == Some(true) && !keep[i])
+                        .count()
+                }),
+                auc: noisy.and_then(|_| {
+                    let (s, p): (Vec<f64>, Vec<bool>) = known.into_iter().unzip();
+                    auc_low_is_positive(&s, &p)
+                }),
+            }
+        })
+        .collect()
+}
+
+fn noise_metrics(
+    score: &[f64],
+    keep: &[bool],
+    noisy: &[Option<bool>],
+    classes: &[ClassSummary],
+) -> NoiseMetrics {
+    let matched: Vec<usize> = (0..score.len()).filter(|&i| noisy[i].is_some()).collect();
+    let is_noisy = |i: usize| noisy[i] == Some(true);
+    let discarded = matched.iter().filter(|&&i| !keep[i]).count();
+    let noisy_count = matched.iter().filter(|&&i| is_noisy(i)).count();
+    let noisy_discarded = matched.iter().filter(|&&i| is_noisy(i) && !keep[i]).count();
+    let s: Vec<f64> = matched.iter().map(|&i| score[i]).collect();
+    let p: Vec<bool> = matched.iter().map(|&i| is_noisy(i)).collect();
+    let per_class: Vec<f64> = classes.iter().filter_map(|c| c.auc).collect();
+    NoiseMetrics {
+        matched: matched.len(),
+        unmatched: score.len() - matched.len(),
+        noisy: noisy_count,
+        discarded,
+        noisy_discarded,
+        precision: noisy_discarded as f64 / discarded.max(1) as f64,
+        recall: noisy_discarded as f64 / noisy_count.max(1) as f64,
+        auc: auc_low_is_positive(&s, &p),
+        macro_auc: (!per_class.is_empty())
+            .then(|| per_class.iter().sum::<f64>() / per_class.len() as f64),
+    }
+}
+
+fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError> {
+    let opt = |x: Option<usize>| x.map_or(String::new(), |v| v.to_string());
+    let mut out = String::from(
+        "label\tname\tsamples\tkept\tmean_score\tmedian_score\tnoisy\tnoisy_discarded\tauc\n",
+    );
+    for c in classes {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{}\t{}\n",
+            c.label,
+            c.name,
+            c.samples,
+            c.kept,
+            c.mean_score,
+            c.median_score,
+            opt(c.noisy),
+            opt(c.noisy_discarded),
+            c.auc.map_or(String::new(), |a| format!("{a:.4}"))
+        ));
+    }
+    std::fs::write(path, out).map_err(|s| ScoreError::io(path, s))
+}
+
+fn write_histogram(
+    path: &Path,
+    score: &[f64],
+    noisy: Option<&[Option<bool>]>,
+    kind: Similarity,
+) -> Result<(), ScoreError> {
+    let title = format!(
+        "{} similarity to the class mean",
+        if kind == Similarity::Dot {
+            "dot"
+        } else {
+            "cosine"
+        }
+    );
+    let series: Vec<(String, Vec<f64>)> = match noisy {
+        None => vec![("all samples".into(), score.to_vec())],
+        Some(noisy) => [(false, "clean (truth)"), (true, "noisy (truth)")]
+            .into_iter()
+            .map(|(want, name)| {
+                (
+                    name.to_string(),
+                    (0..score.len())
+                        .filter(|&i| noisy[i] == Some(want))
+                        .map(|i| score[i])
+                        .collect(),
+                )
+            })
+            .collect(),
+    };
+    let borrowed: Vec<(&str, &[f64])> = series
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    Ok(plot::histogram(path, &title, &borrowed, 40)?)
+}
+
+fn write_contact_sheets(
+    dir: &Path,
+    inputs: &ScoreInputs,
+    image: ImageFn,
+    score: &[f64],
+    noisy: Option<&[Option<bool>]>,
+) -> Result<(), ScoreError> {
+    std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
+    for (label, members) in by_class_ascending(score, inputs.labels, inputs.class_names.len())
+        .into_iter()
+        .enumerate()
+    {
+        let cells: Vec<plot::Cell> = members
+            .par_iter()
+            .take(SHEET_IMAGES)
+            .filter_map(|&i| {
+                let truth = match noisy.and_then(|n| n[i]) {
+                    Some(true) => " noisy",
+                    Some(false) => " clean",
+                    None => "",
+                };
+                image(i as u64).map(|img| plot::Cell {
+                    image: img,
+                    caption: format!("#{i} {:.3}{truth}", score[i]),
+                })
+            })
+            .collect();
+        let name = sanitize(&inputs.class_names[label]);
+        let title = format!("class {label} {}: lowest scores", inputs.class_names[label]);
+        plot::contact_sheet(
+            &dir.join(format!("{label:04}_{name}.png")),
+            &title,
+            &cells,
+            6,
+            128,
+        )?;
+    }
+    Ok(())
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect()
+}

@@ -6,4 +6,5 @@ mod eval;
 mod ops;
 mod recipe;
 mod stages;
+mod text;
 mod train;

@@ -1,0 +1,478 @@
+//! `runner bench lda`: our online LDA against gensim's `LdaModel` (the same algorithm) on
+//! the Debian corpus, side by side in one run, both scored by `lda_anchor.py`'s one
+//! evaluator; and `runner bench lda noise`: noise-detection AUC of topic scores on a
+//! WebVision-format dataset with a truth file (imagenette-web), read from its meta JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::lda::{online_settings, OnlineLda};
+use crate::recipe::params::{Alpha, LdaParams};
+use crate::text::{SparseDoc, Vocabulary};
+
+#[derive(Debug, clap::Args)]
+pub struct LdaBenchArgs {
+    #[command(subcommand)]
+    pub which: LdaBench,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LdaBench {
+    /// Training tokens/s, inference docs/s and completion log-likelihood vs gensim.
+    Gensim(GensimArgs),
+    /// Noise-detection AUC (dot vs cosine, several K) on a dataset with a truth file.
+    Noise(NoiseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NoiseArgs {
+    /// WebVision-format dataset root (info/, meta/), e.g. ../shared/data/imagenette-web.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Truth TSV (path, given_label, true_label, ...).
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// Folder for the stage outputs of every run.
+    #[arg(long)]
+    pub work: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "50,100,500")]
+    pub topics: Vec<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub passes: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Share of each class discarded (the original's ~10%).
+    #[arg(long, default_value_t = 0.1)]
+    pub discard: f64,
+    #[arg(long, default_value_t = 3)]
+    pub min_count: u32,
+    #[arg(long, default_value_t = 0.5)]
+    pub max_doc_freq: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GensimArgs {
+    /// The corpus from `make_debian_corpus.sh` (JSON lines with a "text" field).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Folder for the bag-of-words dump and our λ files.
+    #[arg(long)]
+    pub work: PathBuf,
+    #[arg(long, default_value = "../shared/bench/lda_anchor.py")]
+    pub anchor: PathBuf,
+    /// Python with gensim and numpy.
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "100,500")]
+    pub topics: Vec<usize>,
+    /// Documents per update (gensim's chunksize in the anchor: 2000).
+    #[arg(long, default_value_t = 2000)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 50)]
+    pub iterations: usize,
+    #[arg(long, default_value_t = 0.001)]
+    pub tolerance: f64,
+    #[arg(long, default_value_t = 1)]
+    pub passes: usize,
+    /// Threads for our side (default: rayon's, one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Only our side (no gensim training run; its numbers are then missing from the table).
+    #[arg(long)]
+    pub skip_gensim: bool,
+}
+
+pub fn run(args: &LdaBenchArgs) -> anyhow::Result<()> {
+    match &args.which {
+        LdaBench::Gensim(a) => run_gensim(a),
+        LdaBench::Noise(a) => run_noise(a),
+    }
+}
+
+fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
+    let dump = args.work.join("dump");
+    if !dump.join("train.txt").exists() {
+        python(
+            args,
+            &[
+                args.anchor.as_os_str(),
+                args.corpus.as_os_str(),
+                "--dump".as_ref(),
+                dump.as_os_str(),
+            ],
+        )?;
+    }
+    let vocab = Vocabulary::load(&dump.join("vocab.txt"))?;
+    let train = read_bows(&dump.join("train.txt"))?;
+    let test = read_bows(&dump.join("test.txt"))?;
+    let tokens: f64 = train.iter().map(SparseDoc::tokens).sum();
+    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    println!(
+        "corpus: {} train docs, {} test docs, V={}, {tokens} train tokens; ours on {threads} threads",
+        train.len(),
+        test.len(),
+        vocab.len()
+    );
+    println!("| K | impl | train s | tokens/s | ratio | infer docs/s | ratio | completion ll/word | held-out bound |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &k in &args.topics {
+        let params = LdaParams {
+            topics: k,
+            passes: args.passes,
+            batch_size: args.batch,
+            alpha: Alpha::Symmetric(None),
+            eta: None,
+            tau0: 1.0,
+            kappa: 0.5,
+            e_step_iterations: args.iterations,
+            e_step_tolerance: args.tolerance,
+            seed: 1,
+        };
+        let (ours_secs, lambda, infer_rate) = pool.install(|| {
+            let started = Instant::now();
+            let mut lda = OnlineLda::new(
+                online_settings(&params, train.len() as u64),
+                vocab.len(),
+                params.seed,
+            );
+            for _ in 0..params.passes {
+                for batch in train.chunks(params.batch_size) {
+                    lda.update(batch);
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let settings = lda.settings().clone();
+            let (lambda, alpha, updates) = lda.into_parts();
+            let model = crate::lda::LdaModel::new(
+                vocab.clone(),
+                lambda,
+                alpha,
+                settings.eta,
+                settings.e_step,
+                updates,
+            );
+            let started = Instant::now();
+            let theta = model.infer(&test);
+            let infer_rate = theta.len() as f64 / started.elapsed().as_secs_f64();
+            (secs, model.lambda().to_vec(), infer_rate)
+        });
+        let lambda_path = args.work.join(format!("lambda_k{k}.npy"));
+        crate::npy::write(&lambda_path, &[k, vocab.len()], &lambda)?;
+        let scored = python(
+            args,
+            &[
+                args.anchor.as_os_str(),
+                "x".as_ref(),
+                "--score-lambda".as_ref(),
+                lambda_path.as_os_str(),
+                "--dump-dir".as_ref(),
+                dump.as_os_str(),
+            ],
+        )?;
+        let ours = Measured {
+            secs: ours_secs,
+            completion: field(&scored, "completion_ll=")?,
+            bound: field(&scored, "heldout_bound=")?,
+        };
+        let gensim_infer = gensim_inference_rate(args, &lambda_path, &dump)?;
+        let gensim = if args.skip_gensim {
+            None
+        } else {
+            let out = python(
+                args,
+                &[
+                    args.anchor.as_os_str(),
+                    args.corpus.as_os_str(),
+                    "--topics".as_ref(),
+                    k.to_string().as_ref(),
+                    "--which".as_ref(),
+                    "gensim".as_ref(),
+                    "--passes".as_ref(),
+                    args.passes.to_string().as_ref(),
+                ],
+            )?;
+            Some(Measured {
+                secs: field(&out, "secs=")?,
+                completion: field(&out, "completion_ll=")?,
+                bound: field(&out, "heldout_bound=")?,
+            })
+        };
+        let passes_tokens = tokens * args.passes as f64;
+        if let Some(g) = &gensim {
+            println!(
+                "| {k} | gensim LdaModel | {:.2} | {:.0} | 1.0 | {gensim_infer:.0} | 1.0 | {:.4} | {:.4} |",
+                g.secs,
+                passes_tokens / g.secs,
+                g.completion,
+                g.bound
+            );
+        }
+        let ratio = gensim
+            .as_ref()
+            .map_or("-".to_string(), |g| format!("{:.1}", g.secs / ours.secs));
+        println!(
+            "| {k} | websieve | {:.2} | {:.0} | {ratio} | {infer_rate:.0} | {:.1} | {:.4} | {:.4} |",
+            ours.secs,
+            passes_tokens / ours.secs,
+            infer_rate / gensim_infer,
+            ours.completion,
+            ours.bound
+        );
+    }
+    Ok(())
+}
+
+struct Measured {
+    secs: f64,
+    completion: f64,
+    bound: f64,
+}
+
+/// gensim's `get_document_topics` speed on the test documents, with our λ loaded into it.
+fn gensim_inference_rate(args: &GensimArgs, lambda: &Path, dump: &Path) -> anyhow::Result<f64> {
+    const SCRIPT: &str = r#"
+import sys, time, numpy as np
+from gensim.corpora import Dictionary
+from gensim.models import LdaModel
+lam = np.load(sys.argv[1]).astype(np.float64); d = sys.argv[2]
+k, v = lam.shape
+vocab = [l.rstrip("\n") for l in open(d + "/vocab.txt")]
+dic = Dictionary([vocab]); dic.token2id = {t: i for i, t in enumerate(vocab)}
+m = LdaModel(id2word=dic, num_topics=k, alpha=np.full(k, 1.0 / k), eta=np.full(v, 1.0 / k),
+             iterations=int(sys.argv[3]), gamma_threshold=float(sys.argv[4]), random_state=1)
+m.state.sstats = (lam - 1.0 / k).astype(m.dtype); m.sync_state()
+test = [[(int(i), int(c)) for i, c in (t.split(":") for t in l.split())] for l in open(d + "/test.txt")]
+t0 = time.perf_counter()
+for doc in test: m.get_document_topics(doc, minimum_probability=0.0)
+print(f"docs_per_s={len(test) / (time.perf_counter() - t0)}")
+"#;
+    let out = python(
+        args,
+        &[
+            "-c".as_ref(),
+            SCRIPT.as_ref(),
+            lambda.as_os_str(),
+            dump.as_os_str(),
+            args.iterations.to_string().as_ref(),
+            args.tolerance.to_string().as_ref(),
+        ],
+    )?;
+    field(&out, "docs_per_s=")
+}
+
+fn python(args: &GensimArgs, argv: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+    let out = Command::new(&args.python)
+        .args(argv)
+        .output()
+        .with_context(|| format!("running {}", args.python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {:?} failed: {}",
+            args.python.display(),
+            argv,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The number after `key` in the last line that has it.
+fn field(output: &str, key: &str) -> anyhow::Result<f64> {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.contains(key))
+        .with_context(|| format!("no {key} in output:\n{output}"))?;
+    let rest = line[line.find(key).expect("found above") + key.len()..].trim_start();
+    let number = rest.split_whitespace().next().unwrap_or("");
+    number
+        .parse()
+        .with_context(|| format!("bad number after {key} in {line:?}"))
+}
+
+/// `lda_anchor.py --dump` documents: one per line, space-separated `id:count`.
+pub fn read_bows(path: &Path) -> anyhow::Result<Vec<SparseDoc>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| {
+            let pairs = line
+                .split_whitespace()
+                .map(|pair| {
+                    let (id, count) = pair.split_once(':')?;
+                    Some((id.parse().ok()?, count.parse().ok()?))
+                })
+                .collect::<Option<Vec<(u32, f32)>>>()
+                .with_context(|| {
+                    format!("{}:{}: expected id:count pairs", path.display(), n + 1)
+                })?;
+            Ok(SparseDoc::from_pairs(pairs))
+        })
+        .collect()
+}
+
+/// A WebVision-format dataset's training text, labels, paths and class names, read from
+/// `info/train_filelist_all.txt`, the line-aligned `info/train_meta_list_all.txt` and the
+/// `meta/<source>/<query>.json` files.
+pub struct WebvisionText {
+    pub docs: crate::text::MemorySource,
+    pub labels: Vec<u32>,
+    pub paths: Vec<String>,
+    pub class_names: Vec<String>,
+}
+
+pub fn read_webvision_text(root: &Path) -> anyhow::Result<WebvisionText> {
+    use crate::sample::{SampleText, Source};
+    let read = |rel: &str| {
+        std::fs::read_to_string(root.join(rel))
+            .with_context(|| format!("reading {}", root.join(rel).display()))
+    };
+    let class_names = read("info/synsets.txt")?
+        .lines()
+        .map(|l| l.split_once(' ').map_or(l, |p| p.1).to_string())
+        .collect();
+    let files = read("info/train_filelist_all.txt")?;
+    let metas = read("info/train_meta_list_all.txt")?;
+    let mut cache: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
+    let mut out = WebvisionText {
+        docs: Default::default(),
+        labels: vec![],
+        paths: vec![],
+        class_names,
+    };
+    for (n, (file, meta)) in files.lines().zip(metas.lines()).enumerate() {
+        let bad = || format!("info/train_*_all.txt line {}: {file:?} / {meta:?}", n + 1);
+        let (path, label) = file.split_once(' ').with_context(bad)?;
+        let (json, row) = meta.split_once(' ').with_context(bad)?;
+        let row: usize = row.parse().with_context(bad)?;
+        if !cache.contains_key(json) {
+            let value: Vec<serde_json::Value> =
+                serde_json::from_str(&read(&format!("meta/{json}"))?)
+                    .with_context(|| format!("parsing meta/{json}"))?;
+            cache.insert(json.to_string(), value);
+        }
+        let element = cache[json].get(row.wrapping_sub(1)).with_context(bad)?;
+        let text_field = |key: &str| {
+            element
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let tags = element
+            .get("tags")
+            .and_then(|t| t.as_array())
+            .map_or(vec![], |a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            });
+        let source = if path.starts_with("google/") {
+            Source::Google
+        } else {
+            Source::Flickr
+        };
+        out.docs.train.push((
+            source,
+            SampleText {
+                title: text_field("title"),
+                description: text_field("description"),
+                tags,
+            },
+        ));
+        out.labels.push(label.parse().with_context(bad)?);
+        out.paths.push(path.to_string());
+    }
+    Ok(out)
+}
+
+fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
+    use crate::recipe::params::{
+        CleanParams, CleanRule, LabelParams, Similarity, TextField, TextParams,
+    };
+    use crate::score::{self, ScoreInputs};
+    let data = read_webvision_text(&args.root)?;
+    let text = TextParams {
+        google_fields: vec![TextField::Title, TextField::Description],
+        flickr_fields: vec![TextField::Title, TextField::Description, TextField::Tags],
+        other_fields: vec![TextField::Title, TextField::Description],
+        english_stop_words: true,
+        web_stop_words: true,
+        extra_stop_words: vec![],
+        stemming: true,
+        min_count: args.min_count,
+        max_doc_freq: args.max_doc_freq,
+    };
+    println!(
+        "{}: {} training samples, {} classes; {} passes, batch {}, discard {:.0}% per class",
+        args.root.display(),
+        data.labels.len(),
+        data.class_names.len(),
+        args.passes,
+        args.batch,
+        args.discard * 100.0
+    );
+    println!("| K | similarity | AUC | macro AUC | noisy removed | precision of removal | LDA s |");
+    println!("|---|---|---|---|---|---|---|");
+    for &k in &args.topics {
+        let lda_dir = args.work.join(format!("lda_k{k}"));
+        let params = LdaParams {
+            topics: k,
+            passes: args.passes,
+            batch_size: args.batch,
+            alpha: Alpha::Symmetric(None),
+            eta: None,
+            tau0: 1.0,
+            kappa: 0.5,
+            e_step_iterations: 50,
+            e_step_tolerance: 0.001,
+            seed: 1,
+        };
+        let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
+        let topics: Vec<Vec<f32>> = crate::npy::read(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?
+            .rows()
+            .map(<[f32]>::to_vec)
+            .collect();
+        for similarity in [Similarity::Dot, Similarity::Cosine] {
+            let inputs = ScoreInputs {
+                topics: &topics,
+                labels: &data.labels,
+                paths: &data.paths,
+                class_names: &data.class_names,
+                image: None,
+            };
+            let clean = CleanParams {
+                similarity,
+                rule: CleanRule::Fraction(args.discard),
+                small_class: 0,
+                small_class_factor: 1.0,
+                truth: Some(args.truth.clone()),
+            };
+            let dir = args
+                .work
+                .join(format!("score_k{k}_{similarity:?}").to_lowercase());
+            let scored = score::run_stage(&inputs, &clean, &LabelParams::Hard, &dir)?;
+            let noise = scored
+                .noise
+                .context("no noise metrics despite a truth file")?;
+            let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.3}"));
+            println!(
+                "| {k} | {similarity:?} | {} | {} | {:.3} ({}/{}) | {:.3} | {:.1} |",
+                fmt(noise.auc),
+                fmt(noise.macro_auc),
+                noise.recall,
+                noise.noisy_discarded,
+                noise.noisy,
+                noise.precision,
+                summary.train_seconds
+            );
+        }
+    }
+    Ok(())
+}

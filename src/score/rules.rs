@@ -1,0 +1,294 @@
+//! The numbers of the `score` stage, on plain vectors: class means, similarities, which
+//! samples the cleaning rule discards, λ maps, and noise-detection metrics.
+
+use crate::recipe::params::{CleanParams, CleanRule, LabelParams, LambdaMap, Similarity};
+
+/// Mean topic vector of each class (a class without samples gets zeros).
+pub fn class_means(topics: &[Vec<f32>], labels: &[u32], classes: usize) -> Vec<Vec<f64>> {
+    let k = topics.first().map_or(0, Vec::len);
+    let mut sums = vec![vec![0.0f64; k]; classes];
+    let mut counts = vec![0usize; classes];
+    for (theta, &label) in topics.iter().zip(labels) {
+        counts[label as usize] += 1;
+        for (s, &t) in sums[label as usize].iter_mut().zip(theta) {
+            *s += t as f64;
+        }
+    }
+    for (sum, &n) in sums.iter_mut().zip(&counts) {
+        sum.iter_mut().for_each(|s| *s /= n.max(1) as f64);
+    }
+    sums
+}
+
+/// Similarity of a topic vector to its class mean. Cosine of a zero vector is 0.
+pub fn similarity(kind: Similarity, theta: &[f32], mean: &[f64]) -> f64 {
+    let dot: f64 = theta.iter().zip(mean).map(|(&t, &m)| t as f64 * m).sum();
+    match kind {
+        Similarity::Dot => dot,
+        Similarity::Cosine => {
+            let norm_t = theta
+                .iter()
+                .map(|&t| (t as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let norm_m = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+            if norm_t == 0.0 || norm_m == 0.0 {
+                0.0
+            } else {
+                dot / (norm_t * norm_m)
+            }
+        }
+    }
+}
+
+/// Every sample's similarity to the mean of its (given) class.
+pub fn scores(topics: &[Vec<f32>], labels: &[u32], classes: usize, kind: Similarity) -> Vec<f64> {
+    let means = class_means(topics, labels, classes);
+    topics
+        .iter()
+        .zip(labels)
+        .map(|(theta, &label)| similarity(kind, theta, &means[label as usize]))
+        .collect()
+}
+
+/// Sample indices of each class, lowest score first (ties by index).
+pub fn by_class_ascending(scores: &[f64], labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
+    let mut members = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        members[label as usize].push(i);
+    }
+    for m in &mut members {
+        m.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    }
+    members
+}
+
+/// Which samples the cleaning rule keeps. Each class discards its lowest-scored samples:
+/// as many as score below the threshold, or the rule's fraction of the class; a class with
+/// fewer than `small_class` samples discards `small_class_factor` times that many.
+pub fn kept(scores: &[f64], labels: &[u32], classes: usize, clean: &CleanParams) -> Vec<bool> {
+    let mut keep = vec![true; scores.len()];
+    for members in by_class_ascending(scores, labels, classes) {
+        let n = members.len();
+        let by_rule = match clean.rule {
+            CleanRule::None => 0.0,
+            CleanRule::Threshold(t) => members.iter().filter(|&&i| scores[i] < t).count() as f64,
+            CleanRule::Fraction(f) => f * n as f64,
+        };
+        let factor = if n < clean.small_class {
+            clean.small_class_factor
+        } else {
+            1.0
+        };
+        let discard = ((by_rule * factor).round() as usize).min(n);
+        for &i in &members[..discard] {
+            keep[i] = false;
+        }
+    }
+    keep
+}
+
+/// Loss weight λ ∈ [0, 1] of every sample (1 everywhere for hard labels).
+pub fn lambdas(scores: &[f64], labels: &[u32], classes: usize, mode: &LabelParams) -> Vec<f64> {
+    let map = match mode {
+        LabelParams::Hard => return vec![1.0; scores.len()],
+        LabelParams::Soft { lambda } => *lambda,
+    };
+    match map {
+        LambdaMap::Ratio { s0 } => scores.iter().map(|&s| (s / s0).clamp(0.0, 1.0)).collect(),
+        LambdaMap::Sigmoid { center, scale } => scores
+            .iter()
+            .map(|&s| 1.0 / (1.0 + (-(s - center) / scale).exp()))
+            .collect(),
+        LambdaMap::Rank { min } => {
+            let mut out = vec![1.0; scores.len()];
+            for members in by_class_ascending(scores, labels, classes) {
+                let ranks = tied_ranks(&members.iter().map(|&i| scores[i]).collect::<Vec<_>>());
+                let top = (members.len().max(2) - 1) as f64;
+                for (&i, r) in members.iter().zip(ranks) {
+                    out[i] = min + (1.0 - min) * r / top;
+                }
+                if members.len() == 1 {
+                    out[members[0]] = 1.0;
+                }
+            }
+            out
+        }
+    }
+}
+
+/// 0-based ranks of ascending values, ties sharing their mean rank.
+fn tied_ranks(sorted: &[f64]) -> Vec<f64> {
+    let mut ranks = vec![0.0; sorted.len()];
+    let mut start = 0;
+    while start < sorted.len() {
+        let mut end = start + 1;
+        while end < sorted.len() && sorted[end] == sorted[start] {
+            end += 1;
+        }
+        let mean = (start + end - 1) as f64 / 2.0;
+        ranks[start..end].iter_mut().for_each(|r| *r = mean);
+        start = end;
+    }
+    ranks
+}
+
+/// Area under the ROC curve of detecting `positive` samples by LOW score (Mann–Whitney U,
+/// ties counted half): 1 when every positive scores below every negative, 0.5 for chance.
+/// `None` without both classes.
+pub fn auc_low_is_positive(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let ranks = tied_ranks(&order.iter().map(|&i| scores[i]).collect::<Vec<_>>());
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return None;
+    }
+    // Sum of the negatives' (1-based) ranks: how often a negative outranks a positive.
+    let rank_sum_neg: f64 = order
+        .iter()
+        .zip(&ranks)
+        .filter(|(&i, _)| !positive[i])
+        .map(|(_, r)| r + 1.0)
+        .sum();
+    Some((rank_sum_neg - n_neg * (n_neg + 1.0) / 2.0) / (n_pos * n_neg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(rule: CleanRule, small_class: usize, factor: f64) -> CleanParams {
+        CleanParams {
+            similarity: Similarity::Dot,
+            rule,
+            small_class,
+            small_class_factor: factor,
+            truth: None,
+        }
+    }
+
+    #[test]
+    fn dot_and_cosine_on_hand_made_vectors() {
+        // Class 0: (1,0) and (0.5,0.5) → mean (0.75, 0.25).
+        let topics = vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![0.0, 1.0]];
+        let labels = [0, 0, 1];
+        let dot = scores(&topics, &labels, 2, Similarity::Dot);
+        assert_eq!(dot, [0.75, 0.5, 1.0]);
+        let cos = scores(&topics, &labels, 2, Similarity::Cosine);
+        let norm = (0.75f64 * 0.75 + 0.25 * 0.25).sqrt();
+        assert!((cos[0] - 0.75 / norm).abs() < 1e-12);
+        assert!((cos[1] - 0.5 / (norm * 0.5f64.sqrt())).abs() < 1e-12);
+        assert!((cos[2] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn threshold_fraction_and_small_class_leniency() {
+        // Class 0 has 10 samples scoring 0.0..0.9, class 1 has 4 scoring 0.0..0.3.
+        let scores: Vec<f64> = (0..10)
+            .map(|i| i as f64 / 10.0)
+            .chain((0..4).map(|i| i as f64 / 10.0))
+            .collect();
+        let labels: Vec<u32> = [0; 10].into_iter().chain([1; 4]).collect();
+        let discarded = |keep: Vec<bool>| {
+            keep.iter()
+                .enumerate()
+                .filter(|(_, k)| !**k)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            discarded(kept(&scores, &labels, 2, &clean(CleanRule::None, 0, 1.0))),
+            Vec::<usize>::new()
+        );
+        // Threshold 0.25: class 0 loses 0.0, 0.1, 0.2; class 1 (small: < 5) loses half of 3 → 2.
+        assert_eq!(
+            discarded(kept(
+                &scores,
+                &labels,
+                2,
+                &clean(CleanRule::Threshold(0.25), 5, 0.5)
+            )),
+            [0, 1, 2, 10, 11]
+        );
+        // Fraction 0.2: class 0 loses 2, class 1 loses round(0.8) = 1.
+        assert_eq!(
+            discarded(kept(
+                &scores,
+                &labels,
+                2,
+                &clean(CleanRule::Fraction(0.2), 0, 1.0)
+            )),
+            [0, 1, 10]
+        );
+        // Leniency 0 keeps the whole small class.
+        assert_eq!(
+            discarded(kept(
+                &scores,
+                &labels,
+                2,
+                &clean(CleanRule::Fraction(0.2), 5, 0.0)
+            )),
+            [0, 1]
+        );
+    }
+
+    #[test]
+    fn lambda_maps() {
+        let scores = [0.0, 0.05, 0.1, 0.3];
+        let labels = [0, 0, 0, 0];
+        let soft = |lambda| LabelParams::Soft { lambda };
+        assert_eq!(lambdas(&scores, &labels, 1, &LabelParams::Hard), [1.0; 4]);
+        assert_eq!(
+            lambdas(&scores, &labels, 1, &soft(LambdaMap::Ratio { s0: 0.1 })),
+            [0.0, 0.5, 1.0, 1.0]
+        );
+        let rank = lambdas(&scores, &labels, 1, &soft(LambdaMap::Rank { min: 0.4 }));
+        for (got, want) in rank.iter().zip([0.4, 0.6, 0.8, 1.0]) {
+            assert!((got - want).abs() < 1e-12, "{rank:?}");
+        }
+        let sig = lambdas(
+            &scores,
+            &labels,
+            1,
+            &soft(LambdaMap::Sigmoid {
+                center: 0.1,
+                scale: 0.05,
+            }),
+        );
+        assert!((sig[2] - 0.5).abs() < 1e-12);
+        assert!((sig[0] - 1.0 / (1.0 + 2f64.exp())).abs() < 1e-12);
+        // Ties share a rank; a lone sample gets 1.
+        let tied = lambdas(
+            &[0.2, 0.2, 0.5],
+            &[0, 0, 1],
+            2,
+            &soft(LambdaMap::Rank { min: 0.0 }),
+        );
+        assert_eq!(tied, [0.5, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn auc_of_perfect_reversed_chance_and_tied_detectors() {
+        let positive = [true, true, false, false];
+        assert_eq!(
+            auc_low_is_positive(&[0.1, 0.2, 0.8, 0.9], &positive),
+            Some(1.0)
+        );
+        assert_eq!(
+            auc_low_is_positive(&[0.8, 0.9, 0.1, 0.2], &positive),
+            Some(0.0)
+        );
+        assert_eq!(auc_low_is_positive(&[0.5; 4], &positive), Some(0.5));
+        assert_eq!(
+            auc_low_is_positive(&[0.1, 0.9, 0.2, 0.8], &positive),
+            Some(0.5)
+        );
+        assert_eq!(
+            auc_low_is_positive(&[0.1, 0.8, 0.2, 0.9], &positive),
+            Some(0.75)
+        );
+        assert_eq!(auc_low_is_positive(&[0.1, 0.2], &[false, false]), None);
+    }
+}

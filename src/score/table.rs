@@ -1,0 +1,180 @@
+//! `scores.tsv`: one row per training sample (id, path, label, score, λ, kept), written by
+//! the `score` stage and read back by training.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::ScoreError;
+
+pub const SCORES_FILE: &str = "scores.tsv";
+const HEADER: &str = "id\tpath\tlabel\tscore\tlambda\tkept";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreRow {
+    pub id: u64,
+    pub label: u32,
+    pub score: f64,
+    /// Loss weight in [0, 1].
+    pub lambda: f64,
+    pub kept: bool,
+}
+
+/// What training reads back: per sample id (0..N) → label, score, λ, kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreTable {
+    rows: Vec<ScoreRow>,
+}
+
+impl ScoreTable {
+    /// Rows must be in id order 0..N.
+    pub fn new(rows: Vec<ScoreRow>) -> ScoreTable {
+        debug_assert!(rows.iter().enumerate().all(|(i, r)| r.id == i as u64));
+        ScoreTable { rows }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&ScoreRow> {
+        self.rows.get(id as usize)
+    }
+
+    pub fn rows(&self) -> &[ScoreRow] {
+        &self.rows
+    }
+
+    /// Ids of the samples the cleaning kept.
+    pub fn kept_ids(&self) -> Vec<u64> {
+        self.rows.iter().filter(|r| r.kept).map(|r| r.id).collect()
+    }
+
+    pub fn save(&self, dir: &Path, paths: &[String]) -> Result<(), ScoreError> {
+        let mut out = String::from(HEADER);
+        out.push('\n');
+        for (row, path) in self.rows.iter().zip(paths) {
+            // Scores keep full precision (`{}` round-trips f64) so reloading changes nothing.
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                row.id, path, row.label, row.score, row.lambda, row.kept as u8
+            )
+            .expect("writing to a String");
+        }
+        let path = dir.join(SCORES_FILE);
+        std::fs::write(&path, out).map_err(|s| ScoreError::io(&path, s))
+    }
+
+    pub fn load(dir: &Path) -> Result<ScoreTable, ScoreError> {
+        let path = dir.join(SCORES_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|s| ScoreError::io(&path, s))?;
+        let bad = |line: usize, field: &str, message: String| ScoreError::BadField {
+            path: path.clone(),
+            line,
+            field: field.to_string(),
+            message,
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(HEADER) {
+            return Err(bad(1, "header", format!("expected {HEADER:?}")));
+        }
+        let mut rows = Vec::new();
+        for (n, line) in lines.enumerate() {
+            let line_no = n + 2;
+            let fields: Vec<&str> = line.split('\t').collect();
+            if fields.len() != 6 {
+                return Err(bad(
+                    line_no,
+                    "row",
+                    format!("expected 6 tab-separated fields, found {}", fields.len()),
+                ));
+            }
+            fn parse<T: std::str::FromStr>(raw: &str) -> Option<T> {
+                raw.parse().ok()
+            }
+            let field =
+                |i: usize, name: &str| bad(line_no, name, format!("cannot parse {:?}", fields[i]));
+            let id: u64 = parse(fields[0]).ok_or_else(|| field(0, "id"))?;
+            if id != rows.len() as u64 {
+                return Err(bad(
+                    line_no,
+                    "id",
+                    format!(
+                        "expected id {} (ids run 0..N in order), found {id}",
+                        rows.len()
+                    ),
+                ));
+            }
+            let lambda: f64 = parse(fields[4]).ok_or_else(|| field(4, "lambda"))?;
+            if !(0.0..=1.0).contains(&lambda) {
+                return Err(bad(
+                    line_no,
+                    "lambda",
+                    format!("{lambda} is outside [0, 1]"),
+                ));
+            }
+            rows.push(ScoreRow {
+                id,
+                label: parse(fields[2]).ok_or_else(|| field(2, "label"))?,
+                score: parse(fields[3]).ok_or_else(|| field(3, "score"))?,
+                lambda,
+                kept: match fields[5] {
+                    "1" => true,
+                    "0" => false,
+                    _ => return Err(field(5, "kept")),
+                },
+            });
+        }
+        Ok(ScoreTable::new(rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reports_bad_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            ScoreRow {
+                id: 0,
+                label: 2,
+                score: 0.123456789012345,
+                lambda: 1.0,
+                kept: true,
+            },
+            ScoreRow {
+                id: 1,
+                label: 0,
+                score: 1e-9,
+                lambda: 0.25,
+                kept: false,
+            },
+        ];
+        let table = ScoreTable::new(rows);
+        table
+            .save(dir.path(), &["a.jpg".into(), "b.jpg".into()])
+            .unwrap();
+        assert_eq!(ScoreTable::load(dir.path()).unwrap(), table);
+        assert_eq!(table.kept_ids(), [0]);
+
+        let path = dir.path().join(SCORES_FILE);
+        std::fs::write(&path, format!("{HEADER}\n0\ta.jpg\t2\t0.5\t1.5\t1\n")).unwrap();
+        let err = ScoreTable::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("scores.tsv:2: field lambda: 1.5 is outside [0, 1]"),
+            "{err}"
+        );
+        std::fs::write(&path, format!("{HEADER}\n0\ta.jpg\tx\t0.5\t1\t1\n")).unwrap();
+        let err = ScoreTable::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("scores.tsv:2: field label: cannot parse \"x\""),
+            "{err}"
+        );
+    }
+}
