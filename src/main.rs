@@ -62,6 +62,10 @@ enum Bench {
     Ingest(websieve::bench::ingest::IngestBenchArgs),
     /// Loader images/s (training crops + mirror) from raw and JPEG stores.
     Loader(websieve::bench::loader::LoaderBenchArgs),
+    /// LDA tokens/s and quality against gensim on one corpus; noise detection on a dataset.
+    Lda(websieve::bench::lda::LdaBenchArgs),
+    /// Training images/s (forward + backward + update) of GoogLeNet on the CPU.
+    Train(websieve::bench::train::TrainBenchArgs),
 }
 
 #[derive(Args)]
@@ -121,6 +125,12 @@ impl Places {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // candle asks the OS for the CPU count on every parallel op unless this is set; setting it
+    // once made the small net's training step 1.5× faster (see BENCHMARKS.md).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     init_logging(cli.quiet);
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,6 +199,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Bench::Ops(args) => websieve::bench::ops::run(&args),
             Bench::Ingest(args) => websieve::bench::ingest::run(&args),
             Bench::Loader(args) => websieve::bench::loader::run(&args),
+            Bench::Lda(args) => websieve::bench::lda::run(&args),
+            Bench::Train(args) => websieve::bench::train::run(&args),
         },
         None => run(cli.run),
     }
@@ -219,6 +231,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     for r in &recipes {
         let summary = ws.run(r, args.until, &ctx)?;
+        if let Some(table) = &summary.table {
+            println!("{}\n{table}", summary.run);
+        }
         tracing::info!(run = %summary.run, dir = %summary.run_dir.display(), "run finished");
     }
     Ok(())

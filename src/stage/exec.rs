@@ -3,9 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
 use super::{StageError, StageKind, Workspace};
-use crate::recipe::{Devices, Recipe};
-use crate::store;
+use crate::loader::{self, LoaderConfig};
+use crate::recipe::{Devices, LabelParams, Recipe, SamplerKind};
+use crate::sample::{Batch, SampleText, Source, Split};
+use crate::store::{self, Store};
+use crate::text::{DocumentSource, TextError};
+use crate::{eval, lda, npy, score, train};
 
 /// The stages whose output a stage reads (and whose keys its key includes).
 pub(super) fn reads(kind: StageKind) -> &'static [StageKind] {
@@ -51,10 +59,6 @@ pub(super) fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageEr
 pub(super) struct InitRef {
     /// Goes into the train stage's key: the init run's train key, or the file's content hash.
     pub key: String,
-    #[expect(
-        dead_code,
-        reason = "read by the train stage, which lands with issue 5"
-    )]
     pub checkpoint: PathBuf,
 }
 
@@ -98,23 +102,280 @@ pub(super) fn final_checkpoint(train_dir: &Path) -> PathBuf {
 
 /// Builds one stage into `out` (its partial folder), reading the upstream stage folders.
 pub(super) fn execute(
-    _ws: &Workspace,
+    ws: &Workspace,
     recipe: &Recipe,
     kind: StageKind,
-    _upstream: &[(StageKind, PathBuf)],
+    upstream: &[(StageKind, PathBuf)],
     out: &Path,
     progress: bool,
 ) -> Result<(), StageError> {
-    let failed = |source: Box<dyn std::error::Error + Send + Sync>| StageError::Failed {
+    let dir = |k: StageKind| {
+        upstream
+            .iter()
+            .find(|(u, _)| *u == k)
+            .map(|(_, d)| d.as_path())
+            .expect("the plan passes every stage a stage reads")
+    };
+    let result: Result<(), BoxError> = match kind {
+        StageKind::Ingest => store::ingest(&recipe.dataset, out, progress)
+            .map(drop)
+            .map_err(Into::into),
+        StageKind::Lda => run_lda(recipe, dir(StageKind::Ingest), out, progress),
+        StageKind::Score => run_score(recipe, dir(StageKind::Ingest), dir(StageKind::Lda), out),
+        StageKind::Train => {
+            let init = resolve_init(ws, recipe)?;
+            let dirs = [StageKind::Ingest, StageKind::Lda, StageKind::Score].map(dir);
+            run_train(recipe, dirs, init.as_ref(), out, progress)
+        }
+        StageKind::Eval => run_eval(
+            recipe,
+            dir(StageKind::Ingest),
+            dir(StageKind::Train),
+            out,
+            progress,
+        ),
+    };
+    result.map_err(|source| StageError::Failed {
         stage: kind,
         run: recipe.name.clone(),
         source,
-    };
-    match kind {
-        StageKind::Ingest => {
-            store::ingest(&recipe.dataset, out, progress).map_err(|e| failed(e.into()))?;
-            Ok(())
-        }
-        _ => Err(StageError::NotImplemented { stage: kind }),
+    })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The store as the LDA stage's document source.
+struct StoreDocuments<'a>(&'a Store);
+
+impl DocumentSource for StoreDocuments<'_> {
+    fn len(&self, split: Split) -> u64 {
+        self.0.len(split)
     }
+
+    fn for_each(
+        &self,
+        split: Split,
+        f: &mut dyn FnMut(u64, Source, &SampleText),
+    ) -> Result<(), TextError> {
+        let source_error = |id: u64, e: &dyn std::fmt::Display| TextError::Source {
+            split: split.as_str(),
+            id,
+            message: e.to_string(),
+        };
+        let reader = self.0.reader().map_err(|e| source_error(0, &e))?;
+        for id in 0..self.0.len(split) {
+            let meta = reader.meta(split, id).map_err(|e| source_error(id, &e))?;
+            f(id, meta.source, &meta.text);
+        }
+        Ok(())
+    }
+}
+
+fn run_lda(recipe: &Recipe, ingest: &Path, out: &Path, progress: bool) -> Result<(), BoxError> {
+    let store = Store::open(ingest)?;
+    lda::run_stage(
+        &StoreDocuments(&store),
+        &recipe.text,
+        &recipe.lda,
+        out,
+        progress,
+    )?;
+    Ok(())
+}
+
+/// Topic vectors of the training samples, one row per sample id.
+fn train_topics(lda_dir: &Path) -> Result<Vec<Vec<f32>>, BoxError> {
+    let topics = npy::read(&lda_dir.join(lda::TOPICS_TRAIN_FILE))?;
+    Ok(topics.rows().map(<[f32]>::to_vec).collect())
+}
+
+fn run_score(recipe: &Recipe, ingest: &Path, lda_dir: &Path, out: &Path) -> Result<(), BoxError> {
+    let store = Store::open(ingest)?;
+    let topics = train_topics(lda_dir)?;
+    let reader = store.reader()?;
+    let (mut labels, mut paths) = (Vec::new(), Vec::new());
+    for id in 0..store.len(Split::Train) {
+        let meta = reader.meta(Split::Train, id)?;
+        labels.push(meta.label);
+        paths.push(meta.path);
+    }
+    let class_names: Vec<String> = store
+        .header()
+        .classes
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let image = |id: u64| store.reader().ok()?.image(Split::Train, id).ok();
+    let inputs = score::ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &class_names,
+        image: Some(&image),
+    };
+    // A generated dataset knows its noise: use its truth file unless the recipe names one.
+    let mut clean = recipe.clean.clone();
+    let generated_truth = ingest.join(SYNTHETIC_TRUTH_FILE);
+    if clean.truth.is_none() && generated_truth.is_file() {
+        clean.truth = Some(generated_truth);
+    }
+    let summary = score::run_stage(&inputs, &clean, &recipe.labels, out)?;
+    tracing::info!(samples = summary.samples, kept = summary.kept, "scored");
+    if let Some(noise) = &summary.noise {
+        tracing::info!(
+            auc = noise.auc,
+            precision = noise.precision,
+            recall = noise.recall,
+            "noise detection against the truth file"
+        );
+    }
+    Ok(())
+}
+
+/// The truth file the synthetic dataset writes beside its store.
+const SYNTHETIC_TRUTH_FILE: &str = "truth.tsv";
+
+/// What a finished train stage records for evaluation and `init`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelShape {
+    num_classes: usize,
+    topics: usize,
+}
+
+const MODEL_SHAPE_FILE: &str = "model.json";
+
+fn run_train(
+    recipe: &Recipe,
+    [ingest, lda_dir, score_dir]: [&Path; 3],
+    init: Option<&InitRef>,
+    out: &Path,
+    progress: bool,
+) -> Result<(), BoxError> {
+    let store = Arc::new(Store::open(ingest)?);
+    let table = score::ScoreTable::load(score_dir)?;
+    let kept: Vec<&score::ScoreRow> = table.rows().iter().filter(|r| r.kept).collect();
+    let samples: Vec<(u64, u32)> = kept.iter().map(|r| (r.id, r.label)).collect();
+    let soft = matches!(recipe.labels, LabelParams::Soft { .. });
+    let weights = (recipe.train.sampler == SamplerKind::Weighted)
+        .then(|| kept.iter().map(|r| r.lambda as f32).collect::<Vec<_>>());
+    let topics = if recipe.model.regression {
+        train_topics(lda_dir)?
+    } else {
+        Vec::new()
+    };
+    let shape = ModelShape {
+        num_classes: store.header().classes.len(),
+        topics: topics.first().map_or(0, Vec::len),
+    };
+    let cfg = LoaderConfig {
+        batch_size: recipe.train.batch_per_device,
+        crop: recipe.train.augmentation.crop,
+        mirror: recipe.train.augmentation.mirror,
+        mean_rgb: recipe.train.augmentation.mean_rgb,
+        sampler: recipe.train.sampler,
+        workers: recipe.train.workers,
+        seed: recipe.train.seed,
+    };
+    let mut batches = |start: u64| -> Result<train::BatchStream<'static>, BoxError> {
+        let loader =
+            loader::train_batches(store.clone(), samples.clone(), weights.clone(), &cfg, start)?;
+        Ok(Box::new(loader.map(|b| b.map_err(BoxError::from))))
+    };
+    let lambda = |id: u64| match soft {
+        true => table.get(id).map(|r| r.lambda as f32),
+        false => Some(1.0),
+    };
+    let topic = |id: u64| topics.get(id as usize).cloned();
+    let targets = train::SampleTargets {
+        lambda: &lambda,
+        topics: &topic,
+    };
+    let job = train::TrainJob {
+        model: &recipe.model,
+        train: &recipe.train,
+        num_classes: shape.num_classes,
+        topics: shape.topics,
+        iterations: train::iterations(recipe.train.length, samples.len() as u64, cfg.batch_size),
+        out_dir: out,
+        init: init.map(|i| i.checkpoint.as_path()),
+        resume: true,
+        stop_after: None,
+        progress,
+    };
+    let summary = train::train(&job, &mut batches, &targets, &Device::Cpu)?;
+    let final_path = final_checkpoint(out);
+    if final_path.exists() {
+        std::fs::remove_file(&final_path)?;
+    }
+    std::fs::hard_link(&summary.final_checkpoint, &final_path)
+        .or_else(|_| std::fs::copy(&summary.final_checkpoint, &final_path).map(drop))?;
+    std::fs::write(
+        out.join(MODEL_SHAPE_FILE),
+        serde_json::to_string_pretty(&shape)?,
+    )?;
+    Ok(())
+}
+
+fn run_eval(
+    recipe: &Recipe,
+    ingest: &Path,
+    train_dir: &Path,
+    out: &Path,
+    progress: bool,
+) -> Result<(), BoxError> {
+    let store = Arc::new(Store::open(ingest)?);
+    let val = store.len(Split::Val);
+    if val == 0 {
+        return Err(format!(
+            "the store {} has no validation samples (dataset.val = false?)",
+            ingest.display()
+        )
+        .into());
+    }
+    let shape: ModelShape =
+        serde_json::from_str(&std::fs::read_to_string(train_dir.join(MODEL_SHAPE_FILE))?)?;
+    let device = Device::Cpu;
+    let model = train::load_for_eval(
+        &final_checkpoint(train_dir),
+        &recipe.model,
+        shape.num_classes,
+        shape.topics,
+        &device,
+    )?;
+    let crop = recipe.train.augmentation.crop;
+    let resize = store.header().resize;
+    let crops = loader::crop_boxes(recipe.eval.crops, resize, resize, crop).len();
+    let batches = loader::eval_batches(
+        store.clone(),
+        Split::Val,
+        crop,
+        recipe.eval.crops,
+        recipe.train.augmentation.mean_rgb,
+        recipe.eval.batch_size,
+        recipe.train.workers,
+    )?;
+    let predictions = eval::evaluate(
+        batches,
+        shape.num_classes,
+        crops,
+        val,
+        progress,
+        |batch: &Batch| {
+            let images = Tensor::from_slice(&batch.pixels, batch.shape.as_slice(), &device)?;
+            let logits = model
+                .forward_eval(&images)?
+                .classes
+                .ok_or("the model has no classification head")?;
+            Ok::<_, BoxError>(logits.flatten_all()?.to_vec1::<f32>()?)
+        },
+    )?;
+    let class_names: Vec<String> = store
+        .header()
+        .classes
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let metrics = eval::metrics(&predictions, &class_names)?;
+    eval::write_outputs(out, &predictions, &metrics, &class_names)?;
+    Ok(())
 }

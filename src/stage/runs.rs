@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::cache::{Outcome, Partial};
 use super::{exec, StageError, StageKind, Workspace};
+use crate::eval;
 use crate::recipe::Recipe;
 
 /// How `runner` was called, for the run folder.
@@ -27,6 +28,8 @@ pub struct RunSummary {
     pub run: String,
     pub run_dir: PathBuf,
     pub stages: Vec<(StageKind, PathBuf, Outcome)>,
+    /// The evaluation table (top-1/top-5 overall and per class), when the run evaluated.
+    pub table: Option<String>,
 }
 
 /// Events with this target go to the run's JSON log only; `runner` hides them on stderr.
@@ -146,11 +149,76 @@ fn run_stages(
         done.push((stage.kind, dir, outcome));
         write_stage_pointers(run_dir, &done)?;
     }
+    let table =
+        collect_results(ws, recipe, run_dir, &done).map_err(|source| StageError::Failed {
+            stage: StageKind::Eval,
+            run: recipe.name.clone(),
+            source,
+        })?;
     Ok(RunSummary {
         run: recipe.name.clone(),
         run_dir: run_dir.to_path_buf(),
         stages: done,
+        table,
     })
+}
+
+/// Copies the training and evaluation metrics into the run folder, evaluates the ensemble the
+/// recipe names, and renders the results table.
+fn collect_results(
+    ws: &Workspace,
+    recipe: &Recipe,
+    run_dir: &Path,
+    done: &[(StageKind, PathBuf, Outcome)],
+) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let dir_of = |kind: StageKind| {
+        done.iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, d, _)| d.as_path())
+    };
+    if let Some(train) = dir_of(StageKind::Train) {
+        let metrics = train.join("metrics.jsonl");
+        if metrics.is_file() {
+            fs::copy(&metrics, run_dir.join("metrics.jsonl"))?;
+        }
+    }
+    let Some(eval_dir) = dir_of(StageKind::Eval) else {
+        return Ok(None);
+    };
+    fs::copy(eval_dir.join("metrics.json"), run_dir.join("metrics.json"))?;
+    let ingest = dir_of(StageKind::Ingest).expect("eval reads ingest");
+    let class_names: Vec<String> = crate::store::Store::open(ingest)?
+        .header()
+        .classes
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let own = eval::load_predictions(eval_dir)?;
+    let mut table = eval::render_table(&eval::metrics(&own, &class_names)?, true);
+    if !recipe.eval.ensemble.is_empty() {
+        let mut members = vec![own];
+        for member in &recipe.eval.ensemble {
+            let stages = ws.run_dir(member).join("stages.json");
+            let dir = read_stage_dirs(&stages)
+                .ok()
+                .and_then(|d| d.get(StageKind::Eval.name()).cloned())
+                .ok_or_else(|| format!("eval.ensemble names run {member:?}, which has not been evaluated ({} is missing)", stages.display()))?;
+            members.push(eval::load_predictions(&dir)?);
+        }
+        let combined = eval::ensemble(&members)?;
+        let metrics = eval::metrics(&combined, &class_names)?;
+        eval::write_outputs(&run_dir.join("ensemble"), &combined, &metrics, &class_names)?;
+        table.push_str(&format!(
+            "\nensemble of {} runs ({}):\n{}",
+            members.len(),
+            std::iter::once(recipe.name.as_str())
+                .chain(recipe.eval.ensemble.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(", "),
+            eval::render_table(&metrics, false)
+        ));
+    }
+    Ok(Some(table))
 }
 
 fn write_run_files(run_dir: &Path, recipe: &Recipe, ctx: &RunContext) -> Result<(), StageError> {
