@@ -138,6 +138,7 @@ pub fn load_merged(path: &Path, sets: &[String]) -> Result<Vec<Merged>, RecipeEr
     let mut sources = SourceMap::default();
     for layer in layers {
         sources.add_layer(&layer);
+        unset_alternatives(&mut table, &layer.table);
         merge(&mut table, layer.table);
     }
     table.remove("extends");
@@ -151,7 +152,9 @@ pub fn load_merged(path: &Path, sets: &[String]) -> Result<Vec<Merged>, RecipeEr
         .map(|point| {
             let mut table = table.clone();
             for (key, value) in &point {
-                merge(&mut table, dotted_table(key, value.clone()));
+                let layer = dotted_table(key, value.clone());
+                unset_alternatives(&mut table, &layer);
+                merge(&mut table, layer);
             }
             Ok(Merged {
                 name: run_name(&stem, &point),
@@ -250,6 +253,25 @@ fn set_layer(arg: &str) -> Result<Layer, RecipeError> {
         text,
         table,
     })
+}
+
+/// Keys of which a recipe sets one: a layer that sets one unsets the others it inherited, so
+/// `--set train.iterations=100` works on a recipe that extends one with `epochs`.
+const ALTERNATIVES: &[(&str, &[&str])] = &[("train", &["iterations", "epochs"])];
+
+fn unset_alternatives(base: &mut toml::Table, layer: &toml::Table) {
+    for (section, keys) in ALTERNATIVES {
+        let (Some(toml::Value::Table(over)), Some(toml::Value::Table(inherited))) =
+            (layer.get(*section), base.get_mut(*section))
+        else {
+            continue;
+        };
+        if keys.iter().any(|k| over.contains_key(*k)) {
+            for key in keys.iter().filter(|k| !over.contains_key(**k)) {
+                inherited.remove(*key);
+            }
+        }
+    }
 }
 
 /// Deep merge: tables merge key by key, anything else (arrays too) is replaced.
@@ -373,6 +395,15 @@ mod tests {
         let mut base = t("[a]\nx = 1\ny = [1, 2]\n[b]\nz = 3");
         merge(&mut base, t("[a]\ny = [9]\nw = 4"));
         assert_eq!(base, t("[a]\nx = 1\ny = [9]\nw = 4\n[b]\nz = 3"));
+    }
+
+    #[test]
+    fn setting_one_length_unsets_the_inherited_other() {
+        let mut base = t("[train]\nepochs = 4\nseed = 1");
+        let layer = t("[train]\niterations = 6");
+        unset_alternatives(&mut base, &layer);
+        merge(&mut base, layer);
+        assert_eq!(base, t("[train]\nseed = 1\niterations = 6"));
     }
 
     #[test]

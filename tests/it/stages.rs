@@ -214,3 +214,66 @@ fn a_stage_killed_mid_way_is_not_reused_but_finished_on_the_next_run() {
     let store = websieve::store::Store::open(std::path::Path::new(&dir)).unwrap();
     assert!(store.len(websieve::sample::Split::Train) >= 100);
 }
+
+/// The whole pipeline through the `runner` binary on a tiny generated dataset: every stage
+/// runs, the run folder holds the results, and a second recipe point reuses the upstream.
+#[test]
+fn quickstart_runs_end_to_end_and_a_two_headed_sweep_point_reuses_ingest_and_lda() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = [
+        "--set",
+        "lda.topics=8",
+        "--set",
+        "lda.batch_size=32",
+        "--set",
+        "train.iterations=6",
+        "--set",
+        "train.batch_per_device=8",
+        "--set",
+        "eval.batch_size=16",
+    ];
+    let mut args = vec!["recipes/quickstart.toml"];
+    args.extend(TINY);
+    args.extend(small);
+    let out = runner(tmp.path(), &args, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("top-1") && stdout.contains("top-5"),
+        "{stdout}"
+    );
+    let run = tmp.path().join("runs/quickstart");
+    for file in ["metrics.json", "metrics.jsonl", "stages.json"] {
+        assert!(run.join(file).is_file(), "run folder lacks {file}");
+    }
+    let stages = stages_json(tmp.path(), "quickstart");
+    let score_dir = std::path::PathBuf::from(stages["stages"]["score"]["dir"].as_str().unwrap());
+    assert!(score_dir.join("scores.tsv").is_file());
+
+    args.extend([
+        "--set",
+        "model.heads=[\"classification\", \"regression\"]",
+        "--set",
+        "train.sampler=\"weighted\"",
+    ]);
+    let twohead = runner(tmp.path(), &args, &[]);
+    assert!(
+        twohead.status.success(),
+        "{}",
+        String::from_utf8_lossy(&twohead.stderr)
+    );
+    let stages = stages_json(tmp.path(), "quickstart");
+    for (stage, reused) in [
+        ("ingest", true),
+        ("lda", true),
+        ("score", true),
+        ("train", false),
+        ("eval", false),
+    ] {
+        assert_eq!(stages["stages"][stage]["reused"], reused, "{stage}");
+    }
+}
