@@ -119,6 +119,7 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
         test.len(),
         vocab.len()
     );
+    println!("load average at start: {}", load_average());
     println!("| K | impl | train s | tokens/s | ratio | infer docs/s | ratio | completion ll/word | held-out bound |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &k in &args.topics {
@@ -225,7 +226,15 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
             ours.bound
         );
     }
+    println!("load average at end: {}", load_average());
     Ok(())
+}
+
+/// The machine's load (other processes skew wall-clock ratios; the table should say so).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or("n/a".into(), |l| {
+        l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    })
 }
 
 struct Measured {

@@ -280,10 +280,14 @@ fn write_topics(
         Ok(())
     };
     docs.for_each(split, &mut |_, source, sample| {
+        // After a write error the rest is only skipped: the visitor cannot stop early.
+        if failure.is_some() {
+            return;
+        }
         let doc = model.vocab().doc(&tokenizer.tokens(source, sample));
         empty += doc.is_empty() as u64;
         batch.push(doc);
-        if batch.len() == INFER_BATCH && failure.is_none() {
+        if batch.len() == INFER_BATCH {
             failure = flush(&mut batch, &mut writer).err();
         }
     })?;
