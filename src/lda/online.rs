@@ -286,8 +286,14 @@ fn word_statistics(
             for &(d, j) in &postings[starts[u]..starts[u + 1]] {
                 let fit = &fits[d as usize];
                 let w = fit.weights[j as usize];
-                for (s, &t) in row.iter_mut().zip(&fit.theta) {
-                    *s += w * t;
+                match &fit.active {
+                    Some(active) => active
+                        .iter()
+                        .for_each(|&t| row[t as usize] += w * fit.theta[t as usize]),
+                    None => row
+                        .iter_mut()
+                        .zip(&fit.theta)
+                        .for_each(|(s, &t)| *s += w * t),
                 }
             }
             for (s, &b) in row.iter_mut().zip(&beta[u * k..(u + 1) * k]) {
