@@ -444,10 +444,7 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
             seed: 1,
         };
         let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
-        let topics: Vec<Vec<f32>> = crate::npy::read(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?
-            .rows()
-            .map(<[f32]>::to_vec)
-            .collect();
+        let topics = crate::lda::read_topics(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?;
         for similarity in [Similarity::Dot, Similarity::Cosine] {
             let inputs = ScoreInputs {
                 topics: &topics,

@@ -309,6 +309,21 @@ fn write_topic_words(path: &Path, top_words: &[Vec<String>]) -> Result<(), LdaEr
         .map_err(|source| LdaError::io(path, source))
 }
 
+/// Reads a `topics_*.npy` file back as one θ per sample.
+pub fn read_topics(path: &Path) -> Result<Vec<Vec<f32>>, LdaError> {
+    let array = crate::npy::read(path)?;
+    if array.shape.len() != 2 {
+        return Err(LdaError::BadModel {
+            path: path.to_path_buf(),
+            message: format!(
+                "expected a [samples, topics] array, found shape {:?}",
+                array.shape
+            ),
+        });
+    }
+    Ok(array.rows().map(<[f32]>::to_vec).collect())
+}
+
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), LdaError> {
     let text = serde_json::to_string_pretty(value).map_err(|source| LdaError::Json {
         path: path.to_path_buf(),
