@@ -122,7 +122,17 @@ impl OnlineLda {
     }
 
     /// One online update on a mini-batch; returns the E-step's γ per document and stats.
+    /// An empty batch changes nothing (it would only pull λ towards η).
     pub fn update(&mut self, batch: &[SparseDoc]) -> (Vec<Vec<f32>>, BatchStats) {
+        if batch.is_empty() {
+            let stats = BatchStats {
+                docs: 0,
+                tokens: 0.0,
+                mean_iterations: 0.0,
+                rho: 0.0,
+            };
+            return (Vec::new(), stats);
+        }
         let k = self.settings.topics;
         let (words, rows) = self.local_words(batch);
         beta_rows(
