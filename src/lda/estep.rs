@@ -17,6 +17,20 @@ pub struct EStepSettings {
     pub tolerance: f32,
 }
 
+/// The document-topic prior α, with exp(ψ(α)) computed once for all documents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prior {
+    pub alpha: Vec<f32>,
+    exp_digamma: Vec<f32>,
+}
+
+impl Prior {
+    pub fn new(alpha: Vec<f32>) -> Prior {
+        let exp_digamma = alpha.iter().map(|&a| exp_digamma(a)).collect();
+        Prior { alpha, exp_digamma }
+    }
+}
+
 /// What the E-step leaves for one document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocFit {
@@ -39,7 +53,7 @@ const TINY: f32 = 1e-30;
 /// Runs the same code compiled for AVX2 where the CPU has it: every operation is either
 /// elementwise or summed in fixed lanes, so both builds give bit-identical results.
 pub fn fit_doc(
-    alpha: &[f32],
+    prior: &Prior,
     rows: &[u32],
     counts: &[f32],
     beta: &[f32],
@@ -49,32 +63,33 @@ pub fn fit_doc(
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { fit_doc_avx2(alpha, rows, counts, beta, settings) };
+            return unsafe { fit_doc_avx2(prior, rows, counts, beta, settings) };
         }
     }
-    fit_doc_portable(alpha, rows, counts, beta, settings)
+    fit_doc_portable(prior, rows, counts, beta, settings)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn fit_doc_avx2(
-    alpha: &[f32],
+    prior: &Prior,
     rows: &[u32],
     counts: &[f32],
     beta: &[f32],
     settings: EStepSettings,
 ) -> DocFit {
-    fit_doc_portable(alpha, rows, counts, beta, settings)
+    fit_doc_portable(prior, rows, counts, beta, settings)
 }
 
 #[inline(always)]
 fn fit_doc_portable(
-    alpha: &[f32],
+    prior: &Prior,
     rows: &[u32],
     counts: &[f32],
     beta: &[f32],
     settings: EStepSettings,
 ) -> DocFit {
+    let alpha = &prior.alpha[..];
     let k = alpha.len();
     let total: f32 = counts.iter().sum();
     let mut gamma: Vec<f32> = alpha.iter().map(|a| a + total / k as f32).collect();
@@ -104,8 +119,20 @@ fn fit_doc_portable(
             change += (new - *g).abs();
             *g = new;
         }
-        for (t, &g) in theta.iter_mut().zip(&gamma) {
-            *t = exp_digamma(g);
+        match &topics.sparse {
+            // Topics outside the list had θ̃ = 0, so their γ is exactly α: their new θ̃ is
+            // exp(ψ(α)), precomputed. Same values as the dense loop, K fewer ψ per pass.
+            Some(active) => {
+                theta.copy_from_slice(&prior.exp_digamma);
+                for &t in active {
+                    theta[t as usize] = exp_digamma(gamma[t as usize]);
+                }
+            }
+            None => {
+                for (t, &g) in theta.iter_mut().zip(&gamma) {
+                    *t = exp_digamma(g);
+                }
+            }
         }
         topics.refresh(&mut theta);
         set_weights(&theta, &topics, rows, counts, beta, &mut weights);
@@ -300,7 +327,7 @@ mod tests {
     fn gamma_sums_to_alpha_plus_length_and_empty_doc_keeps_prior() {
         // Two topics, three words: word 0 only in topic 0, word 2 only in topic 1.
         let beta = [0.9, 1e-6, 0.05, 0.05, 1e-6, 0.9];
-        let alpha = [0.5, 0.5];
+        let alpha = Prior::new(vec![0.5, 0.5]);
         let s = EStepSettings {
             iterations: 200,
             tolerance: 1e-6,
@@ -348,7 +375,7 @@ mod tests {
         let counts = [4.0, 2.0, 3.0, 1.0, 1.0];
         let want = reference_gamma(&alpha, &rows, &counts, &beta);
         let fit = fit_doc(
-            &alpha.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+            &Prior::new(alpha.iter().map(|&a| a as f32).collect()),
             &rows,
             &counts.map(|c| c as f32),
             &beta.iter().map(|&b| b as f32).collect::<Vec<_>>(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::estep::{beta_rows, fit_doc, BetaBuffers, EStepSettings};
+use super::estep::{beta_rows, fit_doc, BetaBuffers, EStepSettings, Prior};
 use super::math::digamma;
 use super::LdaError;
 use crate::npy;
@@ -116,7 +116,7 @@ impl LdaModel {
         beta_rows(&self.lambda, v, &row_digamma, &words, &mut buffers);
         Inferencer {
             beta: buffers.rows,
-            alpha: self.alpha.iter().map(|&a| a as f32).collect(),
+            prior: Prior::new(self.alpha.iter().map(|&a| a as f32).collect()),
             e_step: self.e_step,
         }
     }
@@ -192,7 +192,7 @@ impl LdaModel {
 pub struct Inferencer {
     /// [V, K]
     beta: Vec<f32>,
-    alpha: Vec<f32>,
+    prior: Prior,
     e_step: EStepSettings,
 }
 
@@ -200,7 +200,7 @@ impl Inferencer {
     /// γ of each document (parallel; each document on its own, so thread count is irrelevant).
     pub fn gamma(&self, docs: &[SparseDoc]) -> Vec<Vec<f32>> {
         docs.par_iter()
-            .map(|doc| fit_doc(&self.alpha, &doc.ids, &doc.counts, &self.beta, self.e_step).gamma)
+            .map(|doc| fit_doc(&self.prior, &doc.ids, &doc.counts, &self.beta, self.e_step).gamma)
             .collect()
     }
 

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::estep::{beta_rows, fit_doc, BetaBuffers, DocFit, EStepSettings};
+use super::estep::{beta_rows, fit_doc, BetaBuffers, DocFit, EStepSettings, Prior};
 use super::math::{digamma, dirichlet_expectation, trigamma, GammaSampler};
 use crate::text::SparseDoc;
 
@@ -143,12 +143,12 @@ impl OnlineLda {
             &mut self.beta,
         );
         let beta = &self.beta.rows;
-        let alpha32: Vec<f32> = self.alpha.iter().map(|&a| a as f32).collect();
+        let prior = Prior::new(self.alpha.iter().map(|&a| a as f32).collect());
         let e_step = self.settings.e_step;
         let fits: Vec<DocFit> = batch
             .par_iter()
             .zip(rows.par_iter())
-            .map(|(doc, rows)| fit_doc(&alpha32, rows, &doc.counts, beta, e_step))
+            .map(|(doc, rows)| fit_doc(&prior, rows, &doc.counts, beta, e_step))
             .collect();
         let mut sstats = std::mem::take(&mut self.sstats);
         word_statistics(&fits, &rows, beta, words.len(), k, &mut sstats);
