@@ -51,6 +51,9 @@ pub struct NoiseArgs {
     pub min_count: u32,
     #[arg(long, default_value_t = 0.5)]
     pub max_doc_freq: f64,
+    /// LDA seeds 1..=N per K (topic models differ by seed; the table gives mean and range).
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +83,9 @@ pub struct GensimArgs {
     /// Threads for our side (default: rayon's, one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Runs of each side per K; the table reports the fastest of each.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
     /// Only our side (no gensim training run; its numbers are then missing from the table).
     #[arg(long)]
     pub skip_gensim: bool,
@@ -114,11 +120,13 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
         .num_threads(threads)
         .build()?;
     println!(
-        "corpus: {} train docs, {} test docs, V={}, {tokens} train tokens; ours on {threads} threads",
+        "corpus: {} train docs, {} test docs, V={}, {tokens} train tokens; ours on {threads} threads; best of {} runs per side",
         train.len(),
         test.len(),
-        vocab.len()
+        vocab.len(),
+        args.repeats
     );
+    println!("load average at start: {}", load_average());
     println!("| K | impl | train s | tokens/s | ratio | infer docs/s | ratio | completion ll/word | held-out bound |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &k in &args.topics {
@@ -134,34 +142,15 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
             e_step_tolerance: args.tolerance,
             seed: 1,
         };
-        let (ours_secs, lambda, infer_rate) = pool.install(|| {
-            let started = Instant::now();
-            let mut lda = OnlineLda::new(
-                online_settings(&params, train.len() as u64),
-                vocab.len(),
-                params.seed,
-            );
-            for _ in 0..params.passes {
-                for batch in train.chunks(params.batch_size) {
-                    lda.update(batch);
-                }
-            }
-            let secs = started.elapsed().as_secs_f64();
-            let settings = lda.settings().clone();
-            let (lambda, alpha, updates) = lda.into_parts();
-            let model = crate::lda::LdaModel::new(
-                vocab.clone(),
-                lambda,
-                alpha,
-                settings.eta,
-                settings.e_step,
-                updates,
-            );
-            let started = Instant::now();
-            let theta = model.infer(&test);
-            let infer_rate = theta.len() as f64 / started.elapsed().as_secs_f64();
-            (secs, model.lambda().to_vec(), infer_rate)
-        });
+        // Best of `repeats` for both sides: the machine is shared, the minimum is the
+        // least disturbed run. Training is deterministic, so every repeat gives the same λ.
+        let mut best = (f64::INFINITY, Vec::new(), 0.0f64);
+        for _ in 0..args.repeats {
+            let (secs, lambda, infer_rate) =
+                pool.install(|| train_and_infer(&params, &vocab, &train, &test));
+            best = (best.0.min(secs), lambda, best.2.max(infer_rate));
+        }
+        let (ours_secs, lambda, infer_rate) = best;
         let lambda_path = args.work.join(format!("lambda_k{k}.npy"));
         crate::npy::write(&lambda_path, &[k, vocab.len()], &lambda)?;
         let scored = python(
@@ -180,28 +169,38 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
             completion: field(&scored, "completion_ll=")?,
             bound: field(&scored, "heldout_bound=")?,
         };
-        let gensim_infer = gensim_inference_rate(args, &lambda_path, &dump)?;
+        let mut gensim_infer = 0.0f64;
+        for _ in 0..args.repeats {
+            gensim_infer = gensim_infer.max(gensim_inference_rate(args, &lambda_path, &dump)?);
+        }
         let gensim = if args.skip_gensim {
             None
         } else {
-            let out = python(
-                args,
-                &[
-                    args.anchor.as_os_str(),
-                    args.corpus.as_os_str(),
-                    "--topics".as_ref(),
-                    k.to_string().as_ref(),
-                    "--which".as_ref(),
-                    "gensim".as_ref(),
-                    "--passes".as_ref(),
-                    args.passes.to_string().as_ref(),
-                ],
-            )?;
-            Some(Measured {
-                secs: field(&out, "secs=")?,
-                completion: field(&out, "completion_ll=")?,
-                bound: field(&out, "heldout_bound=")?,
-            })
+            let mut best: Option<Measured> = None;
+            for _ in 0..args.repeats {
+                let out = python(
+                    args,
+                    &[
+                        args.anchor.as_os_str(),
+                        args.corpus.as_os_str(),
+                        "--topics".as_ref(),
+                        k.to_string().as_ref(),
+                        "--which".as_ref(),
+                        "gensim".as_ref(),
+                        "--passes".as_ref(),
+                        args.passes.to_string().as_ref(),
+                    ],
+                )?;
+                let run = Measured {
+                    secs: field(&out, "secs=")?,
+                    completion: field(&out, "completion_ll=")?,
+                    bound: field(&out, "heldout_bound=")?,
+                };
+                if best.as_ref().is_none_or(|b| run.secs < b.secs) {
+                    best = Some(run);
+                }
+            }
+            best
         };
         let passes_tokens = tokens * args.passes as f64;
         if let Some(g) = &gensim {
@@ -225,7 +224,51 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
             ours.bound
         );
     }
+    println!("load average at end: {}", load_average());
     Ok(())
+}
+
+/// The machine's load (other processes skew wall-clock ratios; the table should say so).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or("n/a".into(), |l| {
+        l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    })
+}
+
+/// Trains one model on the dump as the stage would (one batch after another), then infers
+/// θ for the test documents: (training seconds, λ, inference documents/s).
+fn train_and_infer(
+    params: &LdaParams,
+    vocab: &Vocabulary,
+    train: &[SparseDoc],
+    test: &[SparseDoc],
+) -> (f64, Vec<f32>, f64) {
+    let started = Instant::now();
+    let mut lda = OnlineLda::new(
+        online_settings(params, train.len() as u64),
+        vocab.len(),
+        params.seed,
+    );
+    for _ in 0..params.passes {
+        for batch in train.chunks(params.batch_size) {
+            lda.update(batch);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let settings = lda.settings().clone();
+    let (lambda, alpha, updates) = lda.into_parts();
+    let model = crate::lda::LdaModel::new(
+        vocab.clone(),
+        lambda,
+        alpha,
+        settings.eta,
+        settings.e_step,
+        updates,
+    );
+    let started = Instant::now();
+    let theta = model.infer(test);
+    let infer_rate = theta.len() as f64 / started.elapsed().as_secs_f64();
+    (secs, model.lambda().to_vec(), infer_rate)
 }
 
 struct Measured {
@@ -418,59 +461,80 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
         args.batch,
         args.discard * 100.0
     );
+    println!("mean over seeds 1..={} [min, max]", args.seeds);
     println!("| K | similarity | AUC | macro AUC | noisy removed | precision of removal | LDA s |");
     println!("|---|---|---|---|---|---|---|");
     for &k in &args.topics {
-        let lda_dir = args.work.join(format!("lda_k{k}"));
-        let params = LdaParams {
-            topics: k,
-            passes: args.passes,
-            batch_size: args.batch,
-            alpha: Alpha::Symmetric(None),
-            eta: None,
-            tau0: 1.0,
-            kappa: 0.5,
-            e_step_iterations: 50,
-            e_step_tolerance: 0.001,
-            seed: 1,
-        };
-        let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
-        let topics: Vec<Vec<f32>> = crate::npy::read(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?
-            .rows()
-            .map(<[f32]>::to_vec)
-            .collect();
-        for similarity in [Similarity::Dot, Similarity::Cosine] {
-            let inputs = ScoreInputs {
-                topics: &topics,
-                labels: &data.labels,
-                paths: &data.paths,
-                class_names: &data.class_names,
-                image: None,
+        // metrics[similarity][seed] = (auc, macro auc, noisy removed, precision)
+        let mut metrics = [Vec::new(), Vec::new()];
+        let mut seconds = 0.0;
+        for seed in 1..=args.seeds {
+            let lda_dir = args.work.join(format!("lda_k{k}_s{seed}"));
+            let params = LdaParams {
+                topics: k,
+                passes: args.passes,
+                batch_size: args.batch,
+                alpha: Alpha::Symmetric(None),
+                eta: None,
+                tau0: 1.0,
+                kappa: 0.5,
+                e_step_iterations: 50,
+                e_step_tolerance: 0.001,
+                seed,
             };
-            let clean = CleanParams {
-                similarity,
-                rule: CleanRule::Fraction(args.discard),
-                small_class: 0,
-                small_class_factor: 1.0,
-                truth: Some(args.truth.clone()),
+            let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
+            seconds += summary.train_seconds / args.seeds as f64;
+            let topics = crate::lda::read_topics(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?;
+            for (i, similarity) in [Similarity::Dot, Similarity::Cosine]
+                .into_iter()
+                .enumerate()
+            {
+                let inputs = ScoreInputs {
+                    topics: &topics,
+                    labels: &data.labels,
+                    paths: &data.paths,
+                    class_names: &data.class_names,
+                    image: None,
+                };
+                let clean = CleanParams {
+                    similarity,
+                    rule: CleanRule::Fraction(args.discard),
+                    small_class: 0,
+                    small_class_factor: 1.0,
+                    truth: Some(args.truth.clone()),
+                };
+                let dir = args
+                    .work
+                    .join(format!("score_k{k}_s{seed}_{similarity:?}").to_lowercase());
+                let scored = score::run_stage(&inputs, &clean, &LabelParams::Hard, &dir)?;
+                let noise = scored
+                    .noise
+                    .context("no noise metrics despite a truth file")?;
+                metrics[i].push([
+                    noise.auc.unwrap_or(f64::NAN),
+                    noise.macro_auc.unwrap_or(f64::NAN),
+                    noise.recall,
+                    noise.precision,
+                ]);
+            }
+        }
+        for (i, name) in ["dot", "cosine"].into_iter().enumerate() {
+            let cell = |j: usize| {
+                let v: Vec<f64> = metrics[i].iter().map(|m| m[j]).collect();
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
+                format!("{mean:.3} [{lo:.3}, {hi:.3}]")
             };
-            let dir = args
-                .work
-                .join(format!("score_k{k}_{similarity:?}").to_lowercase());
-            let scored = score::run_stage(&inputs, &clean, &LabelParams::Hard, &dir)?;
-            let noise = scored
-                .noise
-                .context("no noise metrics despite a truth file")?;
-            let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.3}"));
             println!(
-                "| {k} | {similarity:?} | {} | {} | {:.3} ({}/{}) | {:.3} | {:.1} |",
-                fmt(noise.auc),
-                fmt(noise.macro_auc),
-                noise.recall,
-                noise.noisy_discarded,
-                noise.noisy,
-                noise.precision,
-                summary.train_seconds
+                "| {k} | {name} | {} | {} | {} | {} | {seconds:.1} |",
+                cell(0),
+                cell(1),
+                cell(2),
+                cell(3)
             );
         }
     }

@@ -280,10 +280,14 @@ fn write_topics(
         Ok(())
     };
     docs.for_each(split, &mut |_, source, sample| {
+        // After a write error the rest is only skipped: the visitor cannot stop early.
+        if failure.is_some() {
+            return;
+        }
         let doc = model.vocab().doc(&tokenizer.tokens(source, sample));
         empty += doc.is_empty() as u64;
         batch.push(doc);
-        if batch.len() == INFER_BATCH && failure.is_none() {
+        if batch.len() == INFER_BATCH {
             failure = flush(&mut batch, &mut writer).err();
         }
     })?;
@@ -303,6 +307,21 @@ fn write_topic_words(path: &Path, top_words: &[Vec<String>]) -> Result<(), LdaEr
     std::fs::File::create(path)
         .and_then(|mut f| f.write_all(out.as_bytes()))
         .map_err(|source| LdaError::io(path, source))
+}
+
+/// Reads a `topics_*.npy` file back as one θ per sample.
+pub fn read_topics(path: &Path) -> Result<Vec<Vec<f32>>, LdaError> {
+    let array = crate::npy::read(path)?;
+    if array.shape.len() != 2 {
+        return Err(LdaError::BadModel {
+            path: path.to_path_buf(),
+            message: format!(
+                "expected a [samples, topics] array, found shape {:?}",
+                array.shape
+            ),
+        });
+    }
+    Ok(array.rows().map(<[f32]>::to_vec).collect())
 }
 
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), LdaError> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::estep::{beta_rows, fit_doc, BetaBuffers, EStepSettings};
+use super::estep::{beta_rows, fit_doc, BetaBuffers, EStepSettings, Prior};
 use super::math::digamma;
 use super::LdaError;
 use crate::npy;
@@ -116,7 +116,7 @@ impl LdaModel {
         beta_rows(&self.lambda, v, &row_digamma, &words, &mut buffers);
         Inferencer {
             beta: buffers.rows,
-            alpha: self.alpha.iter().map(|&a| a as f32).collect(),
+            prior: Prior::new(self.alpha.iter().map(|&a| a as f32).collect()),
             e_step: self.e_step,
         }
     }
@@ -192,7 +192,7 @@ impl LdaModel {
 pub struct Inferencer {
     /// [V, K]
     beta: Vec<f32>,
-    alpha: Vec<f32>,
+    prior: Prior,
     e_step: EStepSettings,
 }
 
@@ -200,7 +200,7 @@ impl Inferencer {
     /// γ of each document (parallel; each document on its own, so thread count is irrelevant).
     pub fn gamma(&self, docs: &[SparseDoc]) -> Vec<Vec<f32>> {
         docs.par_iter()
-            .map(|doc| fit_doc(&self.alpha, &doc.ids, &doc.counts, &self.beta, self.e_step).gamma)
+            .map(|doc| fit_doc(&self.prior, &doc.ids, &doc.counts, &self.beta, self.e_step).gamma)
             .collect()
     }
 
@@ -213,5 +213,47 @@ impl Inferencer {
                 gamma.iter().map(|&g| (g as f64 / total) as f32).collect()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> LdaModel {
+        let vocab = Vocabulary::new(["golf", "ball", "church"].map(String::from).to_vec());
+        let lambda = vec![5.0, 4.0, 0.1, 0.1, 0.2, 6.0];
+        let e_step = EStepSettings {
+            iterations: 50,
+            tolerance: 1e-3,
+        };
+        LdaModel::new(vocab, lambda, vec![0.5, 0.25], 0.1, e_step, 7)
+    }
+
+    #[test]
+    fn save_load_round_trip_and_top_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = model();
+        m.save(dir.path()).unwrap();
+        assert_eq!(LdaModel::load(dir.path()).unwrap(), m);
+        assert_eq!(m.top_words(2), [["golf", "ball"], ["church", "ball"]]);
+        let theta = m.infer(&[SparseDoc::from_pairs([(2, 3.0)]), SparseDoc::default()]);
+        assert!(theta[0][1] > 0.8, "{theta:?}");
+        // An empty document gets α / Σα.
+        assert!((theta[1][0] - 2.0 / 3.0).abs() < 1e-6 && (theta[1][1] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn load_names_the_file_whose_shape_disagrees() {
+        let dir = tempfile::tempdir().unwrap();
+        model().save(dir.path()).unwrap();
+        std::fs::write(dir.path().join(VOCAB_FILE), "golf\nball\n").unwrap();
+        let err = LdaModel::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "lambda.npy: shape [2, 3], but model.json says 2 topics (α has 2) over 3 words and vocab.txt has 2"
+            ),
+            "{err}"
+        );
     }
 }

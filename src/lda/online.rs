@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::estep::{beta_rows, fit_doc, BetaBuffers, DocFit, EStepSettings};
+use super::estep::{beta_rows, fit_doc, BetaBuffers, DocFit, EStepSettings, Prior};
 use super::math::{digamma, dirichlet_expectation, trigamma, GammaSampler};
 use crate::text::SparseDoc;
 
@@ -122,7 +122,17 @@ impl OnlineLda {
     }
 
     /// One online update on a mini-batch; returns the E-step's γ per document and stats.
+    /// An empty batch changes nothing (it would only pull λ towards η).
     pub fn update(&mut self, batch: &[SparseDoc]) -> (Vec<Vec<f32>>, BatchStats) {
+        if batch.is_empty() {
+            let stats = BatchStats {
+                docs: 0,
+                tokens: 0.0,
+                mean_iterations: 0.0,
+                rho: 0.0,
+            };
+            return (Vec::new(), stats);
+        }
         let k = self.settings.topics;
         let (words, rows) = self.local_words(batch);
         beta_rows(
@@ -133,12 +143,12 @@ impl OnlineLda {
             &mut self.beta,
         );
         let beta = &self.beta.rows;
-        let alpha32: Vec<f32> = self.alpha.iter().map(|&a| a as f32).collect();
+        let prior = Prior::new(self.alpha.iter().map(|&a| a as f32).collect());
         let e_step = self.settings.e_step;
         let fits: Vec<DocFit> = batch
             .par_iter()
             .zip(rows.par_iter())
-            .map(|(doc, rows)| fit_doc(&alpha32, rows, &doc.counts, beta, e_step))
+            .map(|(doc, rows)| fit_doc(&prior, rows, &doc.counts, beta, e_step))
             .collect();
         let mut sstats = std::mem::take(&mut self.sstats);
         word_statistics(&fits, &rows, beta, words.len(), k, &mut sstats);
@@ -286,8 +296,14 @@ fn word_statistics(
             for &(d, j) in &postings[starts[u]..starts[u + 1]] {
                 let fit = &fits[d as usize];
                 let w = fit.weights[j as usize];
-                for (s, &t) in row.iter_mut().zip(&fit.theta) {
-                    *s += w * t;
+                match &fit.active {
+                    Some(active) => active
+                        .iter()
+                        .for_each(|&t| row[t as usize] += w * fit.theta[t as usize]),
+                    None => row
+                        .iter_mut()
+                        .zip(&fit.theta)
+                        .for_each(|(s, &t)| *s += w * t),
                 }
             }
             for (s, &b) in row.iter_mut().zip(&beta[u * k..(u + 1) * k]) {

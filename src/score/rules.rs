@@ -106,7 +106,8 @@ pub fn lambdas(scores: &[f64], labels: &[u32], classes: usize, mode: &LabelParam
                 let ranks = tied_ranks(&members.iter().map(|&i| scores[i]).collect::<Vec<_>>());
                 let top = (members.len().max(2) - 1) as f64;
                 for (&i, r) in members.iter().zip(ranks) {
-                    out[i] = min + (1.0 - min) * r / top;
+                    // Clamped: min + (1 − min) can round to just above 1.
+                    out[i] = (min + (1.0 - min) * r / top).min(1.0);
                 }
                 if members.len() == 1 {
                     out[members[0]] = 1.0;
@@ -290,5 +291,47 @@ mod tests {
             Some(0.75)
         );
         assert_eq!(auc_low_is_positive(&[0.1, 0.2], &[false, false]), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+        #[test]
+        fn fraction_rule_drops_each_class_lowest_share_and_lambdas_are_weights(
+            samples in proptest::collection::vec((0u32..4, 0.0f64..1.0), 1..60),
+            fraction in 0.0f64..1.0,
+            s0 in 0.01f64..2.0,
+            min in 0.0f64..1.0,
+        ) {
+            let labels: Vec<u32> = samples.iter().map(|s| s.0).collect();
+            let scores: Vec<f64> = samples.iter().map(|s| s.1).collect();
+            let keep = kept(&scores, &labels, 4, &clean(CleanRule::Fraction(fraction), 0, 1.0));
+            for class in 0..4u32 {
+                let members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+                let dropped: Vec<usize> = members.iter().copied().filter(|&i| !keep[i]).collect();
+                proptest::prop_assert_eq!(dropped.len(), (fraction * members.len() as f64).round() as usize);
+                for &d in &dropped {
+                    proptest::prop_assert!(members.iter().all(|&m| !keep[m] || scores[m] >= scores[d]));
+                }
+            }
+            for map in [LambdaMap::Ratio { s0 }, LambdaMap::Rank { min }, LambdaMap::Sigmoid { center: 0.5, scale: s0 }] {
+                let lambda = lambdas(&scores, &labels, 4, &LabelParams::Soft { lambda: map });
+                proptest::prop_assert!(lambda.iter().all(|l| (0.0..=1.0).contains(l)), "{:?}", map);
+                // Every map is monotone in the score within a class.
+                for i in 0..scores.len() {
+                    for j in 0..scores.len() {
+                        if labels[i] == labels[j] && scores[i] < scores[j] {
+                            proptest::prop_assert!(lambda[i] <= lambda[j] + 1e-12, "{:?}", map);
+                        }
+                    }
+                }
+            }
+            let positive: Vec<bool> = scores.iter().map(|s| *s < 0.3).collect();
+            if let Some(auc) = auc_low_is_positive(&scores, &positive) {
+                let negated: Vec<f64> = scores.iter().map(|s| -s).collect();
+                let flipped = auc_low_is_positive(&negated, &positive).unwrap();
+                proptest::prop_assert!((auc + flipped - 1.0).abs() < 1e-9);
+            }
+        }
     }
 }

@@ -161,8 +161,7 @@ fn best_matching(sim: &[Vec<f64>]) -> Vec<f64> {
 }
 
 fn topics_file(path: &Path) -> Vec<Vec<f32>> {
-    let array = websieve::npy::read(path).unwrap();
-    array.rows().map(<[f32]>::to_vec).collect()
+    lda::read_topics(path).unwrap()
 }
 
 #[test]
@@ -270,6 +269,7 @@ fn settings(k: usize, docs: u64, learn_alpha: bool) -> OnlineSettings {
     }
 }
 
+/// λ, α and γ of 50 documents after training on `threads` threads.
 fn train_with_threads(
     threads: usize,
     docs: &[SparseDoc],
@@ -280,9 +280,13 @@ fn train_with_threads(
         .build()
         .unwrap();
     pool.install(|| {
-        let mut lda = OnlineLda::new(settings(3, docs.len() as u64, true), v, 11);
-        for batch in docs.chunks(150) {
-            lda.update(batch);
+        // 20 topics for 3 planted ones: documents end with few live topics, so the E-step's
+        // pruned (indexed) path runs as well as the dense one.
+        let mut lda = OnlineLda::new(settings(20, docs.len() as u64, true), v, 11);
+        for _pass in 0..3 {
+            for batch in docs.chunks(150) {
+                lda.update(batch);
+            }
         }
         let (lambda, alpha, updates) = lda.into_parts();
         let vocab = Vocabulary::new((0..v).map(word).collect());
@@ -297,7 +301,7 @@ fn train_with_threads(
             },
             updates,
         );
-        (lambda, alpha, model.infer(&docs[..50]))
+        (lambda, alpha, model.inferencer().gamma(&docs[..50]))
     })
 }
 
@@ -306,7 +310,21 @@ fn training_and_inference_do_not_depend_on_the_thread_count() {
     let (docs, v) = planted_docs(600, 2);
     let one = train_with_threads(1, &docs, v);
     let three = train_with_threads(3, &docs, v);
-    assert!(one == three, "λ, α or θ differ between 1 and 3 threads");
+    assert!(one == three, "λ, α or γ differ between 1 and 3 threads");
+    // Pruned topics keep γ = α exactly; most topics of some documents were pruned.
+    let (_, alpha, gammas) = &one;
+    let at_prior = |gamma: &Vec<f32>| {
+        gamma
+            .iter()
+            .zip(alpha)
+            .filter(|(&g, &a)| g == a as f32)
+            .count()
+    };
+    let most = gammas.iter().map(at_prior).max().unwrap();
+    assert!(
+        most * 4 > 3 * 20,
+        "at most {most} of 20 topics at the prior"
+    );
 }
 
 // Reference: gensim 4.x (float64) from the same λ, one update on the whole corpus with
@@ -558,4 +576,73 @@ fn score_stage_detects_planted_noise_from_text() {
         .rows()
         .iter()
         .all(|r| r.lambda == 1.0));
+}
+
+#[test]
+fn score_tables_on_hand_made_vectors() {
+    // Class 0: three samples near topic 0 and one near topic 1 (noisy); class 1: two on topic 1.
+    let topics = vec![
+        vec![0.9, 0.1],
+        vec![0.8, 0.2],
+        vec![1.0, 0.0],
+        vec![0.1, 0.9],
+        vec![0.0, 1.0],
+        vec![0.2, 0.8],
+    ];
+    let labels = [0, 0, 0, 0, 1, 1];
+    let paths: Vec<String> = (0..6).map(|i| format!("s/{i}.jpg")).collect();
+    let names = vec!["tench".to_string(), "golf ball".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.tsv");
+    std::fs::write(
+        &truth,
+        "path\tgiven_label\ttrue_label\ns/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t0\ns/3.jpg\t0\t-1\ns/4.jpg\t1\t1\n",
+    )
+    .unwrap();
+    let inputs = ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &names,
+        image: None,
+    };
+    let clean = CleanParams {
+        similarity: Similarity::Cosine,
+        rule: CleanRule::Threshold(0.5),
+        small_class: 3,
+        small_class_factor: 0.0,
+        truth: Some(truth),
+    };
+    let labels_mode = LabelParams::Soft {
+        lambda: LambdaMap::Rank { min: 0.2 },
+    };
+    let summary = score::run_stage(&inputs, &clean, &labels_mode, dir.path()).unwrap();
+    let noise = summary.noise.unwrap();
+    assert_eq!(
+        (
+            noise.matched,
+            noise.unmatched,
+            noise.noisy,
+            noise.noisy_discarded
+        ),
+        (5, 1, 1, 1)
+    );
+    insta::assert_snapshot!(std::fs::read_to_string(dir.path().join(score::CLASSES_FILE)).unwrap(), @r"
+    label	name	samples	kept	mean_score	median_score	noisy	noisy_discarded	auc
+    0	tench	4	3	0.839106	0.957024	1	1	1.0000
+    1	golf ball	2	2	0.992438	0.993884	0	0
+    ");
+    insta::assert_snapshot!(std::fs::read_to_string(dir.path().join(score::SCORES_FILE)).unwrap(), @r"
+    id	path	label	score	lambda	kept
+    0	s/0.jpg	0	0.9570244070548726	0.7333333333333334	1
+    1	s/1.jpg	0	0.9872411214285625	1	1
+    2	s/2.jpg	0	0.9191450317891348	0.4666666666666667	1
+    3	s/3.jpg	0	0.4930125720217687	0.2	0
+    4	s/4.jpg	1	0.9938837345732799	1	1
+    5	s/5.jpg	1	0.9909924305320021	0.2	1
+    ");
+    // What training reads back is what was written (λ stays within [0, 1] after rounding).
+    let table = ScoreTable::load(dir.path()).unwrap();
+    assert_eq!(table.kept_ids(), [0, 1, 2, 4, 5]);
+    assert_eq!(table.get(1).unwrap().lambda, 1.0);
 }
