@@ -143,10 +143,7 @@ pub fn load_merged(path: &Path, sets: &[String]) -> Result<Vec<Merged>, RecipeEr
     }
     table.remove("extends");
     let sweep = take_sweep(&mut table, &sources)?;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "recipe".into());
+    let stem = base_run_name(path);
     sweep_points(&sweep)
         .into_iter()
         .map(|point| {
@@ -360,6 +357,23 @@ fn sweep_points(sweep: &BTreeMap<String, Vec<toml::Value>>) -> Vec<Vec<(String, 
     points
 }
 
+/// A recipe's run name: its path below the nearest folder named `recipes`, without the
+/// extension (`recipes/ablation/discard-20.toml` → `ablation/discard-20`), so recipes of the
+/// same name in different folders get different runs; elsewhere the file stem.
+fn base_run_name(path: &Path) -> String {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let below_recipes = absolute
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.file_name().is_some_and(|n| n == "recipes"))
+        .and_then(|dir| absolute.strip_prefix(dir).ok())
+        .map(|rel| rel.with_extension(""));
+    below_recipes
+        .or_else(|| path.file_stem().map(PathBuf::from))
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_else(|| "recipe".into())
+}
+
 /// `softlabel/lr=0.02,crop=64`: the last part of each key, or the whole key where two swept
 /// keys end alike.
 fn run_name(stem: &str, point: &[(String, toml::Value)]) -> String {
@@ -419,6 +433,16 @@ mod tests {
         let names: Vec<String> = points.iter().map(|p| run_name("r", p)).collect();
         assert_eq!(names[0], "r/similarity=dot,lr=0.01");
         assert_eq!(names[3], "r/similarity=cosine,lr=0.02");
+    }
+
+    #[test]
+    fn run_names_keep_the_folder_below_recipes() {
+        assert_eq!(
+            base_run_name(Path::new("recipes/ablation/discard-20.toml")),
+            "ablation/discard-20"
+        );
+        assert_eq!(base_run_name(Path::new("recipes/clean.toml")), "clean");
+        assert_eq!(base_run_name(Path::new("/tmp/x/grid.toml")), "grid");
     }
 
     #[test]
