@@ -56,7 +56,9 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.root.display()))?;
     let files: Vec<PathBuf> = index.train.iter().map(|s| s.file.clone()).collect();
     println!("ingest bench: {} training images of {}, squash to {}", files.len(), args.root.display(), args.size);
-    let floor = decode_floor(&files, args.size)?;
+    // One-thread pool: jpeg-decoder would otherwise spread its IDCT over the global pool.
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let floor = single.install(|| decode_floor(&files, args.size))?;
     println!(
         "decode floor (jpeg-decoder, 1 thread): {:.0} img/s decode only, {:.0} img/s decode + resize",
         floor.0, floor.1

@@ -257,7 +257,7 @@ fn prepare_file(sample: &DatasetSample, params: &DatasetParams) -> Result<Vec<u8
         detail: e.to_string(),
     })?;
     let image = codec::prepare(&bytes, params.resize, params.resize_mode)?;
-    Ok(codec::encode_record(sample.label, &image, params.encoding))
+    codec::encode_record(sample.label, &image, params.encoding)
 }
 
 /// Writes one chunk and the progress after it in one transaction.

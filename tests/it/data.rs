@@ -539,3 +539,12 @@ fn imagenette_web_ingests_with_the_counts_its_readme_states() {
     let index = dataset::webvision::read(&root, &[Source::Google], false).unwrap();
     assert_eq!(index.train.len(), 1911);
 }
+
+#[test]
+fn store_and_loaders_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<loader::TrainLoader>();
+    send::<loader::EvalLoader>();
+}
