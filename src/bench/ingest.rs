@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::dataset::webvision;
-use crate::recipe::params::{DatasetFormat, DatasetParams, ResizeMode, StoreEncoding, SyntheticParams};
+use crate::recipe::params::{
+    DatasetFormat, DatasetParams, ResizeMode, StoreEncoding, SyntheticParams,
+};
 use crate::sample::Source;
 use crate::store::{codec, ingest_with, IngestOptions};
 
@@ -55,7 +57,12 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
     let index = webvision::read(&args.root, &[Source::Google, Source::Flickr], false)
         .with_context(|| format!("reading {}", args.root.display()))?;
     let files: Vec<PathBuf> = index.train.iter().map(|s| s.file.clone()).collect();
-    println!("ingest bench: {} training images of {}, squash to {}", files.len(), args.root.display(), args.size);
+    println!(
+        "ingest bench: {} training images of {}, squash to {}",
+        files.len(),
+        args.root.display(),
+        args.size
+    );
     // One-thread pool: jpeg-decoder would otherwise spread its IDCT over the global pool.
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let floor = single.install(|| decode_floor(&files, args.size))?;
@@ -63,20 +70,34 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
         "decode floor (jpeg-decoder, 1 thread): {:.0} img/s decode only, {:.0} img/s decode + resize",
         floor.0, floor.1
     );
-    for encoding in [StoreEncoding::Raw, StoreEncoding::Jpeg { quality: args.quality }] {
+    for encoding in [
+        StoreEncoding::Raw,
+        StoreEncoding::Jpeg {
+            quality: args.quality,
+        },
+    ] {
         let name = match encoding {
             StoreEncoding::Raw => "raw".to_string(),
             StoreEncoding::Jpeg { quality } => format!("jpeg q{quality}"),
         };
-        let reference = if args.no_reference { None } else { Some(reference(args, encoding)?) };
+        let reference = if args.no_reference {
+            None
+        } else {
+            Some(reference(args, encoding)?)
+        };
         let mut rows = Vec::new();
         for &threads in &args.threads {
             rows.push(ours(args, encoding, threads)?);
         }
         println!("\n{name}:");
-        println!("{:<26} {:>9} {:>8} {:>10} {:>8} {:>10}", "", "img/s", "MB/s", "bytes/img", "vs ref", "vs floor");
+        println!(
+            "{:<26} {:>9} {:>8} {:>10} {:>8} {:>10}",
+            "", "img/s", "MB/s", "bytes/img", "vs ref", "vs floor"
+        );
         for row in reference.iter().chain(&rows) {
-            let vs_ref = reference.as_ref().map_or("-".into(), |r| format!("{:.2}x", row.rate() / r.rate()));
+            let vs_ref = reference
+                .as_ref()
+                .map_or("-".into(), |r| format!("{:.2}x", row.rate() / r.rate()));
             println!(
                 "{:<26} {:>9.0} {:>8.1} {:>10.0} {:>8} {:>9.2}x",
                 row.what,
@@ -114,16 +135,29 @@ fn decode_floor(files: &[PathBuf], size: u32) -> anyhow::Result<(f64, f64)> {
 fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, threads: usize) -> anyhow::Result<Row> {
     let stage = tempfile_dir("websieve-bench-ingest")?;
     let params = webvision_params(&args.root, args.size, encoding);
-    let options = IngestOptions { progress: false, threads, commit_every: 512 };
+    let options = IngestOptions {
+        progress: false,
+        threads,
+        commit_every: 512,
+    };
     let start = Instant::now();
     let report = ingest_with(&params, &stage, &options)?;
     let seconds = start.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&stage)?;
-    Ok(Row { what: format!("websieve, {threads} thread(s)"), images: report.train, seconds, bytes: report.image_bytes })
+    Ok(Row {
+        what: format!("websieve, {threads} thread(s)"),
+        images: report.train,
+        seconds,
+        bytes: report.image_bytes,
+    })
 }
 
 /// Squash-resized training images of a WebVision dataset, as the reference ingests them.
-pub(crate) fn webvision_params(root: &std::path::Path, size: u32, encoding: StoreEncoding) -> DatasetParams {
+pub(crate) fn webvision_params(
+    root: &std::path::Path,
+    size: u32,
+    encoding: StoreEncoding,
+) -> DatasetParams {
     DatasetParams {
         format: DatasetFormat::Webvision,
         root: Some(root.to_path_buf()),
@@ -150,15 +184,27 @@ pub(crate) fn webvision_params(root: &std::path::Path, size: u32, encoding: Stor
 fn reference(args: &IngestBenchArgs, encoding: StoreEncoding) -> anyhow::Result<Row> {
     let out = tempfile_dir("websieve-bench-ingest-ref")?;
     let mut command = std::process::Command::new(&args.python);
-    command.arg(&args.reference).arg(&args.root).arg(&out).args(["--size", &args.size.to_string()]);
+    command
+        .arg(&args.reference)
+        .arg(&args.root)
+        .arg(&out)
+        .args(["--size", &args.size.to_string()]);
     match encoding {
         StoreEncoding::Raw => command.args(["--encoding", "raw"]),
-        StoreEncoding::Jpeg { quality } => command.args(["--encoding", "jpeg", "--quality", &quality.to_string()]),
+        StoreEncoding::Jpeg { quality } => {
+            command.args(["--encoding", "jpeg", "--quality", &quality.to_string()])
+        }
     };
-    let output = command.output().with_context(|| format!("running {}", args.reference.display()))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {}", args.reference.display()))?;
     std::fs::remove_dir_all(&out)?;
     if !output.status.success() {
-        bail!("{} failed: {}", args.reference.display(), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{} failed: {}",
+            args.reference.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let field = |name: &str| -> anyhow::Result<f64> {
@@ -169,7 +215,8 @@ fn reference(args: &IngestBenchArgs, encoding: StoreEncoding) -> anyhow::Result<
             .parse()
             .with_context(|| format!("`{name}` in {stdout}"))
     };
-    let (images, seconds, bytes_per_image) = (field("images")?, field("secs")?, field("bytes/img")?);
+    let (images, seconds, bytes_per_image) =
+        (field("images")?, field("secs")?, field("bytes/img")?);
     Ok(Row {
         what: "reference (PIL, 1 process)".into(),
         images: images as u64,
@@ -186,5 +233,7 @@ pub(crate) fn tempfile_dir(prefix: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn unique() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }

@@ -41,13 +41,23 @@ pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
         args.size,
         args.root.display()
     );
-    println!("{:<12} {:>8} {:>10} {:>12} {:>14}", "store", "workers", "img/s", "MB/s out", "img/s/worker");
-    for encoding in [StoreEncoding::Raw, StoreEncoding::Jpeg { quality: args.quality }] {
+    println!(
+        "{:<12} {:>8} {:>10} {:>12} {:>14}",
+        "store", "workers", "img/s", "MB/s out", "img/s/worker"
+    );
+    for encoding in [
+        StoreEncoding::Raw,
+        StoreEncoding::Jpeg {
+            quality: args.quality,
+        },
+    ] {
         let stage = super::ingest::tempfile_dir("websieve-bench-loader")?;
         let store = Arc::new(build_store(args, encoding, &stage)?);
         let samples: Vec<(u64, u32)> = {
             let reader = store.reader()?;
-            (0..store.len(Split::Train)).map(|id| Ok((id, reader.meta(Split::Train, id)?.label))).collect::<anyhow::Result<_>>()?
+            (0..store.len(Split::Train))
+                .map(|id| Ok((id, reader.meta(Split::Train, id)?.label)))
+                .collect::<anyhow::Result<_>>()?
         };
         let name = match encoding {
             StoreEncoding::Raw => "raw".to_string(),
@@ -89,7 +99,11 @@ pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_store(args: &LoaderBenchArgs, encoding: StoreEncoding, stage: &std::path::Path) -> anyhow::Result<Store> {
+fn build_store(
+    args: &LoaderBenchArgs,
+    encoding: StoreEncoding,
+    stage: &std::path::Path,
+) -> anyhow::Result<Store> {
     let params = super::ingest::webvision_params(&args.root, args.size, encoding);
     ingest_with(&params, stage, &IngestOptions::default())?;
     Ok(Store::open(stage)?)

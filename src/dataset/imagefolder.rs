@@ -9,49 +9,88 @@ use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample};
 use crate::sample::{SampleText, Source};
 
 pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
-    let train_root = if root.join("train").is_dir() { root.join("train") } else { root.to_path_buf() };
+    let train_root = if root.join("train").is_dir() {
+        root.join("train")
+    } else {
+        root.to_path_buf()
+    };
     let class_dirs = sorted_entries(&train_root, true)?;
     let classes: Vec<ClassInfo> = class_dirs
         .iter()
         .map(|dir| {
             let id = file_name(dir);
-            ClassInfo { name: id.clone(), id }
+            ClassInfo {
+                name: id.clone(),
+                id,
+            }
         })
         .collect();
     let train = read_split(root, &train_root, &classes)?;
     let val_root = root.join("val");
-    let val = if val && val_root.is_dir() { read_split(root, &val_root, &classes)? } else { Vec::new() };
-    Ok(DatasetIndex { classes, queries: Vec::new(), train, val })
+    let val = if val && val_root.is_dir() {
+        read_split(root, &val_root, &classes)?
+    } else {
+        Vec::new()
+    };
+    Ok(DatasetIndex {
+        classes,
+        queries: Vec::new(),
+        train,
+        val,
+    })
 }
 
-fn read_split(root: &Path, split_root: &Path, classes: &[ClassInfo]) -> Result<Vec<DatasetSample>, DatasetError> {
+fn read_split(
+    root: &Path,
+    split_root: &Path,
+    classes: &[ClassInfo],
+) -> Result<Vec<DatasetSample>, DatasetError> {
     let mut samples = Vec::new();
     for dir in sorted_entries(split_root, true)? {
         let id = file_name(&dir);
-        let label = classes.iter().position(|c| c.id == id).ok_or_else(|| DatasetError::Line {
-            path: dir.clone(),
-            line: 0,
-            field: "class folder",
-            message: format!("`{id}` is not a training class"),
-        })? as u32;
+        let label = classes
+            .iter()
+            .position(|c| c.id == id)
+            .ok_or_else(|| DatasetError::Line {
+                path: dir.clone(),
+                line: 0,
+                field: "class folder",
+                message: format!("`{id}` is not a training class"),
+            })? as u32;
         for file in sorted_entries(&dir, false)? {
-            let is_sidecar = matches!(file.extension().and_then(|e| e.to_str()), Some("txt" | "json"));
+            let is_sidecar = matches!(
+                file.extension().and_then(|e| e.to_str()),
+                Some("txt" | "json")
+            );
             if is_sidecar {
                 continue;
             }
             let sidecar = file.with_extension("txt");
             let description = if sidecar.is_file() {
-                Some(std::fs::read_to_string(&sidecar).map_err(DatasetError::io(&sidecar))?.trim().to_string())
+                Some(
+                    std::fs::read_to_string(&sidecar)
+                        .map_err(DatasetError::io(&sidecar))?
+                        .trim()
+                        .to_string(),
+                )
             } else {
                 None
             };
             samples.push(DatasetSample {
-                path: file.strip_prefix(root).unwrap_or(&file).to_string_lossy().into_owned(),
+                path: file
+                    .strip_prefix(root)
+                    .unwrap_or(&file)
+                    .to_string_lossy()
+                    .into_owned(),
                 file,
                 label,
                 source: Source::Other,
                 query: 0,
-                text: SampleText { title: None, description, tags: Vec::new() },
+                text: SampleText {
+                    title: None,
+                    description,
+                    tags: Vec::new(),
+                },
             });
         }
     }
@@ -72,5 +111,7 @@ fn sorted_entries(dir: &Path, dirs: bool) -> Result<Vec<PathBuf>, DatasetError> 
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -49,14 +49,20 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
             .map(|line| {
                 let (id, name) = line.head_rest("class id")?;
                 let name = if name.is_empty() { id } else { name };
-                Ok(ClassInfo { id: id.to_string(), name: name.to_string() })
+                Ok(ClassInfo {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                })
             })
             .collect::<Result<Vec<_>, DatasetError>>()?
     } else {
         distinct_classes(train.iter().map(|(_, r)| r.label.key()))
     };
     let to_samples = |records: Vec<(usize, Record)>, path: &Path| {
-        records.into_iter().map(|(line, r)| sample(root, &classes, r, path, line)).collect::<Result<Vec<_>, _>>()
+        records
+            .into_iter()
+            .map(|(line, r)| sample(root, &classes, r, path, line))
+            .collect::<Result<Vec<_>, _>>()
     };
     let train = to_samples(train, &root.join("train.jsonl"))?;
     let val_path = root.join("val.jsonl");
@@ -65,7 +71,12 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
     } else {
         Vec::new()
     };
-    Ok(DatasetIndex { classes, queries: Vec::new(), train, val })
+    Ok(DatasetIndex {
+        classes,
+        queries: Vec::new(),
+        train,
+        val,
+    })
 }
 
 fn read_records(file: &ListFile) -> Result<Vec<(usize, Record)>, DatasetError> {
@@ -85,23 +96,41 @@ fn distinct_classes(keys: impl Iterator<Item = String>) -> Vec<ClassInfo> {
         keys.sort();
     }
     keys.dedup();
-    keys.into_iter().map(|k| ClassInfo { id: k.clone(), name: k }).collect()
+    keys.into_iter()
+        .map(|k| ClassInfo {
+            id: k.clone(),
+            name: k,
+        })
+        .collect()
 }
 
-fn sample(root: &Path, classes: &[ClassInfo], r: Record, path: &Path, line: usize) -> Result<DatasetSample, DatasetError> {
+fn sample(
+    root: &Path,
+    classes: &[ClassInfo],
+    r: Record,
+    path: &Path,
+    line: usize,
+) -> Result<DatasetSample, DatasetError> {
     let key = r.label.key();
-    let label = classes.iter().position(|c| c.id == key).ok_or_else(|| DatasetError::Line {
-        path: path.to_path_buf(),
-        line,
-        field: "label",
-        message: format!("`{key}` is not a known class"),
-    })? as u32;
+    let label = classes
+        .iter()
+        .position(|c| c.id == key)
+        .ok_or_else(|| DatasetError::Line {
+            path: path.to_path_buf(),
+            line,
+            field: "label",
+            message: format!("`{key}` is not a known class"),
+        })? as u32;
     Ok(DatasetSample {
         file: root.join(&r.path),
         path: r.path,
         label,
         source: Source::Other,
         query: 0,
-        text: SampleText { title: r.title, description: r.description.or(r.text), tags: r.tags },
+        text: SampleText {
+            title: r.title,
+            description: r.description.or(r.text),
+            tags: r.tags,
+        },
     })
 }

@@ -35,15 +35,27 @@ impl Line<'_> {
     }
 
     /// `a b`: exactly two tokens, `b` parsed as `T`.
-    pub fn pair<T: FromStr>(&self, first: &'static str, second: &'static str) -> Result<(&str, T), DatasetError>
+    pub fn pair<T: FromStr>(
+        &self,
+        first: &'static str,
+        second: &'static str,
+    ) -> Result<(&str, T), DatasetError>
     where
         T::Err: std::fmt::Display,
     {
         let mut tokens = self.text.split_whitespace();
         let (Some(a), Some(b), None) = (tokens.next(), tokens.next(), tokens.next()) else {
-            return Err(self.error(first, format!("expected `<{first}> <{second}>`, got `{}`", self.text.trim())));
+            return Err(self.error(
+                first,
+                format!(
+                    "expected `<{first}> <{second}>`, got `{}`",
+                    self.text.trim()
+                ),
+            ));
         };
-        let value = b.parse::<T>().map_err(|e| self.error(second, format!("`{b}`: {e}")))?;
+        let value = b
+            .parse::<T>()
+            .map_err(|e| self.error(second, format!("`{b}`: {e}")))?;
         Ok((a, value))
     }
 }
@@ -66,6 +78,10 @@ impl ListFile {
             .lines()
             .enumerate()
             .filter(|(_, text)| !text.trim().is_empty())
-            .map(|(i, text)| Line { path: &self.path, number: i + 1, text })
+            .map(|(i, text)| Line {
+                path: &self.path,
+                number: i + 1,
+                text,
+            })
     }
 }

@@ -70,13 +70,28 @@ impl DatasetIndex {
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: {field}: {message}", path.display())]
-    Line { path: PathBuf, line: usize, field: &'static str, message: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        field: &'static str,
+        message: String,
+    },
     #[error("{}: invalid JSON: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{}: row {row}: {message}", path.display())]
-    Row { path: PathBuf, row: usize, message: String },
+    Row {
+        path: PathBuf,
+        row: usize,
+        message: String,
+    },
     #[error("[dataset] root is required for format `{format}`")]
     NoRoot { format: &'static str },
     #[error("synthetic dataset in {}: {message}", dir.display())]
@@ -85,13 +100,20 @@ pub enum DatasetError {
 
 impl DatasetError {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
-        move |source| DatasetError::Io { path: path.to_path_buf(), source }
+        move |source| DatasetError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
 /// Reads the dataset `params` describe. `work_dir` is where `synthetic` generates its files.
 pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, DatasetError> {
-    let root = || params.root.as_deref().ok_or(DatasetError::NoRoot { format: format_name(params.format) });
+    let root = || {
+        params.root.as_deref().ok_or(DatasetError::NoRoot {
+            format: format_name(params.format),
+        })
+    };
     let mut index = match params.format {
         DatasetFormat::Webvision => webvision::read(root()?, &params.sources, params.val)?,
         DatasetFormat::Imagefolder => imagefolder::read(root()?, params.val)?,
@@ -143,8 +165,17 @@ mod tests {
             query: 0,
             text: SampleText::default(),
         };
-        let samples = vec![sample("a", 0), sample("b", 1), sample("c", 0), sample("d", 0), sample("e", 1)];
-        let kept: Vec<_> = cap_per_class(samples, 2, 2).into_iter().map(|s| s.path).collect();
+        let samples = vec![
+            sample("a", 0),
+            sample("b", 1),
+            sample("c", 0),
+            sample("d", 0),
+            sample("e", 1),
+        ];
+        let kept: Vec<_> = cap_per_class(samples, 2, 2)
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
         assert_eq!(kept, ["a", "b", "c", "e"]);
     }
 }

@@ -11,8 +11,8 @@
 //! class, as real web pages about the query do), mixed with generic web words. Class sizes
 //! follow a geometric long tail. Everything is a pure function of the seed.
 
-use std::f32::consts::PI;
 use std::collections::BTreeMap;
+use std::f32::consts::PI;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -26,8 +26,22 @@ use super::DatasetError;
 use crate::recipe::params::SyntheticParams;
 
 const WEB_WORDS: &[&str] = &[
-    "photo", "image", "free", "download", "best", "stock", "hd", "wallpaper", "picture", "new", "www", "com",
-    "gallery", "online", "view", "top",
+    "photo",
+    "image",
+    "free",
+    "download",
+    "best",
+    "stock",
+    "hd",
+    "wallpaper",
+    "picture",
+    "new",
+    "www",
+    "com",
+    "gallery",
+    "online",
+    "view",
+    "top",
 ];
 /// Share of noisy images whose text follows their query instead of their content.
 const TEXT_FOLLOWS_QUERY: f64 = 0.2;
@@ -54,8 +68,14 @@ pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, Dataset
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(fingerprint.as_str()) {
         return Ok(root);
     }
-    let fail = |message: String| DatasetError::Synthetic { dir: root.clone(), message };
-    if params.classes < 2 || params.min_per_class == 0 || params.max_per_class < params.min_per_class {
+    let fail = |message: String| DatasetError::Synthetic {
+        dir: root.clone(),
+        message,
+    };
+    if params.classes < 2
+        || params.min_per_class == 0
+        || params.max_per_class < params.min_per_class
+    {
         return Err(fail(format!(
             "needs ≥ 2 classes and 0 < min_per_class ≤ max_per_class (got {} classes, {}..{})",
             params.classes, params.min_per_class, params.max_per_class
@@ -65,19 +85,31 @@ pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, Dataset
         std::fs::remove_dir_all(&root).map_err(DatasetError::io(&root))?;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    let vocab: Vec<Vec<String>> = (0..params.classes).map(|_| (0..WORDS_PER_CLASS).map(|_| pseudo_word(&mut rng)).collect()).collect();
+    let vocab: Vec<Vec<String>> = (0..params.classes)
+        .map(|_| {
+            (0..WORDS_PER_CLASS)
+                .map(|_| pseudo_word(&mut rng))
+                .collect()
+        })
+        .collect();
     // Queries: one or two per class, numbered 1.. in class order.
     let mut queries: Vec<(u32, usize, String)> = Vec::new();
     for (class, words) in vocab.iter().enumerate() {
         let count = 1 + rng.random_range(0..2);
         for k in 0..count {
-            let text = if k == 0 { words[0].clone() } else { format!("{} {}", words[0], words[1]) };
+            let text = if k == 0 {
+                words[0].clone()
+            } else {
+                format!("{} {}", words[0], words[1])
+            };
             queries.push((queries.len() as u32 + 1, class, text));
         }
     }
     let plan = plan_train(params, &queries, &mut rng);
     let val_labels: Vec<usize> = {
-        let mut labels: Vec<usize> = (0..params.classes).flat_map(|c| std::iter::repeat_n(c, params.val_per_class)).collect();
+        let mut labels: Vec<usize> = (0..params.classes)
+            .flat_map(|c| std::iter::repeat_n(c, params.val_per_class))
+            .collect();
         labels.shuffle(&mut rng);
         labels
     };
@@ -88,21 +120,46 @@ pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, Dataset
     Ok(root)
 }
 
-fn plan_train(params: &SyntheticParams, queries: &[(u32, usize, String)], rng: &mut ChaCha8Rng) -> Vec<Planned> {
+fn plan_train(
+    params: &SyntheticParams,
+    queries: &[(u32, usize, String)],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Planned> {
     let k = params.classes;
     let ratio = params.min_per_class as f64 / params.max_per_class as f64;
-    let mut sizes: Vec<usize> =
-        (0..k).map(|c| (params.max_per_class as f64 * ratio.powf(c as f64 / (k - 1) as f64)).round() as usize).collect();
+    let mut sizes: Vec<usize> = (0..k)
+        .map(|c| {
+            (params.max_per_class as f64 * ratio.powf(c as f64 / (k - 1) as f64)).round() as usize
+        })
+        .collect();
     sizes.shuffle(rng);
     let mut plan = Vec::new();
     for (given, &size) in sizes.iter().enumerate() {
-        let own_queries: Vec<u32> = queries.iter().filter(|q| q.1 == given).map(|q| q.0).collect();
+        let own_queries: Vec<u32> = queries
+            .iter()
+            .filter(|q| q.1 == given)
+            .map(|q| q.0)
+            .collect();
         for _ in 0..size {
             let noisy = rng.random_bool(params.noise.clamp(0.0, 1.0));
-            let truth = if noisy { (given + 1 + rng.random_range(0..k - 1)) % k } else { given };
-            let text_class = if noisy && !rng.random_bool(TEXT_FOLLOWS_QUERY) { truth } else { given };
+            let truth = if noisy {
+                (given + 1 + rng.random_range(0..k - 1)) % k
+            } else {
+                given
+            };
+            let text_class = if noisy && !rng.random_bool(TEXT_FOLLOWS_QUERY) {
+                truth
+            } else {
+                given
+            };
             let query = *own_queries.choose(rng).expect("every class has a query");
-            plan.push(Planned { given, truth, query, google: rng.random_bool(GOOGLE_SHARE), text_class });
+            plan.push(Planned {
+                given,
+                truth,
+                query,
+                google: rng.random_bool(GOOGLE_SHARE),
+                text_class,
+            });
         }
     }
     plan
@@ -136,26 +193,50 @@ fn write_layout(
     let mut order: Vec<usize> = (0..plan.len()).collect();
     order.sort_by_key(|&i| (plan[i].google, plan[i].query));
     let source = |p: &Planned| if p.google { "google" } else { "flickr" };
-    let path_of = |i: usize| format!("{}/q{:04}/{:07}.jpg", source(&plan[i]), plan[i].query, i + 1);
+    let path_of = |i: usize| {
+        format!(
+            "{}/q{:04}/{:07}.jpg",
+            source(&plan[i]),
+            plan[i].query,
+            i + 1
+        )
+    };
     // [google, flickr, all] × [file list, meta list]
     let mut lists: [[String; 2]; 3] = Default::default();
     let mut meta: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    let mut truth = String::from("path\tgiven_label\ttrue_label\tnoise_kind\ttrue_wnid\tsource_image\n");
+    let mut truth =
+        String::from("path\tgiven_label\ttrue_label\tnoise_kind\ttrue_wnid\tsource_image\n");
     let mut text_rng = ChaCha8Rng::seed_from_u64(params.seed ^ 0x7e57);
     let mut images = Vec::new();
     for &i in &order {
         let p = &plan[i];
         let meta_file = format!("{}/q{:04}.json", source(p), p.query);
         let rows = meta.entry(meta_file.clone()).or_default();
-        rows.push(page(&vocab[p.text_class], p.google, (i + 1) as u64, rows.len() + 1, &mut text_rng));
-        let entries = [format!("{} {}\n", path_of(i), p.given), format!("{meta_file} {}\n", rows.len())];
+        rows.push(page(
+            &vocab[p.text_class],
+            p.google,
+            (i + 1) as u64,
+            rows.len() + 1,
+            &mut text_rng,
+        ));
+        let entries = [
+            format!("{} {}\n", path_of(i), p.given),
+            format!("{meta_file} {}\n", rows.len()),
+        ];
         for list in [usize::from(!p.google), 2] {
             lists[list][0].push_str(&entries[0]);
             lists[list][1].push_str(&entries[1]);
         }
         let kind = if p.truth == p.given { "clean" } else { "cross" };
-        writeln!(truth, "{}\t{}\t{}\t{kind}\t{}\tsynthetic", path_of(i), p.given, p.truth, wnid(p.truth))
-            .expect("write to String");
+        writeln!(
+            truth,
+            "{}\t{}\t{}\t{kind}\t{}\tsynthetic",
+            path_of(i),
+            p.given,
+            p.truth,
+            wnid(p.truth)
+        )
+        .expect("write to String");
         images.push((path_of(i), p.truth));
     }
     for (list, name) in lists.into_iter().zip(["google", "flickr", "all"]) {
@@ -164,7 +245,10 @@ fn write_layout(
         files.push((format!("info/train_meta_list_{name}.txt"), meta_list));
     }
     for (name, rows) in meta {
-        files.push((format!("meta/{name}"), serde_json::Value::Array(rows).to_string()));
+        files.push((
+            format!("meta/{name}"),
+            serde_json::Value::Array(rows).to_string(),
+        ));
     }
     let mut val_list = String::new();
     for (i, &label) in val_labels.iter().enumerate() {
@@ -189,22 +273,37 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
 
 /// Draws and writes every image in parallel; image `i` has its own random stream, so the files
 /// do not depend on the thread count.
-fn write_images(root: &Path, images: &[(String, usize)], params: &SyntheticParams) -> Result<(), DatasetError> {
-    images.par_iter().enumerate().try_for_each(|(i, (path, class))| {
-        let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ 0x1a9e);
-        rng.set_stream(i as u64);
-        let image = class_image(*class, params.classes, params.image_size, &mut rng);
-        let mut bytes = Vec::new();
-        image
-            .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90))
-            .expect("in-memory JPEG encoding");
-        write_file(&root.join(path), &bytes)
-    })
+fn write_images(
+    root: &Path,
+    images: &[(String, usize)],
+    params: &SyntheticParams,
+) -> Result<(), DatasetError> {
+    images
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, (path, class))| {
+            let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ 0x1a9e);
+            rng.set_stream(i as u64);
+            let image = class_image(*class, params.classes, params.image_size, &mut rng);
+            let mut bytes = Vec::new();
+            image
+                .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                    &mut bytes, 90,
+                ))
+                .expect("in-memory JPEG encoding");
+            write_file(&root.join(path), &bytes)
+        })
 }
 
 /// A page's text: title, description and (Flickr) tags drawn from `words` and web words, some
 /// fields blanked (missing or empty) as on the web.
-fn page(words: &[String], google: bool, id: u64, rank: usize, rng: &mut ChaCha8Rng) -> serde_json::Value {
+fn page(
+    words: &[String],
+    google: bool,
+    id: u64,
+    rank: usize,
+    rng: &mut ChaCha8Rng,
+) -> serde_json::Value {
     let draw = |n: usize, own_share: f64, rng: &mut ChaCha8Rng| -> Vec<String> {
         (0..n)
             .map(|_| {
@@ -243,12 +342,22 @@ fn pseudo_word(rng: &mut ChaCha8Rng) -> String {
     const CONSONANTS: &[u8] = b"bdfgklmnprstvz";
     const VOWELS: &[u8] = b"aeiou";
     (0..rng.random_range(2..4))
-        .flat_map(|_| [*CONSONANTS.choose(rng).expect("letters") as char, *VOWELS.choose(rng).expect("letters") as char])
+        .flat_map(|_| {
+            [
+                *CONSONANTS.choose(rng).expect("letters") as char,
+                *VOWELS.choose(rng).expect("letters") as char,
+            ]
+        })
         .collect()
 }
 
 /// The procedural image of class `class` of `classes`, with per-image variation from `rng`.
-pub fn class_image(class: usize, classes: usize, size: u32, rng: &mut ChaCha8Rng) -> image::RgbImage {
+pub fn class_image(
+    class: usize,
+    classes: usize,
+    size: u32,
+    rng: &mut ChaCha8Rng,
+) -> image::RgbImage {
     let hue = class as f32 / classes as f32;
     let base = hue_to_rgb(hue);
     let angle = PI * ((class as f32 * 0.618_034) % 1.0);
@@ -270,4 +379,3 @@ fn hue_to_rgb(hue: f32) -> [f32; 3] {
         60.0 + 160.0 * (0.5 + 0.5 * t)
     })
 }
-

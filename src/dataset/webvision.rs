@@ -40,20 +40,44 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
     };
     let files = ListFile::read(info.join(format!("train_filelist_{list}.txt")))?;
     let metas = ListFile::read(info.join(format!("train_meta_list_{list}.txt")))?;
-    let mut pages = MetaCache { root, files: HashMap::new() };
+    let mut pages = MetaCache {
+        root,
+        files: HashMap::new(),
+    };
     let mut train = Vec::new();
     let mut meta_lines = metas.lines();
     for file_line in files.lines() {
         let meta_line = meta_lines.next().ok_or_else(|| {
-            file_line.error("meta list", format!("{} has no line for this file", metas.path.display()))
+            file_line.error(
+                "meta list",
+                format!("{} has no line for this file", metas.path.display()),
+            )
         })?;
-        train.push(train_sample(root, &file_line, &meta_line, classes.len(), &mut pages)?);
+        train.push(train_sample(
+            root,
+            &file_line,
+            &meta_line,
+            classes.len(),
+            &mut pages,
+        )?);
     }
     if let Some(extra) = meta_lines.next() {
-        return Err(extra.error("file list", format!("{} ended before this line", files.path.display())));
+        return Err(extra.error(
+            "file list",
+            format!("{} ended before this line", files.path.display()),
+        ));
     }
-    let val = if val { read_val(root, classes.len())? } else { Vec::new() };
-    Ok(DatasetIndex { classes, queries, train, val })
+    let val = if val {
+        read_val(root, classes.len())?
+    } else {
+        Vec::new()
+    };
+    Ok(DatasetIndex {
+        classes,
+        queries,
+        train,
+        val,
+    })
 }
 
 fn read_classes(path: &Path) -> Result<Vec<ClassInfo>, DatasetError> {
@@ -61,7 +85,10 @@ fn read_classes(path: &Path) -> Result<Vec<ClassInfo>, DatasetError> {
     file.lines()
         .map(|line| {
             let (id, name) = line.head_rest("wnid")?;
-            Ok(ClassInfo { id: id.to_string(), name: name.to_string() })
+            Ok(ClassInfo {
+                id: id.to_string(),
+                name: name.to_string(),
+            })
         })
         .collect()
 }
@@ -80,7 +107,9 @@ fn read_queries(info: &Path) -> Result<Vec<QueryInfo>, DatasetError> {
             let file = ListFile::read(path)?;
             for line in file.lines() {
                 let (id, text) = line.head_rest("query id")?;
-                let id: u32 = id.parse().map_err(|e| line.error("query id", format!("`{id}`: {e}")))?;
+                let id: u32 = id
+                    .parse()
+                    .map_err(|e| line.error("query id", format!("`{id}`: {e}")))?;
                 texts.insert(id, text.replace('+', " "));
             }
         }
@@ -89,9 +118,17 @@ fn read_queries(info: &Path) -> Result<Vec<QueryInfo>, DatasetError> {
     map.lines()
         .map(|line| {
             let (id, synset) = line.pair::<u32>("query id", "synset line")?;
-            let id: u32 = id.parse().map_err(|e| line.error("query id", format!("`{id}`: {e}")))?;
-            let label = synset.checked_sub(1).ok_or_else(|| line.error("synset line", "is 1-based, got 0"))?;
-            Ok(QueryInfo { id, text: texts.get(&id).cloned().unwrap_or_default(), label })
+            let id: u32 = id
+                .parse()
+                .map_err(|e| line.error("query id", format!("`{id}`: {e}")))?;
+            let label = synset
+                .checked_sub(1)
+                .ok_or_else(|| line.error("synset line", "is 1-based, got 0"))?;
+            Ok(QueryInfo {
+                id,
+                text: texts.get(&id).cloned().unwrap_or_default(),
+                label,
+            })
         })
         .collect()
 }
@@ -111,16 +148,29 @@ fn train_sample(
     if source_and_query(meta_stem, meta_line)? != (source, query) {
         return Err(meta_line.error(
             "meta file",
-            format!("`{meta_path}` does not match line {} of the file list (`{path}`)", file_line.number),
+            format!(
+                "`{meta_path}` does not match line {} of the file list (`{path}`)",
+                file_line.number
+            ),
         ));
     }
     let text = pages.text(meta_path, row, source, meta_line)?;
-    Ok(DatasetSample { path: path.to_string(), file: root.join(path), label, source, query, text })
+    Ok(DatasetSample {
+        path: path.to_string(),
+        file: root.join(path),
+        label,
+        source,
+        query,
+        text,
+    })
 }
 
 fn check_label(line: &Line<'_>, label: u32, classes: usize) -> Result<(), DatasetError> {
     if label as usize >= classes {
-        return Err(line.error("label", format!("{label} but synsets.txt has {classes} classes")));
+        return Err(line.error(
+            "label",
+            format!("{label} but synsets.txt has {classes} classes"),
+        ));
     }
     Ok(())
 }
@@ -131,7 +181,12 @@ fn source_and_query(path: &str, line: &Line<'_>) -> Result<(Source, u32), Datase
     let source = match parts.next() {
         Some("google") => Source::Google,
         Some("flickr") => Source::Flickr,
-        _ => return Err(line.error("path", format!("`{path}` does not start with google/ or flickr/"))),
+        _ => {
+            return Err(line.error(
+                "path",
+                format!("`{path}` does not start with google/ or flickr/"),
+            ))
+        }
     };
     let query = parts
         .next()
@@ -166,27 +221,49 @@ struct MetaCache<'a> {
 }
 
 impl MetaCache<'_> {
-    fn text(&mut self, meta_path: &str, row: usize, source: Source, line: &Line<'_>) -> Result<SampleText, DatasetError> {
+    fn text(
+        &mut self,
+        meta_path: &str,
+        row: usize,
+        source: Source,
+        line: &Line<'_>,
+    ) -> Result<SampleText, DatasetError> {
         let file = self.root.join("meta").join(meta_path);
         if !self.files.contains_key(meta_path) {
-            self.files.insert(meta_path.to_string(), parse_array(&file)?);
+            self.files
+                .insert(meta_path.to_string(), parse_array(&file)?);
         }
         let rows = &self.files[meta_path];
         let element = row
             .checked_sub(1)
             .and_then(|i| rows.get(i))
-            .ok_or_else(|| line.error("row", format!("{row} is outside 1..={} of {}", rows.len(), file.display())))?;
-        page_text(element, source).map_err(|message| DatasetError::Row { path: file, row, message })
+            .ok_or_else(|| {
+                line.error(
+                    "row",
+                    format!("{row} is outside 1..={} of {}", rows.len(), file.display()),
+                )
+            })?;
+        page_text(element, source).map_err(|message| DatasetError::Row {
+            path: file,
+            row,
+            message,
+        })
     }
 }
 
 fn parse_array(path: &PathBuf) -> Result<Vec<Value>, DatasetError> {
     let bytes = std::fs::read(path).map_err(DatasetError::io(path))?;
-    let value: Value =
-        serde_json::from_slice(&bytes).map_err(|source| DatasetError::Json { path: path.clone(), source })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|source| DatasetError::Json {
+        path: path.clone(),
+        source,
+    })?;
     match value {
         Value::Array(rows) => Ok(rows),
-        _ => Err(DatasetError::Row { path: path.clone(), row: 0, message: "expected a JSON array".into() }),
+        _ => Err(DatasetError::Row {
+            path: path.clone(),
+            row: 0,
+            message: "expected a JSON array".into(),
+        }),
     }
 }
 
@@ -200,11 +277,23 @@ fn page_text(element: &Value, source: Source) -> Result<SampleText, String> {
     let tags = match (source, object.get("tags")) {
         (Source::Flickr, Some(Value::Array(tags))) => tags
             .iter()
-            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| format!("tag {t} is not a string")))
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("tag {t} is not a string"))
+            })
             .collect::<Result<_, _>>()?,
-        (Source::Flickr, Some(Value::String(s))) => s.split_whitespace().map(str::to_string).collect(),
-        (Source::Flickr, Some(other)) if !other.is_null() => return Err(format!("`tags` should be a list, is {other}")),
+        (Source::Flickr, Some(Value::String(s))) => {
+            s.split_whitespace().map(str::to_string).collect()
+        }
+        (Source::Flickr, Some(other)) if !other.is_null() => {
+            return Err(format!("`tags` should be a list, is {other}"))
+        }
         _ => Vec::new(),
     };
-    Ok(SampleText { title: field("title")?, description: field("description")?, tags })
+    Ok(SampleText {
+        title: field("title")?,
+        description: field("description")?,
+        tags,
+    })
 }

@@ -34,7 +34,13 @@ pub enum LoaderError {
     #[error("sampler weights: {0}")]
     Weights(String),
     #[error("{split} id {id}: image is {width}x{height}, smaller than the {crop}px crop", split = split.as_str())]
-    TooSmall { split: Split, id: u64, width: u32, height: u32, crop: u32 },
+    TooSmall {
+        split: Split,
+        id: u64,
+        width: u32,
+        height: u32,
+        crop: u32,
+    },
     #[error("loader setting: {0}")]
     Config(String),
     #[error("a loader worker stopped unexpectedly")]
@@ -68,10 +74,19 @@ pub struct CropBox {
 /// mirrors; or corners + center, then the same five mirrored.
 pub fn crop_boxes(crops: CropSet, width: u32, height: u32, crop: u32) -> Vec<CropBox> {
     let (right, bottom) = (width.saturating_sub(crop), height.saturating_sub(crop));
-    let at = |x, y| CropBox { x, y, mirror: false };
+    let at = |x, y| CropBox {
+        x,
+        y,
+        mirror: false,
+    };
     let corners = [at(0, 0), at(right, 0), at(0, bottom), at(right, bottom)];
     let center = at(right / 2, bottom / 2);
-    let mirrored = |boxes: &[CropBox]| boxes.iter().map(|b| CropBox { mirror: true, ..*b }).collect::<Vec<_>>();
+    let mirrored = |boxes: &[CropBox]| {
+        boxes
+            .iter()
+            .map(|b| CropBox { mirror: true, ..*b })
+            .collect::<Vec<_>>()
+    };
     match crops {
         CropSet::Center => vec![center],
         CropSet::Four => corners.to_vec(),
@@ -94,7 +109,11 @@ pub fn fill_crop(rgb: &[u8], width: u32, b: CropBox, crop: u32, mean: [f32; 3], 
         let start = ((b.y as usize + row) * w + b.x as usize) * 3;
         let src = &rgb[start..start + 3 * c];
         let dst = row * c..(row + 1) * c;
-        let (r, g, bl) = (&mut r_plane[dst.clone()], &mut g_plane[dst.clone()], &mut b_plane[dst]);
+        let (r, g, bl) = (
+            &mut r_plane[dst.clone()],
+            &mut g_plane[dst.clone()],
+            &mut b_plane[dst],
+        );
         if b.mirror {
             for (i, px) in src.chunks_exact(3).rev().enumerate() {
                 r[i] = f32::from(px[0]) - mean[0];
@@ -152,18 +171,34 @@ pub fn train_batches(
     start_batch: u64,
 ) -> Result<TrainLoader, LoaderError> {
     if cfg.batch_size == 0 || cfg.crop == 0 {
-        return Err(LoaderError::Config(format!("batch size {} and crop {} must be > 0", cfg.batch_size, cfg.crop)));
+        return Err(LoaderError::Config(format!(
+            "batch size {} and crop {} must be > 0",
+            cfg.batch_size, cfg.crop
+        )));
     }
     let len = store.len(Split::Train);
     if let Some(&(id, _)) = samples.iter().find(|(id, _)| *id >= len) {
-        return Err(StoreError::NoSuchId { dir: store.dir().to_path_buf(), split: Split::Train, id, len }.into());
+        return Err(StoreError::NoSuchId {
+            dir: store.dir().to_path_buf(),
+            split: Split::Train,
+            id,
+            len,
+        }
+        .into());
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.1).collect();
     let sampler = Sampler::new(cfg.sampler, &labels, weights.as_deref(), cfg.seed)?;
     let batches_per_epoch = samples.len().div_ceil(cfg.batch_size) as u64;
-    let source = TrainSource { samples, sampler, cfg: cfg.clone() };
+    let source = TrainSource {
+        samples,
+        sampler,
+        cfg: cfg.clone(),
+    };
     let pipeline = Pipeline::spawn(store, Arc::new(source), cfg.workers, start_batch, None);
-    Ok(TrainLoader { pipeline, batches_per_epoch })
+    Ok(TrainLoader {
+        pipeline,
+        batches_per_epoch,
+    })
 }
 
 struct TrainSource {
@@ -175,7 +210,13 @@ struct TrainSource {
 impl BatchSource for TrainSource {
     type State = EpochCache;
 
-    fn build(&self, k: u64, reader: &StoreReader<'_>, buffer: Vec<f32>, cache: &mut EpochCache) -> Result<Batch, LoaderError> {
+    fn build(
+        &self,
+        k: u64,
+        reader: &StoreReader<'_>,
+        buffer: Vec<f32>,
+        cache: &mut EpochCache,
+    ) -> Result<Batch, LoaderError> {
         let (n, crop) = (self.cfg.batch_size, self.cfg.crop);
         let mut rng = batch_rng(self.cfg.seed, k);
         let picks = self.sampler.batch(k, n, &mut rng, cache);
@@ -185,7 +226,14 @@ impl BatchSource for TrainSource {
             let (id, label) = self.samples[pick];
             let rgb = stored_pixels(reader, Split::Train, id, crop)?;
             let b = random_crop(&mut rng, rgb.width, rgb.height, crop, self.cfg.mirror);
-            fill_crop(&rgb.pixels, rgb.width, b, crop, self.cfg.mean_rgb, &mut batch.pixels[slot * plane..(slot + 1) * plane]);
+            fill_crop(
+                &rgb.pixels,
+                rgb.width,
+                b,
+                crop,
+                self.cfg.mean_rgb,
+                &mut batch.pixels[slot * plane..(slot + 1) * plane],
+            );
             batch.ids.push(id);
             batch.labels.push(label);
         }
@@ -205,14 +253,30 @@ fn empty_batch(mut buffer: Vec<f32>, n: usize, crop: u32) -> Batch {
     let c = crop as usize;
     // Every element is overwritten by fill_crop; resizing only zeroes a fresh buffer once.
     buffer.resize(n * 3 * c * c, 0.0);
-    Batch { ids: Vec::with_capacity(n), labels: Vec::with_capacity(n), pixels: buffer, shape: [n, 3, c, c] }
+    Batch {
+        ids: Vec::with_capacity(n),
+        labels: Vec::with_capacity(n),
+        pixels: buffer,
+        shape: [n, 3, c, c],
+    }
 }
 
 /// A record's label, size and RGB pixels, refusing images smaller than the crop.
-fn stored_pixels<'r>(reader: &'r StoreReader<'_>, split: Split, id: u64, crop: u32) -> Result<RgbRecord<'r>, LoaderError> {
+fn stored_pixels<'r>(
+    reader: &'r StoreReader<'_>,
+    split: Split,
+    id: u64,
+    crop: u32,
+) -> Result<RgbRecord<'r>, LoaderError> {
     let rgb = reader.rgb(split, id)?;
     if rgb.width < crop || rgb.height < crop {
-        return Err(LoaderError::TooSmall { split, id, width: rgb.width, height: rgb.height, crop });
+        return Err(LoaderError::TooSmall {
+            split,
+            id,
+            width: rgb.width,
+            height: rgb.height,
+            crop,
+        });
     }
     Ok(rgb)
 }
@@ -255,11 +319,20 @@ pub fn eval_batches(
     workers: usize,
 ) -> Result<EvalLoader, LoaderError> {
     if samples_per_batch == 0 || crop == 0 {
-        return Err(LoaderError::Config(format!("samples per batch {samples_per_batch} and crop {crop} must be > 0")));
+        return Err(LoaderError::Config(format!(
+            "samples per batch {samples_per_batch} and crop {crop} must be > 0"
+        )));
     }
     let len = store.len(split);
     let batches = len.div_ceil(samples_per_batch as u64);
-    let source = EvalSource { split, crop, crops, mean_rgb, samples_per_batch, len };
+    let source = EvalSource {
+        split,
+        crop,
+        crops,
+        mean_rgb,
+        samples_per_batch,
+        len,
+    };
     let pipeline = Pipeline::spawn(store, Arc::new(source), workers, 0, Some(batches));
     Ok(EvalLoader { pipeline, batches })
 }
@@ -276,7 +349,13 @@ struct EvalSource {
 impl BatchSource for EvalSource {
     type State = ();
 
-    fn build(&self, k: u64, reader: &StoreReader<'_>, buffer: Vec<f32>, _: &mut ()) -> Result<Batch, LoaderError> {
+    fn build(
+        &self,
+        k: u64,
+        reader: &StoreReader<'_>,
+        buffer: Vec<f32>,
+        _: &mut (),
+    ) -> Result<Batch, LoaderError> {
         let first = k * self.samples_per_batch as u64;
         let ids = first..(first + self.samples_per_batch as u64).min(self.len);
         let per_sample = crop_boxes(self.crops, self.crop, self.crop, self.crop).len();
@@ -286,7 +365,14 @@ impl BatchSource for EvalSource {
         for id in ids {
             let rgb = stored_pixels(reader, self.split, id, self.crop)?;
             for b in crop_boxes(self.crops, rgb.width, rgb.height, self.crop) {
-                fill_crop(&rgb.pixels, rgb.width, b, self.crop, self.mean_rgb, &mut batch.pixels[slot * plane..(slot + 1) * plane]);
+                fill_crop(
+                    &rgb.pixels,
+                    rgb.width,
+                    b,
+                    self.crop,
+                    self.mean_rgb,
+                    &mut batch.pixels[slot * plane..(slot + 1) * plane],
+                );
                 batch.ids.push(id);
                 batch.labels.push(rgb.label);
                 slot += 1;
@@ -302,7 +388,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn crop_sets() -> impl Strategy<Value = CropSet> {
-        prop_oneof![Just(CropSet::Center), Just(CropSet::Four), Just(CropSet::Eight), Just(CropSet::Ten)]
+        prop_oneof![
+            Just(CropSet::Center),
+            Just(CropSet::Four),
+            Just(CropSet::Eight),
+            Just(CropSet::Ten)
+        ]
     }
 
     proptest! {

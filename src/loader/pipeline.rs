@@ -40,7 +40,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Batches `start..end` (`end = None`: endless) of `source`.
-    pub fn spawn<S: BatchSource>(store: Arc<Store>, source: Arc<S>, workers: usize, start: u64, end: Option<u64>) -> Pipeline {
+    pub fn spawn<S: BatchSource>(
+        store: Arc<Store>,
+        source: Arc<S>,
+        workers: usize,
+        start: u64,
+        end: Option<u64>,
+    ) -> Pipeline {
         let workers = workers.max(1);
         let pool: BufferPool = Arc::default();
         let mut receivers = Vec::with_capacity(workers);
@@ -53,14 +59,33 @@ impl Pipeline {
                 // jpeg-decoder hands IDCT work to the current rayon pool: a one-thread pool per
                 // worker keeps each worker on one core (and off the trainer's global pool).
                 match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
-                    Ok(pool) => pool.install(|| work(&store, &*source, &pool_of_buffers, &sender, worker, workers, start, end)),
+                    Ok(pool) => pool.install(|| {
+                        work(
+                            &store,
+                            &*source,
+                            &pool_of_buffers,
+                            &sender,
+                            worker,
+                            workers,
+                            start,
+                            end,
+                        )
+                    }),
                     Err(e) => {
-                        let _ = sender.send(Err(LoaderError::Config(format!("worker thread pool: {e}"))));
+                        let _ = sender
+                            .send(Err(LoaderError::Config(format!("worker thread pool: {e}"))));
                     }
                 }
             }));
         }
-        Pipeline { receivers, handles, start, next: start, end, pool }
+        Pipeline {
+            receivers,
+            handles,
+            start,
+            next: start,
+            end,
+            pool,
+        }
     }
 
     /// Hands a batch's pixel buffer back for reuse (saves allocating and faulting in ~77 MB per
@@ -99,7 +124,11 @@ fn work<S: BatchSource>(
     let mut state = S::State::default();
     let mut k = start + worker;
     while end.is_none_or(|end| k < end) {
-        let buffer = pool.lock().ok().and_then(|mut pool| pool.pop()).unwrap_or_default();
+        let buffer = pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
         let batch = source.build(k, &reader, buffer, &mut state);
         let failed = batch.is_err();
         if sender.send(batch).is_err() || failed {
@@ -117,7 +146,9 @@ impl Iterator for Pipeline {
             return None;
         }
         let worker = ((self.next - self.start) % self.receivers.len() as u64) as usize;
-        let item = self.receivers[worker].recv().unwrap_or(Err(LoaderError::WorkerStopped));
+        let item = self.receivers[worker]
+            .recv()
+            .unwrap_or(Err(LoaderError::WorkerStopped));
         self.next += 1;
         if item.is_err() {
             self.end = Some(self.next); // an error ends the stream

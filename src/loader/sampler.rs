@@ -39,7 +39,12 @@ pub struct EpochCache {
 }
 
 impl Sampler {
-    pub fn new(kind: SamplerKind, labels: &[u32], weights: Option<&[f32]>, seed: u64) -> Result<Sampler, LoaderError> {
+    pub fn new(
+        kind: SamplerKind,
+        labels: &[u32],
+        weights: Option<&[f32]>,
+        seed: u64,
+    ) -> Result<Sampler, LoaderError> {
         if labels.is_empty() {
             return Err(LoaderError::NoSamples);
         }
@@ -50,16 +55,36 @@ impl Sampler {
                 let mut counts = vec![0f64; classes];
                 labels.iter().for_each(|&l| counts[l as usize] += 1.0);
                 let largest = counts.iter().cloned().fold(0.0, f64::max);
-                let class_share = |n: f64| if kind == SamplerKind::Balanced { 1.0 } else { n.max(largest / 2.0) };
-                Some(labels.iter().map(|&l| class_share(counts[l as usize]) / counts[l as usize]).collect())
+                let class_share = |n: f64| {
+                    if kind == SamplerKind::Balanced {
+                        1.0
+                    } else {
+                        n.max(largest / 2.0)
+                    }
+                };
+                Some(
+                    labels
+                        .iter()
+                        .map(|&l| class_share(counts[l as usize]) / counts[l as usize])
+                        .collect(),
+                )
             }
             SamplerKind::Weighted => {
-                let weights = weights.ok_or_else(|| LoaderError::Weights("the weighted sampler needs weights".into()))?;
+                let weights = weights.ok_or_else(|| {
+                    LoaderError::Weights("the weighted sampler needs weights".into())
+                })?;
                 if weights.len() != labels.len() {
-                    return Err(LoaderError::Weights(format!("{} weights for {} samples", weights.len(), labels.len())));
+                    return Err(LoaderError::Weights(format!(
+                        "{} weights for {} samples",
+                        weights.len(),
+                        labels.len()
+                    )));
                 }
                 if let Some(i) = weights.iter().position(|w| !w.is_finite() || *w < 0.0) {
-                    return Err(LoaderError::Weights(format!("weight {i} is {}", weights[i])));
+                    return Err(LoaderError::Weights(format!(
+                        "weight {i} is {}",
+                        weights[i]
+                    )));
                 }
                 Some(weights.iter().map(|&w| f64::from(w)).collect())
             }
@@ -72,14 +97,28 @@ impl Sampler {
                 })
                 .collect::<Vec<f64>>()
         });
-        if cumulative.as_ref().is_some_and(|c| c.last().copied().unwrap_or(0.0) <= 0.0) {
+        if cumulative
+            .as_ref()
+            .is_some_and(|c| c.last().copied().unwrap_or(0.0) <= 0.0)
+        {
             return Err(LoaderError::Weights("all weights are zero".into()));
         }
-        Ok(Sampler { kind, len: labels.len(), cumulative, seed })
+        Ok(Sampler {
+            kind,
+            len: labels.len(),
+            cumulative,
+            seed,
+        })
     }
 
     /// Sample positions of batch `k` of `batch_size`, drawn from `rng` = [`batch_rng`]`(seed, k)`.
-    pub fn batch(&self, k: u64, batch_size: usize, rng: &mut ChaCha8Rng, cache: &mut EpochCache) -> Vec<usize> {
+    pub fn batch(
+        &self,
+        k: u64,
+        batch_size: usize,
+        rng: &mut ChaCha8Rng,
+        cache: &mut EpochCache,
+    ) -> Vec<usize> {
         match (&self.cumulative, self.kind) {
             (_, SamplerKind::Shuffle) => {
                 let first = k * batch_size as u64;
@@ -99,11 +138,15 @@ impl Sampler {
                 (0..batch_size)
                     .map(|_| {
                         let target = rng.random_range(0.0..total);
-                        cumulative.partition_point(|&c| c <= target).min(self.len - 1)
+                        cumulative
+                            .partition_point(|&c| c <= target)
+                            .min(self.len - 1)
                     })
                     .collect()
             }
-            (None, _) => (0..batch_size).map(|_| rng.random_range(0..self.len)).collect(),
+            (None, _) => (0..batch_size)
+                .map(|_| rng.random_range(0..self.len))
+                .collect(),
         }
     }
 
@@ -119,7 +162,12 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    fn draw_counts(kind: SamplerKind, labels: &[u32], weights: Option<&[f32]>, batches: u64) -> Vec<u64> {
+    fn draw_counts(
+        kind: SamplerKind,
+        labels: &[u32],
+        weights: Option<&[f32]>,
+        batches: u64,
+    ) -> Vec<u64> {
         let sampler = Sampler::new(kind, labels, weights, 7).unwrap();
         let mut counts = vec![0u64; labels.len()];
         let mut cache = EpochCache::default();
@@ -135,13 +183,21 @@ mod tests {
     fn shuffle_visits_every_sample_once_per_epoch() {
         let labels = vec![0u32; 96];
         // 3 batches of 64 = exactly two epochs of 96.
-        assert_eq!(draw_counts(SamplerKind::Shuffle, &labels, None, 3), vec![2; 96]);
+        assert_eq!(
+            draw_counts(SamplerKind::Shuffle, &labels, None, 3),
+            vec![2; 96]
+        );
     }
 
     #[test]
     fn weighted_never_draws_zero_weights() {
         let labels = vec![0u32; 4];
-        let counts = draw_counts(SamplerKind::Weighted, &labels, Some(&[0.0, 1.0, 0.0, 3.0]), 50);
+        let counts = draw_counts(
+            SamplerKind::Weighted,
+            &labels,
+            Some(&[0.0, 1.0, 0.0, 3.0]),
+            50,
+        );
         assert_eq!((counts[0], counts[2]), (0, 0));
         let share = counts[3] as f64 / (counts[1] + counts[3]) as f64;
         assert!((share - 0.75).abs() < 0.03, "share {share}");

@@ -8,7 +8,9 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::{images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{
+    images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
 use image::{metadata::Orientation, DynamicImage, ImageFormat, RgbImage};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +58,10 @@ pub struct Skip {
 
 impl Skip {
     fn new(reason: SkipReason, detail: impl ToString) -> Skip {
-        Skip { reason, detail: detail.to_string() }
+        Skip {
+            reason,
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -90,27 +95,40 @@ pub fn decode(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
 }
 
 fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
-    let undecodable = |e: jpeg_decoder::Error| Skip::new(SkipReason::Undecodable, format!("jpeg: {e}"));
+    let undecodable =
+        |e: jpeg_decoder::Error| Skip::new(SkipReason::Undecodable, format!("jpeg: {e}"));
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     decoder.read_info().map_err(undecodable)?;
-    let info = decoder.info().ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
     // jpeg-decoder takes the smallest scale at which *either* side covers the request; asking
     // only for the shorter side (the other side can never be met) keeps both sides ≥ min_side.
     let request = min_side.min(u32::from(u16::MAX - 1)) as u16;
-    let (request_w, request_h) = if info.width <= info.height { (request, u16::MAX) } else { (u16::MAX, request) };
+    let (request_w, request_h) = if info.width <= info.height {
+        (request, u16::MAX)
+    } else {
+        (u16::MAX, request)
+    };
     let (width, height) = decoder.scale(request_w, request_h).map_err(undecodable)?;
     if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
-        return Err(Skip::new(SkipReason::TooLarge, format!("{width}x{height} after DCT scaling")));
+        return Err(Skip::new(
+            SkipReason::TooLarge,
+            format!("{width}x{height} after DCT scaling"),
+        ));
     }
     let pixels = decoder.decode().map_err(undecodable)?;
-    let info = decoder.info().ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| Skip::new(SkipReason::Undecodable, "jpeg: no frame"))?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     let rgb = match info.pixel_format {
         jpeg_decoder::PixelFormat::RGB24 => pixels,
         jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&l| [l, l, l]).collect(),
-        jpeg_decoder::PixelFormat::L16 => {
-            pixels.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
-        }
+        jpeg_decoder::PixelFormat::L16 => pixels
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         jpeg_decoder::PixelFormat::CMYK32 => cmyk_to_rgb(&pixels),
     };
     let image = RgbImage::from_raw(width, height, rgb)
@@ -139,7 +157,10 @@ fn decode_other(bytes: &[u8], format: ImageFormat) -> Result<RgbImage, Skip> {
     let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
     let (width, height) = decoder.dimensions();
     if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
-        return Err(Skip::new(SkipReason::TooLarge, format!("{format:?} {width}x{height}")));
+        return Err(Skip::new(
+            SkipReason::TooLarge,
+            format!("{format:?} {width}x{height}"),
+        ));
     }
     let orientation = decoder.orientation().ok();
     let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, e))?;
@@ -176,7 +197,9 @@ pub fn resize(image: RgbImage, width: u32, height: u32) -> RgbImage {
         .expect("an RgbImage buffer holds exactly w*h*3 bytes");
     let mut dst = FirImage::new(width, height, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    Resizer::new().resize(&src, &mut dst, &options).expect("both images are U8x3");
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .expect("both images are U8x3");
     RgbImage::from_raw(width, height, dst.into_vec()).expect("resizer output is width*height*3")
 }
 
@@ -190,7 +213,11 @@ pub fn prepare(bytes: &[u8], resize_to: u32, mode: ResizeMode) -> Result<RgbImag
 /// The stored value of an image: `label u32 LE, width u32 LE, height u32 LE`, then raw RGB
 /// rows or a JPEG stream (jpeg-encoder, SIMD; 4:2:0 chroma subsampling at every quality, as
 /// Pillow's default).
-pub fn encode_record(label: u32, image: &RgbImage, encoding: StoreEncoding) -> Result<Vec<u8>, Skip> {
+pub fn encode_record(
+    label: u32,
+    image: &RgbImage,
+    encoding: StoreEncoding,
+) -> Result<Vec<u8>, Skip> {
     let mut out = Vec::with_capacity(12 + image.as_raw().len());
     out.extend_from_slice(&label.to_le_bytes());
     out.extend_from_slice(&image.width().to_le_bytes());
@@ -199,8 +226,16 @@ pub fn encode_record(label: u32, image: &RgbImage, encoding: StoreEncoding) -> R
         StoreEncoding::Raw => out.extend_from_slice(image.as_raw()),
         StoreEncoding::Jpeg { quality } => {
             let (width, height) = image.dimensions();
-            let too_large = || Skip::new(SkipReason::TooLarge, format!("{width}x{height} exceeds JPEG's 65535 px"));
-            let (w, h) = (u16::try_from(width).map_err(|_| too_large())?, u16::try_from(height).map_err(|_| too_large())?);
+            let too_large = || {
+                Skip::new(
+                    SkipReason::TooLarge,
+                    format!("{width}x{height} exceeds JPEG's 65535 px"),
+                )
+            };
+            let (w, h) = (
+                u16::try_from(width).map_err(|_| too_large())?,
+                u16::try_from(height).map_err(|_| too_large())?,
+            );
             let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
             encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
             encoder
@@ -222,7 +257,12 @@ pub struct RecordView<'a> {
 /// Splits a stored record; `None` when it is shorter than its header.
 pub fn parse_record(bytes: &[u8]) -> Option<RecordView<'_>> {
     let word = |i: usize| Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
-    Some(RecordView { label: word(0)?, width: word(4)?, height: word(8)?, payload: bytes.get(12..)? })
+    Some(RecordView {
+        label: word(0)?,
+        width: word(4)?,
+        height: word(8)?,
+        payload: bytes.get(12..)?,
+    })
 }
 
 /// RGB pixels of a record: borrowed for raw payloads, decoded for JPEG ones.
@@ -255,20 +295,32 @@ mod tests {
 
     fn jpeg_of(image: &RgbImage) -> Vec<u8> {
         let mut out = Vec::new();
-        image.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)).unwrap();
+        image
+            .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                &mut out, 95,
+            ))
+            .unwrap();
         out
     }
 
     #[test]
     fn shorter_side_keeps_aspect_and_squash_ignores_it() {
-        assert_eq!(target_size(400, 200, 100, ResizeMode::ShorterSide), (200, 100));
-        assert_eq!(target_size(200, 401, 100, ResizeMode::ShorterSide), (100, 201));
+        assert_eq!(
+            target_size(400, 200, 100, ResizeMode::ShorterSide),
+            (200, 100)
+        );
+        assert_eq!(
+            target_size(200, 401, 100, ResizeMode::ShorterSide),
+            (100, 201)
+        );
         assert_eq!(target_size(400, 200, 100, ResizeMode::Squash), (100, 100));
     }
 
     #[test]
     fn large_jpeg_decodes_at_reduced_dct_scale_but_covers_target() {
-        let image = RgbImage::from_fn(800, 640, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+        let image = RgbImage::from_fn(800, 640, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        });
         let decoded = decode(&jpeg_of(&image), 100).unwrap();
         // 1/4 scale is 200x160; 1/8 would be 100x80, which no longer covers 100 on both sides.
         assert_eq!(decoded.dimensions(), (200, 160));
@@ -287,25 +339,41 @@ mod tests {
         let bytes = encode_record(7, &image, StoreEncoding::Raw).unwrap();
         let record = parse_record(&bytes).unwrap();
         assert_eq!((record.label, record.width, record.height), (7, 3, 2));
-        assert_eq!(&*record_pixels(&record, StoreEncoding::Raw).unwrap(), image.as_raw().as_slice());
+        assert_eq!(
+            &*record_pixels(&record, StoreEncoding::Raw).unwrap(),
+            image.as_raw().as_slice()
+        );
     }
 
     #[test]
     fn jpeg_record_decodes_close_to_the_original() {
-        let image = RgbImage::from_fn(40, 24, |x, y| image::Rgb([(x * 6) as u8, (y * 10) as u8, 128]));
+        let image = RgbImage::from_fn(40, 24, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 10) as u8, 128])
+        });
         let bytes = encode_record(3, &image, StoreEncoding::Jpeg { quality: 95 }).unwrap();
         let record = parse_record(&bytes).unwrap();
         let pixels = record_pixels(&record, StoreEncoding::Jpeg { quality: 95 }).unwrap();
-        let error = pixels.iter().zip(image.as_raw()).map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs()).max().unwrap();
+        let error = pixels
+            .iter()
+            .zip(image.as_raw())
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .max()
+            .unwrap();
         assert!(error < 24, "max abs error {error}");
     }
 
     #[test]
     fn empty_and_garbage_are_told_apart() {
         assert_eq!(decode(&[], 8).unwrap_err().reason, SkipReason::Empty);
-        assert_eq!(decode(b"not an image at all", 8).unwrap_err().reason, SkipReason::UnknownFormat);
+        assert_eq!(
+            decode(b"not an image at all", 8).unwrap_err().reason,
+            SkipReason::UnknownFormat
+        );
         let mut truncated = jpeg_of(&RgbImage::new(64, 64));
         truncated.truncate(40);
-        assert_eq!(decode(&truncated, 8).unwrap_err().reason, SkipReason::Undecodable);
+        assert_eq!(
+            decode(&truncated, 8).unwrap_err().reason,
+            SkipReason::Undecodable
+        );
     }
 }

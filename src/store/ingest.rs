@@ -41,7 +41,11 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions { progress: false, threads: 0, commit_every: 512 }
+        IngestOptions {
+            progress: false,
+            threads: 0,
+            commit_every: 512,
+        }
     }
 }
 
@@ -75,9 +79,16 @@ pub enum IngestError {
     #[error("store {} was started with other settings or another dataset: delete it to re-ingest", dir.display())]
     Changed { dir: PathBuf },
     #[error("store {}: corrupt ingest state `{key}`: {message}", dir.display())]
-    State { dir: PathBuf, key: &'static str, message: String },
+    State {
+        dir: PathBuf,
+        key: &'static str,
+        message: String,
+    },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("ingest threads: {0}")]
     Threads(String),
 }
@@ -102,8 +113,19 @@ impl Counts {
 }
 
 /// The ingest stage: builds (or resumes building) a store in `dir` with default options.
-pub fn ingest(params: &DatasetParams, dir: &Path, progress: bool) -> Result<IngestReport, IngestError> {
-    ingest_with(params, dir, &IngestOptions { progress, ..IngestOptions::default() })
+pub fn ingest(
+    params: &DatasetParams,
+    dir: &Path,
+    progress: bool,
+) -> Result<IngestReport, IngestError> {
+    ingest_with(
+        params,
+        dir,
+        &IngestOptions {
+            progress,
+            ..IngestOptions::default()
+        },
+    )
 }
 
 /// One chunk of decoded work, on its way to the writer.
@@ -113,26 +135,38 @@ struct Chunk {
 }
 
 /// [`ingest`] with explicit threads and commit size.
-pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) -> Result<IngestReport, IngestError> {
+pub fn ingest_with(
+    params: &DatasetParams,
+    dir: &Path,
+    options: &IngestOptions,
+) -> Result<IngestReport, IngestError> {
     let index = dataset::read(params, dir)?;
     let work: Vec<(Split, &DatasetSample)> = [Split::Train, Split::Val]
         .into_iter()
         .flat_map(|split| index.samples(split).iter().map(move |s| (split, s)))
         .collect();
     let env_dir = dir.join(STORE_DIR);
-    let lmdb = |source| IngestError::Lmdb { dir: env_dir.clone(), source };
+    let lmdb = |source| IngestError::Lmdb {
+        dir: env_dir.clone(),
+        source,
+    };
     let fingerprint = serde_json::json!({
         "format_version": FORMAT_VERSION,
         "params": params,
         "classes": index.classes,
         "work": work.iter().map(|(_, s)| s.path.as_str()).collect::<Vec<_>>(),
     });
-    let fingerprint = blake3::hash(fingerprint.to_string().as_bytes()).to_hex().to_string();
+    let fingerprint = blake3::hash(fingerprint.to_string().as_bytes())
+        .to_hex()
+        .to_string();
     // A finished store may be open for reading in this process (heed then refuses a second,
     // writable handle): read its report through the reader.
     if let Ok(store) = super::Store::open(dir) {
         let inner = &store.inner;
-        let lmdb = |source| IngestError::Lmdb { dir: env_dir.clone(), source };
+        let lmdb = |source| IngestError::Lmdb {
+            dir: env_dir.clone(),
+            source,
+        };
         let txn = inner.env.read_txn().map_err(lmdb)?;
         let stored = inner.tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
         if stored != Some(fingerprint.as_bytes()) {
@@ -149,11 +183,15 @@ pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) 
         .num_threads(options.threads)
         .build()
         .map_err(|e| IngestError::Threads(e.to_string()))?;
-    let bar = options.progress.then(|| crate::progress::bar(work.len() as u64, "ingest", "img"));
+    let bar = options
+        .progress
+        .then(|| crate::progress::bar(work.len() as u64, "ingest", "img"));
     if let Some(bar) = &bar {
         bar.set_position(counts.next);
     }
-    let abort_after: Option<u64> = std::env::var(ABORT_AFTER_COMMITS_ENV).ok().and_then(|v| v.parse().ok());
+    let abort_after: Option<u64> = std::env::var(ABORT_AFTER_COMMITS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
     let commit_every = options.commit_every.max(1);
     let prepare = |(_, sample): &(Split, &DatasetSample)| prepare_file(sample, params);
 
@@ -178,7 +216,13 @@ pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) 
         while start < work.len() {
             let end = (start + commit_every).min(work.len());
             let results = pool.install(|| work[start..end].par_iter().map(prepare).collect());
-            if sender.send(Chunk { start: start as u64, results }).is_err() {
+            if sender
+                .send(Chunk {
+                    start: start as u64,
+                    results,
+                })
+                .is_err()
+            {
                 break; // the writer failed; its error is returned below
             }
             start = end;
@@ -203,15 +247,26 @@ pub fn ingest_with(params: &DatasetParams, dir: &Path, options: &IngestOptions) 
     };
     let mut txn = env.write_txn().map_err(lmdb)?;
     let header_json = serde_json::to_vec(&header).expect("header serializes");
-    tables.state.put(&mut txn, "header", &header_json).map_err(lmdb)?;
+    tables
+        .state
+        .put(&mut txn, "header", &header_json)
+        .map_err(lmdb)?;
     txn.commit().map_err(lmdb)?;
     env.force_sync().map_err(lmdb)?;
 
     let report = build_report(&env, &tables, &env_dir)?;
     let report_path = dir.join(REPORT_FILE);
     let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    std::fs::write(&report_path, report_json).map_err(|source| IngestError::Io { path: report_path, source })?;
-    tracing::info!(train = report.train, val = report.val, skipped = report.skips.len(), "ingest finished");
+    std::fs::write(&report_path, report_json).map_err(|source| IngestError::Io {
+        path: report_path,
+        source,
+    })?;
+    tracing::info!(
+        train = report.train,
+        val = report.val,
+        skipped = report.skips.len(),
+        "ingest finished"
+    );
     Ok(report)
 }
 
@@ -223,19 +278,37 @@ fn start_or_resume(
     classes: usize,
     env_dir: &Path,
 ) -> Result<Counts, IngestError> {
-    let lmdb = |source| IngestError::Lmdb { dir: env_dir.to_path_buf(), source };
+    let lmdb = |source| IngestError::Lmdb {
+        dir: env_dir.to_path_buf(),
+        source,
+    };
     let mut txn = env.write_txn().map_err(lmdb)?;
     let stored = tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
     let counts = match stored {
         None => {
-            tables.state.put(&mut txn, "fingerprint", fingerprint.as_bytes()).map_err(lmdb)?;
-            Counts { next: 0, train: vec![0; classes], val: vec![0; classes], image_bytes: 0 }
+            tables
+                .state
+                .put(&mut txn, "fingerprint", fingerprint.as_bytes())
+                .map_err(lmdb)?;
+            Counts {
+                next: 0,
+                train: vec![0; classes],
+                val: vec![0; classes],
+                image_bytes: 0,
+            }
         }
         Some(stored) if stored != fingerprint.as_bytes() => {
-            return Err(IngestError::Changed { dir: env_dir.to_path_buf() });
+            return Err(IngestError::Changed {
+                dir: env_dir.to_path_buf(),
+            });
         }
         Some(_) => match tables.state.get(&txn, "counts").map_err(lmdb)? {
-            None => Counts { next: 0, train: vec![0; classes], val: vec![0; classes], image_bytes: 0 },
+            None => Counts {
+                next: 0,
+                train: vec![0; classes],
+                val: vec![0; classes],
+                image_bytes: 0,
+            },
             Some(bytes) => serde_json::from_slice(bytes).map_err(|e| IngestError::State {
                 dir: env_dir.to_path_buf(),
                 key: "counts",
@@ -253,7 +326,11 @@ fn start_or_resume(
 /// Reads, decodes and encodes one file for the store.
 fn prepare_file(sample: &DatasetSample, params: &DatasetParams) -> Result<Vec<u8>, Skip> {
     let bytes = std::fs::read(&sample.file).map_err(|e| Skip {
-        reason: if e.kind() == std::io::ErrorKind::NotFound { SkipReason::Missing } else { SkipReason::Undecodable },
+        reason: if e.kind() == std::io::ErrorKind::NotFound {
+            SkipReason::Missing
+        } else {
+            SkipReason::Undecodable
+        },
         detail: e.to_string(),
     })?;
     let image = codec::prepare(&bytes, params.resize, params.resize_mode)?;
@@ -284,26 +361,54 @@ fn write_chunk(
                     text: sample.text.clone(),
                     path: sample.path.clone(),
                 };
-                tables.meta(split).put(&mut txn, &id, &serde_json::to_vec(&meta).expect("meta serializes"))?;
+                tables.meta(split).put(
+                    &mut txn,
+                    &id,
+                    &serde_json::to_vec(&meta).expect("meta serializes"),
+                )?;
                 next.of(split)[sample.label as usize] += 1;
                 next.image_bytes += record.len() as u64;
             }
             Err(skip) => {
-                let skipped = SkippedFile { split, path: sample.path.clone(), reason: skip.reason, detail: skip.detail.clone() };
-                tables.skips.put(&mut txn, &position, &serde_json::to_vec(&skipped).expect("skip serializes"))?;
+                let skipped = SkippedFile {
+                    split,
+                    path: sample.path.clone(),
+                    reason: skip.reason,
+                    detail: skip.detail.clone(),
+                };
+                tables.skips.put(
+                    &mut txn,
+                    &position,
+                    &serde_json::to_vec(&skipped).expect("skip serializes"),
+                )?;
             }
         }
     }
     next.next = chunk.start + chunk.results.len() as u64;
-    tables.state.put(&mut txn, "counts", &serde_json::to_vec(&next).expect("counts serialize"))?;
+    tables.state.put(
+        &mut txn,
+        "counts",
+        &serde_json::to_vec(&next).expect("counts serialize"),
+    )?;
     txn.commit()?;
     *counts = next;
     Ok(())
 }
 
-fn build_report(env: &heed::Env<heed::WithoutTls>, tables: &Tables, env_dir: &Path) -> Result<IngestReport, IngestError> {
-    let lmdb = |source| IngestError::Lmdb { dir: env_dir.to_path_buf(), source };
-    let state_error = |key, e: serde_json::Error| IngestError::State { dir: env_dir.to_path_buf(), key, message: e.to_string() };
+fn build_report(
+    env: &heed::Env<heed::WithoutTls>,
+    tables: &Tables,
+    env_dir: &Path,
+) -> Result<IngestReport, IngestError> {
+    let lmdb = |source| IngestError::Lmdb {
+        dir: env_dir.to_path_buf(),
+        source,
+    };
+    let state_error = |key, e: serde_json::Error| IngestError::State {
+        dir: env_dir.to_path_buf(),
+        key,
+        message: e.to_string(),
+    };
     let txn = env.read_txn().map_err(lmdb)?;
     let counts: Counts = match tables.state.get(&txn, "counts").map_err(lmdb)? {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| state_error("counts", e))?,
@@ -312,7 +417,9 @@ fn build_report(env: &heed::Env<heed::WithoutTls>, tables: &Tables, env_dir: &Pa
     let mut skips = Vec::new();
     for entry in tables.skips.iter(&txn).map_err(lmdb)? {
         let (_, bytes) = entry.map_err(lmdb)?;
-        skips.push(serde_json::from_slice::<SkippedFile>(bytes).map_err(|e| state_error("skips", e))?);
+        skips.push(
+            serde_json::from_slice::<SkippedFile>(bytes).map_err(|e| state_error("skips", e))?,
+        );
     }
     let mut skipped = BTreeMap::new();
     for skip in &skips {

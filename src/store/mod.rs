@@ -33,7 +33,10 @@ use crate::dataset::QueryInfo;
 use crate::recipe::params::{ResizeMode, StoreEncoding};
 use crate::sample::{SampleText, Source, Split};
 pub use codec::SkipReason;
-pub use ingest::{ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkippedFile, ABORT_AFTER_COMMITS_ENV};
+pub use ingest::{
+    ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkippedFile,
+    ABORT_AFTER_COMMITS_ENV, REPORT_FILE,
+};
 
 /// Bumped whenever the layout above changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -82,9 +85,20 @@ pub enum StoreError {
     #[error("store {}: format version {found}, this build reads {FORMAT_VERSION}: re-ingest", dir.display())]
     Version { dir: PathBuf, found: u32 },
     #[error("store {}: {split} id {id} out of range (the split has {len})", dir.display(), split = split.as_str())]
-    NoSuchId { dir: PathBuf, split: Split, id: u64, len: u64 },
+    NoSuchId {
+        dir: PathBuf,
+        split: Split,
+        id: u64,
+        len: u64,
+    },
     #[error("store {}: {split} id {id}: corrupt {what}: {message}", dir.display(), split = split.as_str())]
-    Corrupt { dir: PathBuf, split: Split, id: u64, what: &'static str, message: String },
+    Corrupt {
+        dir: PathBuf,
+        split: Split,
+        id: u64,
+        what: &'static str,
+        message: String,
+    },
 }
 
 /// The named databases of a store environment.
@@ -99,7 +113,14 @@ struct Tables {
 }
 
 impl Tables {
-    const NAMES: [&'static str; 6] = ["train_image", "val_image", "train_meta", "val_meta", "skips", "state"];
+    const NAMES: [&'static str; 6] = [
+        "train_image",
+        "val_image",
+        "train_meta",
+        "val_meta",
+        "skips",
+        "state",
+    ];
 
     fn image(&self, split: Split) -> Table {
         match split {
@@ -138,32 +159,60 @@ impl Store {
     /// Opens the store a finished ingest wrote under the stage folder `dir` (`dir/store`).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let env_dir = dir.join(STORE_DIR);
-        let lmdb = |source| StoreError::Lmdb { dir: env_dir.clone(), source };
-        let key = env_dir.canonicalize().map_err(|e| lmdb(heed::Error::Io(e)))?;
-        let mut open = OPEN_STORES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lmdb = |source| StoreError::Lmdb {
+            dir: env_dir.clone(),
+            source,
+        };
+        let key = env_dir
+            .canonicalize()
+            .map_err(|e| lmdb(heed::Error::Io(e)))?;
+        let mut open = OPEN_STORES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let open = open.get_or_insert_with(HashMap::new);
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Store { inner });
         }
         let env = open_env(&env_dir, true).map_err(lmdb)?;
-        let tables = open_tables(&env).map_err(lmdb)?.ok_or(StoreError::Unfinished { dir: env_dir.clone() })?;
+        let tables = open_tables(&env)
+            .map_err(lmdb)?
+            .ok_or(StoreError::Unfinished {
+                dir: env_dir.clone(),
+            })?;
         let txn = env.read_txn().map_err(lmdb)?;
         let header_bytes =
-            tables.state.get(&txn, "header").map_err(lmdb)?.ok_or(StoreError::Unfinished { dir: env_dir.clone() })?;
-        let header: StoreHeader = serde_json::from_slice(header_bytes).map_err(|e| StoreError::Corrupt {
-            dir: env_dir.clone(),
-            split: Split::Train,
-            id: 0,
-            what: "header",
-            message: e.to_string(),
-        })?;
+            tables
+                .state
+                .get(&txn, "header")
+                .map_err(lmdb)?
+                .ok_or(StoreError::Unfinished {
+                    dir: env_dir.clone(),
+                })?;
+        let header: StoreHeader =
+            serde_json::from_slice(header_bytes).map_err(|e| StoreError::Corrupt {
+                dir: env_dir.clone(),
+                split: Split::Train,
+                id: 0,
+                what: "header",
+                message: e.to_string(),
+            })?;
         if header.format_version != FORMAT_VERSION {
-            return Err(StoreError::Version { dir: env_dir, found: header.format_version });
+            return Err(StoreError::Version {
+                dir: env_dir,
+                found: header.format_version,
+            });
         }
         let train_len = tables.train_image.len(&txn).map_err(lmdb)?;
         let val_len = tables.val_image.len(&txn).map_err(lmdb)?;
         drop(txn);
-        let inner = Arc::new(Inner { dir: env_dir, env, tables, header, train_len, val_len });
+        let inner = Arc::new(Inner {
+            dir: env_dir,
+            env,
+            tables,
+            header,
+            train_len,
+            val_len,
+        });
         open.insert(key, Arc::downgrade(&inner));
         Ok(Store { inner })
     }
@@ -191,7 +240,14 @@ impl Store {
 
     /// A reader with its own read transaction (one per thread).
     pub fn reader(&self) -> Result<StoreReader<'_>, StoreError> {
-        let txn = self.inner.env.read_txn().map_err(|source| StoreError::Lmdb { dir: self.inner.dir.clone(), source })?;
+        let txn = self
+            .inner
+            .env
+            .read_txn()
+            .map_err(|source| StoreError::Lmdb {
+                dir: self.inner.dir.clone(),
+                source,
+            })?;
         Ok(StoreReader { store: self, txn })
     }
 }
@@ -218,7 +274,10 @@ impl StoreReader<'_> {
 
     pub fn image(&self, split: Split, id: u64) -> Result<image::RgbImage, StoreError> {
         let rgb = self.rgb(split, id)?;
-        Ok(image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels.into_owned()).expect("length checked"))
+        Ok(
+            image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels.into_owned())
+                .expect("length checked"),
+        )
     }
 
     /// A record's label, size and RGB pixels: borrowed from the map for raw stores, decoded
@@ -227,25 +286,45 @@ impl StoreReader<'_> {
         let record = self.record(split, id)?;
         let pixels = codec::record_pixels(&record, self.store.header().encoding)
             .map_err(|message| self.corrupt(split, id, "image", message))?;
-        Ok(RgbRecord { label: record.label, width: record.width, height: record.height, pixels })
+        Ok(RgbRecord {
+            label: record.label,
+            width: record.width,
+            height: record.height,
+            pixels,
+        })
     }
 
     /// The stored record (label, size, payload), borrowed from the map.
     fn record(&self, split: Split, id: u64) -> Result<codec::RecordView<'_>, StoreError> {
         let bytes = self.get(self.store.inner.tables.image(split), split, id)?;
-        codec::parse_record(bytes).ok_or_else(|| self.corrupt(split, id, "image", "shorter than its header".into()))
+        codec::parse_record(bytes)
+            .ok_or_else(|| self.corrupt(split, id, "image", "shorter than its header".into()))
     }
 
     fn get(&self, table: Table, split: Split, id: u64) -> Result<&[u8], StoreError> {
         let dir = &self.store.inner.dir;
         table
             .get(&self.txn, &id)
-            .map_err(|source| StoreError::Lmdb { dir: dir.clone(), source })?
-            .ok_or(StoreError::NoSuchId { dir: dir.clone(), split, id, len: self.store.len(split) })
+            .map_err(|source| StoreError::Lmdb {
+                dir: dir.clone(),
+                source,
+            })?
+            .ok_or(StoreError::NoSuchId {
+                dir: dir.clone(),
+                split,
+                id,
+                len: self.store.len(split),
+            })
     }
 
     fn corrupt(&self, split: Split, id: u64, what: &'static str, message: String) -> StoreError {
-        StoreError::Corrupt { dir: self.store.inner.dir.clone(), split, id, what, message }
+        StoreError::Corrupt {
+            dir: self.store.inner.dir.clone(),
+            split,
+            id,
+            what,
+            message,
+        }
     }
 }
 
@@ -254,10 +333,17 @@ fn open_env(dir: &Path, read_only: bool) -> Result<Env<WithoutTls>, heed::Error>
         std::fs::create_dir_all(dir)?;
     }
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(MAP_SIZE).max_dbs(Tables::NAMES.len() as u32).max_readers(MAX_READERS);
+    options
+        .map_size(MAP_SIZE)
+        .max_dbs(Tables::NAMES.len() as u32)
+        .max_readers(MAX_READERS);
     // NO_SYNC while writing: a killed process loses nothing the OS already has (kill -9 is
     // what resuming must survive); ingest syncs once at the end. Readers open read-only.
-    let flags = if read_only { EnvFlags::READ_ONLY } else { EnvFlags::NO_SYNC };
+    let flags = if read_only {
+        EnvFlags::READ_ONLY
+    } else {
+        EnvFlags::NO_SYNC
+    };
     // SAFETY: the environment is opened once per path in this process (see OPEN_STORES and
     // ingest), and LMDB's files are not modified by anything but LMDB.
     unsafe {
@@ -267,11 +353,25 @@ fn open_env(dir: &Path, read_only: bool) -> Result<Env<WithoutTls>, heed::Error>
 }
 
 type Table = Database<'static, Key, Bytes>;
-type TableTuple = (Table, Table, Table, Table, Table, Database<'static, Str, Bytes>);
+type TableTuple = (
+    Table,
+    Table,
+    Table,
+    Table,
+    Table,
+    Database<'static, Str, Bytes>,
+);
 
 impl From<TableTuple> for Tables {
     fn from((train_image, val_image, train_meta, val_meta, skips, state): TableTuple) -> Tables {
-        Tables { train_image, val_image, train_meta, val_meta, skips, state }
+        Tables {
+            train_image,
+            val_image,
+            train_meta,
+            val_meta,
+            skips,
+            state,
+        }
     }
 }
 
@@ -289,7 +389,9 @@ fn open_tables(env: &Env<WithoutTls>) -> Result<Option<Tables>, heed::Error> {
             opener.open_database::<Str, Bytes>(rtxn, Some("state"))?,
         );
         Ok(match all {
-            (Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)) => CommitOrAbort::Commit((a, b, c, d, e, f)),
+            (Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)) => {
+                CommitOrAbort::Commit((a, b, c, d, e, f))
+            }
             _ => CommitOrAbort::Abort(()),
         })
     })?;
@@ -301,18 +403,21 @@ fn open_tables(env: &Env<WithoutTls>) -> Result<Option<Tables>, heed::Error> {
 
 fn create_tables(env: &Env<WithoutTls>) -> Result<Tables, heed::Error> {
     let wtxn = env.write_txn()?;
-    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
-        let mut create = |name| opener.create_database::<Key, Bytes>(wtxn, Some(name));
-        let tables = (
-            create("train_image")?,
-            create("val_image")?,
-            create("train_meta")?,
-            create("val_meta")?,
-            create("skips")?,
-        );
-        let state = opener.create_database::<Str, Bytes>(wtxn, Some("state"))?;
-        Ok(CommitOrAbort::<_, ()>::Commit((tables.0, tables.1, tables.2, tables.3, tables.4, state)))
-    })?;
+    let created =
+        env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+            let mut create = |name| opener.create_database::<Key, Bytes>(wtxn, Some(name));
+            let tables = (
+                create("train_image")?,
+                create("val_image")?,
+                create("train_meta")?,
+                create("val_meta")?,
+                create("skips")?,
+            );
+            let state = opener.create_database::<Str, Bytes>(wtxn, Some("state"))?;
+            Ok(CommitOrAbort::<_, ()>::Commit((
+                tables.0, tables.1, tables.2, tables.3, tables.4, state,
+            )))
+        })?;
     Ok(created.unwrap_commit().into())
 }
 
@@ -337,9 +442,9 @@ mod header_serde {
             let text = String::deserialize(d)?;
             match text.split_once(':') {
                 None if text == "raw" => Ok(StoreEncoding::Raw),
-                Some(("jpeg", quality)) => {
-                    Ok(StoreEncoding::Jpeg { quality: quality.parse().map_err(D::Error::custom)? })
-                }
+                Some(("jpeg", quality)) => Ok(StoreEncoding::Jpeg {
+                    quality: quality.parse().map_err(D::Error::custom)?,
+                }),
                 _ => Err(D::Error::custom(format!("unknown encoding `{text}`"))),
             }
         }

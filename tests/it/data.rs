@@ -40,7 +40,11 @@ fn params(format: DatasetFormat, root: Option<&Path>) -> DatasetParams {
 
 fn jpeg(image: &RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
-    image.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)).unwrap();
+    image
+        .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+            &mut out, 95,
+        ))
+        .unwrap();
     out
 }
 
@@ -51,13 +55,21 @@ fn encoded(image: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
 }
 
 fn gradient(w: u32, h: u32, seed: u8) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| Rgb([(x * 5) as u8 ^ seed, (y * 7) as u8, seed]))
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([(x * 5) as u8 ^ seed, (y * 7) as u8, seed])
+    })
 }
 
 /// A JPEG whose EXIF says "rotate 90° clockwise to display" (orientation 6): stored 40×20 with
 /// a black left half and a white right half, so displayed it is 20×40, black on top.
 fn exif_rotated_jpeg() -> Vec<u8> {
-    let stored = RgbImage::from_fn(40, 20, |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+    let stored = RgbImage::from_fn(40, 20, |x, _| {
+        if x < 20 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    });
     let plain = jpeg(&stored);
     let mut tiff = b"II*\0".to_vec();
     tiff.extend_from_slice(&8u32.to_le_bytes()); // first IFD
@@ -84,7 +96,10 @@ fn exif_rotated_jpeg() -> Vec<u8> {
 const CMYK_RED_JPEG_HEX: &str = "ffd8ffee000e41646f626500640000000000ffdb0043000201010101010201010102020202020403020202020504040304060506060605060606070908060709070606080b08090a0a0a0a0a06080b0c0b0a0c090a0a0affc000140800100010044311004d11005911004b1100ffc4001f0000010501010101010100000000000000000102030405060708090a0bffc400b5100002010303020403050504040000017d01020300041105122131410613516107227114328191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a434445464748494a535455565758595a636465666768696a737475767778797a838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffda000e0443004d0059004b00003f00fdfcafe7febf9ffafdfca28a28a28a28a28a28afffd9";
 
 fn cmyk_red_jpeg() -> Vec<u8> {
-    (0..CMYK_RED_JPEG_HEX.len()).step_by(2).map(|i| u8::from_str_radix(&CMYK_RED_JPEG_HEX[i..i + 2], 16).unwrap()).collect()
+    (0..CMYK_RED_JPEG_HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&CMYK_RED_JPEG_HEX[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// One training image of the fixture: where it is listed, its bytes (None: listed but
@@ -99,22 +114,114 @@ struct FixtureImage {
 }
 
 fn fixture_images() -> Vec<FixtureImage> {
-    let img = |path, bytes: Vec<u8>, label, row, title, skip| FixtureImage { path, bytes: Some(bytes), label, row, title, skip };
+    let img = |path, bytes: Vec<u8>, label, row, title, skip| FixtureImage {
+        path,
+        bytes: Some(bytes),
+        label,
+        row,
+        title,
+        skip,
+    };
     let mut truncated = jpeg(&gradient(48, 48, 3));
     truncated.truncate(120);
     vec![
         // Flickr first, as the real `all` list. Rows deliberately not in file order.
-        img("flickr/q0002/f1.jpg", jpeg(&gradient(30, 24, 1)), 1, 3, Some("flickr one"), None),
-        img("flickr/q0002/f2.jpg", truncated, 1, 1, Some("corrupt"), Some(SkipReason::Undecodable)),
-        img("flickr/q0002/f3.jpg", cmyk_red_jpeg(), 1, 2, Some("cmyk red"), None),
+        img(
+            "flickr/q0002/f1.jpg",
+            jpeg(&gradient(30, 24, 1)),
+            1,
+            3,
+            Some("flickr one"),
+            None,
+        ),
+        img(
+            "flickr/q0002/f2.jpg",
+            truncated,
+            1,
+            1,
+            Some("corrupt"),
+            Some(SkipReason::Undecodable),
+        ),
+        img(
+            "flickr/q0002/f3.jpg",
+            cmyk_red_jpeg(),
+            1,
+            2,
+            Some("cmyk red"),
+            None,
+        ),
         img("flickr/q0002/f4.jpg", exif_rotated_jpeg(), 1, 4, None, None),
-        FixtureImage { path: "flickr/q0002/f5.jpg", bytes: None, label: 1, row: 5, title: Some("gone"), skip: Some(SkipReason::Missing) },
-        img("flickr/q0003/g1.jpg", encoded(image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(20, 20, |x, _| image::Luma([x as u8 * 10]))), image::ImageFormat::Jpeg), 2, 1, Some("gray"), None),
-        img("flickr/q0003/g2.jpg", encoded(image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(18, 18, image::Rgba([0, 0, 255, 255]))), image::ImageFormat::Gif), 2, 2, Some("gif as jpg"), None),
-        img("google/q0001/a1.jpg", jpeg(&gradient(600, 400, 9)), 0, 1, Some("large original"), None),
-        img("google/q0001/a2.jpg", encoded(image::DynamicImage::ImageRgb8(gradient(24, 30, 4)), image::ImageFormat::Png), 0, 2, Some("png as jpg"), None),
-        img("google/q0001/a3.jpg", Vec::new(), 0, 3, Some("empty file"), Some(SkipReason::Empty)),
-        img("google/q0001/a4.jpg", jpeg(&gradient(17, 40, 5)), 0, 4, Some(""), None),
+        FixtureImage {
+            path: "flickr/q0002/f5.jpg",
+            bytes: None,
+            label: 1,
+            row: 5,
+            title: Some("gone"),
+            skip: Some(SkipReason::Missing),
+        },
+        img(
+            "flickr/q0003/g1.jpg",
+            encoded(
+                image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(20, 20, |x, _| {
+                    image::Luma([x as u8 * 10])
+                })),
+                image::ImageFormat::Jpeg,
+            ),
+            2,
+            1,
+            Some("gray"),
+            None,
+        ),
+        img(
+            "flickr/q0003/g2.jpg",
+            encoded(
+                image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+                    18,
+                    18,
+                    image::Rgba([0, 0, 255, 255]),
+                )),
+                image::ImageFormat::Gif,
+            ),
+            2,
+            2,
+            Some("gif as jpg"),
+            None,
+        ),
+        img(
+            "google/q0001/a1.jpg",
+            jpeg(&gradient(600, 400, 9)),
+            0,
+            1,
+            Some("large original"),
+            None,
+        ),
+        img(
+            "google/q0001/a2.jpg",
+            encoded(
+                image::DynamicImage::ImageRgb8(gradient(24, 30, 4)),
+                image::ImageFormat::Png,
+            ),
+            0,
+            2,
+            Some("png as jpg"),
+            None,
+        ),
+        img(
+            "google/q0001/a3.jpg",
+            Vec::new(),
+            0,
+            3,
+            Some("empty file"),
+            Some(SkipReason::Empty),
+        ),
+        img(
+            "google/q0001/a4.jpg",
+            jpeg(&gradient(17, 40, 5)),
+            0,
+            4,
+            Some(""),
+            None,
+        ),
     ]
 }
 
@@ -126,10 +233,22 @@ fn write(path: &Path, bytes: &[u8]) {
 /// Writes a small WebVision-layout dataset under `root` and returns its training images.
 fn write_webvision_fixture(root: &Path) -> Vec<FixtureImage> {
     let images = fixture_images();
-    write(&root.join("info/synsets.txt"), b"n0001 alpha, first\nn0002 beta\nn0003 gamma, third, last\n");
-    write(&root.join("info/queries_google.txt"), b"1 alpha\n2 beta\n3 gamma+ray\n");
-    write(&root.join("info/queries_flickr.txt"), b"1 alpha\n2 beta\n3 gamma+ray\n");
-    write(&root.join("info/queries_synsets_map.txt"), b"1 1\n2 2\n3 3\n");
+    write(
+        &root.join("info/synsets.txt"),
+        b"n0001 alpha, first\nn0002 beta\nn0003 gamma, third, last\n",
+    );
+    write(
+        &root.join("info/queries_google.txt"),
+        b"1 alpha\n2 beta\n3 gamma+ray\n",
+    );
+    write(
+        &root.join("info/queries_flickr.txt"),
+        b"1 alpha\n2 beta\n3 gamma+ray\n",
+    );
+    write(
+        &root.join("info/queries_synsets_map.txt"),
+        b"1 1\n2 2\n3 3\n",
+    );
     let mut lists: BTreeMap<&str, (String, String)> = BTreeMap::new();
     let mut meta: BTreeMap<String, BTreeMap<usize, serde_json::Value>> = BTreeMap::new();
     for image in &images {
@@ -140,7 +259,8 @@ fn write_webvision_fixture(root: &Path) -> Vec<FixtureImage> {
             entry.0 += &format!("{} {}\n", image.path, image.label);
             entry.1 += &format!("{meta_file} {}\n", image.row);
         }
-        let mut page = serde_json::json!({ "id": image.path, "description": format!("about {}", image.path) });
+        let mut page =
+            serde_json::json!({ "id": image.path, "description": format!("about {}", image.path) });
         if let Some(title) = image.title {
             page["title"] = title.into();
         }
@@ -155,16 +275,31 @@ fn write_webvision_fixture(root: &Path) -> Vec<FixtureImage> {
         }
     }
     for (list, (files, metas)) in lists {
-        write(&root.join(format!("info/train_filelist_{list}.txt")), files.as_bytes());
-        write(&root.join(format!("info/train_meta_list_{list}.txt")), metas.as_bytes());
+        write(
+            &root.join(format!("info/train_filelist_{list}.txt")),
+            files.as_bytes(),
+        );
+        write(
+            &root.join(format!("info/train_meta_list_{list}.txt")),
+            metas.as_bytes(),
+        );
     }
     for (file, rows) in meta {
         let array: Vec<_> = rows.into_values().collect();
-        write(&root.join("meta").join(file), serde_json::to_string(&array).unwrap().as_bytes());
+        write(
+            &root.join("meta").join(file),
+            serde_json::to_string(&array).unwrap().as_bytes(),
+        );
     }
-    write(&root.join("info/val_filelist.txt"), b"val000001.jpg 2\nval000002.jpg 0\nval000003.jpg 1\n");
+    write(
+        &root.join("info/val_filelist.txt"),
+        b"val000001.jpg 2\nval000002.jpg 0\nval000003.jpg 1\n",
+    );
     for (i, seed) in [(1, 11u8), (2, 12), (3, 13)] {
-        write(&root.join(format!("val_images_256/val{i:06}.jpg")), &jpeg(&gradient(20 + i, 20, seed)));
+        write(
+            &root.join(format!("val_images_256/val{i:06}.jpg")),
+            &jpeg(&gradient(20 + i, 20, seed)),
+        );
     }
     images
 }
@@ -174,7 +309,11 @@ fn expected_text(image: &FixtureImage) -> SampleText {
     SampleText {
         title: image.title.map(str::to_string),
         description: Some(format!("about {}", image.path)),
-        tags: if flickr { vec!["tag".into(), image.path.into()] } else { Vec::new() },
+        tags: if flickr {
+            vec!["tag".into(), image.path.into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -185,24 +324,47 @@ fn webvision_fixture_ingests_with_counts_skip_reasons_and_web_reality() {
     let root = tempfile::tempdir().unwrap();
     let images = write_webvision_fixture(root.path());
     let stage = tempfile::tempdir().unwrap();
-    let report = store::ingest(&params(DatasetFormat::Webvision, Some(root.path())), stage.path(), false).unwrap();
+    let report = store::ingest(
+        &params(DatasetFormat::Webvision, Some(root.path())),
+        stage.path(),
+        false,
+    )
+    .unwrap();
 
     let kept: Vec<&FixtureImage> = images.iter().filter(|i| i.skip.is_none()).collect();
     assert_eq!((report.train, report.val), (kept.len() as u64, 3));
-    let reasons: BTreeMap<SkipReason, u64> =
-        [(SkipReason::Empty, 1), (SkipReason::Missing, 1), (SkipReason::Undecodable, 1)].into();
+    let reasons: BTreeMap<SkipReason, u64> = [
+        (SkipReason::Empty, 1),
+        (SkipReason::Missing, 1),
+        (SkipReason::Undecodable, 1),
+    ]
+    .into();
     assert_eq!(report.skipped, reasons);
-    let skipped_paths: Vec<(&str, SkipReason)> = report.skips.iter().map(|s| (s.path.as_str(), s.reason)).collect();
-    let expected_skips: Vec<(&str, SkipReason)> =
-        images.iter().filter_map(|i| i.skip.map(|r| (i.path, r))).collect();
+    let skipped_paths: Vec<(&str, SkipReason)> = report
+        .skips
+        .iter()
+        .map(|s| (s.path.as_str(), s.reason))
+        .collect();
+    let expected_skips: Vec<(&str, SkipReason)> = images
+        .iter()
+        .filter_map(|i| i.skip.map(|r| (i.path, r)))
+        .collect();
     assert_eq!(skipped_paths, expected_skips);
     let on_disk: store::IngestReport =
-        serde_json::from_slice(&std::fs::read(stage.path().join("ingest_report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(stage.path().join("ingest_report.json")).unwrap())
+            .unwrap();
     assert_eq!(on_disk, report);
 
     let store = Store::open(stage.path()).unwrap();
     let header = store.header();
-    assert_eq!(header.classes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["n0001", "n0002", "n0003"]);
+    assert_eq!(
+        header
+            .classes
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["n0001", "n0002", "n0003"]
+    );
     assert_eq!(header.classes[2].name, "gamma, third, last");
     assert_eq!(header.train_counts, vec![3, 3, 2]);
     assert_eq!(header.val_counts, vec![1, 1, 1]);
@@ -215,32 +377,63 @@ fn webvision_fixture_ingests_with_counts_skip_reasons_and_web_reality() {
         assert_eq!(meta.label, image.label);
         assert_eq!(meta.text, expected_text(image), "{}", image.path);
         let stored = reader.image(Split::Train, id as u64).unwrap();
-        assert_eq!(stored.width().min(stored.height()), 16, "{} is {:?}", image.path, stored.dimensions());
+        assert_eq!(
+            stored.width().min(stored.height()),
+            16,
+            "{} is {:?}",
+            image.path,
+            stored.dimensions()
+        );
     }
     let by_path = |path: &str| kept.iter().position(|i| i.path == path).unwrap() as u64;
-    let meta = reader.meta(Split::Train, by_path("google/q0001/a1.jpg")).unwrap();
+    let meta = reader
+        .meta(Split::Train, by_path("google/q0001/a1.jpg"))
+        .unwrap();
     assert_eq!((meta.source, meta.query), (Source::Google, 1));
     // CMYK decoded to red; the EXIF-rotated image is portrait with its black half on top.
-    let cmyk = reader.image(Split::Train, by_path("flickr/q0002/f3.jpg")).unwrap();
+    let cmyk = reader
+        .image(Split::Train, by_path("flickr/q0002/f3.jpg"))
+        .unwrap();
     let Rgb([r, g, b]) = *cmyk.get_pixel(8, 8);
     assert!(r > 230 && g < 30 && b < 30, "cmyk pixel {r},{g},{b}");
-    let rotated = reader.image(Split::Train, by_path("flickr/q0002/f4.jpg")).unwrap();
+    let rotated = reader
+        .image(Split::Train, by_path("flickr/q0002/f4.jpg"))
+        .unwrap();
     assert_eq!(rotated.dimensions(), (16, 32));
     assert!(rotated.get_pixel(8, 4)[0] < 30 && rotated.get_pixel(8, 28)[0] > 225);
     // The 600×400 original keeps its aspect ratio through DCT-scaled decoding.
-    assert_eq!(reader.image(Split::Train, by_path("google/q0001/a1.jpg")).unwrap().dimensions(), (24, 16));
+    assert_eq!(
+        reader
+            .image(Split::Train, by_path("google/q0001/a1.jpg"))
+            .unwrap()
+            .dimensions(),
+        (24, 16)
+    );
     let val = reader.meta(Split::Val, 0).unwrap();
-    assert_eq!((val.path.as_str(), val.label, val.source), ("val000001.jpg", 2, Source::Other));
-    assert!(matches!(reader.meta(Split::Val, 3), Err(StoreError::NoSuchId { len: 3, .. })));
+    assert_eq!(
+        (val.path.as_str(), val.label, val.source),
+        ("val000001.jpg", 2, Source::Other)
+    );
+    assert!(matches!(
+        reader.meta(Split::Val, 3),
+        Err(StoreError::NoSuchId { len: 3, .. })
+    ));
 }
 
 #[test]
 fn meta_rows_follow_the_meta_list_not_the_file_order() {
     let root = tempfile::tempdir().unwrap();
     let images = write_webvision_fixture(root.path());
-    for (sources, prefix) in [(vec![Source::Flickr], "flickr"), (vec![Source::Google], "google"), (vec![Source::Google, Source::Flickr], "")] {
+    for (sources, prefix) in [
+        (vec![Source::Flickr], "flickr"),
+        (vec![Source::Google], "google"),
+        (vec![Source::Google, Source::Flickr], ""),
+    ] {
         let index = websieve::dataset::webvision::read(root.path(), &sources, false).unwrap();
-        let expected: Vec<&FixtureImage> = images.iter().filter(|i| i.path.starts_with(prefix)).collect();
+        let expected: Vec<&FixtureImage> = images
+            .iter()
+            .filter(|i| i.path.starts_with(prefix))
+            .collect();
         assert_eq!(index.train.len(), expected.len());
         for (sample, image) in index.train.iter().zip(expected) {
             assert_eq!(sample.path, image.path);
@@ -251,23 +444,50 @@ fn meta_rows_follow_the_meta_list_not_the_file_order() {
 
 /// Error text with the temporary root replaced, for snapshots.
 fn error_text(error: DatasetError, root: &Path) -> String {
-    error.to_string().replace(&root.display().to_string(), "<root>")
+    error
+        .to_string()
+        .replace(&root.display().to_string(), "<root>")
 }
 
 #[test]
 fn malformed_lists_and_json_name_file_and_line() {
     let cases: [(&str, &str, &[u8]); 5] = [
-        ("label_not_a_number", "info/train_filelist_all.txt", b"flickr/q0002/f1.jpg 1\nflickr/q0002/f2.jpg one\n"),
-        ("label_out_of_range", "info/train_filelist_all.txt", b"flickr/q0002/f1.jpg 7\n"),
-        ("meta_row_out_of_range", "info/train_meta_list_all.txt", b"flickr/q0002.json 3\nflickr/q0002.json 99\n"),
-        ("meta_list_misaligned", "info/train_meta_list_all.txt", b"flickr/q0002.json 3\ngoogle/q0001.json 1\n"),
-        ("json_syntax", "meta/flickr/q0002.json", b"[{\"title\": \"a\"},\n {\"title\": }]"),
+        (
+            "label_not_a_number",
+            "info/train_filelist_all.txt",
+            b"flickr/q0002/f1.jpg 1\nflickr/q0002/f2.jpg one\n",
+        ),
+        (
+            "label_out_of_range",
+            "info/train_filelist_all.txt",
+            b"flickr/q0002/f1.jpg 7\n",
+        ),
+        (
+            "meta_row_out_of_range",
+            "info/train_meta_list_all.txt",
+            b"flickr/q0002.json 3\nflickr/q0002.json 99\n",
+        ),
+        (
+            "meta_list_misaligned",
+            "info/train_meta_list_all.txt",
+            b"flickr/q0002.json 3\ngoogle/q0001.json 1\n",
+        ),
+        (
+            "json_syntax",
+            "meta/flickr/q0002.json",
+            b"[{\"title\": \"a\"},\n {\"title\": }]",
+        ),
     ];
     for (name, file, bytes) in cases {
         let root = tempfile::tempdir().unwrap();
         write_webvision_fixture(root.path());
         write(&root.path().join(file), bytes);
-        let error = websieve::dataset::webvision::read(root.path(), &[Source::Google, Source::Flickr], false).unwrap_err();
+        let error = websieve::dataset::webvision::read(
+            root.path(),
+            &[Source::Google, Source::Flickr],
+            false,
+        )
+        .unwrap_err();
         insta::assert_snapshot!(name, error_text(error, root.path()));
     }
 }
@@ -276,8 +496,12 @@ fn malformed_lists_and_json_name_file_and_line() {
 fn wrong_typed_json_field_names_file_and_row() {
     let root = tempfile::tempdir().unwrap();
     write_webvision_fixture(root.path());
-    write(&root.path().join("meta/google/q0001.json"), br#"[{"title": "ok"}, {"title": 5}, {}, {}]"#);
-    let error = websieve::dataset::webvision::read(root.path(), &[Source::Google], false).unwrap_err();
+    write(
+        &root.path().join("meta/google/q0001.json"),
+        br#"[{"title": "ok"}, {"title": 5}, {}, {}]"#,
+    );
+    let error =
+        websieve::dataset::webvision::read(root.path(), &[Source::Google], false).unwrap_err();
     insta::assert_snapshot!(error_text(error, root.path()));
 }
 
@@ -288,7 +512,11 @@ const CHILD_STAGE_ENV: &str = "WEBSIEVE_TEST_RESUME_STAGE";
 const RESUME_COMMIT_EVERY: usize = 3;
 
 fn resume_params(root: &Path) -> DatasetParams {
-    DatasetParams { encoding: StoreEncoding::Jpeg { quality: 85 }, resize_mode: ResizeMode::Squash, ..params(DatasetFormat::Webvision, Some(root)) }
+    DatasetParams {
+        encoding: StoreEncoding::Jpeg { quality: 85 },
+        resize_mode: ResizeMode::Squash,
+        ..params(DatasetFormat::Webvision, Some(root))
+    }
 }
 
 /// Not a test on its own: the child process of `resume_after_abort_equals_uninterrupted_ingest`,
@@ -296,9 +524,23 @@ fn resume_params(root: &Path) -> DatasetParams {
 #[test]
 #[ignore = "child process of resume_after_abort_equals_uninterrupted_ingest"]
 fn resume_child() {
-    let (Ok(root), Ok(stage)) = (std::env::var(CHILD_ROOT_ENV), std::env::var(CHILD_STAGE_ENV)) else { return };
-    let options = IngestOptions { progress: false, threads: 2, commit_every: RESUME_COMMIT_EVERY };
-    store::ingest_with(&resume_params(Path::new(&root)), Path::new(&stage), &options).unwrap();
+    let (Ok(root), Ok(stage)) = (
+        std::env::var(CHILD_ROOT_ENV),
+        std::env::var(CHILD_STAGE_ENV),
+    ) else {
+        return;
+    };
+    let options = IngestOptions {
+        progress: false,
+        threads: 2,
+        commit_every: RESUME_COMMIT_EVERY,
+    };
+    store::ingest_with(
+        &resume_params(Path::new(&root)),
+        Path::new(&stage),
+        &options,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -307,7 +549,12 @@ fn resume_after_abort_equals_uninterrupted_ingest() {
     write_webvision_fixture(root.path());
     let (killed, clean) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["data::resume_child", "--exact", "--ignored", "--test-threads=1"])
+        .args([
+            "data::resume_child",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
         .env(CHILD_ROOT_ENV, root.path())
         .env(CHILD_STAGE_ENV, killed.path())
         .env(store::ABORT_AFTER_COMMITS_ENV, "2")
@@ -316,13 +563,28 @@ fn resume_after_abort_equals_uninterrupted_ingest() {
         .status()
         .unwrap();
     assert!(!status.success(), "the child should have aborted");
-    assert!(matches!(Store::open(killed.path()), Err(StoreError::Unfinished { .. })));
-    let options = IngestOptions { progress: false, threads: 1, commit_every: RESUME_COMMIT_EVERY };
+    assert!(matches!(
+        Store::open(killed.path()),
+        Err(StoreError::Unfinished { .. })
+    ));
+    let options = IngestOptions {
+        progress: false,
+        threads: 1,
+        commit_every: RESUME_COMMIT_EVERY,
+    };
     let resumed = store::ingest_with(&resume_params(root.path()), killed.path(), &options).unwrap();
-    let options = IngestOptions { progress: false, threads: 2, commit_every: 100 };
-    let uninterrupted = store::ingest_with(&resume_params(root.path()), clean.path(), &options).unwrap();
+    let options = IngestOptions {
+        progress: false,
+        threads: 2,
+        commit_every: 100,
+    };
+    let uninterrupted =
+        store::ingest_with(&resume_params(root.path()), clean.path(), &options).unwrap();
     assert_eq!(resumed, uninterrupted);
-    let (a, b) = (Store::open(killed.path()).unwrap(), Store::open(clean.path()).unwrap());
+    let (a, b) = (
+        Store::open(killed.path()).unwrap(),
+        Store::open(clean.path()).unwrap(),
+    );
     assert_eq!(a.header(), b.header());
     let (ra, rb) = (a.reader().unwrap(), b.reader().unwrap());
     for split in [Split::Train, Split::Val] {
@@ -340,15 +602,30 @@ fn changed_settings_are_refused_on_resume() {
     let root = tempfile::tempdir().unwrap();
     write_webvision_fixture(root.path());
     let stage = tempfile::tempdir().unwrap();
-    store::ingest(&params(DatasetFormat::Webvision, Some(root.path())), stage.path(), false).unwrap();
-    let other = DatasetParams { resize: 20, ..params(DatasetFormat::Webvision, Some(root.path())) };
-    assert!(matches!(store::ingest(&other, stage.path(), false), Err(store::IngestError::Changed { .. })));
+    store::ingest(
+        &params(DatasetFormat::Webvision, Some(root.path())),
+        stage.path(),
+        false,
+    )
+    .unwrap();
+    let other = DatasetParams {
+        resize: 20,
+        ..params(DatasetFormat::Webvision, Some(root.path()))
+    };
+    assert!(matches!(
+        store::ingest(&other, stage.path(), false),
+        Err(store::IngestError::Changed { .. })
+    ));
 }
 
 // ---------------------------------------------------------------- synthetic + loader
 
 fn synthetic_store(dir: &Path) -> Arc<Store> {
-    let params = DatasetParams { resize: 32, resize_mode: ResizeMode::Squash, ..params(DatasetFormat::Synthetic, None) };
+    let params = DatasetParams {
+        resize: 32,
+        resize_mode: ResizeMode::Squash,
+        ..params(DatasetFormat::Synthetic, None)
+    };
     let report = store::ingest(&params, dir, false).unwrap();
     assert!(report.skips.is_empty());
     Arc::new(Store::open(dir).unwrap())
@@ -364,9 +641,16 @@ fn synthetic_dataset_has_long_tail_noise_and_a_truth_file() {
     assert_eq!(counts, vec![12, 19, 30, 48]); // 48 · (12/48)^(c/3), rounded
     assert_eq!(header.val_counts, vec![3; 4]);
     let truth = std::fs::read_to_string(stage.path().join("truth.tsv")).unwrap();
-    let rows: Vec<Vec<&str>> = truth.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    let rows: Vec<Vec<&str>> = truth
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
     assert_eq!(rows.len() as u64, store.len(Split::Train));
-    assert_eq!(truth.lines().next().unwrap(), "path\tgiven_label\ttrue_label\tnoise_kind\ttrue_wnid\tsource_image");
+    assert_eq!(
+        truth.lines().next().unwrap(),
+        "path\tgiven_label\ttrue_label\tnoise_kind\ttrue_wnid\tsource_image"
+    );
     let noisy = rows.iter().filter(|r| r[1] != r[2]).count() as f64 / rows.len() as f64;
     assert!((0.12..0.4).contains(&noisy), "noise share {noisy}");
     assert!(rows.iter().all(|r| (r[1] == r[2]) == (r[3] == "clean")));
@@ -374,10 +658,22 @@ fn synthetic_dataset_has_long_tail_noise_and_a_truth_file() {
     let reader = store.reader().unwrap();
     for (id, row) in rows.iter().enumerate() {
         let meta = reader.meta(Split::Train, id as u64).unwrap();
-        assert_eq!((meta.path.as_str(), meta.label.to_string().as_str()), (row[0], row[1]));
+        assert_eq!(
+            (meta.path.as_str(), meta.label.to_string().as_str()),
+            (row[0], row[1])
+        );
     }
     // A rerun reuses the generated files and the finished store.
-    let again = store::ingest(&DatasetParams { resize: 32, resize_mode: ResizeMode::Squash, ..params(DatasetFormat::Synthetic, None) }, stage.path(), false).unwrap();
+    let again = store::ingest(
+        &DatasetParams {
+            resize: 32,
+            resize_mode: ResizeMode::Squash,
+            ..params(DatasetFormat::Synthetic, None)
+        },
+        stage.path(),
+        false,
+    )
+    .unwrap();
     assert_eq!(again.train, store.len(Split::Train));
 }
 
@@ -386,12 +682,21 @@ fn synthetic_text_follows_the_true_class() {
     let stage = tempfile::tempdir().unwrap();
     let store = synthetic_store(stage.path());
     let truth = std::fs::read_to_string(stage.path().join("truth.tsv")).unwrap();
-    let true_labels: Vec<usize> = truth.lines().skip(1).map(|l| l.split('\t').nth(2).unwrap().parse().unwrap()).collect();
+    let true_labels: Vec<usize> = truth
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+        .collect();
     let reader = store.reader().unwrap();
     // Word → class it is most used by among clean samples.
     let words = |id: u64| {
         let text = reader.meta(Split::Train, id).unwrap().text;
-        [text.title.unwrap_or_default(), text.description.unwrap_or_default(), text.tags.join(" ")].join(" ")
+        [
+            text.title.unwrap_or_default(),
+            text.description.unwrap_or_default(),
+            text.tags.join(" "),
+        ]
+        .join(" ")
     };
     let mut usage: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for id in 0..store.len(Split::Train) {
@@ -421,16 +726,29 @@ fn synthetic_text_follows_the_true_class() {
         }
     }
     assert!(noisy > 5);
-    assert!(follows_truth as f64 / noisy as f64 > 0.5, "{follows_truth} of {noisy} noisy samples' text follows the true class");
+    assert!(
+        follows_truth as f64 / noisy as f64 > 0.5,
+        "{follows_truth} of {noisy} noisy samples' text follows the true class"
+    );
 }
 
 fn loader_config(sampler: SamplerKind, workers: usize) -> LoaderConfig {
-    LoaderConfig { batch_size: 16, crop: 24, mirror: true, mean_rgb: [120.0, 110.0, 100.0], sampler, workers, seed: 3 }
+    LoaderConfig {
+        batch_size: 16,
+        crop: 24,
+        mirror: true,
+        mean_rgb: [120.0, 110.0, 100.0],
+        sampler,
+        workers,
+        seed: 3,
+    }
 }
 
 fn all_train_samples(store: &Store) -> Vec<(u64, u32)> {
     let reader = store.reader().unwrap();
-    (0..store.len(Split::Train)).map(|id| (id, reader.meta(Split::Train, id).unwrap().label)).collect()
+    (0..store.len(Split::Train))
+        .map(|id| (id, reader.meta(Split::Train, id).unwrap().label))
+        .collect()
 }
 
 #[test]
@@ -440,11 +758,17 @@ fn training_batches_do_not_depend_on_worker_count_and_resume_mid_stream() {
     let samples = all_train_samples(&store);
     for sampler in [SamplerKind::Shuffle, SamplerKind::HalfBalanced] {
         let take = |workers, start, n| -> Vec<websieve::sample::Batch> {
-            loader::train_batches(store.clone(), samples.clone(), None, &loader_config(sampler, workers), start)
-                .unwrap()
-                .take(n)
-                .map(Result::unwrap)
-                .collect()
+            loader::train_batches(
+                store.clone(),
+                samples.clone(),
+                None,
+                &loader_config(sampler, workers),
+                start,
+            )
+            .unwrap()
+            .take(n)
+            .map(Result::unwrap)
+            .collect()
         };
         let one = take(1, 0, 12);
         assert_eq!(one, take(3, 0, 12));
@@ -452,9 +776,26 @@ fn training_batches_do_not_depend_on_worker_count_and_resume_mid_stream() {
         assert_eq!(one[0].shape, [16, 3, 24, 24]);
         assert_ne!(one[0].pixels, one[1].pixels);
     }
-    let cfg = LoaderConfig { seed: 4, ..loader_config(SamplerKind::Shuffle, 1) };
-    let other_seed = loader::train_batches(store.clone(), samples.clone(), None, &cfg, 0).unwrap().next().unwrap().unwrap();
-    let first = loader::train_batches(store, samples, None, &loader_config(SamplerKind::Shuffle, 1), 0).unwrap().next().unwrap().unwrap();
+    let cfg = LoaderConfig {
+        seed: 4,
+        ..loader_config(SamplerKind::Shuffle, 1)
+    };
+    let other_seed = loader::train_batches(store.clone(), samples.clone(), None, &cfg, 0)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let first = loader::train_batches(
+        store,
+        samples,
+        None,
+        &loader_config(SamplerKind::Shuffle, 1),
+        0,
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
     assert_ne!(other_seed.ids, first.ids);
 }
 
@@ -467,20 +808,45 @@ fn balanced_samplers_reach_their_class_frequencies() {
     let largest = *counts.iter().max().unwrap() as f64;
     let draws = 400;
     for (sampler, target) in [
-        (SamplerKind::Balanced, counts.iter().map(|_| 1.0).collect::<Vec<f64>>()),
-        (SamplerKind::HalfBalanced, counts.iter().map(|&n| (n as f64).max(largest / 2.0)).collect()),
-        (SamplerKind::Replacement, counts.iter().map(|&n| n as f64).collect()),
+        (
+            SamplerKind::Balanced,
+            counts.iter().map(|_| 1.0).collect::<Vec<f64>>(),
+        ),
+        (
+            SamplerKind::HalfBalanced,
+            counts
+                .iter()
+                .map(|&n| (n as f64).max(largest / 2.0))
+                .collect(),
+        ),
+        (
+            SamplerKind::Replacement,
+            counts.iter().map(|&n| n as f64).collect(),
+        ),
     ] {
-        let cfg = LoaderConfig { crop: 8, ..loader_config(sampler, 2) };
+        let cfg = LoaderConfig {
+            crop: 8,
+            ..loader_config(sampler, 2)
+        };
         let mut seen = vec![0f64; counts.len()];
-        for batch in loader::train_batches(store.clone(), samples.clone(), None, &cfg, 0).unwrap().take(draws) {
-            batch.unwrap().labels.iter().for_each(|&l| seen[l as usize] += 1.0);
+        for batch in loader::train_batches(store.clone(), samples.clone(), None, &cfg, 0)
+            .unwrap()
+            .take(draws)
+        {
+            batch
+                .unwrap()
+                .labels
+                .iter()
+                .for_each(|&l| seen[l as usize] += 1.0);
         }
         let (total_seen, total_target) = (seen.iter().sum::<f64>(), target.iter().sum::<f64>());
         for (c, (s, t)) in seen.iter().zip(&target).enumerate() {
             let (share, expected) = (s / total_seen, t / total_target);
             // 6400 draws: the standard error of a share near 0.25 is ~0.005.
-            assert!((share - expected).abs() < 0.025, "{sampler:?} class {c}: {share:.3} vs {expected:.3}");
+            assert!(
+                (share - expected).abs() < 0.025,
+                "{sampler:?} class {c}: {share:.3} vs {expected:.3}"
+            );
         }
     }
 }
@@ -490,10 +856,11 @@ fn eval_batches_hold_every_crop_of_whole_samples_in_rgb_minus_mean() {
     let stage = tempfile::tempdir().unwrap();
     let store = synthetic_store(stage.path());
     let mean = [120.0, 110.0, 100.0];
-    let batches: Vec<_> = loader::eval_batches(store.clone(), Split::Val, 24, CropSet::Ten, mean, 5, 2)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let batches: Vec<_> =
+        loader::eval_batches(store.clone(), Split::Val, 24, CropSet::Ten, mean, 5, 2)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
     assert_eq!(batches.len(), 3); // 12 val samples, 5 per batch
     let ids: Vec<u64> = batches.iter().flat_map(|b| b.ids.iter().copied()).collect();
     let expected: Vec<u64> = (0..12).flat_map(|id| std::iter::repeat_n(id, 10)).collect();
@@ -509,10 +876,16 @@ fn eval_batches_hold_every_crop_of_whole_samples_in_rgb_minus_mean() {
     for (channel, m) in mean.iter().enumerate() {
         for (row, col) in [(0, 0), (5, 17), (23, 23)] {
             let pixel = image.get_pixel(b.x + 23 - col, b.y + row)[channel] as f32;
-            assert_eq!(batch.pixels[slot * 3 * plane + channel * plane + row as usize * 24 + col as usize], pixel - m);
+            assert_eq!(
+                batch.pixels[slot * 3 * plane + channel * plane + row as usize * 24 + col as usize],
+                pixel - m
+            );
         }
     }
-    assert_eq!(batch.labels[slot], reader.meta(Split::Val, 6).unwrap().label);
+    assert_eq!(
+        batch.labels[slot],
+        reader.meta(Split::Val, 6).unwrap().label
+    );
 }
 
 // ---------------------------------------------------------------- imagenette-web
@@ -529,12 +902,22 @@ fn imagenette_web_ingests_with_the_counts_its_readme_states() {
         return;
     }
     let stage = tempfile::tempdir().unwrap();
-    let params = DatasetParams { resize: 32, resize_mode: ResizeMode::Squash, ..params(DatasetFormat::Webvision, Some(&root)) };
+    let params = DatasetParams {
+        resize: 32,
+        resize_mode: ResizeMode::Squash,
+        ..params(DatasetFormat::Webvision, Some(&root))
+    };
     let report = store::ingest(&params, stage.path(), false).unwrap();
-    assert_eq!((report.train, report.val, report.skips.len()), (4576, 2000, 0));
+    assert_eq!(
+        (report.train, report.val, report.skips.len()),
+        (4576, 2000, 0)
+    );
     let store = Store::open(stage.path()).unwrap();
     assert_eq!(store.header().classes.len(), 10);
-    assert_eq!(store.header().train_counts, vec![440, 257, 526, 215, 900, 753, 308, 368, 629, 180]);
+    assert_eq!(
+        store.header().train_counts,
+        vec![440, 257, 526, 215, 900, 753, 308, 368, 629, 180]
+    );
     assert_eq!(store.header().val_counts, vec![200; 10]);
     let index = dataset::webvision::read(&root, &[Source::Google], false).unwrap();
     assert_eq!(index.train.len(), 1911);
