@@ -931,3 +931,92 @@ fn store_and_loaders_can_cross_threads() {
     send::<loader::TrainLoader>();
     send::<loader::EvalLoader>();
 }
+
+// ---------------------------------------------------------------- imagefolder, jsonl
+
+#[test]
+fn imagefolder_reads_class_folders_sidecar_text_and_val() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(&r.join("train/cat/1.jpg"), &jpeg(&gradient(20, 20, 1)));
+    write(&r.join("train/cat/1.txt"), b"  a cat on a mat \n");
+    write(
+        &r.join("train/dog/2.png"),
+        &encoded(
+            image::DynamicImage::ImageRgb8(gradient(20, 20, 2)),
+            image::ImageFormat::Png,
+        ),
+    );
+    write(&r.join("train/dog/.hidden.jpg"), b"");
+    write(&r.join("val/dog/3.jpg"), &jpeg(&gradient(20, 20, 3)));
+    let stage = tempfile::tempdir().unwrap();
+    let report = store::ingest(
+        &params(DatasetFormat::Imagefolder, Some(r)),
+        stage.path(),
+        false,
+    )
+    .unwrap();
+    assert_eq!((report.train, report.val, report.skips.len()), (2, 1, 0));
+    let store = Store::open(stage.path()).unwrap();
+    assert_eq!(
+        store
+            .header()
+            .classes
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["cat", "dog"]
+    );
+    let reader = store.reader().unwrap();
+    let cat = reader.meta(Split::Train, 0).unwrap();
+    assert_eq!(
+        (
+            cat.path.as_str(),
+            cat.label,
+            cat.text.description.as_deref()
+        ),
+        ("train/cat/1.jpg", 0, Some("a cat on a mat"))
+    );
+    assert_eq!(reader.meta(Split::Train, 1).unwrap().text.description, None);
+    assert_eq!(reader.meta(Split::Val, 0).unwrap().label, 1);
+}
+
+#[test]
+fn jsonl_reads_records_and_names_the_line_of_a_bad_one() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(&r.join("img/a.jpg"), &jpeg(&gradient(20, 20, 1)));
+    write(&r.join("img/b.jpg"), &jpeg(&gradient(20, 20, 2)));
+    write(
+        &r.join("train.jsonl"),
+        br#"{"path": "img/a.jpg", "label": "zebra", "title": "stripes", "tags": ["x"]}
+
+{"path": "img/b.jpg", "label": "ant", "text": "small"}
+"#,
+    );
+    let index = dataset::jsonl::read(r, false).unwrap();
+    assert_eq!(
+        index
+            .classes
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["ant", "zebra"]
+    );
+    assert_eq!(index.train[0].label, 1);
+    assert_eq!(
+        index.train[0].text,
+        SampleText {
+            title: Some("stripes".into()),
+            description: None,
+            tags: vec!["x".into()]
+        }
+    );
+    assert_eq!(index.train[1].text.description.as_deref(), Some("small"));
+    write(
+        &r.join("train.jsonl"),
+        b"{\"path\": \"img/a.jpg\", \"label\": \"ant\"}\n{\"path\": \"img/b.jpg\"}\n",
+    );
+    let error = dataset::jsonl::read(r, false).unwrap_err();
+    insta::assert_snapshot!(error_text(error, r));
+}
