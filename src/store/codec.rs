@@ -88,10 +88,18 @@ pub fn decode(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
         return Err(Skip::new(SkipReason::Empty, "zero-byte file"));
     }
     let format = image::guess_format(bytes).map_err(|e| Skip::new(SkipReason::UnknownFormat, e))?;
-    match format {
+    // Decoders can panic on hostile input (jpeg-decoder does on unusual component counts): one
+    // bad web file must cost a skip, not the ingest.
+    let decoded = std::panic::catch_unwind(|| match format {
         ImageFormat::Jpeg => decode_jpeg(bytes, min_side),
         other => decode_other(bytes, other),
-    }
+    });
+    decoded.unwrap_or_else(|_| {
+        Err(Skip::new(
+            SkipReason::Undecodable,
+            format!("{format:?} decoder panicked"),
+        ))
+    })
 }
 
 fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
@@ -360,6 +368,18 @@ mod tests {
             .max()
             .unwrap();
         assert!(error < 24, "max abs error {error}");
+    }
+
+    #[test]
+    fn a_decoder_panic_is_a_skip() {
+        // SOI, then a baseline SOF declaring 2 components (jpeg-decoder's `info()` panics on it).
+        let two_components = [
+            0xFF, 0xD8, 0xFF, 0xC0, 0, 14, 8, 0, 1, 0, 1, 2, 1, 0x11, 0, 2, 0x11, 0, 0xFF, 0xD9,
+        ];
+        assert_eq!(
+            decode(&two_components, 8).unwrap_err().reason,
+            SkipReason::Undecodable
+        );
     }
 
     #[test]
