@@ -139,6 +139,7 @@ fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, threads: usize) -> anyh
         progress: false,
         threads,
         commit_every: 512,
+        map_size: None,
     };
     let start = Instant::now();
     let report = ingest_with(&params, &stage, &options)?;

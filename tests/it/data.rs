@@ -534,6 +534,7 @@ fn resume_child() {
         progress: false,
         threads: 2,
         commit_every: RESUME_COMMIT_EVERY,
+        map_size: None,
     };
     store::ingest_with(
         &resume_params(Path::new(&root)),
@@ -571,12 +572,14 @@ fn resume_after_abort_equals_uninterrupted_ingest() {
         progress: false,
         threads: 1,
         commit_every: RESUME_COMMIT_EVERY,
+        map_size: None,
     };
     let resumed = store::ingest_with(&resume_params(root.path()), killed.path(), &options).unwrap();
     let options = IngestOptions {
         progress: false,
         threads: 2,
         commit_every: 100,
+        map_size: None,
     };
     let uninterrupted =
         store::ingest_with(&resume_params(root.path()), clean.path(), &options).unwrap();
@@ -1019,4 +1022,32 @@ fn jsonl_reads_records_and_names_the_line_of_a_bad_one() {
     );
     let error = dataset::jsonl::read(r, false).unwrap_err();
     insta::assert_snapshot!(error_text(error, r));
+}
+
+#[test]
+fn a_full_map_grows_and_the_store_stays_complete() {
+    let root = tempfile::tempdir().unwrap();
+    write_webvision_fixture(root.path());
+    let stage = tempfile::tempdir().unwrap();
+    // 8 raw 256² images (1.5 MB) into a 1 MiB map.
+    let params = DatasetParams {
+        resize: 256,
+        resize_mode: ResizeMode::Squash,
+        ..params(DatasetFormat::Webvision, Some(root.path()))
+    };
+    let options = IngestOptions {
+        commit_every: 2,
+        map_size: Some(1 << 20),
+        ..IngestOptions::default()
+    };
+    let report = store::ingest_with(&params, stage.path(), &options).unwrap();
+    assert_eq!((report.train, report.val), (8, 3));
+    let store = Store::open(stage.path()).unwrap();
+    let reader = store.reader().unwrap();
+    for id in 0..8 {
+        assert_eq!(
+            reader.image(Split::Train, id).unwrap().dimensions(),
+            (256, 256)
+        );
+    }
 }
