@@ -63,7 +63,9 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
         args.root.display(),
         args.size
     );
-    let floor = decode_floor(&files, args.size)?;
+    // One-thread pool: jpeg-decoder would otherwise spread its IDCT over the global pool.
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let floor = single.install(|| decode_floor(&files, args.size))?;
     println!(
         "decode floor (jpeg-decoder, 1 thread): {:.0} img/s decode only, {:.0} img/s decode + resize",
         floor.0, floor.1
@@ -137,6 +139,7 @@ fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, threads: usize) -> anyh
         progress: false,
         threads,
         commit_every: 512,
+        map_size: None,
     };
     let start = Instant::now();
     let report = ingest_with(&params, &stage, &options)?;

@@ -3,7 +3,7 @@
 //! handed out in order through that worker's bounded channel, so the stream is the same for any
 //! worker count (each batch is a pure function of its index).
 
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -54,29 +54,27 @@ impl Pipeline {
         for worker in 0..workers as u64 {
             let (sender, receiver) = sync_channel(PREFETCH_PER_WORKER);
             receivers.push(receiver);
-            let (store, source, pool) = (store.clone(), source.clone(), pool.clone());
+            let (store, source, pool_of_buffers) = (store.clone(), source.clone(), pool.clone());
             handles.push(std::thread::spawn(move || {
-                let reader = match store.reader() {
-                    Ok(reader) => reader,
+                // jpeg-decoder hands IDCT work to the current rayon pool: a one-thread pool per
+                // worker keeps each worker on one core (and off the trainer's global pool).
+                match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                    Ok(pool) => pool.install(|| {
+                        work(
+                            &store,
+                            &*source,
+                            &pool_of_buffers,
+                            &sender,
+                            worker,
+                            workers,
+                            start,
+                            end,
+                        )
+                    }),
                     Err(e) => {
-                        let _ = sender.send(Err(e.into()));
-                        return;
+                        let _ = sender
+                            .send(Err(LoaderError::Config(format!("worker thread pool: {e}"))));
                     }
-                };
-                let mut state = S::State::default();
-                let mut k = start + worker;
-                while end.is_none_or(|end| k < end) {
-                    let buffer = pool
-                        .lock()
-                        .ok()
-                        .and_then(|mut pool| pool.pop())
-                        .unwrap_or_default();
-                    let batch = source.build(k, &reader, buffer, &mut state);
-                    let failed = batch.is_err();
-                    if sender.send(batch).is_err() || failed {
-                        return; // consumer gone, or this error ends the stream
-                    }
-                    k += workers as u64;
                 }
             }));
         }
@@ -101,6 +99,42 @@ impl Pipeline {
     /// The index of the batch `next()` returns.
     pub fn position(&self) -> u64 {
         self.next
+    }
+}
+
+/// One worker's loop: batches `start + worker`, then every `workers`-th, until `end`.
+#[allow(clippy::too_many_arguments)]
+fn work<S: BatchSource>(
+    store: &Store,
+    source: &S,
+    pool: &BufferPool,
+    sender: &SyncSender<Result<Batch, LoaderError>>,
+    worker: u64,
+    workers: usize,
+    start: u64,
+    end: Option<u64>,
+) {
+    let reader = match store.reader() {
+        Ok(reader) => reader,
+        Err(e) => {
+            let _ = sender.send(Err(e.into()));
+            return;
+        }
+    };
+    let mut state = S::State::default();
+    let mut k = start + worker;
+    while end.is_none_or(|end| k < end) {
+        let buffer = pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        let batch = source.build(k, &reader, buffer, &mut state);
+        let failed = batch.is_err();
+        if sender.send(batch).is_err() || failed {
+            return; // consumer gone, or this error ends the stream
+        }
+        k += workers as u64;
     }
 }
 

@@ -88,10 +88,18 @@ pub fn decode(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
         return Err(Skip::new(SkipReason::Empty, "zero-byte file"));
     }
     let format = image::guess_format(bytes).map_err(|e| Skip::new(SkipReason::UnknownFormat, e))?;
-    match format {
+    // Decoders can panic on hostile input (jpeg-decoder does on unusual component counts): one
+    // bad web file must cost a skip, not the ingest.
+    let decoded = std::panic::catch_unwind(|| match format {
         ImageFormat::Jpeg => decode_jpeg(bytes, min_side),
         other => decode_other(bytes, other),
-    }
+    });
+    decoded.unwrap_or_else(|_| {
+        Err(Skip::new(
+            SkipReason::Undecodable,
+            format!("{format:?} decoder panicked"),
+        ))
+    })
 }
 
 fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
@@ -211,8 +219,13 @@ pub fn prepare(bytes: &[u8], resize_to: u32, mode: ResizeMode) -> Result<RgbImag
 }
 
 /// The stored value of an image: `label u32 LE, width u32 LE, height u32 LE`, then raw RGB
-/// rows or a JPEG stream.
-pub fn encode_record(label: u32, image: &RgbImage, encoding: StoreEncoding) -> Vec<u8> {
+/// rows or a JPEG stream (jpeg-encoder, SIMD; 4:2:0 chroma subsampling at every quality, as
+/// Pillow's default).
+pub fn encode_record(
+    label: u32,
+    image: &RgbImage,
+    encoding: StoreEncoding,
+) -> Result<Vec<u8>, Skip> {
     let mut out = Vec::with_capacity(12 + image.as_raw().len());
     out.extend_from_slice(&label.to_le_bytes());
     out.extend_from_slice(&image.width().to_le_bytes());
@@ -220,13 +233,25 @@ pub fn encode_record(label: u32, image: &RgbImage, encoding: StoreEncoding) -> V
     match encoding {
         StoreEncoding::Raw => out.extend_from_slice(image.as_raw()),
         StoreEncoding::Jpeg { quality } => {
-            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-            image
-                .write_with_encoder(encoder)
-                .expect("JPEG encoding into memory of a valid RGB image does not fail");
+            let (width, height) = image.dimensions();
+            let too_large = || {
+                Skip::new(
+                    SkipReason::TooLarge,
+                    format!("{width}x{height} exceeds JPEG's 65535 px"),
+                )
+            };
+            let (w, h) = (
+                u16::try_from(width).map_err(|_| too_large())?,
+                u16::try_from(height).map_err(|_| too_large())?,
+            );
+            let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+            encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+            encoder
+                .encode(image.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| Skip::new(SkipReason::TooLarge, format!("jpeg encoding: {e}")))?;
         }
     }
-    out
+    Ok(out)
 }
 
 /// A stored record, borrowed from the LMDB map.
@@ -319,12 +344,41 @@ mod tests {
     #[test]
     fn raw_record_round_trips() {
         let image = RgbImage::from_fn(3, 2, |x, y| image::Rgb([x as u8, y as u8, 9]));
-        let bytes = encode_record(7, &image, StoreEncoding::Raw);
+        let bytes = encode_record(7, &image, StoreEncoding::Raw).unwrap();
         let record = parse_record(&bytes).unwrap();
         assert_eq!((record.label, record.width, record.height), (7, 3, 2));
         assert_eq!(
             &*record_pixels(&record, StoreEncoding::Raw).unwrap(),
             image.as_raw().as_slice()
+        );
+    }
+
+    #[test]
+    fn jpeg_record_decodes_close_to_the_original() {
+        let image = RgbImage::from_fn(40, 24, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 10) as u8, 128])
+        });
+        let bytes = encode_record(3, &image, StoreEncoding::Jpeg { quality: 95 }).unwrap();
+        let record = parse_record(&bytes).unwrap();
+        let pixels = record_pixels(&record, StoreEncoding::Jpeg { quality: 95 }).unwrap();
+        let error = pixels
+            .iter()
+            .zip(image.as_raw())
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .max()
+            .unwrap();
+        assert!(error < 24, "max abs error {error}");
+    }
+
+    #[test]
+    fn a_decoder_panic_is_a_skip() {
+        // SOI, then a baseline SOF declaring 2 components (jpeg-decoder's `info()` panics on it).
+        let two_components = [
+            0xFF, 0xD8, 0xFF, 0xC0, 0, 14, 8, 0, 1, 0, 1, 2, 1, 0x11, 0, 2, 0x11, 0, 0xFF, 0xD9,
+        ];
+        assert_eq!(
+            decode(&two_components, 8).unwrap_err().reason,
+            SkipReason::Undecodable
         );
     }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{self, Skip, SkipReason};
 use super::{create_tables, open_env, SampleMeta, StoreHeader, Tables, FORMAT_VERSION, STORE_DIR};
 use crate::dataset::{self, DatasetError, DatasetSample};
-use crate::recipe::params::DatasetParams;
+use crate::recipe::params::{DatasetParams, ResizeMode, StoreEncoding};
 use crate::sample::Split;
 
 /// See the module doc.
@@ -37,6 +37,9 @@ pub struct IngestOptions {
     pub threads: usize,
     /// Images per write transaction.
     pub commit_every: usize,
+    /// Initial LMDB map size in bytes (rounded up to 1 MiB); `None`: sized from the work list.
+    /// The map grows when full either way.
+    pub map_size: Option<usize>,
 }
 
 impl Default for IngestOptions {
@@ -45,6 +48,7 @@ impl Default for IngestOptions {
             progress: false,
             threads: 0,
             commit_every: 512,
+            map_size: None,
         }
     }
 }
@@ -175,7 +179,8 @@ pub fn ingest_with(
         drop(txn);
         return build_report(&inner.env, &inner.tables, &env_dir);
     }
-    let env = open_env(&env_dir, false).map_err(lmdb)?;
+    let map_size = initial_map_size(&env_dir, work.len(), params, options.map_size);
+    let env = open_env(&env_dir, Some(map_size)).map_err(lmdb)?;
     let tables = create_tables(&env).map_err(lmdb)?;
     let mut counts = start_or_resume(&env, &tables, &fingerprint, index.classes.len(), &env_dir)?;
 
@@ -201,7 +206,14 @@ pub fn ingest_with(
         let writer = scope.spawn(|| -> Result<(), IngestError> {
             let mut commits = 0u64;
             for chunk in receiver {
-                write_chunk(&env, &tables, &work, &chunk, &mut counts).map_err(lmdb)?;
+                while let Err(error) = write_chunk(&env, &tables, &work, &chunk, &mut counts) {
+                    match error {
+                        heed::Error::Mdb(heed::MdbError::MapFull) => {
+                            grow_map(&env).map_err(lmdb)?
+                        }
+                        other => return Err(lmdb(other)),
+                    }
+                }
                 commits += 1;
                 if abort_after == Some(commits) {
                     std::process::abort();
@@ -323,6 +335,41 @@ fn start_or_resume(
     Ok(counts)
 }
 
+/// Rounding of map sizes: a multiple of any page size LMDB runs with.
+const MAP_ROUNDING: usize = 1 << 20;
+
+/// A map large enough for the whole work list in most cases (shorter-side images of extreme
+/// aspect ratios may need [`grow_map`]), and never smaller than an existing file.
+fn initial_map_size(
+    env_dir: &Path,
+    images: usize,
+    params: &DatasetParams,
+    asked: Option<usize>,
+) -> usize {
+    let side = params.resize as usize;
+    let per_image = match params.encoding {
+        StoreEncoding::Raw => side * side * 3,
+        StoreEncoding::Jpeg { .. } => side * side,
+    };
+    let aspect = match params.resize_mode {
+        ResizeMode::Squash => 1,
+        ResizeMode::ShorterSide => 2,
+    };
+    // + a page for LMDB's overflow-page rounding and the metadata record.
+    let estimate = asked.unwrap_or(images * (per_image * aspect + 2 * 4096) + (64 << 20));
+    let existing = std::fs::metadata(env_dir.join("data.mdb")).map_or(0, |m| m.len() as usize);
+    estimate.max(existing).div_ceil(MAP_ROUNDING) * MAP_ROUNDING
+}
+
+/// Doubles the map after `MDB_MAP_FULL`.
+fn grow_map(env: &heed::Env<heed::WithoutTls>) -> Result<(), heed::Error> {
+    let size = (env.info().map_size * 2).div_ceil(MAP_ROUNDING) * MAP_ROUNDING;
+    tracing::info!(size, "growing the store's map");
+    // SAFETY: the failed write transaction is gone, and no other transaction on this
+    // environment exists in this process (the writer thread is its only user while writing).
+    unsafe { env.resize(size) }
+}
+
 /// Reads, decodes and encodes one file for the store.
 fn prepare_file(sample: &DatasetSample, params: &DatasetParams) -> Result<Vec<u8>, Skip> {
     let bytes = std::fs::read(&sample.file).map_err(|e| Skip {
@@ -334,7 +381,7 @@ fn prepare_file(sample: &DatasetSample, params: &DatasetParams) -> Result<Vec<u8
         detail: e.to_string(),
     })?;
     let image = codec::prepare(&bytes, params.resize, params.resize_mode)?;
-    Ok(codec::encode_record(sample.label, &image, params.encoding))
+    codec::encode_record(sample.label, &image, params.encoding)
 }
 
 /// Writes one chunk and the progress after it in one transaction.

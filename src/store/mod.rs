@@ -35,7 +35,7 @@ use crate::sample::{SampleText, Source, Split};
 pub use codec::SkipReason;
 pub use ingest::{
     ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkippedFile,
-    ABORT_AFTER_COMMITS_ENV,
+    ABORT_AFTER_COMMITS_ENV, REPORT_FILE,
 };
 
 /// Bumped whenever the layout above changes.
@@ -173,7 +173,7 @@ impl Store {
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(Store { inner });
         }
-        let env = open_env(&env_dir, true).map_err(lmdb)?;
+        let env = open_env(&env_dir, None).map_err(lmdb)?;
         let tables = open_tables(&env)
             .map_err(lmdb)?
             .ok_or(StoreError::Unfinished {
@@ -328,21 +328,24 @@ impl StoreReader<'_> {
     }
 }
 
-fn open_env(dir: &Path, read_only: bool) -> Result<Env<WithoutTls>, heed::Error> {
-    if !read_only {
-        std::fs::create_dir_all(dir)?;
-    }
+/// Opens the environment read-only (`writer_map_size = None`), or for the ingest writer with a
+/// map of that many bytes.
+fn open_env(dir: &Path, writer_map_size: Option<usize>) -> Result<Env<WithoutTls>, heed::Error> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options
-        .map_size(MAP_SIZE)
+        .map_size(writer_map_size.unwrap_or(MAP_SIZE))
         .max_dbs(Tables::NAMES.len() as u32)
         .max_readers(MAX_READERS);
-    // NO_SYNC while writing: a killed process loses nothing the OS already has (kill -9 is
-    // what resuming must survive); ingest syncs once at the end. Readers open read-only.
-    let flags = if read_only {
-        EnvFlags::READ_ONLY
-    } else {
-        EnvFlags::NO_SYNC
+    // The writer: WRITE_MAP writes records straight into the map (no copy into dirty pages and
+    // `pwrite` at commit; LMDB then sizes the file to the map, hence a map sized to the work);
+    // NO_SYNC, since a killed process loses nothing the OS already has (kill -9 is what resuming
+    // must survive) and ingest syncs once at the end.
+    let flags = match writer_map_size {
+        None => EnvFlags::READ_ONLY,
+        Some(_) => {
+            std::fs::create_dir_all(dir)?;
+            EnvFlags::NO_SYNC | EnvFlags::WRITE_MAP
+        }
     };
     // SAFETY: the environment is opened once per path in this process (see OPEN_STORES and
     // ingest), and LMDB's files are not modified by anything but LMDB.

@@ -534,6 +534,7 @@ fn resume_child() {
         progress: false,
         threads: 2,
         commit_every: RESUME_COMMIT_EVERY,
+        map_size: None,
     };
     store::ingest_with(
         &resume_params(Path::new(&root)),
@@ -571,12 +572,14 @@ fn resume_after_abort_equals_uninterrupted_ingest() {
         progress: false,
         threads: 1,
         commit_every: RESUME_COMMIT_EVERY,
+        map_size: None,
     };
     let resumed = store::ingest_with(&resume_params(root.path()), killed.path(), &options).unwrap();
     let options = IngestOptions {
         progress: false,
         threads: 2,
         commit_every: 100,
+        map_size: None,
     };
     let uninterrupted =
         store::ingest_with(&resume_params(root.path()), clean.path(), &options).unwrap();
@@ -921,4 +924,130 @@ fn imagenette_web_ingests_with_the_counts_its_readme_states() {
     assert_eq!(store.header().val_counts, vec![200; 10]);
     let index = dataset::webvision::read(&root, &[Source::Google], false).unwrap();
     assert_eq!(index.train.len(), 1911);
+}
+
+#[test]
+fn store_and_loaders_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<loader::TrainLoader>();
+    send::<loader::EvalLoader>();
+}
+
+// ---------------------------------------------------------------- imagefolder, jsonl
+
+#[test]
+fn imagefolder_reads_class_folders_sidecar_text_and_val() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(&r.join("train/cat/1.jpg"), &jpeg(&gradient(20, 20, 1)));
+    write(&r.join("train/cat/1.txt"), b"  a cat on a mat \n");
+    write(
+        &r.join("train/dog/2.png"),
+        &encoded(
+            image::DynamicImage::ImageRgb8(gradient(20, 20, 2)),
+            image::ImageFormat::Png,
+        ),
+    );
+    write(&r.join("train/dog/.hidden.jpg"), b"");
+    write(&r.join("val/dog/3.jpg"), &jpeg(&gradient(20, 20, 3)));
+    let stage = tempfile::tempdir().unwrap();
+    let report = store::ingest(
+        &params(DatasetFormat::Imagefolder, Some(r)),
+        stage.path(),
+        false,
+    )
+    .unwrap();
+    assert_eq!((report.train, report.val, report.skips.len()), (2, 1, 0));
+    let store = Store::open(stage.path()).unwrap();
+    assert_eq!(
+        store
+            .header()
+            .classes
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["cat", "dog"]
+    );
+    let reader = store.reader().unwrap();
+    let cat = reader.meta(Split::Train, 0).unwrap();
+    assert_eq!(
+        (
+            cat.path.as_str(),
+            cat.label,
+            cat.text.description.as_deref()
+        ),
+        ("train/cat/1.jpg", 0, Some("a cat on a mat"))
+    );
+    assert_eq!(reader.meta(Split::Train, 1).unwrap().text.description, None);
+    assert_eq!(reader.meta(Split::Val, 0).unwrap().label, 1);
+}
+
+#[test]
+fn jsonl_reads_records_and_names_the_line_of_a_bad_one() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(&r.join("img/a.jpg"), &jpeg(&gradient(20, 20, 1)));
+    write(&r.join("img/b.jpg"), &jpeg(&gradient(20, 20, 2)));
+    write(
+        &r.join("train.jsonl"),
+        br#"{"path": "img/a.jpg", "label": "zebra", "title": "stripes", "tags": ["x"]}
+
+{"path": "img/b.jpg", "label": "ant", "text": "small"}
+"#,
+    );
+    let index = dataset::jsonl::read(r, false).unwrap();
+    assert_eq!(
+        index
+            .classes
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["ant", "zebra"]
+    );
+    assert_eq!(index.train[0].label, 1);
+    assert_eq!(
+        index.train[0].text,
+        SampleText {
+            title: Some("stripes".into()),
+            description: None,
+            tags: vec!["x".into()]
+        }
+    );
+    assert_eq!(index.train[1].text.description.as_deref(), Some("small"));
+    write(
+        &r.join("train.jsonl"),
+        b"{\"path\": \"img/a.jpg\", \"label\": \"ant\"}\n{\"path\": \"img/b.jpg\"}\n",
+    );
+    let error = dataset::jsonl::read(r, false).unwrap_err();
+    insta::assert_snapshot!(error_text(error, r));
+}
+
+#[test]
+fn a_full_map_grows_and_the_store_stays_complete() {
+    let root = tempfile::tempdir().unwrap();
+    write_webvision_fixture(root.path());
+    let stage = tempfile::tempdir().unwrap();
+    // 8 raw 256² images (1.5 MB) into a 1 MiB map.
+    let params = DatasetParams {
+        resize: 256,
+        resize_mode: ResizeMode::Squash,
+        ..params(DatasetFormat::Webvision, Some(root.path()))
+    };
+    let options = IngestOptions {
+        commit_every: 2,
+        map_size: Some(1 << 20),
+        ..IngestOptions::default()
+    };
+    let report = store::ingest_with(&params, stage.path(), &options).unwrap();
+    assert_eq!((report.train, report.val), (8, 3));
+    let store = Store::open(stage.path()).unwrap();
+    let reader = store.reader().unwrap();
+    for id in 0..8 {
+        assert_eq!(
+            reader.image(Split::Train, id).unwrap().dimensions(),
+            (256, 256)
+        );
+    }
 }
