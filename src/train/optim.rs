@@ -191,17 +191,20 @@ impl Sgd {
             .map(|clip| clip / grad_norm);
         for &(i, grad) in &present {
             let param = &mut self.params[i];
-            let weights = param.var.as_tensor();
+            // Detached: an update that tracked the variable would chain every step's graph
+            // (activations included) to the next through the momentum buffer.
+            let weights = param.var.as_tensor().detach();
+            let grad = grad.detach();
             let mut g = match clip_scale {
-                Some(scale) => (grad * scale)?,
-                None => grad.clone(),
+                Some(scale) => (&grad * scale)?,
+                None => grad,
             };
             let decay = self.weight_decay * param.decay_mult;
             if decay != 0.0 {
-                g = (g + (weights * decay)?)?;
+                g = (g + (&weights * decay)?)?;
             }
             let velocity = ((&param.history * self.momentum)? + (g * (lr * param.lr_mult))?)?;
-            param.var.set(&(weights - &velocity)?)?;
+            param.var.set(&(&weights - &velocity)?)?;
             param.history = velocity;
         }
         self.step += 1;
@@ -376,6 +379,20 @@ mod tests {
         vars.iter()
             .map(|(_, v)| v.as_tensor().to_vec1::<f64>().unwrap())
             .collect()
+    }
+
+    /// A momentum buffer that tracked the graph would keep every earlier step's activations
+    /// alive (it did: 24 GB after 600 steps of a small GoogLeNet).
+    #[test]
+    fn momentum_buffers_hold_no_graph() {
+        let vars = vars();
+        let mut sgd = Sgd::new(vars.clone(), &settings(0.9, 0.1, None)).unwrap();
+        for _ in 0..3 {
+            sgd.step(&grads(&vars), 0.1).unwrap();
+        }
+        for (name, buffer) in sgd.state().momentum {
+            assert!(!buffer.track_op(), "{name}'s momentum buffer tracks a graph");
+        }
     }
 
     #[test]
