@@ -391,7 +391,10 @@ mod tests {
             sgd.step(&grads(&vars), 0.1).unwrap();
         }
         for (name, buffer) in sgd.state().momentum {
-            assert!(!buffer.track_op(), "{name}'s momentum buffer tracks a graph");
+            assert!(
+                !buffer.track_op(),
+                "{name}'s momentum buffer tracks a graph"
+            );
         }
     }
 

@@ -29,7 +29,7 @@ fn every_shipped_recipe_validates() {
         "clean",
         "softlabel",
         "twohead",
-        "discard-20",
+        "ablation/discard-20",
     ] {
         assert!(
             names.contains(&expected),
