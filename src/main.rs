@@ -110,10 +110,10 @@ struct RunArgs {
 #[derive(Args)]
 struct Places {
     /// Stage cache folder, shared between runs.
-    #[arg(long, env = "WEBSIEVE_CACHE", default_value = "cache", global = true)]
+    #[arg(long, env = "WEBSIEVE_CACHE", default_value = "cache")]
     cache: PathBuf,
     /// Run folders go here.
-    #[arg(long, env = "WEBSIEVE_RUNS", default_value = "runs", global = true)]
+    #[arg(long, env = "WEBSIEVE_RUNS", default_value = "runs")]
     runs: PathBuf,
 }
 
