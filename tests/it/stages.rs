@@ -255,9 +255,15 @@ fn quickstart_runs_end_to_end_and_a_two_headed_sweep_point_reuses_ingest_and_lda
     assert!(score_dir.join("scores.tsv").is_file());
     // The generated dataset's truth file is picked up: its noise is detectable from the text.
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(score_dir.join("summary.json")).unwrap()).unwrap();
-    let auc = summary["noise"]["auc"].as_f64().expect("noise metrics from the synthetic truth file");
-    assert!(auc > 0.65, "noise-detection AUC on the synthetic dataset: {auc}");
+        serde_json::from_str(&std::fs::read_to_string(score_dir.join("summary.json")).unwrap())
+            .unwrap();
+    let auc = summary["noise"]["auc"]
+        .as_f64()
+        .expect("noise metrics from the synthetic truth file");
+    assert!(
+        auc > 0.65,
+        "noise-detection AUC on the synthetic dataset: {auc}"
+    );
 
     args.extend([
         "--set",
