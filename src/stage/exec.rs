@@ -56,7 +56,7 @@ pub(super) fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageEr
 
 /// A training run's starting weights (`train.init`).
 #[derive(Debug, Clone)]
-pub(super) struct InitRef {
+pub(crate) struct InitRef {
     /// Goes into the train stage's key: the init run's train key, or the file's content hash.
     pub key: String,
     pub checkpoint: PathBuf,
@@ -102,10 +102,10 @@ pub(super) fn final_checkpoint(train_dir: &Path) -> PathBuf {
 
 /// Builds one stage into `out` (its partial folder), reading the upstream stage folders.
 pub(super) fn execute(
-    ws: &Workspace,
     recipe: &Recipe,
     kind: StageKind,
     upstream: &[(StageKind, PathBuf)],
+    init: Option<&InitRef>,
     out: &Path,
     progress: bool,
 ) -> Result<(), StageError> {
@@ -123,9 +123,8 @@ pub(super) fn execute(
         StageKind::Lda => run_lda(recipe, dir(StageKind::Ingest), out, progress),
         StageKind::Score => run_score(recipe, dir(StageKind::Ingest), dir(StageKind::Lda), out),
         StageKind::Train => {
-            let init = resolve_init(ws, recipe)?;
             let dirs = [StageKind::Ingest, StageKind::Lda, StageKind::Score].map(dir);
-            run_train(recipe, dirs, init.as_ref(), out, progress)
+            run_train(recipe, dirs, init, out, progress)
         }
         StageKind::Eval => run_eval(
             recipe,

@@ -106,6 +106,10 @@ pub struct PlannedStage {
 pub struct Plan {
     pub run: String,
     pub stages: Vec<PlannedStage>,
+    /// `train.init` resolved once, before any stage runs (a run may init from its own
+    /// earlier result, whose pointers the run then rewrites).
+    #[serde(skip)]
+    init: Option<exec::InitRef>,
 }
 
 impl Plan {
@@ -234,6 +238,7 @@ impl Workspace {
         Ok(Plan {
             run: recipe.name.clone(),
             stages,
+            init,
         })
     }
 

@@ -133,7 +133,16 @@ fn run_stages(
                 &stage.key,
                 &stage.inputs,
                 partial,
-                |out| exec::execute(ws, recipe, stage.kind, &upstream, out, ctx.progress),
+                |out| {
+                    exec::execute(
+                        recipe,
+                        stage.kind,
+                        &upstream,
+                        plan.init.as_ref(),
+                        out,
+                        ctx.progress,
+                    )
+                },
             )
             .map_err(|e| match e {
                 super::CacheError::Build(source) => match source.downcast::<StageError>() {
@@ -147,8 +156,10 @@ fn run_stages(
                 other => StageError::Cache(other),
             })?;
         done.push((stage.kind, dir, outcome));
-        write_stage_pointers(run_dir, &done)?;
     }
+    // Written once all stages are done, so a failed run never clobbers the pointers of the
+    // last good run of the same name (which `train.init` and ensembles read).
+    write_stage_pointers(run_dir, &done)?;
     let table =
         collect_results(ws, recipe, run_dir, &done).map_err(|source| StageError::Failed {
             stage: StageKind::Eval,

@@ -287,4 +287,29 @@ fn quickstart_runs_end_to_end_and_a_two_headed_sweep_point_reuses_ingest_and_lda
     ] {
         assert_eq!(stages["stages"][stage]["reused"], reused, "{stage}");
     }
+
+    // Fine-tuning from the run's own result: init is resolved before the run rewrites its
+    // pointers, and the init checkpoint's key goes into the new train key.
+    let pretrained = stages["stages"]["train"]["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    args.extend(["--set", "train.init=\"quickstart\""]);
+    let finetune = runner(tmp.path(), &args, &[]);
+    assert!(
+        finetune.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finetune.stderr)
+    );
+    let stages = stages_json(tmp.path(), "quickstart");
+    let train_dir = std::path::PathBuf::from(stages["stages"]["train"]["dir"].as_str().unwrap());
+    let inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(train_dir.join("stage.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        inputs["settings"]["train"]["init"].as_str(),
+        std::path::Path::new(&pretrained)
+            .file_name()
+            .and_then(|n| n.to_str())
+    );
 }
