@@ -64,8 +64,6 @@ impl fmt::Display for StageKind {
 /// Errors of running a recipe's stages.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("stage `{stage}` is not implemented yet")]
-    NotImplemented { stage: StageKind },
     #[error("stage `{stage}` of run {run}: {source}")]
     Failed {
         stage: StageKind,
