@@ -13,7 +13,7 @@ use crate::recipe::{Devices, LabelParams, Recipe, SamplerKind};
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
 use crate::text::{DocumentSource, TextError};
-use crate::{eval, lda, npy, score, train};
+use crate::{eval, lda, score, train};
 
 /// The stages whose output a stage reads (and whose keys its key includes).
 pub(super) fn reads(kind: StageKind) -> &'static [StageKind] {
@@ -182,15 +182,9 @@ fn run_lda(recipe: &Recipe, ingest: &Path, out: &Path, progress: bool) -> Result
     Ok(())
 }
 
-/// Topic vectors of the training samples, one row per sample id.
-fn train_topics(lda_dir: &Path) -> Result<Vec<Vec<f32>>, BoxError> {
-    let topics = npy::read(&lda_dir.join(lda::TOPICS_TRAIN_FILE))?;
-    Ok(topics.rows().map(<[f32]>::to_vec).collect())
-}
-
 fn run_score(recipe: &Recipe, ingest: &Path, lda_dir: &Path, out: &Path) -> Result<(), BoxError> {
     let store = Store::open(ingest)?;
-    let topics = train_topics(lda_dir)?;
+    let topics = lda::read_topics(&lda_dir.join(lda::TOPICS_TRAIN_FILE))?;
     let reader = store.reader()?;
     let (mut labels, mut paths) = (Vec::new(), Vec::new());
     for id in 0..store.len(Split::Train) {
@@ -198,12 +192,7 @@ fn run_score(recipe: &Recipe, ingest: &Path, lda_dir: &Path, out: &Path) -> Resu
         labels.push(meta.label);
         paths.push(meta.path);
     }
-    let class_names: Vec<String> = store
-        .header()
-        .classes
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let class_names = store.header().class_names();
     let image = |id: u64| store.reader().ok()?.image(Split::Train, id).ok();
     let inputs = score::ScoreInputs {
         topics: &topics,
@@ -258,7 +247,7 @@ fn run_train(
     let weights = (recipe.train.sampler == SamplerKind::Weighted)
         .then(|| kept.iter().map(|r| r.lambda as f32).collect::<Vec<_>>());
     let topics = if recipe.model.regression {
-        train_topics(lda_dir)?
+        lda::read_topics(&lda_dir.join(lda::TOPICS_TRAIN_FILE))?
     } else {
         Vec::new()
     };
@@ -368,12 +357,7 @@ fn run_eval(
             Ok::<_, BoxError>(logits.flatten_all()?.to_vec1::<f32>()?)
         },
     )?;
-    let class_names: Vec<String> = store
-        .header()
-        .classes
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let class_names = store.header().class_names();
     let metrics = eval::metrics(&predictions, &class_names)?;
     eval::write_outputs(out, &predictions, &metrics, &class_names)?;
     Ok(())

@@ -198,12 +198,7 @@ fn collect_results(
     };
     fs::copy(eval_dir.join("metrics.json"), run_dir.join("metrics.json"))?;
     let ingest = dir_of(StageKind::Ingest).expect("eval reads ingest");
-    let class_names: Vec<String> = crate::store::Store::open(ingest)?
-        .header()
-        .classes
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let class_names = crate::store::Store::open(ingest)?.header().class_names();
     let own = eval::load_predictions(eval_dir)?;
     let mut table = eval::render_table(&eval::metrics(&own, &class_names)?, true);
     if !recipe.eval.ensemble.is_empty() {

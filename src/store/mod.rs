@@ -65,6 +65,13 @@ pub struct StoreHeader {
     pub queries: Vec<QueryInfo>,
 }
 
+impl StoreHeader {
+    /// The classes' names, by label.
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
 /// Everything about a sample except its pixels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleMeta {
