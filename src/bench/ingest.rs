@@ -1,13 +1,18 @@
 //! `runner bench ingest`: images/s of the ingest stage against the reference Python ingest
 //! (`ingest_lmdb.py`: PIL + lmdb, one process) on the same WebVision training list and settings,
-//! measured in the same run, plus the JPEG decode floor (decoding alone, one thread) and the
-//! store's bytes per image, for raw and JPEG stores.
+//! measured in the same run, for raw and JPEG stores. Each variant is pinned to its cores (see
+//! [`super::cores`]): the reference and "1 core" to one CPU, so "per core" counts the LMDB
+//! writer thread too. Each is run `--repeat` times and the median is reported, since on a VM
+//! the first run after a store is deleted can pay the host for fresh pages. Also printed: the
+//! codec floor (decode, resize and JPEG encode alone, one core, files in memory) and the
+//! store's bytes per image.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+use super::cores::on_cores;
 use crate::dataset::webvision;
 use crate::recipe::params::{
     DatasetFormat, DatasetParams, ResizeMode, StoreEncoding, SyntheticParams,
@@ -29,9 +34,12 @@ pub struct IngestBenchArgs {
     /// Squash every image to this size (the reference's default mode).
     #[arg(long, default_value_t = 256)]
     pub size: u32,
-    /// Thread counts to measure.
+    /// Core counts to measure websieve on (one decode thread per core).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    pub threads: Vec<usize>,
+    pub cores: Vec<usize>,
+    /// Runs per variant; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     #[arg(long, default_value_t = 90)]
     pub quality: u8,
     /// Measure websieve only.
@@ -39,36 +47,65 @@ pub struct IngestBenchArgs {
     pub no_reference: bool,
 }
 
-/// One measured configuration.
+/// One measured configuration: images/s of each repetition.
 struct Row {
     what: String,
     images: u64,
-    seconds: f64,
-    bytes: u64,
+    rates: Vec<f64>,
+    bytes_per_image: f64,
 }
 
 impl Row {
-    fn rate(&self) -> f64 {
-        self.images as f64 / self.seconds
+    fn median(&self) -> f64 {
+        let mut rates = self.rates.clone();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    }
+
+    fn range(&self) -> String {
+        let min = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.rates.iter().copied().fold(0.0, f64::max);
+        format!("{min:.0}-{max:.0}")
+    }
+}
+
+/// Microseconds per image of each codec step, one core, files in memory.
+struct Floor {
+    decode: f64,
+    resize: f64,
+    encode_jpeg: f64,
+}
+
+impl Floor {
+    /// Images/s of the codec work a store of `encoding` needs.
+    fn rate(&self, encoding: StoreEncoding) -> f64 {
+        let micros = match encoding {
+            StoreEncoding::Raw => self.decode + self.resize,
+            StoreEncoding::Jpeg { .. } => self.decode + self.resize + self.encode_jpeg,
+        };
+        1e6 / micros
     }
 }
 
 pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
     let index = webvision::read(&args.root, &[Source::Google, Source::Flickr], false)
         .with_context(|| format!("reading {}", args.root.display()))?;
     let files: Vec<PathBuf> = index.train.iter().map(|s| s.file.clone()).collect();
     println!(
-        "ingest bench: {} training images of {}, squash to {}",
+        "ingest bench: {} training images of {}, squash to {}, median of {} runs, {} core(s) available",
         files.len(),
         args.root.display(),
-        args.size
+        args.size,
+        args.repeat,
+        super::cores::available()?
     );
-    // One-thread pool: jpeg-decoder would otherwise spread its IDCT over the global pool.
-    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let floor = single.install(|| decode_floor(&files, args.size))?;
+    let floor = on_cores(1, || codec_floor(&files, args.size, args.quality))?;
     println!(
-        "decode floor (jpeg-decoder, 1 thread): {:.0} img/s decode only, {:.0} img/s decode + resize",
-        floor.0, floor.1
+        "codec floor, 1 core, µs/img: decode {:.0}, resize {:.0}, jpeg encode {:.0}",
+        floor.decode, floor.resize, floor.encode_jpeg
     );
     for encoding in [
         StoreEncoding::Raw,
@@ -83,61 +120,91 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
         let reference = if args.no_reference {
             None
         } else {
-            Some(reference(args, encoding)?)
+            Some(repeat(args.repeat, || {
+                on_cores(1, || reference(args, encoding))
+            })?)
         };
         let mut rows = Vec::new();
-        for &threads in &args.threads {
-            rows.push(ours(args, encoding, threads)?);
+        for &cores in &args.cores {
+            rows.push(repeat(args.repeat, || {
+                on_cores(cores, || ours(args, encoding, cores))
+            })?);
         }
-        println!("\n{name}:");
+        println!("\n{name} (codec floor {:.0} img/s):", floor.rate(encoding));
         println!(
-            "{:<26} {:>9} {:>8} {:>10} {:>8} {:>10}",
-            "", "img/s", "MB/s", "bytes/img", "vs ref", "vs floor"
+            "{:<28} {:>6} {:>7} {:>11} {:>10} {:>8} {:>9}",
+            "", "images", "img/s", "range", "bytes/img", "vs ref", "vs floor"
         );
         for row in reference.iter().chain(&rows) {
             let vs_ref = reference
                 .as_ref()
-                .map_or("-".into(), |r| format!("{:.2}x", row.rate() / r.rate()));
+                .map_or("-".into(), |r| format!("{:.2}x", row.median() / r.median()));
             println!(
-                "{:<26} {:>9.0} {:>8.1} {:>10.0} {:>8} {:>9.2}x",
+                "{:<28} {:>6} {:>7.0} {:>11} {:>10.0} {:>8} {:>8.2}x",
                 row.what,
-                row.rate(),
-                row.bytes as f64 / row.seconds / 1e6,
-                row.bytes as f64 / row.images.max(1) as f64,
+                row.images,
+                row.median(),
+                row.range(),
+                row.bytes_per_image,
                 vs_ref,
-                row.rate() / floor.0,
+                row.median() / floor.rate(encoding),
             );
         }
         if let [one, two, ..] = rows.as_slice() {
-            println!("scaling 1 → 2 threads: {:.2}x", two.rate() / one.rate());
+            println!(
+                "scaling {} → {} cores: {:.2}x",
+                args.cores[0],
+                args.cores[1],
+                two.median() / one.median()
+            );
         }
     }
     Ok(())
 }
 
-/// Images/s decoding every file once on one thread: alone, and with the resize.
-fn decode_floor(files: &[PathBuf], size: u32) -> anyhow::Result<(f64, f64)> {
-    let bytes: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
-    let time = |f: &dyn Fn(&[u8])| {
-        let start = Instant::now();
-        bytes.iter().for_each(|b| f(b));
-        bytes.len() as f64 / start.elapsed().as_secs_f64()
-    };
-    let decode_only = time(&|b| {
-        let _ = codec::decode(b, size);
-    });
-    let with_resize = time(&|b| {
-        let _ = codec::prepare(b, size, ResizeMode::Squash);
-    });
-    Ok((decode_only, with_resize))
+/// `times` runs of one variant, as one row.
+fn repeat(times: usize, mut run: impl FnMut() -> anyhow::Result<Row>) -> anyhow::Result<Row> {
+    let mut row = run()?;
+    for _ in 1..times {
+        let next = run()?;
+        row.rates.extend(next.rates);
+    }
+    Ok(row)
 }
 
-fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, threads: usize) -> anyhow::Result<Row> {
+/// Times each codec step over every file once, one image at a time (as ingest does, so buffers
+/// are reused rather than freshly faulted in).
+fn codec_floor(files: &[PathBuf], size: u32, quality: u8) -> anyhow::Result<Floor> {
+    let bytes: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let mut seconds = [0f64; 3];
+    for file in &bytes {
+        let start = Instant::now();
+        let Ok(decoded) = codec::decode(file, size) else {
+            continue;
+        };
+        let decoded_at = Instant::now();
+        let resized = codec::resize(&decoded, size, size);
+        let resized_at = Instant::now();
+        codec::encode_record(0, &resized, StoreEncoding::Jpeg { quality })
+            .map_err(|skip| anyhow::anyhow!("encoding: {}", skip.detail))?;
+        seconds[0] += (decoded_at - start).as_secs_f64();
+        seconds[1] += (resized_at - decoded_at).as_secs_f64();
+        seconds[2] += resized_at.elapsed().as_secs_f64();
+    }
+    let [decode, resize, encode_jpeg] = seconds.map(|s| s * 1e6 / bytes.len() as f64);
+    Ok(Floor {
+        decode,
+        resize,
+        encode_jpeg,
+    })
+}
+
+fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, cores: usize) -> anyhow::Result<Row> {
     let stage = tempfile_dir("websieve-bench-ingest")?;
     let params = webvision_params(&args.root, args.size, encoding);
     let options = IngestOptions {
         progress: false,
-        threads,
+        threads: cores,
         commit_every: 512,
         map_size: None,
     };
@@ -146,15 +213,15 @@ fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, threads: usize) -> anyh
     let seconds = start.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&stage)?;
     Ok(Row {
-        what: format!("websieve, {threads} thread(s)"),
+        what: format!("websieve, {cores} core(s)"),
         images: report.train,
-        seconds,
-        bytes: report.image_bytes,
+        rates: vec![report.train as f64 / seconds],
+        bytes_per_image: report.image_bytes as f64 / report.train.max(1) as f64,
     })
 }
 
 /// Squash-resized training images of a WebVision dataset, as the reference ingests them.
-pub(crate) fn webvision_params(
+pub fn webvision_params(
     root: &std::path::Path,
     size: u32,
     encoding: StoreEncoding,
@@ -219,10 +286,10 @@ fn reference(args: &IngestBenchArgs, encoding: StoreEncoding) -> anyhow::Result<
     let (images, seconds, bytes_per_image) =
         (field("images")?, field("secs")?, field("bytes/img")?);
     Ok(Row {
-        what: "reference (PIL, 1 process)".into(),
+        what: "reference (PIL + lmdb, 1 core)".into(),
         images: images as u64,
-        seconds,
-        bytes: (bytes_per_image * images) as u64,
+        rates: vec![images / seconds],
+        bytes_per_image,
     })
 }
 

@@ -102,7 +102,44 @@ pub fn decode(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
     })
 }
 
+/// zune-jpeg first (about 1.5× jpeg-decoder's speed here, see BENCHMARKS.md) for the JPEGs it
+/// covers; jpeg-decoder for the rest: DCT-scaled decodes, CMYK, and whatever zune rejects, so
+/// that skip reasons and messages come from one decoder.
 fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
+    match decode_jpeg_full_scale(bytes, min_side) {
+        Some(image) => Ok(image),
+        None => decode_jpeg_scaled(bytes, min_side),
+    }
+}
+
+/// A YCbCr or grayscale JPEG too small for DCT scaling to help (its shorter side is below
+/// `2 · min_side`), decoded by zune-jpeg in strict mode; `None` for anything else.
+fn decode_jpeg_full_scale(bytes: &[u8], min_side: u32) -> Option<RgbImage> {
+    use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), options);
+    decoder.decode_headers().ok()?;
+    let info = decoder.info()?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    let plain = matches!(
+        decoder.input_colorspace()?,
+        ColorSpace::YCbCr | ColorSpace::Luma
+    );
+    let scalable = width.min(height) >= min_side.saturating_mul(2);
+    if !plain || scalable || u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+        return None;
+    }
+    let pixels = decoder.decode().ok()?;
+    let image = RgbImage::from_raw(width, height, pixels)?;
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| Orientation::from_exif_chunk(exif));
+    Some(orient(image, orientation))
+}
+
+fn decode_jpeg_scaled(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
     let undecodable =
         |e: jpeg_decoder::Error| Skip::new(SkipReason::Undecodable, format!("jpeg: {e}"));
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -195,27 +232,73 @@ fn orient(image: RgbImage, orientation: Option<Orientation>) -> RgbImage {
     }
 }
 
-/// Bilinear resize to `width × height` (fast_image_resize, SIMD where the CPU has it).
-pub fn resize(image: RgbImage, width: u32, height: u32) -> RgbImage {
+/// Bilinear resize of `image` into `dst`, a `width × height` RGB buffer (fast_image_resize,
+/// SIMD where the CPU has it).
+fn resize_into(image: &RgbImage, dst: &mut [u8], width: u32, height: u32) {
     if image.dimensions() == (width, height) {
-        return image;
+        dst.copy_from_slice(image.as_raw());
+        return;
     }
     let (src_w, src_h) = image.dimensions();
-    let src = FirImage::from_vec_u8(src_w, src_h, image.into_raw(), PixelType::U8x3)
-        .expect("an RgbImage buffer holds exactly w*h*3 bytes");
-    let mut dst = FirImage::new(width, height, PixelType::U8x3);
+    let src =
+        fast_image_resize::images::ImageRef::new(src_w, src_h, image.as_raw(), PixelType::U8x3)
+            .expect("an RgbImage buffer holds exactly w*h*3 bytes");
+    let mut dst = FirImage::from_slice_u8(width, height, dst, PixelType::U8x3)
+        .expect("the destination holds exactly width*height*3 bytes");
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .expect("both images are U8x3");
-    RgbImage::from_raw(width, height, dst.into_vec()).expect("resizer output is width*height*3")
+}
+
+/// Bilinear resize to `width × height`.
+pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let mut out = RgbImage::new(width, height);
+    resize_into(image, &mut out, width, height);
+    out
 }
 
 /// Decode, orient and resize one file's bytes for the store.
 pub fn prepare(bytes: &[u8], resize_to: u32, mode: ResizeMode) -> Result<RgbImage, Skip> {
     let image = decode(bytes, resize_to)?;
     let (width, height) = target_size(image.width(), image.height(), resize_to, mode);
-    Ok(resize(image, width, height))
+    Ok(resize(&image, width, height))
+}
+
+/// One file's bytes → its stored record (see [`encode_record`]). A raw record is resized
+/// straight into the record buffer: at 196 kB an image, a second buffer and copy cost more
+/// than the resize here (fresh pages fault at about 1.4 µs each on the VMs we measured).
+pub fn prepare_record(
+    bytes: &[u8],
+    label: u32,
+    resize_to: u32,
+    mode: ResizeMode,
+    encoding: StoreEncoding,
+) -> Result<Vec<u8>, Skip> {
+    let image = decode(bytes, resize_to)?;
+    let (width, height) = target_size(image.width(), image.height(), resize_to, mode);
+    match encoding {
+        StoreEncoding::Raw => {
+            let mut out = record_header(label, width, height);
+            out.resize(RECORD_HEADER + width as usize * height as usize * 3, 0);
+            resize_into(&image, &mut out[RECORD_HEADER..], width, height);
+            Ok(out)
+        }
+        StoreEncoding::Jpeg { .. } => {
+            encode_record(label, &resize(&image, width, height), encoding)
+        }
+    }
+}
+
+/// Bytes before a record's payload: label, width and height.
+const RECORD_HEADER: usize = 12;
+
+fn record_header(label: u32, width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER + width as usize * height as usize * 3);
+    out.extend_from_slice(&label.to_le_bytes());
+    out.extend_from_slice(&width.to_le_bytes());
+    out.extend_from_slice(&height.to_le_bytes());
+    out
 }
 
 /// The stored value of an image: `label u32 LE, width u32 LE, height u32 LE`, then raw RGB
@@ -226,10 +309,7 @@ pub fn encode_record(
     image: &RgbImage,
     encoding: StoreEncoding,
 ) -> Result<Vec<u8>, Skip> {
-    let mut out = Vec::with_capacity(12 + image.as_raw().len());
-    out.extend_from_slice(&label.to_le_bytes());
-    out.extend_from_slice(&image.width().to_le_bytes());
-    out.extend_from_slice(&image.height().to_le_bytes());
+    let mut out = record_header(label, image.width(), image.height());
     match encoding {
         StoreEncoding::Raw => out.extend_from_slice(image.as_raw()),
         StoreEncoding::Jpeg { quality } => {
@@ -269,7 +349,7 @@ pub fn parse_record(bytes: &[u8]) -> Option<RecordView<'_>> {
         label: word(0)?,
         width: word(4)?,
         height: word(8)?,
-        payload: bytes.get(12..)?,
+        payload: bytes.get(RECORD_HEADER..)?,
     })
 }
 
@@ -282,7 +362,10 @@ pub fn record_pixels<'a>(
     let pixels: std::borrow::Cow<'a, [u8]> = match encoding {
         StoreEncoding::Raw => std::borrow::Cow::Borrowed(record.payload),
         StoreEncoding::Jpeg { .. } => {
-            let mut decoder = jpeg_decoder::Decoder::new(record.payload);
+            use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+            let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+            let mut decoder =
+                zune_jpeg::JpegDecoder::new_with_options(Cursor::new(record.payload), options);
             std::borrow::Cow::Owned(decoder.decode().map_err(|e| format!("stored jpeg: {e}"))?)
         }
     };
@@ -332,6 +415,29 @@ mod tests {
         let decoded = decode(&jpeg_of(&image), 100).unwrap();
         // 1/4 scale is 200x160; 1/8 would be 100x80, which no longer covers 100 on both sides.
         assert_eq!(decoded.dimensions(), (200, 160));
+    }
+
+    #[test]
+    fn zune_and_jpeg_decoder_agree_and_scalable_jpegs_go_to_jpeg_decoder() {
+        let image = RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x + y) * 3) as u8])
+        });
+        let bytes = jpeg_of(&image);
+        let fast = decode_jpeg_full_scale(&bytes, 32).expect("zune takes a small YCbCr JPEG");
+        let reference = decode_jpeg_scaled(&bytes, 32).unwrap();
+        assert_eq!(fast.dimensions(), reference.dimensions());
+        let differences: Vec<i32> = fast
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .collect();
+        let max = differences.iter().max().unwrap();
+        let mean = differences.iter().sum::<i32>() as f64 / differences.len() as f64;
+        assert!(*max <= 8 && mean < 1.0, "max {max}, mean {mean}");
+        // 40 px covers 2 × 20: DCT scaling helps, so jpeg-decoder decodes it at 1/2.
+        assert!(decode_jpeg_full_scale(&bytes, 20).is_none());
+        assert_eq!(decode(&bytes, 20).unwrap().dimensions(), (24, 20));
     }
 
     #[test]

@@ -380,8 +380,13 @@ fn prepare_file(sample: &DatasetSample, params: &DatasetParams) -> Result<Vec<u8
         },
         detail: e.to_string(),
     })?;
-    let image = codec::prepare(&bytes, params.resize, params.resize_mode)?;
-    codec::encode_record(sample.label, &image, params.encoding)
+    codec::prepare_record(
+        &bytes,
+        sample.label,
+        params.resize,
+        params.resize_mode,
+        params.encoding,
+    )
 }
 
 /// Writes one chunk and the progress after it in one transaction.

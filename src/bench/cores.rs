@@ -1,0 +1,72 @@
+//! Pinning a measurement to N cores, so that "per core" and "1 → 2 cores" mean cores and not
+//! threads: a pipeline's helper threads (the LMDB writer, the loader's consumer) and a child
+//! process (the reference script) all run on the cores given, since Linux threads and forked
+//! processes inherit the affinity of the thread that creates them.
+
+use anyhow::{bail, Context};
+
+/// The CPUs this thread may run on, in order.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+fn set_cpus(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: as above; CPU_SET writes inside the set for cpu < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+    }
+    Ok(())
+}
+
+/// How many cores this process may use.
+pub fn available() -> anyhow::Result<usize> {
+    Ok(allowed_cpus()?.len())
+}
+
+/// Runs `work` with the calling thread (and every thread or process it starts) confined to the
+/// first `cores` allowed CPUs, then restores the previous affinity.
+pub fn on_cores<T>(cores: usize, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let allowed = allowed_cpus()?;
+    if cores == 0 || cores > allowed.len() {
+        bail!(
+            "cannot pin to {cores} core(s): this process may use {}",
+            allowed.len()
+        );
+    }
+    set_cpus(&allowed[..cores])?;
+    let result = work();
+    set_cpus(&allowed)?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_confines_new_threads_and_is_undone() {
+        let before = allowed_cpus().unwrap();
+        let inside = on_cores(1, || {
+            Ok(std::thread::spawn(|| allowed_cpus().unwrap())
+                .join()
+                .unwrap())
+        })
+        .unwrap();
+        assert_eq!(inside, before[..1]);
+        assert_eq!(allowed_cpus().unwrap(), before);
+        assert!(on_cores(before.len() + 1, || Ok(())).is_err());
+    }
+}
