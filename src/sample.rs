@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::recipe::params::Precision;
+
 /// The search engine an image was found with. Text fields differ by source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +58,77 @@ pub struct Batch {
     pub ids: Vec<u64>,
     pub labels: Vec<u32>,
     /// `shape = [n, 3, h, w]`, row-major.
-    pub pixels: Vec<f32>,
+    pub pixels: Pixels,
     pub shape: [usize; 4],
+}
+
+/// A batch's pixel values in the element type the loader was asked for: f32, or bf16 (half
+/// the bytes to move to a device; the values are u8 minus a mean, which bf16's 8-bit mantissa
+/// keeps to within 0.5).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Default for Pixels {
+    fn default() -> Self {
+        Pixels::F32(Vec::new())
+    }
+}
+
+impl Pixels {
+    pub fn precision(&self) -> Precision {
+        match self {
+            Pixels::F32(_) => Precision::F32,
+            Pixels::Bf16(_) => Precision::Bf16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::F32(v) => v.len(),
+            Pixels::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// An empty buffer of `precision` that keeps this one's allocation when it can.
+    pub fn reuse_as(self, precision: Precision) -> Pixels {
+        match (self, precision) {
+            (Pixels::F32(mut v), Precision::F32) => {
+                v.clear();
+                Pixels::F32(v)
+            }
+            (Pixels::Bf16(mut v), Precision::Bf16) => {
+                v.clear();
+                Pixels::Bf16(v)
+            }
+            (_, Precision::F32) => Pixels::F32(Vec::new()),
+            (_, Precision::Bf16) => Pixels::Bf16(Vec::new()),
+        }
+    }
+
+    /// The values as f32 (a copy; exact for bf16).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Pixels::F32(v) => v.clone(),
+            Pixels::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    /// A tensor of `shape` on `device`, in the buffer's own dtype.
+    pub fn to_tensor(
+        &self,
+        shape: &[usize],
+        device: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Pixels::F32(v) => candle_core::Tensor::from_slice(v, shape, device),
+            Pixels::Bf16(v) => candle_core::Tensor::from_slice(v, shape, device),
+        }
+    }
 }

@@ -1,13 +1,15 @@
 //! `runner bench loader`: training batches per second from a store (random crop + mirror,
-//! shuffled), with 1 and 2 worker threads, from raw and JPEG stores. The stores are ingested
-//! from a WebVision-layout dataset first (not timed).
+//! shuffled) into f32 and bf16 batches, from raw and JPEG stores, pinned to 1 and 2 cores (one
+//! worker per core; the consuming thread shares the cores, see [`super::cores`]). The stores
+//! are ingested from a WebVision-layout dataset first (not timed).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::cores::on_cores;
 use crate::loader::{train_batches, LoaderConfig};
-use crate::recipe::params::{SamplerKind, StoreEncoding};
+use crate::recipe::params::{Precision, SamplerKind, StoreEncoding};
 use crate::sample::Split;
 use crate::store::{ingest_with, IngestOptions, Store};
 
@@ -25,9 +27,9 @@ pub struct LoaderBenchArgs {
     /// Batches timed per configuration (after one warm-up batch).
     #[arg(long, default_value_t = 40)]
     pub batches: usize,
-    /// Worker counts to measure.
+    /// Core counts to measure (one worker per core).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    pub workers: Vec<usize>,
+    pub cores: Vec<usize>,
     #[arg(long, default_value_t = 90)]
     pub quality: u8,
 }
@@ -42,8 +44,8 @@ pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
         args.root.display()
     );
     println!(
-        "{:<12} {:>8} {:>10} {:>12} {:>14}",
-        "store", "workers", "img/s", "MB/s out", "img/s/worker"
+        "{:<10} {:>6} {:>6} {:>10} {:>10} {:>14}",
+        "store", "batch", "cores", "img/s", "MB/s out", "img/s per core"
     );
     for encoding in [
         StoreEncoding::Raw,
@@ -63,40 +65,59 @@ pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
             StoreEncoding::Raw => "raw".to_string(),
             StoreEncoding::Jpeg { quality } => format!("jpeg q{quality}"),
         };
-        for &workers in &args.workers {
-            let cfg = LoaderConfig {
-                batch_size: args.batch,
-                crop: args.crop,
-                mirror: true,
-                mean_rgb: [123.0, 117.0, 104.0],
-                sampler: SamplerKind::Shuffle,
-                workers,
-                seed: 1,
-            };
-            let mut loader = train_batches(store.clone(), samples.clone(), None, &cfg, 0)?;
-            let warm = loader.next().expect("endless")?;
-            loader.recycle(warm);
-            let start = Instant::now();
-            for _ in 0..args.batches {
-                let batch = loader.next().expect("endless")?;
-                loader.recycle(batch);
+        for precision in [Precision::F32, Precision::Bf16] {
+            for &cores in &args.cores {
+                let cfg = LoaderConfig {
+                    batch_size: args.batch,
+                    crop: args.crop,
+                    mirror: true,
+                    mean_rgb: [123.0, 117.0, 104.0],
+                    sampler: SamplerKind::Shuffle,
+                    workers: cores,
+                    seed: 1,
+                    precision,
+                };
+                let seconds =
+                    on_cores(cores, || time_batches(&store, &samples, &cfg, args.batches))?;
+                let images = (args.batches * args.batch) as f64;
+                let bytes_per_value = match precision {
+                    Precision::F32 => 4.0,
+                    Precision::Bf16 => 2.0,
+                };
+                let out_bytes = images * 3.0 * f64::from(args.crop * args.crop) * bytes_per_value;
+                println!(
+                    "{:<10} {:>6} {:>6} {:>10.0} {:>10.0} {:>14.0}",
+                    name,
+                    format!("{precision:?}").to_lowercase(),
+                    cores,
+                    images / seconds,
+                    out_bytes / seconds / 1e6,
+                    images / seconds / cores as f64
+                );
             }
-            let seconds = start.elapsed().as_secs_f64();
-            let images = (args.batches * args.batch) as f64;
-            let out_bytes = images * 3.0 * f64::from(args.crop * args.crop) * 4.0;
-            println!(
-                "{:<12} {:>8} {:>10.0} {:>12.0} {:>14.0}",
-                name,
-                workers,
-                images / seconds,
-                out_bytes / seconds / 1e6,
-                images / seconds / workers as f64
-            );
         }
         drop(store);
         std::fs::remove_dir_all(&stage)?;
     }
     Ok(())
+}
+
+/// Seconds to take `batches` batches (after a warm-up one), recycling each.
+fn time_batches(
+    store: &Arc<Store>,
+    samples: &[(u64, u32)],
+    cfg: &LoaderConfig,
+    batches: usize,
+) -> anyhow::Result<f64> {
+    let mut loader = train_batches(store.clone(), samples.to_vec(), None, cfg, 0)?;
+    let warm = loader.next().expect("endless")?;
+    loader.recycle(warm);
+    let start = Instant::now();
+    for _ in 0..batches {
+        let batch = loader.next().expect("endless")?;
+        loader.recycle(batch);
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn build_store(

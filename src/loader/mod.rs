@@ -1,7 +1,8 @@
 //! Batches for training and evaluation: crops, mirror, mean subtraction, samplers and a
 //! multi-threaded prefetching pipeline.
 //!
-//! In: a [`Store`] and sample ids. Out: [`Batch`]es of f32 pixels, NCHW, row-major.
+//! In: a [`Store`] and sample ids. Out: [`Batch`]es of f32 or bf16 pixels ([`Pixels`]), NCHW,
+//! row-major, converted from u8 by the workers.
 //!
 //! **Channel order: RGB, end to end.** The store keeps RGB, batches are RGB, and the mean
 //! (`mean_rgb`, 0..255 scale) is given in RGB order and subtracted per channel; no scaling
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::recipe::params::{CropSet, SamplerKind};
-use crate::sample::{Batch, Split};
+use crate::recipe::params::{CropSet, Precision, SamplerKind};
+use crate::sample::{Batch, Pixels, Split};
 use crate::store::{RgbRecord, Store, StoreError, StoreReader};
 use pipeline::{BatchSource, Pipeline};
 use sampler::{batch_rng, EpochCache, Sampler};
@@ -59,6 +60,23 @@ pub struct LoaderConfig {
     pub sampler: SamplerKind,
     pub workers: usize,
     pub seed: u64,
+    /// Element type of the batches.
+    pub precision: Precision,
+}
+
+/// How evaluation batches are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    /// Side of the square crops.
+    pub crop: u32,
+    pub crops: CropSet,
+    /// Subtracted per channel, RGB order, 0..255 scale.
+    pub mean_rgb: [f32; 3],
+    /// Whole samples per batch (each brings all its crops).
+    pub samples_per_batch: usize,
+    pub workers: usize,
+    /// Element type of the batches.
+    pub precision: Precision,
 }
 
 /// A crop's top-left corner and whether it is mirrored (left-right).
@@ -98,9 +116,33 @@ pub fn crop_boxes(crops: CropSet, width: u32, height: u32, crop: u32) -> Vec<Cro
     }
 }
 
+/// An element type batches can hold.
+pub trait PixelValue: Copy {
+    fn from_f32(value: f32) -> Self;
+}
+
+impl PixelValue for f32 {
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+}
+
+impl PixelValue for half::bf16 {
+    fn from_f32(value: f32) -> Self {
+        half::bf16::from_f32(value)
+    }
+}
+
 /// Writes the `crop × crop` window at `b` of an RGB image `width` pixels wide into `out`
-/// (3 planes of `crop²`), mirrored if asked, minus `mean`.
-pub fn fill_crop(rgb: &[u8], width: u32, b: CropBox, crop: u32, mean: [f32; 3], out: &mut [f32]) {
+/// (3 planes of `crop²`), mirrored if asked, minus `mean`, rounded to `T`.
+pub fn fill_crop<T: PixelValue>(
+    rgb: &[u8],
+    width: u32,
+    b: CropBox,
+    crop: u32,
+    mean: [f32; 3],
+    out: &mut [T],
+) {
     let (c, w) = (crop as usize, width as usize);
     let plane = c * c;
     let (r_plane, rest) = out[..3 * plane].split_at_mut(plane);
@@ -116,17 +158,34 @@ pub fn fill_crop(rgb: &[u8], width: u32, b: CropBox, crop: u32, mean: [f32; 3], 
         );
         if b.mirror {
             for (i, px) in src.chunks_exact(3).rev().enumerate() {
-                r[i] = f32::from(px[0]) - mean[0];
-                g[i] = f32::from(px[1]) - mean[1];
-                bl[i] = f32::from(px[2]) - mean[2];
+                r[i] = T::from_f32(f32::from(px[0]) - mean[0]);
+                g[i] = T::from_f32(f32::from(px[1]) - mean[1]);
+                bl[i] = T::from_f32(f32::from(px[2]) - mean[2]);
             }
         } else {
             for (i, px) in src.chunks_exact(3).enumerate() {
-                r[i] = f32::from(px[0]) - mean[0];
-                g[i] = f32::from(px[1]) - mean[1];
-                bl[i] = f32::from(px[2]) - mean[2];
+                r[i] = T::from_f32(f32::from(px[0]) - mean[0]);
+                g[i] = T::from_f32(f32::from(px[1]) - mean[1]);
+                bl[i] = T::from_f32(f32::from(px[2]) - mean[2]);
             }
         }
+    }
+}
+
+/// [`fill_crop`] into image `slot` of a batch's pixels, whatever their element type.
+fn fill_slot(
+    pixels: &mut Pixels,
+    slot: usize,
+    rgb: &RgbRecord<'_>,
+    b: CropBox,
+    crop: u32,
+    mean: [f32; 3],
+) {
+    let plane = 3 * (crop * crop) as usize;
+    let range = slot * plane..(slot + 1) * plane;
+    match pixels {
+        Pixels::F32(v) => fill_crop(&rgb.pixels, rgb.width, b, crop, mean, &mut v[range]),
+        Pixels::Bf16(v) => fill_crop(&rgb.pixels, rgb.width, b, crop, mean, &mut v[range]),
     }
 }
 
@@ -214,26 +273,18 @@ impl BatchSource for TrainSource {
         &self,
         k: u64,
         reader: &StoreReader<'_>,
-        buffer: Vec<f32>,
+        buffer: Pixels,
         cache: &mut EpochCache,
     ) -> Result<Batch, LoaderError> {
         let (n, crop) = (self.cfg.batch_size, self.cfg.crop);
         let mut rng = batch_rng(self.cfg.seed, k);
         let picks = self.sampler.batch(k, n, &mut rng, cache);
-        let mut batch = empty_batch(buffer, n, crop);
-        let plane = 3 * (crop * crop) as usize;
+        let mut batch = empty_batch(buffer, n, crop, self.cfg.precision);
         for (slot, &pick) in picks.iter().enumerate() {
             let (id, label) = self.samples[pick];
             let rgb = stored_pixels(reader, Split::Train, id, crop)?;
             let b = random_crop(&mut rng, rgb.width, rgb.height, crop, self.cfg.mirror);
-            fill_crop(
-                &rgb.pixels,
-                rgb.width,
-                b,
-                crop,
-                self.cfg.mean_rgb,
-                &mut batch.pixels[slot * plane..(slot + 1) * plane],
-            );
+            fill_slot(&mut batch.pixels, slot, &rgb, b, crop, self.cfg.mean_rgb);
             batch.ids.push(id);
             batch.labels.push(label);
         }
@@ -249,14 +300,24 @@ fn random_crop(rng: &mut ChaCha8Rng, width: u32, height: u32, crop: u32, mirror:
     }
 }
 
-fn empty_batch(mut buffer: Vec<f32>, n: usize, crop: u32) -> Batch {
+fn empty_batch(buffer: Pixels, n: usize, crop: u32, precision: Precision) -> Batch {
     let c = crop as usize;
-    // Every element is overwritten by fill_crop; resizing only zeroes a fresh buffer once.
-    buffer.resize(n * 3 * c * c, 0.0);
+    let len = n * 3 * c * c;
+    // Every element is overwritten by fill_crop; resizing a reused buffer writes nothing new.
+    let pixels = match buffer.reuse_as(precision) {
+        Pixels::F32(mut v) => {
+            v.resize(len, 0.0);
+            Pixels::F32(v)
+        }
+        Pixels::Bf16(mut v) => {
+            v.resize(len, half::bf16::ZERO);
+            Pixels::Bf16(v)
+        }
+    };
     Batch {
         ids: Vec::with_capacity(n),
         labels: Vec::with_capacity(n),
-        pixels: buffer,
+        pixels,
         shape: [n, 3, c, c],
     }
 }
@@ -306,43 +367,34 @@ impl Iterator for EvalLoader {
     }
 }
 
-/// Eval batches over a split: every sample's crops (`crops`) consecutively, sample-major,
-/// whole samples per batch (`samples_per_batch` of them; the last batch may have fewer).
+/// Eval batches over a split: every sample's crops (`cfg.crops`) consecutively, sample-major,
+/// whole samples per batch (`cfg.samples_per_batch` of them; the last batch may have fewer).
 /// Labels are the stored ones.
 pub fn eval_batches(
     store: Arc<Store>,
     split: Split,
-    crop: u32,
-    crops: CropSet,
-    mean_rgb: [f32; 3],
-    samples_per_batch: usize,
-    workers: usize,
+    cfg: &EvalConfig,
 ) -> Result<EvalLoader, LoaderError> {
-    if samples_per_batch == 0 || crop == 0 {
+    if cfg.samples_per_batch == 0 || cfg.crop == 0 {
         return Err(LoaderError::Config(format!(
-            "samples per batch {samples_per_batch} and crop {crop} must be > 0"
+            "samples per batch {} and crop {} must be > 0",
+            cfg.samples_per_batch, cfg.crop
         )));
     }
     let len = store.len(split);
-    let batches = len.div_ceil(samples_per_batch as u64);
+    let batches = len.div_ceil(cfg.samples_per_batch as u64);
     let source = EvalSource {
         split,
-        crop,
-        crops,
-        mean_rgb,
-        samples_per_batch,
+        cfg: cfg.clone(),
         len,
     };
-    let pipeline = Pipeline::spawn(store, Arc::new(source), workers, 0, Some(batches));
+    let pipeline = Pipeline::spawn(store, Arc::new(source), cfg.workers, 0, Some(batches));
     Ok(EvalLoader { pipeline, batches })
 }
 
 struct EvalSource {
     split: Split,
-    crop: u32,
-    crops: CropSet,
-    mean_rgb: [f32; 3],
-    samples_per_batch: usize,
+    cfg: EvalConfig,
     len: u64,
 }
 
@@ -353,26 +405,20 @@ impl BatchSource for EvalSource {
         &self,
         k: u64,
         reader: &StoreReader<'_>,
-        buffer: Vec<f32>,
+        buffer: Pixels,
         _: &mut (),
     ) -> Result<Batch, LoaderError> {
-        let first = k * self.samples_per_batch as u64;
-        let ids = first..(first + self.samples_per_batch as u64).min(self.len);
-        let per_sample = crop_boxes(self.crops, self.crop, self.crop, self.crop).len();
-        let mut batch = empty_batch(buffer, ids.clone().count() * per_sample, self.crop);
-        let plane = 3 * (self.crop * self.crop) as usize;
+        let cfg = &self.cfg;
+        let first = k * cfg.samples_per_batch as u64;
+        let ids = first..(first + cfg.samples_per_batch as u64).min(self.len);
+        let per_sample = crop_boxes(cfg.crops, cfg.crop, cfg.crop, cfg.crop).len();
+        let slots = ids.clone().count() * per_sample;
+        let mut batch = empty_batch(buffer, slots, cfg.crop, cfg.precision);
         let mut slot = 0;
         for id in ids {
-            let rgb = stored_pixels(reader, self.split, id, self.crop)?;
-            for b in crop_boxes(self.crops, rgb.width, rgb.height, self.crop) {
-                fill_crop(
-                    &rgb.pixels,
-                    rgb.width,
-                    b,
-                    self.crop,
-                    self.mean_rgb,
-                    &mut batch.pixels[slot * plane..(slot + 1) * plane],
-                );
+            let rgb = stored_pixels(reader, self.split, id, cfg.crop)?;
+            for b in crop_boxes(cfg.crops, rgb.width, rgb.height, cfg.crop) {
+                fill_slot(&mut batch.pixels, slot, &rgb, b, cfg.crop, cfg.mean_rgb);
                 batch.ids.push(id);
                 batch.labels.push(rgb.label);
                 slot += 1;

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::LoaderError;
-use crate::sample::Batch;
+use crate::sample::{Batch, Pixels};
 use crate::store::{Store, StoreReader};
 
 /// Batches each worker may have ready ahead of the consumer.
 const PREFETCH_PER_WORKER: usize = 2;
 
 /// Pixel buffers handed back by the consumer, reused by the workers.
-pub type BufferPool = Arc<Mutex<Vec<Vec<f32>>>>;
+pub type BufferPool = Arc<Mutex<Vec<Pixels>>>;
 
 /// What a worker needs to build batch `k`. `State` is the worker's own scratch.
 pub trait BatchSource: Send + Sync + 'static {
@@ -24,7 +24,7 @@ pub trait BatchSource: Send + Sync + 'static {
         &self,
         k: u64,
         reader: &StoreReader<'_>,
-        buffer: Vec<f32>,
+        buffer: Pixels,
         state: &mut Self::State,
     ) -> Result<Batch, LoaderError>;
 }
@@ -56,26 +56,16 @@ impl Pipeline {
             receivers.push(receiver);
             let (store, source, pool_of_buffers) = (store.clone(), source.clone(), pool.clone());
             handles.push(std::thread::spawn(move || {
-                // jpeg-decoder hands IDCT work to the current rayon pool: a one-thread pool per
-                // worker keeps each worker on one core (and off the trainer's global pool).
-                match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
-                    Ok(pool) => pool.install(|| {
-                        work(
-                            &store,
-                            &*source,
-                            &pool_of_buffers,
-                            &sender,
-                            worker,
-                            workers,
-                            start,
-                            end,
-                        )
-                    }),
-                    Err(e) => {
-                        let _ = sender
-                            .send(Err(LoaderError::Config(format!("worker thread pool: {e}"))));
-                    }
-                }
+                work(
+                    &store,
+                    &*source,
+                    &pool_of_buffers,
+                    &sender,
+                    worker,
+                    workers,
+                    start,
+                    end,
+                )
             }));
         }
         Pipeline {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device};
 
 use super::{StageError, StageKind, Workspace};
 use crate::loader::{self, LoaderConfig};
@@ -263,6 +263,7 @@ fn run_train(
         sampler: recipe.train.sampler,
         workers: recipe.train.workers,
         seed: recipe.train.seed,
+        precision: recipe.train.precision,
     };
     let mut batches = |start: u64| -> Result<train::BatchStream<'static>, BoxError> {
         let loader =
@@ -336,11 +337,14 @@ fn run_eval(
     let batches = loader::eval_batches(
         store.clone(),
         Split::Val,
-        crop,
-        recipe.eval.crops,
-        recipe.train.augmentation.mean_rgb,
-        recipe.eval.batch_size,
-        recipe.train.workers,
+        &loader::EvalConfig {
+            crop,
+            crops: recipe.eval.crops,
+            mean_rgb: recipe.train.augmentation.mean_rgb,
+            samples_per_batch: recipe.eval.batch_size,
+            workers: recipe.train.workers,
+            precision: recipe.train.precision,
+        },
     )?;
     let predictions = eval::evaluate(
         batches,
@@ -349,7 +353,10 @@ fn run_eval(
         val,
         progress,
         |batch: &Batch| {
-            let images = Tensor::from_slice(&batch.pixels, batch.shape.as_slice(), &device)?;
+            let images = batch
+                .pixels
+                .to_tensor(batch.shape.as_slice(), &device)?
+                .to_dtype(DType::F32)?;
             let logits = model
                 .forward_eval(&images)?
                 .classes

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -483,7 +483,11 @@ fn run_steps<'b>(
             });
         }
         let targets = trainer.targets(&batch)?;
-        let images = Tensor::from_vec(batch.pixels, (n, c, h, w), trainer.device)?;
+        // The net computes in f32 (bf16 training is refused above): a bf16 batch is widened.
+        let images = batch
+            .pixels
+            .to_tensor(&batch.shape, trainer.device)?
+            .to_dtype(DType::F32)?;
         let heads = trainer
             .net
             .forward_train(&images, &mut step_rng(trainer.state.seed, step))?;

@@ -9,9 +9,10 @@ use image::{Rgb, RgbImage};
 use websieve::dataset::{self, DatasetError};
 use websieve::loader::{self, crop_boxes, LoaderConfig};
 use websieve::recipe::params::{
-    CropSet, DatasetFormat, DatasetParams, ResizeMode, SamplerKind, StoreEncoding, SyntheticParams,
+    CropSet, DatasetFormat, DatasetParams, Precision, ResizeMode, SamplerKind, StoreEncoding,
+    SyntheticParams,
 };
-use websieve::sample::{SampleText, Source, Split};
+use websieve::sample::{Pixels, SampleText, Source, Split};
 use websieve::store::{self, IngestOptions, SkipReason, Store, StoreError};
 
 // ---------------------------------------------------------------- fixtures
@@ -744,6 +745,7 @@ fn loader_config(sampler: SamplerKind, workers: usize) -> LoaderConfig {
         sampler,
         workers,
         seed: 3,
+        precision: Precision::F32,
     }
 }
 
@@ -803,6 +805,52 @@ fn training_batches_do_not_depend_on_worker_count_and_resume_mid_stream() {
 }
 
 #[test]
+fn bf16_batches_are_the_f32_batches_rounded() {
+    let stage = tempfile::tempdir().unwrap();
+    let store = synthetic_store(stage.path());
+    let samples = all_train_samples(&store);
+    // A fractional mean, so that values such as 200 − 0.3 need rounding to bf16's 8 bits.
+    let take = |precision| {
+        let cfg = LoaderConfig {
+            mean_rgb: [0.3, 110.25, 99.5],
+            precision,
+            ..loader_config(SamplerKind::Shuffle, 2)
+        };
+        loader::train_batches(store.clone(), samples.clone(), None, &cfg, 0)
+            .unwrap()
+            .take(3)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    let (full, half) = (take(Precision::F32), take(Precision::Bf16));
+    let mut rounded = 0;
+    for (f, h) in full.iter().zip(&half) {
+        assert_eq!((&f.ids, &f.labels, f.shape), (&h.ids, &h.labels, h.shape));
+        assert_eq!(h.pixels.precision(), Precision::Bf16);
+        let (Pixels::F32(f), Pixels::Bf16(h)) = (&f.pixels, &h.pixels) else {
+            panic!("element types");
+        };
+        for (a, b) in f.iter().zip(h) {
+            assert_eq!(*b, half::bf16::from_f32(*a));
+            assert!((b.to_f32() - a).abs() <= 0.5);
+            rounded += usize::from(b.to_f32() != *a);
+        }
+    }
+    assert!(
+        rounded > 0,
+        "no value needed rounding: the test would not see a truncation bug"
+    );
+    let tensor = half[0]
+        .pixels
+        .to_tensor(&half[0].shape, &candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        (tensor.dtype(), tensor.dims()),
+        (candle_core::DType::BF16, &half[0].shape[..])
+    );
+}
+
+#[test]
 fn balanced_samplers_reach_their_class_frequencies() {
     let stage = tempfile::tempdir().unwrap();
     let store = synthetic_store(stage.path());
@@ -858,12 +906,25 @@ fn balanced_samplers_reach_their_class_frequencies() {
 fn eval_batches_hold_every_crop_of_whole_samples_in_rgb_minus_mean() {
     let stage = tempfile::tempdir().unwrap();
     let store = synthetic_store(stage.path());
-    let mean = [120.0, 110.0, 100.0];
-    let batches: Vec<_> =
-        loader::eval_batches(store.clone(), Split::Val, 24, CropSet::Ten, mean, 5, 2)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+    let mean = [120.0, 110.0, 100.5];
+    for precision in [Precision::F32, Precision::Bf16] {
+        check_eval_batches(&store, mean, precision);
+    }
+}
+
+fn check_eval_batches(store: &Arc<Store>, mean: [f32; 3], precision: Precision) {
+    let cfg = loader::EvalConfig {
+        crop: 24,
+        crops: CropSet::Ten,
+        mean_rgb: mean,
+        samples_per_batch: 5,
+        workers: 2,
+        precision,
+    };
+    let batches: Vec<_> = loader::eval_batches(store.clone(), Split::Val, &cfg)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(batches.len(), 3); // 12 val samples, 5 per batch
     let ids: Vec<u64> = batches.iter().flat_map(|b| b.ids.iter().copied()).collect();
     let expected: Vec<u64> = (0..12).flat_map(|id| std::iter::repeat_n(id, 10)).collect();
@@ -876,12 +937,18 @@ fn eval_batches_hold_every_crop_of_whole_samples_in_rgb_minus_mean() {
     let (batch, slot, b) = (&batches[1], 10 + 6, boxes[6]);
     assert!(b.mirror && b.x == 8 && b.y == 0);
     let plane = 24 * 24;
+    let values = batch.pixels.to_f32();
+    assert_eq!(batch.pixels.precision(), precision);
     for (channel, m) in mean.iter().enumerate() {
         for (row, col) in [(0, 0), (5, 17), (23, 23)] {
             let pixel = image.get_pixel(b.x + 23 - col, b.y + row)[channel] as f32;
+            let expected = match precision {
+                Precision::F32 => pixel - m,
+                Precision::Bf16 => half::bf16::from_f32(pixel - m).to_f32(),
+            };
             assert_eq!(
-                batch.pixels[slot * 3 * plane + channel * plane + row as usize * 24 + col as usize],
-                pixel - m
+                values[slot * 3 * plane + channel * plane + row as usize * 24 + col as usize],
+                expected
             );
         }
     }

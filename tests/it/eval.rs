@@ -9,7 +9,7 @@ use websieve::eval::{
     confusion_png_size, ensemble, evaluate, load_predictions, metrics, render_table, write_outputs,
     EvalError, Evaluation, Predictions, PROBABILITIES_FILE,
 };
-use websieve::sample::Batch;
+use websieve::sample::{Batch, Pixels};
 
 const CLASSES: usize = 6;
 
@@ -143,7 +143,7 @@ fn batch(ids: &[u64], labels: &[u32], crops: usize) -> Batch {
     Batch {
         ids: repeat(ids),
         labels: labels.iter().flat_map(|&l| vec![l; crops]).collect(),
-        pixels: vec![0.0; n * 3],
+        pixels: Pixels::F32(vec![0.0; n * 3]),
         shape: [n, 3, 1, 1],
     }
 }

@@ -14,7 +14,7 @@ use websieve::recipe::params::{
     Arch, Augmentation, Devices, LrPolicy, ModelParams, OnDivergence, Precision, SamplerKind,
     Schedule, SgdParams, TrainLength, TrainParams,
 };
-use websieve::sample::Batch;
+use websieve::sample::{Batch, Pixels};
 use websieve::train::checkpoint::{self, MODEL_PREFIX};
 use websieve::train::{
     load_for_eval, train, BatchStream, BoxError, SampleTargets, TrainError, TrainJob, TrainSummary,
@@ -132,6 +132,7 @@ fn stream(data: &Images, batch: usize, start: u64) -> BatchStream<'_> {
             .iter()
             .flat_map(|&i| data.pixels[i as usize].clone())
             .collect();
+        let pixels = Pixels::F32(pixels);
         Ok::<_, BoxError>(Batch {
             ids,
             labels,
