@@ -128,8 +128,13 @@ impl PixelValue for f32 {
 }
 
 impl PixelValue for half::bf16 {
+    /// Round to nearest, ties to even, as `half::bf16::from_f32`, without its NaN branch: the
+    /// values are u8 minus a finite mean. `runner bench loader`, raw store, 1 core: 10.4k → 13.8k
+    /// img/s.
     fn from_f32(value: f32) -> Self {
-        half::bf16::from_f32(value)
+        let bits = value.to_bits();
+        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
+        half::bf16::from_bits((rounded >> 16) as u16)
     }
 }
 
@@ -442,6 +447,15 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn bf16_ties_round_to_even() {
+        // 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷: the even one, 1, wins; 1 + 3·2⁻⁸ goes up.
+        let round = <half::bf16 as PixelValue>::from_f32;
+        assert_eq!(round(1.0 + 1.0 / 256.0).to_f32(), 1.0);
+        assert_eq!(round(1.0 + 3.0 / 256.0).to_f32(), 1.0 + 4.0 / 256.0);
+        assert_eq!(round(-130.3).to_f32(), -130.0);
+    }
+
     proptest! {
         #[test]
         fn crops_lie_inside_and_center_is_centered(
@@ -473,6 +487,11 @@ mod tests {
                 prop_assert!(boxes.iter().any(|b| b.x == 0 && b.y == 0));
                 prop_assert!(boxes.iter().any(|b| b.x + crop == w && b.y + crop == h));
             }
+        }
+
+        #[test]
+        fn bf16_rounding_is_halfs(value in -400f32..400.0) {
+            prop_assert_eq!(<half::bf16 as PixelValue>::from_f32(value), half::bf16::from_f32(value));
         }
 
         #[test]
