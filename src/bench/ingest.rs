@@ -205,8 +205,7 @@ fn ours(args: &IngestBenchArgs, encoding: StoreEncoding, cores: usize) -> anyhow
     let options = IngestOptions {
         progress: false,
         threads: cores,
-        commit_every: 512,
-        map_size: None,
+        ..IngestOptions::default()
     };
     let start = Instant::now();
     let report = ingest_with(&params, &stage, &options)?;

@@ -47,7 +47,7 @@ impl Default for IngestOptions {
         IngestOptions {
             progress: false,
             threads: 0,
-            commit_every: 512,
+            commit_every: 256,
             map_size: None,
         }
     }
@@ -132,6 +132,11 @@ pub fn ingest(
     )
 }
 
+/// Decoded chunks that may wait for the writer: slack for a slow commit (its `pwrite` and
+/// sync), so that the workers do not stall. With 256 images a chunk, a raw store buffers up to
+/// 4 × 50 MB (this many, one being written, one being built).
+const CHUNKS_AHEAD: usize = 2;
+
 /// One chunk of decoded work, on its way to the writer.
 struct Chunk {
     start: u64,
@@ -202,7 +207,7 @@ pub fn ingest_with(
 
     let first = counts.next as usize;
     let written = std::thread::scope(|scope| {
-        let (sender, receiver) = sync_channel::<Chunk>(1);
+        let (sender, receiver) = sync_channel::<Chunk>(CHUNKS_AHEAD);
         let writer = scope.spawn(|| -> Result<(), IngestError> {
             let mut commits = 0u64;
             for chunk in receiver {
@@ -214,6 +219,10 @@ pub fn ingest_with(
                         other => return Err(lmdb(other)),
                     }
                 }
+                // Flushing each commit here, while the workers decode the next chunk, overlaps
+                // the disk writes with decoding; one sync at the end would add them all to the
+                // run time (0.23 s for a 900 MB store, a fifth of a 2-core run).
+                env.force_sync().map_err(lmdb)?;
                 commits += 1;
                 if abort_after == Some(commits) {
                     std::process::abort();

@@ -343,15 +343,16 @@ fn open_env(dir: &Path, writer_map_size: Option<usize>) -> Result<Env<WithoutTls
         .map_size(writer_map_size.unwrap_or(MAP_SIZE))
         .max_dbs(Tables::NAMES.len() as u32)
         .max_readers(MAX_READERS);
-    // The writer: WRITE_MAP writes records straight into the map (no copy into dirty pages and
-    // `pwrite` at commit; LMDB then sizes the file to the map, hence a map sized to the work);
-    // NO_SYNC, since a killed process loses nothing the OS already has (kill -9 is what resuming
-    // must survive) and ingest syncs once at the end.
+    // The writer: NO_SYNC, since a killed process loses nothing the OS already has (kill -9 is
+    // what resuming must survive) and ingest syncs after each commit itself. Not WRITE_MAP:
+    // writing 196 kB records into fresh map pages costs a page fault and a zeroed page per
+    // 4 kB, and `pwrite` of the dirty pages was faster in paired runs (`BENCHMARKS.md`: 2 cores
+    // 4179 vs 2959 img/s, 1 core 2412 vs 2128, medians of 5–6).
     let flags = match writer_map_size {
         None => EnvFlags::READ_ONLY,
         Some(_) => {
             std::fs::create_dir_all(dir)?;
-            EnvFlags::NO_SYNC | EnvFlags::WRITE_MAP
+            EnvFlags::NO_SYNC
         }
     };
     // SAFETY: the environment is opened once per path in this process (see OPEN_STORES and
