@@ -18,6 +18,7 @@
 
 pub mod codec;
 mod ingest;
+pub mod jpeg;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
