@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 
 use super::{StageError, StageKind, Workspace};
 use crate::loader::{self, LoaderConfig};
-use crate::recipe::{Devices, LabelParams, Recipe, SamplerKind};
+use crate::recipe::{Devices, LabelParams, Precision, Recipe, SamplerKind};
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
 use crate::text::{DocumentSource, TextError};
@@ -50,6 +50,13 @@ pub(super) fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageEr
              LRN ops have no CUDA kernels yet); set train.devices = \"cpu\"",
             recipe.train.devices
         ));
+    }
+    if until >= StageKind::Train && recipe.train.precision == Precision::Bf16 {
+        return fail(
+            "train.precision = \"bf16\": the loader hands out bf16 batches, but training keeps \
+             f32 weights and has no mixed-precision step yet; set train.precision = \"f32\""
+                .to_string(),
+        );
     }
     Ok(())
 }

@@ -128,6 +128,35 @@ const TINY: [&str; 6] = [
 ];
 
 #[test]
+fn settings_training_cannot_honour_are_refused_before_any_work() {
+    for (set, says) in [
+        (
+            "train.devices=\"cuda\"",
+            "training runs on the CPU only for now",
+        ),
+        ("train.precision=\"bf16\"", "no mixed-precision step yet"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut args = vec!["recipes/quickstart.toml", "--set", set];
+        args.extend(TINY);
+        let out = runner(tmp.path(), &args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+        assert!(stderr.contains(says), "{set}: {stderr}");
+        assert!(
+            !tmp.path().join("cache").join("ingest").exists(),
+            "{set}: ingest ran"
+        );
+        // Up to a stage before training, the same recipe runs.
+        args.extend(["--until", "ingest"]);
+        assert!(
+            runner(tmp.path(), &args, &[]).status.success(),
+            "{set} --until ingest"
+        );
+    }
+}
+
+#[test]
 fn a_second_run_reuses_the_stage_and_an_upstream_change_misses() {
     let tmp = tempfile::tempdir().unwrap();
     let mut args = vec!["recipes/quickstart.toml", "--until", "ingest"];
