@@ -361,9 +361,8 @@ pub fn read_bows(path: &Path) -> anyhow::Result<Vec<SparseDoc>> {
         .collect()
 }
 
-/// A WebVision-format dataset's training text, labels, paths and class names, read from
-/// `info/train_filelist_all.txt`, the line-aligned `info/train_meta_list_all.txt` and the
-/// `meta/<source>/<query>.json` files.
+/// A WebVision-format dataset's training text, labels, paths and class names (through
+/// [`crate::dataset::webvision::read`], both sources, so the `_all` lists in their order).
 pub struct WebvisionText {
     pub docs: crate::text::MemorySource,
     pub labels: Vec<u32>,
@@ -372,65 +371,19 @@ pub struct WebvisionText {
 }
 
 pub fn read_webvision_text(root: &Path) -> anyhow::Result<WebvisionText> {
-    use crate::sample::{SampleText, Source};
-    let read = |rel: &str| {
-        std::fs::read_to_string(root.join(rel))
-            .with_context(|| format!("reading {}", root.join(rel).display()))
-    };
-    let class_names = read("info/synsets.txt")?
-        .lines()
-        .map(|l| l.split_once(' ').map_or(l, |p| p.1).to_string())
-        .collect();
-    let files = read("info/train_filelist_all.txt")?;
-    let metas = read("info/train_meta_list_all.txt")?;
-    let mut cache: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
+    use crate::sample::Source;
+    let index = crate::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false)
+        .with_context(|| format!("reading {}", root.display()))?;
     let mut out = WebvisionText {
         docs: Default::default(),
-        labels: vec![],
-        paths: vec![],
-        class_names,
+        labels: Vec::with_capacity(index.train.len()),
+        paths: Vec::with_capacity(index.train.len()),
+        class_names: index.classes.iter().map(|c| c.name.clone()).collect(),
     };
-    for (n, (file, meta)) in files.lines().zip(metas.lines()).enumerate() {
-        let bad = || format!("info/train_*_all.txt line {}: {file:?} / {meta:?}", n + 1);
-        let (path, label) = file.split_once(' ').with_context(bad)?;
-        let (json, row) = meta.split_once(' ').with_context(bad)?;
-        let row: usize = row.parse().with_context(bad)?;
-        if !cache.contains_key(json) {
-            let value: Vec<serde_json::Value> =
-                serde_json::from_str(&read(&format!("meta/{json}"))?)
-                    .with_context(|| format!("parsing meta/{json}"))?;
-            cache.insert(json.to_string(), value);
-        }
-        let element = cache[json].get(row.wrapping_sub(1)).with_context(bad)?;
-        let text_field = |key: &str| {
-            element
-                .get(key)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        let tags = element
-            .get("tags")
-            .and_then(|t| t.as_array())
-            .map_or(vec![], |a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_string))
-                    .collect()
-            });
-        let source = if path.starts_with("google/") {
-            Source::Google
-        } else {
-            Source::Flickr
-        };
-        out.docs.train.push((
-            source,
-            SampleText {
-                title: text_field("title"),
-                description: text_field("description"),
-                tags,
-            },
-        ));
-        out.labels.push(label.parse().with_context(bad)?);
-        out.paths.push(path.to_string());
+    for sample in index.train {
+        out.docs.train.push((sample.source, sample.text));
+        out.labels.push(sample.label);
+        out.paths.push(sample.path);
     }
     Ok(out)
 }
