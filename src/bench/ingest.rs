@@ -2,10 +2,10 @@
 //! (`ingest_lmdb.py`: PIL + lmdb, one process) on the same WebVision training list and settings,
 //! measured in the same run, for raw and JPEG stores. Each variant is pinned to its cores (see
 //! [`super::cores`]): the reference and "1 core" to one CPU, so "per core" counts the LMDB
-//! writer thread too. Each is run `--repeat` times and the median is reported, since on a VM
-//! the first run after a store is deleted can pay the host for fresh pages. Also printed: the
-//! codec floor (decode, resize and JPEG encode alone, one core, files in memory) and the
-//! store's bytes per image.
+//! writer thread too. Each is run `--repeat` times, in rounds of every variant in turn, and the
+//! median is reported, since on a VM the first run after a store is deleted can pay the host
+//! for fresh pages. Also printed: the codec floor (decode, resize and JPEG encode alone, one
+//! core, files in memory), MB/s written and the store's bytes per image.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -117,34 +117,50 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
             StoreEncoding::Raw => "raw".to_string(),
             StoreEncoding::Jpeg { quality } => format!("jpeg q{quality}"),
         };
-        let reference = if args.no_reference {
-            None
-        } else {
-            Some(repeat(args.repeat, || {
-                on_cores(1, || reference(args, encoding))
-            })?)
-        };
-        let mut rows = Vec::new();
-        for &cores in &args.cores {
-            rows.push(repeat(args.repeat, || {
-                on_cores(cores, || ours(args, encoding, cores))
-            })?);
+        // Rounds of every variant in turn, so that all of them (and the scaling ratio) see the
+        // same drift in the machine's state.
+        let mut variants: Vec<Box<dyn Fn() -> anyhow::Result<Row>>> = Vec::new();
+        if !args.no_reference {
+            variants.push(Box::new(move || on_cores(1, || reference(args, encoding))));
         }
+        for &cores in &args.cores {
+            variants.push(Box::new(move || {
+                on_cores(cores, || ours(args, encoding, cores))
+            }));
+        }
+        let mut measured: Vec<Row> = Vec::new();
+        for round in 0..args.repeat {
+            for (i, variant) in variants.iter().enumerate() {
+                let row = variant()?;
+                match round {
+                    0 => measured.push(row),
+                    _ => measured[i].rates.extend(row.rates),
+                }
+            }
+        }
+        let (reference, rows) = match args.no_reference {
+            true => (None, measured),
+            false => {
+                let rows = measured.split_off(1);
+                (measured.pop(), rows)
+            }
+        };
         println!("\n{name} (codec floor {:.0} img/s):", floor.rate(encoding));
         println!(
-            "{:<28} {:>6} {:>7} {:>11} {:>10} {:>8} {:>9}",
-            "", "images", "img/s", "range", "bytes/img", "vs ref", "vs floor"
+            "{:<31} {:>6} {:>7} {:>11} {:>7} {:>10} {:>8} {:>9}",
+            "", "images", "img/s", "range", "MB/s", "bytes/img", "vs ref", "vs floor"
         );
         for row in reference.iter().chain(&rows) {
             let vs_ref = reference
                 .as_ref()
                 .map_or("-".into(), |r| format!("{:.2}x", row.median() / r.median()));
             println!(
-                "{:<28} {:>6} {:>7.0} {:>11} {:>10.0} {:>8} {:>8.2}x",
+                "{:<31} {:>6} {:>7.0} {:>11} {:>7.1} {:>10.0} {:>8} {:>8.2}x",
                 row.what,
                 row.images,
                 row.median(),
                 row.range(),
+                row.median() * row.bytes_per_image / 1e6,
                 row.bytes_per_image,
                 vs_ref,
                 row.median() / floor.rate(encoding),
@@ -160,16 +176,6 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `times` runs of one variant, as one row.
-fn repeat(times: usize, mut run: impl FnMut() -> anyhow::Result<Row>) -> anyhow::Result<Row> {
-    let mut row = run()?;
-    for _ in 1..times {
-        let next = run()?;
-        row.rates.extend(next.rates);
-    }
-    Ok(row)
 }
 
 /// Times each codec step over every file once, one image at a time (as ingest does, so buffers
