@@ -62,6 +62,16 @@ pub struct Batch {
     pub shape: [usize; 4],
 }
 
+impl Batch {
+    /// The images as an f32 tensor of `shape` on `device`, as the net computes (a bf16 batch
+    /// is widened).
+    pub fn images(&self, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+        self.pixels
+            .to_tensor(&self.shape, device)?
+            .to_dtype(candle_core::DType::F32)
+    }
+}
+
 /// A batch's pixel values in the element type the loader was asked for: f32, or bf16 (half
 /// the bytes to move to a device; the values are u8 minus a mean, which bf16's 8-bit mantissa
 /// keeps to within 0.5).
@@ -96,19 +106,21 @@ impl Pixels {
         self.len() == 0
     }
 
-    /// An empty buffer of `precision` that keeps this one's allocation when it can.
-    pub fn reuse_as(self, precision: Precision) -> Pixels {
+    /// A buffer of `len` values of `precision`, reusing this one's allocation when the types
+    /// match. The values are unspecified (a reused buffer keeps its old ones, so that a buffer
+    /// of the same length costs nothing): the caller overwrites every one.
+    pub fn resized(self, precision: Precision, len: usize) -> Pixels {
         match (self, precision) {
             (Pixels::F32(mut v), Precision::F32) => {
-                v.clear();
+                v.resize(len, 0.0);
                 Pixels::F32(v)
             }
             (Pixels::Bf16(mut v), Precision::Bf16) => {
-                v.clear();
+                v.resize(len, half::bf16::ZERO);
                 Pixels::Bf16(v)
             }
-            (_, Precision::F32) => Pixels::F32(Vec::new()),
-            (_, Precision::Bf16) => Pixels::Bf16(Vec::new()),
+            (_, Precision::F32) => Pixels::F32(vec![0.0; len]),
+            (_, Precision::Bf16) => Pixels::Bf16(vec![half::bf16::ZERO; len]),
         }
     }
 

@@ -161,18 +161,20 @@ pub fn fill_crop<T: PixelValue>(
             &mut g_plane[dst.clone()],
             &mut b_plane[dst],
         );
+        let mut put = |i: usize, px: &[u8]| {
+            r[i] = T::from_f32(f32::from(px[0]) - mean[0]);
+            g[i] = T::from_f32(f32::from(px[1]) - mean[1]);
+            bl[i] = T::from_f32(f32::from(px[2]) - mean[2]);
+        };
         if b.mirror {
-            for (i, px) in src.chunks_exact(3).rev().enumerate() {
-                r[i] = T::from_f32(f32::from(px[0]) - mean[0]);
-                g[i] = T::from_f32(f32::from(px[1]) - mean[1]);
-                bl[i] = T::from_f32(f32::from(px[2]) - mean[2]);
-            }
+            src.chunks_exact(3)
+                .rev()
+                .enumerate()
+                .for_each(|(i, px)| put(i, px));
         } else {
-            for (i, px) in src.chunks_exact(3).enumerate() {
-                r[i] = T::from_f32(f32::from(px[0]) - mean[0]);
-                g[i] = T::from_f32(f32::from(px[1]) - mean[1]);
-                bl[i] = T::from_f32(f32::from(px[2]) - mean[2]);
-            }
+            src.chunks_exact(3)
+                .enumerate()
+                .for_each(|(i, px)| put(i, px));
         }
     }
 }
@@ -307,18 +309,8 @@ fn random_crop(rng: &mut ChaCha8Rng, width: u32, height: u32, crop: u32, mirror:
 
 fn empty_batch(buffer: Pixels, n: usize, crop: u32, precision: Precision) -> Batch {
     let c = crop as usize;
-    let len = n * 3 * c * c;
     // Every element is overwritten by fill_crop; resizing a reused buffer writes nothing new.
-    let pixels = match buffer.reuse_as(precision) {
-        Pixels::F32(mut v) => {
-            v.resize(len, 0.0);
-            Pixels::F32(v)
-        }
-        Pixels::Bf16(mut v) => {
-            v.resize(len, half::bf16::ZERO);
-            Pixels::Bf16(v)
-        }
-    };
+    let pixels = buffer.resized(precision, n * 3 * c * c);
     Batch {
         ids: Vec::with_capacity(n),
         labels: Vec::with_capacity(n),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use super::{StageError, StageKind, Workspace};
 use crate::loader::{self, LoaderConfig};
@@ -360,10 +360,7 @@ fn run_eval(
         val,
         progress,
         |batch: &Batch| {
-            let images = batch
-                .pixels
-                .to_tensor(batch.shape.as_slice(), &device)?
-                .to_dtype(DType::F32)?;
+            let images = batch.images(&device)?;
             let logits = model
                 .forward_eval(&images)?
                 .classes

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -483,11 +483,7 @@ fn run_steps<'b>(
             });
         }
         let targets = trainer.targets(&batch)?;
-        // The net computes in f32 (bf16 training is refused above): a bf16 batch is widened.
-        let images = batch
-            .pixels
-            .to_tensor(&batch.shape, trainer.device)?
-            .to_dtype(DType::F32)?;
+        let images = batch.images(trainer.device)?;
         let heads = trainer
             .net
             .forward_train(&images, &mut step_rng(trainer.state.seed, step))?;
