@@ -113,10 +113,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
             quality: args.quality,
         },
     ] {
-        let name = match encoding {
-            StoreEncoding::Raw => "raw".to_string(),
-            StoreEncoding::Jpeg { quality } => format!("jpeg q{quality}"),
-        };
+        let name = super::encoding_name(encoding);
         // Rounds of every variant in turn, so that all of them (and the scaling ratio) see the
         // same drift in the machine's state.
         let mut variants: Vec<Box<dyn Fn() -> anyhow::Result<Row>>> = Vec::new();

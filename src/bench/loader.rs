@@ -61,10 +61,7 @@ pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
                 .map(|id| Ok((id, reader.meta(Split::Train, id)?.label)))
                 .collect::<anyhow::Result<_>>()?
         };
-        let name = match encoding {
-            StoreEncoding::Raw => "raw".to_string(),
-            StoreEncoding::Jpeg { quality } => format!("jpeg q{quality}"),
-        };
+        let name = super::encoding_name(encoding);
         for precision in [Precision::F32, Precision::Bf16] {
             for &cores in &args.cores {
                 let cfg = LoaderConfig {

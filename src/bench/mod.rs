@@ -6,3 +6,13 @@ pub mod lda;
 pub mod loader;
 pub mod ops;
 pub mod train;
+
+use crate::recipe::params::StoreEncoding;
+
+/// How the benchmark tables name a store encoding.
+fn encoding_name(encoding: StoreEncoding) -> String {
+    match encoding {
+        StoreEncoding::Raw => "raw".to_string(),
+        StoreEncoding::Jpeg { quality } => format!("jpeg q{quality}"),
+    }
+}

@@ -1,10 +1,11 @@
 //! Image bytes as found on the web → a resized RGB image, and the store's payload encoding.
 //!
 //! In: a file's bytes (any extension; the format is sniffed from the magic bytes), the target
-//! size and mode. Out: an RGB u8 image resized for the store, or the reason it was skipped.
-//! JPEGs are decoded with DCT scaling (jpeg-decoder's `scale`): a large original is decoded at
-//! 1/2, 1/4 or 1/8 of its size when that still covers the target, which bounds both the time and
-//! the memory of a huge image. Other formats go through `image` with allocation limits.
+//! size and mode. Out: a stored record (an RGB u8 image resized for the store, raw or JPEG), or
+//! the reason it was skipped. JPEGs too small for DCT scaling to help are decoded by zune-jpeg;
+//! larger ones with DCT scaling (jpeg-decoder's `scale`): a large original is decoded at 1/2,
+//! 1/4 or 1/8 of its size when that still covers the target, which bounds both the time and the
+//! memory of a huge image. Other formats go through `image` with allocation limits.
 
 use std::io::Cursor;
 
@@ -115,11 +116,8 @@ fn decode_jpeg(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
 /// A YCbCr or grayscale JPEG too small for DCT scaling to help (its shorter side is below
 /// `2 · min_side`), decoded by zune-jpeg in strict mode; `None` for anything else.
 fn decode_jpeg_full_scale(bytes: &[u8], min_side: u32) -> Option<RgbImage> {
-    use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
-    let options = DecoderOptions::default()
-        .set_strict_mode(true)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), options);
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    let mut decoder = zune_rgb_decoder(bytes, true);
     decoder.decode_headers().ok()?;
     let info = decoder.info()?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
@@ -137,6 +135,19 @@ fn decode_jpeg_full_scale(bytes: &[u8], min_side: u32) -> Option<RgbImage> {
         .exif()
         .and_then(|exif| Orientation::from_exif_chunk(exif));
     Some(orient(image, orientation))
+}
+
+/// A zune-jpeg decoder of `bytes` to RGB; `strict` turns its warnings (such as a truncated
+/// stream) into errors.
+pub(crate) fn zune_rgb_decoder(
+    bytes: &[u8],
+    strict: bool,
+) -> zune_jpeg::JpegDecoder<Cursor<&[u8]>> {
+    use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+    let options = DecoderOptions::default()
+        .set_strict_mode(strict)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), options)
 }
 
 fn decode_jpeg_scaled(bytes: &[u8], min_side: u32) -> Result<RgbImage, Skip> {
@@ -258,14 +269,8 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     out
 }
 
-/// Decode, orient and resize one file's bytes for the store.
-pub fn prepare(bytes: &[u8], resize_to: u32, mode: ResizeMode) -> Result<RgbImage, Skip> {
-    let image = decode(bytes, resize_to)?;
-    let (width, height) = target_size(image.width(), image.height(), resize_to, mode);
-    Ok(resize(&image, width, height))
-}
-
-/// One file's bytes → its stored record (see [`encode_record`]). A raw record is resized
+/// One file's bytes → decoded, oriented, resized → its stored record (see [`encode_record`]).
+/// A raw record is resized
 /// straight into the record buffer: at 196 kB an image, a second buffer and copy cost more
 /// than the resize here (fresh pages fault at about 1.4 µs each on the VMs we measured).
 pub fn prepare_record(
@@ -279,8 +284,9 @@ pub fn prepare_record(
     let (width, height) = target_size(image.width(), image.height(), resize_to, mode);
     match encoding {
         StoreEncoding::Raw => {
-            let mut out = record_header(label, width, height, width as usize * height as usize * 3);
-            out.resize(RECORD_HEADER + width as usize * height as usize * 3, 0);
+            let pixels = width as usize * height as usize * 3;
+            let mut out = record_header(label, width, height, pixels);
+            out.resize(RECORD_HEADER + pixels, 0);
             resize_into(&image, &mut out[RECORD_HEADER..], width, height);
             Ok(out)
         }
@@ -373,10 +379,7 @@ pub fn record_pixels<'a>(
     let pixels: std::borrow::Cow<'a, [u8]> = match encoding {
         StoreEncoding::Raw => std::borrow::Cow::Borrowed(record.payload),
         StoreEncoding::Jpeg { .. } => {
-            use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
-            let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
-            let mut decoder =
-                zune_jpeg::JpegDecoder::new_with_options(Cursor::new(record.payload), options);
+            let mut decoder = zune_rgb_decoder(record.payload, false);
             std::borrow::Cow::Owned(decoder.decode().map_err(|e| format!("stored jpeg: {e}"))?)
         }
     };

@@ -1,6 +1,8 @@
-//! The ingest stage: dataset → store. rayon workers read, decode, orient, resize and encode a
-//! chunk of images while a single writer thread commits the previous chunk in one LMDB
-//! transaction, together with the ingest position and the per-class counts.
+//! The ingest stage: dataset → store. Workers take images in work-list order from a shared
+//! counter and read, decode, orient, resize and encode them; a single writer thread puts the
+//! results back in order and commits every `commit_every` images in one LMDB transaction,
+//! together with the ingest position and the per-class counts; a flusher thread syncs each
+//! commit to disk behind it.
 //!
 //! Resuming: every commit records how far the work list (training samples, then validation
 //! samples, in list order) has been taken, so a rerun after `kill -9` continues from the last
@@ -144,7 +146,7 @@ const CHUNKS_AHEAD: usize = 1;
 /// One chunk of decoded work, in work-list order, as the writer commits it.
 struct Chunk {
     start: u64,
-    results: Vec<Result<Vec<u8>, Skip>>,
+    results: Vec<Prepared>,
 }
 
 /// [`ingest`] with explicit threads and commit size.
@@ -222,9 +224,12 @@ pub fn ingest_with(
         // request while one is pending is dropped, since that sync covers both commits.
         let (flush_request, flush_requests) = sync_channel::<()>(1);
         let flusher = scope.spawn(|| -> Result<(), IngestError> {
+            let data_file = std::fs::File::open(env_dir.join("data.mdb")).ok();
             for () in flush_requests {
                 env.force_sync().map_err(lmdb)?;
-                drop_cached_pages(&env_dir);
+                if let Some(file) = &data_file {
+                    drop_cached_pages(file);
+                }
             }
             Ok(())
         });
@@ -404,12 +409,10 @@ fn initial_map_size(
 /// runs on the 2-core VM this raised the 2-core median from 3144 to 3704 img/s and cut its
 /// spread from 1954–3397 to 3527–3763 (`BENCHMARKS.md`). Best effort: an error changes
 /// nothing but speed.
-fn drop_cached_pages(env_dir: &Path) {
+fn drop_cached_pages(file: &std::fs::File) {
     use std::os::fd::AsRawFd;
-    if let Ok(file) = std::fs::File::open(env_dir.join("data.mdb")) {
-        // SAFETY: plain syscall on a descriptor that lives until the end of this block.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
+    // SAFETY: plain syscall on a descriptor that `file` keeps open.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// Doubles the map after `MDB_MAP_FULL`.

@@ -570,12 +570,7 @@ mod tests {
 
     /// Decoded with zune-jpeg, an independent decoder.
     fn decode(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
-        use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
-        let options = DecoderOptions::default()
-            .set_strict_mode(true)
-            .jpeg_set_out_colorspace(ColorSpace::RGB);
-        let mut decoder =
-            zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
+        let mut decoder = crate::store::codec::zune_rgb_decoder(bytes, true);
         let pixels = decoder.decode().expect("our stream decodes");
         let info = decoder.info().unwrap();
         (usize::from(info.width), usize::from(info.height), pixels)
