@@ -66,26 +66,13 @@ fn json_to_toml(json: serde_json::Value) -> Option<toml::Value> {
 /// Loads every recipe that the arguments (paths or globs) name, with the overrides, expanding
 /// sweeps. All are validated before any is returned; every error is reported.
 pub fn load(patterns: &[String], sets: &[String]) -> Result<Vec<Recipe>, RecipeError> {
-    let mut recipes = Vec::new();
-    let mut errors = Vec::new();
-    for path in load::expand_patterns(patterns)? {
-        match load_file(&path, sets) {
-            Ok(mut r) => recipes.append(&mut r),
-            Err(RecipeError::Many(mut e)) => errors.append(&mut e),
-            Err(e) => errors.push(e),
-        }
-    }
-    match errors.len() {
-        0 => Ok(recipes),
-        1 => Err(errors.pop().expect("one error")),
-        _ => Err(RecipeError::Many(errors)),
-    }
+    let files = load::expand_patterns(patterns)?;
+    collect_all(files.iter().map(|path| load_file(path, sets)))
 }
 
 /// Loads one recipe file: one `Recipe` per sweep point (one without a sweep).
 pub fn load_file(path: &Path, sets: &[String]) -> Result<Vec<Recipe>, RecipeError> {
-    let mut recipes = Vec::new();
-    let mut errors = Vec::new();
+    let mut points = Vec::new();
     for merged in load::load_merged(path, sets)? {
         let raw: raw::RawRecipe =
             toml::Value::Table(merged.table)
@@ -93,11 +80,26 @@ pub fn load_file(path: &Path, sets: &[String]) -> Result<Vec<Recipe>, RecipeErro
                 .map_err(|e: toml::de::Error| {
                     Diagnostic::new(format!("{}: {}", merged.name, e.message()), None)
                 })?;
-        match validate::validate(merged.name, raw, &merged.sources) {
-            Ok(mut r) => {
+        points.push(
+            validate::validate(merged.name, raw, &merged.sources).map(|mut r| {
                 r.path = path.to_path_buf();
-                recipes.push(r);
-            }
+                vec![r]
+            }),
+        );
+    }
+    collect_all(points)
+}
+
+/// Every recipe of `results`, or every error among them (one error as itself, several as
+/// `Many`, with nested `Many`s flattened).
+fn collect_all(
+    results: impl IntoIterator<Item = Result<Vec<Recipe>, RecipeError>>,
+) -> Result<Vec<Recipe>, RecipeError> {
+    let mut recipes = Vec::new();
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(mut r) => recipes.append(&mut r),
             Err(RecipeError::Many(mut e)) => errors.append(&mut e),
             Err(e) => errors.push(e),
         }
