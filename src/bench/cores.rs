@@ -36,16 +36,20 @@ pub fn available() -> anyhow::Result<usize> {
     Ok(allowed_cpus()?.len())
 }
 
+/// Refuses core counts this process cannot pin to, before a benchmark starts any work.
+pub fn check(counts: &[usize]) -> anyhow::Result<()> {
+    let available = available()?;
+    match counts.iter().find(|&&n| n == 0 || n > available) {
+        Some(n) => bail!("cannot pin to {n} core(s): this process may use {available}"),
+        None => Ok(()),
+    }
+}
+
 /// Runs `work` with the calling thread (and every thread or process it starts) confined to the
 /// first `cores` allowed CPUs, then restores the previous affinity.
 pub fn on_cores<T>(cores: usize, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    check(&[cores])?;
     let allowed = allowed_cpus()?;
-    if cores == 0 || cores > allowed.len() {
-        bail!(
-            "cannot pin to {cores} core(s): this process may use {}",
-            allowed.len()
-        );
-    }
     set_cpus(&allowed[..cores])?;
     let result = work();
     set_cpus(&allowed)?;
@@ -68,5 +72,8 @@ mod tests {
         assert_eq!(inside, before[..1]);
         assert_eq!(allowed_cpus().unwrap(), before);
         assert!(on_cores(before.len() + 1, || Ok(())).is_err());
+        assert!(check(&[1, before.len()]).is_ok());
+        assert!(check(&[1, before.len() + 1]).is_err());
+        assert!(check(&[0]).is_err());
     }
 }

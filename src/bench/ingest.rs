@@ -91,6 +91,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<()> {
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
+    super::cores::check(&args.cores)?;
     let index = webvision::read(&args.root, &[Source::Google, Source::Flickr], false)
         .with_context(|| format!("reading {}", args.root.display()))?;
     let files: Vec<PathBuf> = index.train.iter().map(|s| s.file.clone()).collect();

@@ -35,6 +35,7 @@ pub struct LoaderBenchArgs {
 }
 
 pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
+    super::cores::check(&args.cores)?;
     println!(
         "loader bench: {} batches of {} ({}px crops + mirror, shuffled) from {}px squashed stores of {}",
         args.batches,
