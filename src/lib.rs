@@ -15,6 +15,7 @@ pub mod plot;
 pub mod progress;
 pub mod recipe;
 pub mod report;
+pub mod runtime;
 pub mod sample;
 pub mod score;
 pub mod stage;

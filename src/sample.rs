@@ -63,12 +63,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The images as an f32 tensor of `shape` on `device`, as the net computes (a bf16 batch
-    /// is widened).
+    /// The images as a tensor of `shape` on `device`, in the batch's element type (the net
+    /// computes in the dtype of its input).
     pub fn images(&self, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
-        self.pixels
-            .to_tensor(&self.shape, device)?
-            .to_dtype(candle_core::DType::F32)
+        self.pixels.to_tensor(&self.shape, device)
     }
 }
 
@@ -111,7 +109,7 @@ impl Pixels {
     /// of the same length costs nothing): the caller overwrites every one.
     pub fn resized(self, precision: Precision, len: usize) -> Pixels {
         match (self, precision) {
-            (Pixels::F32(mut v), Precision::F32) => {
+            (Pixels::F32(mut v), Precision::F32 | Precision::Tf32) => {
                 v.resize(len, 0.0);
                 Pixels::F32(v)
             }
@@ -119,7 +117,7 @@ impl Pixels {
                 v.resize(len, half::bf16::ZERO);
                 Pixels::Bf16(v)
             }
-            (_, Precision::F32) => Pixels::F32(vec![0.0; len]),
+            (_, Precision::F32 | Precision::Tf32) => Pixels::F32(vec![0.0; len]),
             (_, Precision::Bf16) => Pixels::Bf16(vec![half::bf16::ZERO; len]),
         }
     }

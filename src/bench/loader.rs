@@ -79,7 +79,7 @@ pub fn run(args: &LoaderBenchArgs) -> anyhow::Result<()> {
                     on_cores(cores, || time_batches(&store, &samples, &cfg, args.batches))?;
                 let images = (args.batches * args.batch) as f64;
                 let bytes_per_value = match precision {
-                    Precision::F32 => 4.0,
+                    Precision::F32 | Precision::Tf32 => 4.0,
                     Precision::Bf16 => 2.0,
                 };
                 let out_bytes = images * 3.0 * f64::from(args.crop * args.crop) * bytes_per_value;

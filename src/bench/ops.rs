@@ -1,14 +1,15 @@
-//! `runner bench ops`: CPU throughput of the custom ops (forward, and forward + backward),
-//! each next to a reference measured in the same run: candle's own pooling where candle is
-//! right (kernel = stride, no padding), and LRN written with candle ops (squares summed over
-//! shifted channel slices), the approach the custom op replaces.
+//! `runner bench ops`: throughput of the custom ops (forward, and forward + backward) on the
+//! CPU or a GPU, each next to a reference measured in the same run: candle's own pooling where
+//! candle is right (kernel = stride, no padding), LRN written with candle ops (squares summed
+//! over shifted channel slices), and a convolution's bias + ReLU as candle's two ops, the
+//! approaches the custom ops replace.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
-use crate::model::ops::{avg_pool2d, lrn, max_pool2d};
+use crate::model::ops::{avg_pool2d, bias_relu, lrn, max_pool2d};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OpsBenchArgs {
@@ -24,6 +25,12 @@ pub struct OpsBenchArgs {
     /// Timed repetitions per measurement (the median is reported, after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// `cpu` or `cuda:<ordinal>`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Element type: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
@@ -37,28 +44,40 @@ struct Case {
 }
 
 pub fn run(args: &OpsBenchArgs) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = super::train::device(&args.device)?;
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => anyhow::bail!("--dtype {other}: expected f32 or bf16"),
+    };
     let shape = (args.batch, args.channels, args.size, args.size);
-    let x = Tensor::randn(0f32, 1.0, shape, &dev)?;
+    let x = Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(dtype)?;
     let elems = x.elem_count() as f64;
     println!(
-        "ops bench: input {:?} f32 on {} rayon threads, median of {} runs",
+        "ops bench: input {:?} {dtype:?} on {} ({} rayon threads), median of {} runs",
         x.dims(),
+        args.device,
         rayon::current_num_threads(),
         args.iters
     );
+    let median_secs = |f: &mut dyn FnMut() -> candle_core::Result<()>| {
+        median_secs(args.iters, || {
+            f()?;
+            dev.synchronize()
+        })
+    };
     println!(
         "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8}  reference",
         "op", "fwd ms", "ref ms", "ratio", "fwd+bwd ms", "ref ms", "ratio"
     );
-    for case in cases() {
-        let fwd = median_secs(args.iters, || (case.ours)(&x).map(drop))?;
-        let both = median_secs(args.iters, || forward_backward(&case.ours, &x))?;
+    for case in cases(&Tensor::randn(0f32, 1.0, args.channels, &dev)?.to_dtype(dtype)?) {
+        let fwd = median_secs(&mut || (case.ours)(&x).map(drop))?;
+        let both = median_secs(&mut || forward_backward(&case.ours, &x))?;
         let (ref_name, ref_fwd, ref_both) = match &case.reference {
             Some((name, op, with_bwd)) => {
-                let f = median_secs(args.iters, || op(&x).map(drop))?;
+                let f = median_secs(&mut || op(&x).map(drop))?;
                 let b = if *with_bwd {
-                    Some(median_secs(args.iters, || forward_backward(op, &x))?)
+                    Some(median_secs(&mut || forward_backward(op, &x))?)
                 } else {
                     None
                 };
@@ -89,8 +108,24 @@ pub fn run(args: &OpsBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn cases() -> Vec<Case> {
+/// The ops at the input's shape; `bias` has one value per channel, and its gradient is part
+/// of the backward (as a convolution's bias is).
+fn cases(bias: &Tensor) -> Vec<Case> {
+    let bias = Var::from_tensor(bias)
+        .expect("a fresh tensor")
+        .as_tensor()
+        .clone();
+    let fused_bias = bias.clone();
     vec![
+        Case {
+            name: "bias + relu",
+            ours: Box::new(move |x| bias_relu(x, &fused_bias)),
+            reference: Some((
+                "candle broadcast_add + relu",
+                Box::new(move |x| x.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.relu()),
+                true,
+            )),
+        },
         Case {
             name: "max_pool2d 2x2/2",
             ours: Box::new(|x| max_pool2d(x, 2, 2, 0, false)),

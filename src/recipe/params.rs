@@ -328,7 +328,20 @@ pub enum SamplerKind {
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     F32,
+    /// f32 tensors; on CUDA, matrix products and convolutions in TensorFloat-32.
+    Tf32,
+    /// bf16 activations and batches; f32 weights, momentum and loss.
     Bf16,
+}
+
+impl Precision {
+    /// The element type of batches and activations.
+    pub fn activations(self) -> candle_core::DType {
+        match self {
+            Precision::F32 | Precision::Tf32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -289,7 +289,9 @@ pub struct RawTrain {
     /// "shuffle", "replacement" (the original), "half-balanced", "balanced" or "weighted".
     /// Default: "replacement".
     pub sampler: Option<RawSampler>,
-    /// "f32" or "bf16". Default: "f32".
+    /// "f32", "tf32" (f32 tensors, TensorFloat-32 matrix products and convolutions on CUDA;
+    /// plain f32 on the CPU) or "bf16" (bf16 activations, f32 weights, momentum and loss).
+    /// Default: "f32".
     pub precision: Option<RawPrecision>,
     /// Checkpoint every this many iterations. Default: 10000.
     pub checkpoint_every: Option<u64>,
@@ -319,6 +321,7 @@ pub enum RawSampler {
 #[serde(rename_all = "lowercase")]
 pub enum RawPrecision {
     F32,
+    Tf32,
     Bf16,
 }
 

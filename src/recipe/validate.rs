@@ -527,6 +527,7 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
         },
         precision: match raw.precision.unwrap_or(RawPrecision::F32) {
             RawPrecision::F32 => Precision::F32,
+            RawPrecision::Tf32 => Precision::Tf32,
             RawPrecision::Bf16 => Precision::Bf16,
         },
         checkpoint_every: v.at_least("train.checkpoint_every", raw.checkpoint_every, 10_000, 1),

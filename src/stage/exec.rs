@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::{StageError, StageKind, Workspace};
 use crate::loader::{self, LoaderConfig};
-use crate::recipe::{Devices, LabelParams, Precision, Recipe, SamplerKind};
+use crate::recipe::{LabelParams, Recipe, SamplerKind};
+use crate::runtime::{resolve_device, visible_gpu_count, DeviceChoice, RuntimeError, World};
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
 use crate::text::{DocumentSource, TextError};
@@ -44,21 +45,23 @@ pub(super) fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageEr
             return fail(format!("clean.truth {} does not exist", truth.display()));
         }
     }
-    if until >= StageKind::Train && recipe.train.devices != Devices::Cpu {
-        return fail(format!(
-            "train.devices = \"{}\": training runs on the CPU only for now (the custom pooling and \
-             LRN ops have no CUDA kernels yet); set train.devices = \"cpu\"",
-            recipe.train.devices
-        ));
-    }
-    if until >= StageKind::Train && recipe.train.precision == Precision::Bf16 {
-        return fail(
-            "train.precision = \"bf16\": the loader hands out bf16 batches, but training keeps \
-             f32 weights and has no mixed-precision step yet; set train.precision = \"f32\""
-                .to_string(),
-        );
+    if until >= StageKind::Train {
+        if let Err(e) = train_device_choice(recipe) {
+            return fail(e.to_string());
+        }
     }
     Ok(())
+}
+
+/// The device this process trains and evaluates on, from `train.devices` and the launcher's
+/// environment (torchrun, Slurm, or none).
+fn train_device_choice(recipe: &Recipe) -> Result<DeviceChoice, RuntimeError> {
+    let world = World::from_env()?;
+    resolve_device(&recipe.train.devices, &world, visible_gpu_count())
+}
+
+fn train_device(recipe: &Recipe) -> Result<Device, RuntimeError> {
+    train_device_choice(recipe)?.open()
 }
 
 /// A training run's starting weights (`train.init`).
@@ -298,7 +301,7 @@ fn run_train(
         stop_after: None,
         progress,
     };
-    let summary = train::train(&job, &mut batches, &targets, &Device::Cpu)?;
+    let summary = train::train(&job, &mut batches, &targets, &train_device(recipe)?)?;
     let final_path = final_checkpoint(out);
     if final_path.exists() {
         std::fs::remove_file(&final_path)?;
@@ -330,7 +333,7 @@ fn run_eval(
     }
     let shape: ModelShape =
         serde_json::from_str(&std::fs::read_to_string(train_dir.join(MODEL_SHAPE_FILE))?)?;
-    let device = Device::Cpu;
+    let device = train_device(recipe)?;
     let model = train::load_for_eval(
         &final_checkpoint(train_dir),
         &recipe.model,
@@ -365,7 +368,12 @@ fn run_eval(
                 .forward_eval(&images)?
                 .classes
                 .ok_or("the model has no classification head")?;
-            Ok::<_, BoxError>(logits.flatten_all()?.to_vec1::<f32>()?)
+            Ok::<_, BoxError>(
+                logits
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?,
+            )
         },
     )?;
     let class_names = store.header().class_names();

@@ -70,8 +70,13 @@ pub fn weighted_softmax_cross_entropy(
         }
         .into());
     }
-    if let Some((row, &label)) = labels
-        .to_vec1::<u32>()?
+    // Labels on a GPU are not copied back to be checked (a copy stalls the stream): the
+    // trainer checks them on the host before they go up.
+    let host_labels = match labels.device().is_cpu() {
+        true => labels.to_vec1::<u32>()?,
+        false => Vec::new(),
+    };
+    if let Some((row, &label)) = host_labels
         .iter()
         .enumerate()
         .find(|(_, &l)| l as usize >= classes)

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -98,8 +98,6 @@ pub enum TrainError {
          folder's checkpoints to start over"
     )]
     ExistingRun { checkpoint: PathBuf },
-    #[error("train: train.precision = bf16 is not implemented yet; use f32")]
-    Bf16Unsupported,
 }
 
 /// λ and topic vector of each sample, looked up by sample id (`Batch::ids`).
@@ -162,6 +160,12 @@ pub fn load_for_eval(
     Ok(net)
 }
 
+/// TensorFloat-32 for f32 matrix products and convolutions on CUDA (no effect on the CPU).
+pub fn set_tf32(on: bool) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(on);
+    crate::model::conv::set_tf32(on);
+}
+
 /// The dropout RNG of `step`: a ChaCha stream per step, so resume needs only (seed, step).
 fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -207,9 +211,12 @@ pub fn step_loss(
         terms.push((name, term));
         Ok(())
     };
+    // The loss in f32 whatever the activations' dtype (mixed precision).
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
     for ((head, name), weight) in heads.iter().zip(HEAD_NAMES).zip([1.0, aux0, aux1]) {
         if let Some(logits) = &head.classes {
-            let term = weighted_softmax_cross_entropy(logits, &targets.labels, &targets.lambdas)?;
+            let term =
+                weighted_softmax_cross_entropy(&f32(logits)?, &targets.labels, &targets.lambdas)?;
             add(
                 format!("{name}/classification"),
                 term,
@@ -217,13 +224,56 @@ pub fn step_loss(
             )?;
         }
         if let (Some(logits), Some(topics)) = (&head.topics, &targets.topics) {
-            let term = sigmoid_cross_entropy(logits, topics)?;
+            let term = sigmoid_cross_entropy(&f32(logits)?, topics)?;
             add(format!("{name}/regression"), term, weight * topic_weight)?;
         }
     }
     Ok(StepLoss {
         total: total.expect("the model has at least one task"),
         terms,
+    })
+}
+
+/// One step's forward and backward pass, before the update: the gradients, and the loss, its
+/// terms and the gradients' squared norms, fetched from the device in a single copy (each
+/// copy waits for the device to finish all queued work).
+pub struct Computed {
+    pub grads: candle_core::backprop::GradStore,
+    pub loss: f64,
+    pub terms: Vec<(String, f64)>,
+    /// [`Sgd::gradient_squares`], fetched.
+    pub squares: Vec<f64>,
+}
+
+/// The forward pass of `net` on `images` (dropout from `rng`), the loss and its backward pass.
+pub fn forward_backward(
+    net: &GoogLeNet,
+    sgd: &Sgd,
+    model: &ModelParams,
+    images: &Tensor,
+    targets: &Targets,
+    rng: &mut ChaCha8Rng,
+) -> Result<Computed, TrainError> {
+    let heads = net.forward_train(images, rng)?;
+    let loss = step_loss(model, &heads, targets)?;
+    let grads = loss.total.backward()?;
+    let mut fetched = vec![loss.total.to_dtype(DType::F64)?.reshape(1)?];
+    for (_, term) in &loss.terms {
+        fetched.push(term.to_dtype(DType::F64)?.reshape(1)?);
+    }
+    fetched.extend(sgd.gradient_squares(&grads)?);
+    let fetched = Tensor::cat(&fetched, 0)?.to_vec1::<f64>()?;
+    let (terms, squares) = fetched[1..].split_at(loss.terms.len());
+    Ok(Computed {
+        grads,
+        loss: fetched[0],
+        terms: loss
+            .terms
+            .into_iter()
+            .map(|(name, _)| name)
+            .zip(terms.iter().copied())
+            .collect(),
+        squares: squares.to_vec(),
     })
 }
 
@@ -388,9 +438,7 @@ pub fn train<'b>(
     targets: &SampleTargets,
     device: &Device,
 ) -> Result<TrainSummary, TrainError> {
-    if job.train.precision == Precision::Bf16 {
-        return Err(TrainError::Bf16Unsupported);
-    }
+    set_tf32(job.train.precision == Precision::Tf32);
     fs::create_dir_all(job.out_dir).map_err(|source| TrainError::Io {
         path: job.out_dir.to_path_buf(),
         source,
@@ -484,11 +532,16 @@ fn run_steps<'b>(
         }
         let targets = trainer.targets(&batch)?;
         let images = batch.images(trainer.device)?;
-        let heads = trainer
-            .net
-            .forward_train(&images, &mut step_rng(trainer.state.seed, step))?;
-        let loss = step_loss(job.model, &heads, &targets)?;
-        let total = loss.total.to_scalar::<f32>()? as f64;
+        let rng = &mut step_rng(trainer.state.seed, step);
+        let computed = forward_backward(
+            &trainer.net,
+            &trainer.sgd,
+            job.model,
+            &images,
+            &targets,
+            rng,
+        )?;
+        let total = computed.loss;
         let lr = learning_rate(
             &job.train.schedule,
             job.train.optimizer.lr,
@@ -497,7 +550,7 @@ fn run_steps<'b>(
         ) * trainer.state.lr_scale;
         let update = match trainer.guard.check(step, total) {
             Err(divergence) => Err(divergence.to_string()),
-            Ok(()) => match trainer.sgd.step(&loss.total.backward()?, lr) {
+            Ok(()) => match trainer.sgd.apply(&computed.grads, lr, &computed.squares) {
                 Ok(stats) => Ok(stats),
                 Err(e @ OptimError::NonFiniteGradient { .. }) => Err(e.to_string()),
                 Err(e) => return Err(e.into()),
@@ -514,8 +567,8 @@ fn run_steps<'b>(
         trainer.state.step += 1;
         last_loss = total;
         let mut losses = serde_json::Map::new();
-        for (name, term) in &loss.terms {
-            losses.insert(name.clone(), json!(term.to_scalar::<f32>()?));
+        for (name, value) in &computed.terms {
+            losses.insert(name.clone(), json!(*value as f32));
         }
         let seconds = started.elapsed().as_secs_f64();
         trainer.append_metrics(json!({

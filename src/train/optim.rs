@@ -163,21 +163,43 @@ impl Sgd {
     /// infinite gradient is an error naming the step and the first such parameter, and nothing
     /// is updated.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepStats> {
+        let squares = match self.gradient_squares(grads)? {
+            Some(squares) => squares.to_vec1::<f64>()?,
+            None => Vec::new(),
+        };
+        self.apply(grads, lr, &squares)
+    }
+
+    /// The squared L2 norm of each present gradient, in parameter order, as one f64 tensor on
+    /// the gradients' device (`None` when no parameter has a gradient): what [`Sgd::apply`]
+    /// needs, left on the device so that a trainer can fetch it with its other statistics in
+    /// one copy.
+    pub fn gradient_squares(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        let squares = self
+            .params
+            .iter()
+            .filter_map(|p| grads.get(p.var.as_tensor()))
+            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        match squares.is_empty() {
+            true => Ok(None),
+            false => Ok(Some(Tensor::stack(&squares, 0)?)),
+        }
+    }
+
+    /// [`Sgd::step`] with the values of [`Sgd::gradient_squares`] already fetched.
+    pub fn apply(&mut self, grads: &GradStore, lr: f64, squares: &[f64]) -> Result<StepStats> {
         let present: Vec<(usize, &Tensor)> = self
             .params
             .iter()
             .enumerate()
             .filter_map(|(i, p)| grads.get(p.var.as_tensor()).map(|g| (i, g)))
             .collect();
-        let squares = present
-            .iter()
-            .map(|(_, g)| g.sqr()?.sum_all()?.to_dtype(DType::F64))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let squares = if squares.is_empty() {
-            Vec::new()
-        } else {
-            Tensor::stack(&squares, 0)?.to_vec1::<f64>()?
-        };
+        assert_eq!(
+            squares.len(),
+            present.len(),
+            "one square per present gradient"
+        );
         if let Some(k) = squares.iter().position(|s| !s.is_finite()) {
             return Err(OptimError::NonFiniteGradient {
                 step: self.step,

@@ -943,7 +943,7 @@ fn check_eval_batches(store: &Arc<Store>, mean: [f32; 3], precision: Precision) 
         for (row, col) in [(0, 0), (5, 17), (23, 23)] {
             let pixel = image.get_pixel(b.x + 23 - col, b.y + row)[channel] as f32;
             let expected = match precision {
-                Precision::F32 => pixel - m,
+                Precision::F32 | Precision::Tf32 => pixel - m,
                 Precision::Bf16 => half::bf16::from_f32(pixel - m).to_f32(),
             };
             assert_eq!(

@@ -129,12 +129,12 @@ const TINY: [&str; 6] = [
 
 #[test]
 fn settings_training_cannot_honour_are_refused_before_any_work() {
+    let no_gpu = "no GPU is visible";
+    let cpu_hint = "--set train.devices=cpu) runs on the CPU";
     for (set, says) in [
-        (
-            "train.devices=\"cuda\"",
-            "training runs on the CPU only for now",
-        ),
-        ("train.precision=\"bf16\"", "no mixed-precision step yet"),
+        ("train.devices=\"cuda\"", no_gpu),
+        ("train.devices=\"cuda:0,1\"", no_gpu),
+        ("train.devices=\"cuda\"", cpu_hint),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let mut args = vec!["recipes/quickstart.toml", "--set", set];

@@ -115,7 +115,8 @@ fn images(count: usize) -> Images {
 }
 
 /// Batch k of a run: epochs are seeded permutations, so any batch index can start a stream.
-fn stream(data: &Images, batch: usize, start: u64) -> BatchStream<'_> {
+/// Pixels in the element type of `precision`, as the loader hands them out.
+fn stream(data: &Images, batch: usize, precision: Precision, start: u64) -> BatchStream<'_> {
     let n = data.labels.len();
     let order = move |epoch: u64| {
         let mut order: Vec<usize> = (0..n).collect();
@@ -128,11 +129,14 @@ fn stream(data: &Images, batch: usize, start: u64) -> BatchStream<'_> {
             .map(|i| order((i / n) as u64)[i % n] as u64)
             .collect();
         let labels = ids.iter().map(|&i| data.labels[i as usize]).collect();
-        let pixels = ids
+        let pixels: Vec<f32> = ids
             .iter()
             .flat_map(|&i| data.pixels[i as usize].clone())
             .collect();
-        let pixels = Pixels::F32(pixels);
+        let pixels = match precision {
+            Precision::Bf16 => Pixels::Bf16(pixels.into_iter().map(half::bf16::from_f32).collect()),
+            Precision::F32 | Precision::Tf32 => Pixels::F32(pixels),
+        };
         Ok::<_, BoxError>(Batch {
             ids,
             labels,
@@ -170,7 +174,7 @@ fn run(data: &Images, dir: &Path, r: &Run) -> Result<TrainSummary, TrainError> {
         stop_after: r.stop_after,
         progress: false,
     };
-    let batch = r.params.batch_per_device;
+    let (batch, precision) = (r.params.batch_per_device, r.params.precision);
     let lambda = |id: u64| Some(if id.is_multiple_of(5) { 0.5 } else { 1.0 });
     let topics = |id: u64| Some(topic_vector(id));
     let targets = SampleTargets {
@@ -179,7 +183,7 @@ fn run(data: &Images, dir: &Path, r: &Run) -> Result<TrainSummary, TrainError> {
     };
     train(
         &job,
-        &mut |start| Ok(stream(data, batch, start)),
+        &mut |start| Ok(stream(data, batch, precision, start)),
         &targets,
         &Device::Cpu,
     )
@@ -222,13 +226,17 @@ fn tensors_bits(path: &Path) -> HashMap<String, Vec<u32>> {
 
 /// Trains the small net on `count` images, full passes in batches of 32; returns the losses
 /// and the training accuracy of the final weights (eval mode).
-fn fit(count: usize, steps: u64, lr: f64) -> (Vec<f64>, f64) {
+fn fit(count: usize, steps: u64, lr: f64, precision: Precision) -> (Vec<f64>, f64) {
     let data = images(count);
     let dir = tempfile::tempdir().unwrap();
+    let train_params = TrainParams {
+        precision,
+        ..params(lr, 32, 1000)
+    };
     let summary = run(
         &data,
         dir.path(),
-        &short_run(model(false), params(lr, 32, 1000), steps),
+        &short_run(model(false), train_params, steps),
     )
     .unwrap();
     assert_eq!(summary.steps, steps);
@@ -247,7 +255,7 @@ fn fit(count: usize, steps: u64, lr: f64) -> (Vec<f64>, f64) {
 #[test]
 fn small_googlenet_overfits_64_images() {
     let steps = 80;
-    let (losses, accuracy) = fit(64, steps, 0.01);
+    let (losses, accuracy) = fit(64, steps, 0.01, Precision::F32);
     assert_eq!(losses.len(), steps as usize);
     let first = losses[..3].iter().sum::<f64>() / 3.0;
     let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
@@ -256,6 +264,24 @@ fn small_googlenet_overfits_64_images() {
         "loss fell only from {first} to {last}: {losses:?}"
     );
     assert_eq!(accuracy, 1.0, "losses: {losses:?}");
+}
+
+/// Mixed precision (bf16 activations, f32 weights, momentum and loss; emulated on the CPU)
+/// learns, and its checkpoints hold f32 weights that evaluate in f32. At the f32 test's lr of
+/// 0.01 the emulated run spikes near step 70 (candle's CPU sums bf16 in bf16 wherever our ops
+/// do not), so it runs at half that lr: the loss falls about 7× in 80 steps.
+#[test]
+fn small_googlenet_learns_in_bf16() {
+    let steps = 80;
+    let (losses, accuracy) = fit(64, steps, 0.005, Precision::Bf16);
+    let first = losses[..3].iter().sum::<f64>() / 3.0;
+    let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.25 * first,
+        "loss fell only from {first} to {last}: {losses:?}"
+    );
+    assert!(accuracy >= 0.75, "accuracy {accuracy}, losses: {losses:?}");
+    eprintln!("bf16: loss {first:.3} → {last:.3}, training accuracy {accuracy}");
 }
 
 fn short_run(model: ModelParams, params: TrainParams, iterations: u64) -> Run<'static> {

@@ -62,3 +62,33 @@ pub(crate) fn assert_gradient_matches(
     }
     Ok(())
 }
+
+/// The first CUDA device, for tests that compare a CUDA result with the CPU's; `None` (the
+/// test then prints "skipped" and passes) in a CPU build or where no GPU is visible.
+pub(crate) fn cuda_device() -> Option<Device> {
+    #[cfg(feature = "cuda")]
+    if let Ok(device) = Device::new_cuda(0) {
+        return Some(device);
+    }
+    eprintln!("skipped: no CUDA device");
+    None
+}
+
+/// Largest `|a − b|` over the elements, divided by the largest `|a|` (at least 1e-12): the
+/// relative error the CUDA-vs-CPU tests bound.
+pub(crate) fn relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let values = |t: &Tensor| -> Result<Vec<f64>> {
+        t.to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()
+    };
+    let (a, b) = (values(a)?, values(b)?);
+    assert_eq!(a.len(), b.len(), "element counts differ");
+    let scale = a.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+    Ok(worst / scale)
+}

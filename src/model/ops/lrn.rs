@@ -7,7 +7,11 @@ use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::cpu::{self, pow_neg, Element, Kernel1, Kernel2};
+#[cfg(feature = "cuda")]
+use super::cuda::{self, CudaOut};
 use super::{dims4, OpError};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 
 /// LRN across channels. `size` must be odd (Caffe's requirement); GoogLeNet uses
 /// `lrn(x, 5, 1e-4, 0.75, 1.0)`.
@@ -79,6 +83,34 @@ impl LrnGeom {
     fn beta_is_three_quarters(&self) -> bool {
         self.beta == 0.75
     }
+
+    /// Runs op's CUDA kernel over `operands` (x, or x and dL/dy), into a tensor of x's shape.
+    /// The float constants are rounded from f64 as the CPU kernels round them.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        op: &'static str,
+        operands: &[(&CudaStorage, &Layout)],
+        shape: &Shape,
+    ) -> CudaOut {
+        // The last value bounds the kernels' channel-window arithmetic.
+        let [c, plane, size, _] =
+            cuda::ints(op, [self.c, self.plane, self.size, self.c + self.size])?;
+        let params = cuda::LrnParams {
+            c,
+            plane,
+            size,
+            fast_beta: i32::from(self.beta_is_three_quarters()),
+            coeff: (self.alpha / self.size as f64) as f32,
+            beta: self.beta as f32,
+            k: self.k as f32,
+            grad_coeff: (2.0 * self.alpha * self.beta / self.size as f64) as f32,
+        };
+        Ok((
+            cuda::launch(op, operands, shape.elem_count(), params)?,
+            shape.clone(),
+        ))
+    }
 }
 
 struct Lrn(LrnGeom);
@@ -91,6 +123,11 @@ impl CustomOp1 for Lrn {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         Ok((cpu::apply1(self, s, l)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CudaOut {
+        self.0.cuda(Self::OP, &[(s, l)], l.shape())
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -138,6 +175,11 @@ impl CustomOp2 for LrnGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         Ok((cpu::apply2(self, s1, l1, s2, l2)?, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> CudaOut {
+        self.0.cuda(Self::OP, &[(s1, l1), (s2, l2)], l1.shape())
     }
 }
 

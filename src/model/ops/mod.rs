@@ -1,19 +1,25 @@
 //! Custom ops candle lacks, with forward and backward: max and average pooling with padding,
-//! ceil mode and any kernel/stride (Caffe's semantics), and Caffe's cross-channel LRN.
+//! ceil mode and any kernel/stride (Caffe's semantics), Caffe's cross-channel LRN, and a
+//! convolution's bias and ReLU fused.
 //!
-//! In: NCHW tensors (f32, f64, bf16 or f16). Out: NCHW tensors whose gradient flows through
-//! candle's autograd. Each op is a candle `CustomOp` whose backward is itself a custom op, so a
-//! device kernel slots in per op by implementing `cuda_fwd` on the forward and on the gradient
-//! struct; only the CPU kernels exist today (other devices get candle's "no cuda
-//! implementation" error). CPU kernels run in parallel (rayon) over the N·C planes and never
-//! materialise shifted copies of an activation.
+//! In: NCHW tensors (f32, f64, bf16 or f16 on the CPU; f32 or bf16 on CUDA). Out: NCHW tensors
+//! whose gradient flows through candle's autograd. Each op is a candle `CustomOp` whose
+//! backward is itself a custom op, with a CPU kernel and, with the `cuda` feature, a CUDA
+//! kernel (`kernels.cu`, launched by `cuda.rs`) that gives the CPU's results, ties included.
+//! CPU kernels run in parallel (rayon) over the N·C planes and never materialise shifted
+//! copies of an activation; CUDA kernels gather each output from its inputs, so they need no
+//! atomics and are deterministic.
 
+mod bias_relu;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 mod lrn;
 mod pool;
 
+pub use bias_relu::bias_relu;
 pub use lrn::lrn;
 pub use pool::{avg_pool2d, max_pool2d, pooled_len};
 
@@ -47,7 +53,7 @@ pub enum OpError {
         lhs: candle_core::DType,
         rhs: candle_core::DType,
     },
-    #[error("{op}: the CPU kernel needs a contiguous operand")]
+    #[error("{op}: the kernel needs a contiguous operand")]
     NotContiguous { op: &'static str },
 }
 

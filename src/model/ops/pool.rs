@@ -7,7 +7,11 @@ use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::cpu::{self, Element, Kernel1, Kernel2};
+#[cfg(feature = "cuda")]
+use super::cuda::{self, CudaOut};
 use super::{dims4, OpError};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 
 /// Max pooling: each output is the largest input in its window (padding never wins; ties go
 /// to the first in row-major order, and the gradient with them, as in Caffe).
@@ -166,6 +170,36 @@ impl PoolGeom {
     fn row_col_windows(&self) -> (Vec<Window>, Vec<Window>) {
         (self.windows(self.h, self.oh), self.windows(self.w, self.ow))
     }
+
+    /// Runs op's CUDA kernel over `operands` (x, or x and dL/dy, or dL/dy), into a tensor of
+    /// shape `out`.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, op: &'static str, operands: &[(&CudaStorage, &Layout)], out: Shape) -> CudaOut {
+        // The last value bounds the kernels' window arithmetic.
+        let [h, w, oh, ow, kernel, stride, pad, _] = cuda::ints(
+            op,
+            [
+                self.h,
+                self.w,
+                self.oh,
+                self.ow,
+                self.kernel,
+                self.stride,
+                self.pad,
+                self.h.max(self.w) + 2 * self.pad + self.kernel + self.stride,
+            ],
+        )?;
+        let params = cuda::PoolParams {
+            h,
+            w,
+            oh,
+            ow,
+            kernel,
+            stride,
+            pad,
+        };
+        Ok((cuda::launch(op, operands, out.elem_count(), params)?, out))
+    }
 }
 
 /// Index in `plane` (row width `w`) of the first largest input of a window (Caffe's tie rule).
@@ -213,6 +247,11 @@ impl CustomOp1 for MaxPool2d {
         Ok((cpu::apply1(self, s, l)?, self.0.out_shape()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CudaOut {
+        self.0.cuda(Self::OP, &[(s, l)], self.0.out_shape())
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPool2dGrad(self.0))?;
         Ok(Some(grad))
@@ -255,6 +294,12 @@ impl CustomOp2 for MaxPool2dGrad {
     ) -> Result<(CpuStorage, Shape)> {
         Ok((cpu::apply2(self, s1, l1, s2, l2)?, self.0.in_shape()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> CudaOut {
+        self.0
+            .cuda(Self::OP, &[(s1, l1), (s2, l2)], self.0.in_shape())
+    }
 }
 
 impl Kernel2 for MaxPool2dGrad {
@@ -289,6 +334,11 @@ impl CustomOp1 for AvgPool2d {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         Ok((cpu::apply1(self, s, l)?, self.0.out_shape()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CudaOut {
+        self.0.cuda(Self::OP, &[(s, l)], self.0.out_shape())
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -336,6 +386,11 @@ impl CustomOp1 for AvgPool2dGrad {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         Ok((cpu::apply1(self, s, l)?, self.0.in_shape()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CudaOut {
+        self.0.cuda(Self::OP, &[(s, l)], self.0.in_shape())
+    }
 }
 
 impl Kernel1 for AvgPool2dGrad {
@@ -367,6 +422,21 @@ impl Kernel1 for AvgPool2dGrad {
         dx
     }
 }
+
+#[cfg(test)]
+pub(super) type Nchw = (usize, usize, usize, usize);
+
+/// Test geometries, here and in the CUDA tests: (shape, kernel, stride, pad, ceil), with
+/// kernel ≠ stride, padding, ceil mode, odd sizes.
+#[cfg(test)]
+pub(super) const CASES: [(Nchw, usize, usize, usize, bool); 6] = [
+    ((2, 3, 7, 7), 3, 2, 0, true),
+    ((1, 2, 9, 8), 3, 2, 1, true),
+    ((2, 2, 6, 5), 3, 1, 1, false),
+    ((1, 3, 14, 14), 5, 3, 0, true),
+    ((1, 1, 5, 7), 2, 2, 1, true),
+    ((1, 2, 8, 8), 2, 2, 0, false),
+];
 
 #[cfg(test)]
 mod tests {
@@ -418,18 +488,6 @@ mod tests {
             "{msg}"
         );
     }
-
-    type Nchw = (usize, usize, usize, usize);
-
-    /// (shape, kernel, stride, pad, ceil): kernel ≠ stride, padding, ceil mode, odd sizes.
-    const CASES: [(Nchw, usize, usize, usize, bool); 6] = [
-        ((2, 3, 7, 7), 3, 2, 0, true),
-        ((1, 2, 9, 8), 3, 2, 1, true),
-        ((2, 2, 6, 5), 3, 1, 1, false),
-        ((1, 3, 14, 14), 5, 3, 0, true),
-        ((1, 1, 5, 7), 2, 2, 1, true),
-        ((1, 2, 8, 8), 2, 2, 0, false),
-    ];
 
     #[test]
     fn max_pool_gradient_matches_finite_differences() {
