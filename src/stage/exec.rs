@@ -28,29 +28,31 @@ pub(super) fn reads(kind: StageKind) -> &'static [StageKind] {
 }
 
 /// What must hold before `recipe` starts: its input files exist and its devices are usable.
+/// Every problem is reported at once (a user without the data and without a GPU learns both).
 pub(super) fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageError> {
-    let fail = |message: String| {
-        Err(StageError::Preflight {
-            run: recipe.name.clone(),
-            message,
-        })
-    };
+    let mut problems = Vec::new();
     if let Some(root) = &recipe.dataset.root {
         if !root.exists() {
-            return fail(format!("dataset.root {} does not exist", root.display()));
+            problems.push(format!("dataset.root {} does not exist", root.display()));
         }
     }
     if let Some(truth) = &recipe.clean.truth {
         if until >= StageKind::Score && !truth.is_file() {
-            return fail(format!("clean.truth {} does not exist", truth.display()));
+            problems.push(format!("clean.truth {} does not exist", truth.display()));
         }
     }
     if until >= StageKind::Train {
         if let Err(e) = train_device_choice(recipe) {
-            return fail(e.to_string());
+            problems.push(e.to_string());
         }
     }
-    Ok(())
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(StageError::Preflight {
+            run: recipe.name.clone(),
+            message: problems.join("; "),
+        }),
+    }
 }
 
 /// The device this process trains and evaluates on, from `train.devices` and the launcher's

@@ -156,6 +156,25 @@ fn settings_training_cannot_honour_are_refused_before_any_work() {
     }
 }
 
+/// The headline recipe on a machine without the data or a GPU: both problems in one message,
+/// with the way to run on the CPU, before any work.
+#[test]
+fn the_headline_recipe_names_every_preflight_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = runner(tmp.path(), &["recipes/softlabel.toml"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for says in [
+        "dataset.root",
+        "does not exist",
+        "no GPU is visible",
+        "--set train.devices=cpu",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    assert!(!tmp.path().join("cache").exists(), "work started");
+}
+
 #[test]
 fn a_second_run_reuses_the_stage_and_an_upstream_change_misses() {
     let tmp = tempfile::tempdir().unwrap();
