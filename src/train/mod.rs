@@ -25,7 +25,8 @@ use serde_json::json;
 
 use crate::model::{GoogLeNet, HeadOutput, ModelError, HEAD_NAMES};
 use crate::recipe::params::{ModelParams, OnDivergence, Precision, TrainLength, TrainParams};
-use crate::sample::Batch;
+use crate::runtime::{Collective, RuntimeError, SingleProcess};
+use crate::sample::{Batch, Pixels};
 use checkpoint::{Checkpoint, CheckpointError, TrainState, MODEL_PREFIX, MOMENTUM_PREFIX};
 use loss::{sigmoid_cross_entropy, weighted_softmax_cross_entropy};
 use optim::{DivergenceGuard, OptimError, Sgd, SgdState};
@@ -51,6 +52,14 @@ pub enum TrainError {
     Optim(#[from] OptimError),
     #[error("train: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("train: {0}")]
+    Collective(#[from] RuntimeError),
+    #[error("train: step {step}: a batch of {rows} rows cannot be split over {world_size} ranks")]
+    ShardTooSmall {
+        step: u64,
+        rows: usize,
+        world_size: usize,
+    },
     #[error("train: {path}: {source}")]
     Io {
         path: PathBuf,
@@ -254,15 +263,44 @@ pub fn forward_backward(
     targets: &Targets,
     rng: &mut ChaCha8Rng,
 ) -> Result<Computed, TrainError> {
-    let heads = net.forward_train(images, rng)?;
-    let loss = step_loss(model, &heads, targets)?;
-    let grads = loss.total.backward()?;
+    let (grads, loss) = scaled_backward(net, model, images, targets, rng, None)?;
     let mut fetched = vec![loss.total.to_dtype(DType::F64)?.reshape(1)?];
     for (_, term) in &loss.terms {
         fetched.push(term.to_dtype(DType::F64)?.reshape(1)?);
     }
     fetched.extend(sgd.gradient_squares(&grads)?);
-    let fetched = Tensor::cat(&fetched, 0)?.to_vec1::<f64>()?;
+    computed(grads, loss, &fetched)
+}
+
+/// The forward pass, the loss (and its terms) multiplied by `scale` when given, and the
+/// backward pass of the scaled total.
+fn scaled_backward(
+    net: &GoogLeNet,
+    model: &ModelParams,
+    images: &Tensor,
+    targets: &Targets,
+    rng: &mut ChaCha8Rng,
+    scale: Option<f64>,
+) -> Result<(candle_core::backprop::GradStore, StepLoss), TrainError> {
+    let heads = net.forward_train(images, rng)?;
+    let mut loss = step_loss(model, &heads, targets)?;
+    if let Some(scale) = scale {
+        loss.total = loss.total.affine(scale, 0.0)?;
+        for (_, term) in &mut loss.terms {
+            *term = term.affine(scale, 0.0)?;
+        }
+    }
+    let grads = loss.total.backward()?;
+    Ok((grads, loss))
+}
+
+/// Fetches `parts` (the loss, one value per term, then the gradient squares) in one copy.
+fn computed(
+    grads: candle_core::backprop::GradStore,
+    loss: StepLoss,
+    parts: &[Tensor],
+) -> Result<Computed, TrainError> {
+    let fetched = Tensor::cat(parts, 0)?.to_vec1::<f64>()?;
     let (terms, squares) = fetched[1..].split_at(loss.terms.len());
     Ok(Computed {
         grads,
@@ -277,6 +315,78 @@ pub fn forward_backward(
     })
 }
 
+/// Rows `[r·n/W, (r+1)·n/W)` of a batch of `n` rows for rank `r` of `W`, rounded so that
+/// the first `n mod W` ranks take one row more: `(start, len)`.
+pub fn shard_rows(n: usize, rank: usize, world_size: usize) -> (usize, usize) {
+    let (base, extra) = (n / world_size, n % world_size);
+    (
+        rank * base + rank.min(extra),
+        base + usize::from(rank < extra),
+    )
+}
+
+/// This rank's rows of the global `batch` (see [`shard_rows`]).
+fn shard(batch: Batch, rank: usize, world_size: usize) -> Batch {
+    let [n, c, h, w] = batch.shape;
+    let (start, len) = shard_rows(n, rank, world_size);
+    let rows = start..start + len;
+    let pixels = rows.start * c * h * w..rows.end * c * h * w;
+    Batch {
+        ids: batch.ids[rows.clone()].to_vec(),
+        labels: batch.labels[rows].to_vec(),
+        pixels: match batch.pixels {
+            Pixels::F32(p) => Pixels::F32(p[pixels].to_vec()),
+            Pixels::Bf16(p) => Pixels::Bf16(p[pixels].to_vec()),
+        },
+        shape: [len, c, h, w],
+    }
+}
+
+/// One data-parallel step, after [`scaled_backward`] of this rank's shard with the loss
+/// scaled by `n_rank / n_global`: ONE `all_reduce_sum` of a flat f32 bucket (every present
+/// gradient, flattened in the order of `net.vars()`, then the loss and its terms), split back
+/// into the gradient store. The squares come from the reduced gradients, so every rank clips
+/// and checks the same values.
+fn all_reduce_step(
+    net: &GoogLeNet,
+    sgd: &Sgd,
+    (mut grads, loss): (candle_core::backprop::GradStore, StepLoss),
+    collective: &mut dyn Collective,
+) -> Result<Computed, TrainError> {
+    let present: Vec<(&Tensor, Tensor)> = net
+        .vars()
+        .iter()
+        .filter_map(|(_, var)| {
+            grads
+                .get(var.as_tensor())
+                .map(|g| (var.as_tensor(), g.clone()))
+        })
+        .collect();
+    let mut bucket = Vec::with_capacity(present.len() + 1 + loss.terms.len());
+    for (_, grad) in &present {
+        bucket.push(grad.to_dtype(DType::F32)?.flatten_all()?);
+    }
+    bucket.push(loss.total.to_dtype(DType::F32)?.reshape(1)?);
+    for (_, term) in &loss.terms {
+        bucket.push(term.to_dtype(DType::F32)?.reshape(1)?);
+    }
+    let summed = collective.all_reduce_sum(&Tensor::cat(&bucket, 0)?)?;
+    let mut offset = 0;
+    for (var, grad) in present {
+        let len = grad.elem_count();
+        let reduced = summed
+            .narrow(0, offset, len)?
+            .reshape(grad.shape())?
+            .to_dtype(grad.dtype())?;
+        grads.insert(var, reduced);
+        offset += len;
+    }
+    let tail = summed.narrow(0, offset, 1 + loss.terms.len())?;
+    let mut parts = vec![tail.to_dtype(DType::F64)?];
+    parts.extend(sgd.gradient_squares(&grads)?);
+    computed(grads, loss, &parts)
+}
+
 struct Trainer<'a> {
     job: &'a TrainJob<'a>,
     targets: &'a SampleTargets<'a>,
@@ -286,6 +396,9 @@ struct Trainer<'a> {
     guard: DivergenceGuard,
     state: TrainState,
     metrics_path: PathBuf,
+    /// This process's rank and the world size: only rank 0 writes to `job.out_dir`.
+    rank: usize,
+    world_size: usize,
 }
 
 impl<'a> Trainer<'a> {
@@ -331,8 +444,12 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Writes the checkpoint of this step on rank 0; the other ranks only name its path.
     fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
         let path = checkpoint::path_for(self.job.out_dir, self.state.step);
+        if self.rank != 0 {
+            return Ok(path);
+        }
         let model = self
             .net
             .named_tensors()
@@ -359,7 +476,11 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Appends `line` to the metrics on rank 0; the other ranks write nothing.
     fn append_metrics(&self, line: serde_json::Value) -> Result<(), TrainError> {
+        if self.rank != 0 {
+            return Ok(());
+        }
         let io = |source| TrainError::Io {
             path: self.metrics_path.clone(),
             source,
@@ -374,6 +495,9 @@ impl<'a> Trainer<'a> {
 
     /// Keeps the metrics lines up to `step` (those a resumed run does not redo).
     fn truncate_metrics(&self, step: u64) -> Result<(), TrainError> {
+        if self.rank != 0 {
+            return Ok(());
+        }
         let io = |source| TrainError::Io {
             path: self.metrics_path.clone(),
             source,
@@ -431,18 +555,51 @@ impl<'a> Trainer<'a> {
 
 /// Trains the network of `job.model` on the batches `batches(k)` streams from batch k on.
 /// Returns when `job.iterations` (or `job.stop_after`) steps are done, with a final
-/// checkpoint in `job.out_dir`.
+/// checkpoint in `job.out_dir`. A single process: [`train_distributed`] with
+/// [`SingleProcess`].
 pub fn train<'b>(
     job: &TrainJob,
     batches: &mut dyn FnMut(u64) -> Result<BatchStream<'b>, BoxError>,
     targets: &SampleTargets,
     device: &Device,
 ) -> Result<TrainSummary, TrainError> {
+    train_distributed(job, batches, targets, device, &mut SingleProcess).map(|(summary, _)| summary)
+}
+
+/// Data-parallel [`train`]: this process is rank `collective.rank()` of
+/// `collective.world_size()`. Returns the summary and the trained network.
+///
+/// - Sharding: `batches(k)` yields the GLOBAL batch k (what one process would train on), the
+///   same on every rank; rank r trains on its rows of it, [`shard_rows`]: `n / W` rows each,
+///   the first `n mod W` ranks one more. A batch needs at least `W` rows.
+/// - Scaling: each loss is a mean over its rows, so a rank scales its loss and loss terms by
+///   `n_rank / n_global` before the backward pass; the sum over ranks is the global mean.
+/// - One `all_reduce_sum` per step of one flat f32 bucket: the gradients in the order of
+///   `net.vars()`, flattened, then the loss and its terms. The update, clipping, the
+///   non-finite check and the divergence guard all see the reduced values, so every rank
+///   decides the same and the weights stay bitwise equal across ranks (the collectives
+///   hand every rank the same bits). Every rank starts from the same weights (same seed, or
+///   the same `init`/resume checkpoint).
+/// - Dropout: rank r draws its masks from the step's RNG stream at word position `r·2⁴⁸`, so
+///   ranks draw different masks; the masks are not those a single process would draw for
+///   the same rows, so an N-way run equals the 1-way run in expectation, not bit for bit.
+/// - Only rank 0 writes checkpoints and metrics; every rank reads the same checkpoint on
+///   resume and rollback. With one rank nothing is reduced: the path is [`train`]'s as before.
+pub fn train_distributed<'b>(
+    job: &TrainJob,
+    batches: &mut dyn FnMut(u64) -> Result<BatchStream<'b>, BoxError>,
+    targets: &SampleTargets,
+    device: &Device,
+    collective: &mut dyn Collective,
+) -> Result<(TrainSummary, GoogLeNet), TrainError> {
+    let (rank, world_size) = (collective.rank(), collective.world_size());
     set_tf32(job.train.precision == Precision::Tf32);
-    fs::create_dir_all(job.out_dir).map_err(|source| TrainError::Io {
-        path: job.out_dir.to_path_buf(),
-        source,
-    })?;
+    if rank == 0 {
+        fs::create_dir_all(job.out_dir).map_err(|source| TrainError::Io {
+            path: job.out_dir.to_path_buf(),
+            source,
+        })?;
+    }
     let net = GoogLeNet::new(
         job.model,
         job.num_classes,
@@ -465,17 +622,32 @@ pub fn train<'b>(
             rollbacks: 0,
         },
         metrics_path: job.out_dir.join(METRICS_FILE),
+        rank,
+        world_size,
+    };
+    // Rank 0 made the folder; another rank may look before it exists.
+    let latest = || match job.out_dir.exists() {
+        true => checkpoint::latest(job.out_dir),
+        false => Ok(None),
     };
     let resume_from = match job.resume {
-        true => checkpoint::latest(job.out_dir)?,
+        true => latest()?,
         false => None,
     };
+    let existing = match resume_from {
+        Some(_) => None,
+        None => latest()?,
+    };
+    if world_size > 1 {
+        // Every rank has looked at the folder before rank 0 writes its first checkpoint.
+        barrier(collective, device)?;
+    }
     if let Some(path) = resume_from {
         trainer.restore(&checkpoint::load(&path, device)?)?;
         trainer.truncate_metrics(trainer.state.step)?;
         tracing::info!(step = trainer.state.step, checkpoint = %path.display(), "resuming");
     } else {
-        if let Some(found) = checkpoint::latest(job.out_dir)? {
+        if let Some(found) = existing {
             return Err(TrainError::ExistingRun { checkpoint: found });
         }
         if let Some(init) = job.init {
@@ -490,13 +662,31 @@ pub fn train<'b>(
     let end = job
         .stop_after
         .map_or(job.iterations, |s| s.min(job.iterations));
-    run_steps(&mut trainer, batches, end)
+    let summary = run_steps(&mut trainer, batches, end, collective)?;
+    Ok((summary, trainer.net))
+}
+
+/// Returns when every rank has called it: a one-value all-reduce.
+fn barrier(collective: &mut dyn Collective, device: &Device) -> Result<(), TrainError> {
+    collective.all_reduce_sum(&Tensor::zeros(1, DType::F32, device)?)?;
+    Ok(())
+}
+
+/// The dropout RNG of `step` on `rank`: [`step_rng`] on rank 0, the same stream further on
+/// for the others (2⁴⁸ words apart, far more than a step draws).
+fn rank_step_rng(seed: u64, step: u64, rank: usize) -> ChaCha8Rng {
+    let mut rng = step_rng(seed, step);
+    if rank != 0 {
+        rng.set_word_pos((rank as u128) << 48);
+    }
+    rng
 }
 
 fn run_steps<'b>(
     trainer: &mut Trainer,
     batches: &mut dyn FnMut(u64) -> Result<BatchStream<'b>, BoxError>,
     end: u64,
+    collective: &mut dyn Collective,
 ) -> Result<TrainSummary, TrainError> {
     let job = trainer.job;
     let bar = match job.progress {
@@ -530,17 +720,36 @@ fn run_steps<'b>(
                 input_size,
             });
         }
-        let targets = trainer.targets(&batch)?;
-        let images = batch.images(trainer.device)?;
-        let rng = &mut step_rng(trainer.state.seed, step);
-        let computed = forward_backward(
-            &trainer.net,
-            &trainer.sgd,
-            job.model,
-            &images,
-            &targets,
-            rng,
-        )?;
+        let world_size = trainer.world_size;
+        let computed = if world_size == 1 {
+            let targets = trainer.targets(&batch)?;
+            let images = batch.images(trainer.device)?;
+            let rng = &mut step_rng(trainer.state.seed, step);
+            forward_backward(
+                &trainer.net,
+                &trainer.sgd,
+                job.model,
+                &images,
+                &targets,
+                rng,
+            )?
+        } else {
+            if n < world_size {
+                return Err(TrainError::ShardTooSmall {
+                    step,
+                    rows: n,
+                    world_size,
+                });
+            }
+            let batch = shard(batch, trainer.rank, world_size);
+            let targets = trainer.targets(&batch)?;
+            let images = batch.images(trainer.device)?;
+            let rng = &mut rank_step_rng(trainer.state.seed, step, trainer.rank);
+            let scale = batch.shape[0] as f64 / n as f64;
+            let model = job.model;
+            let step = scaled_backward(&trainer.net, model, &images, &targets, rng, Some(scale))?;
+            all_reduce_step(&trainer.net, &trainer.sgd, step, collective)?
+        };
         let total = computed.loss;
         let lr = learning_rate(
             &job.train.schedule,
@@ -604,6 +813,14 @@ mod tests {
         assert_eq!(iterations(TrainLength::Iterations(7), 100, 32), 7);
         assert_eq!(iterations(TrainLength::Epochs(2), 100, 32), 7);
         assert_eq!(iterations(TrainLength::Epochs(1), 64, 32), 2);
+    }
+
+    #[test]
+    fn shards_cover_the_batch_the_first_ranks_taking_the_remainder() {
+        let shards: Vec<_> = (0..4).map(|r| shard_rows(6, r, 4)).collect();
+        assert_eq!(shards, [(0, 2), (2, 2), (4, 1), (5, 1)]);
+        assert_eq!(shard_rows(8, 1, 2), (4, 4));
+        assert_eq!(shard_rows(5, 0, 1), (0, 5));
     }
 
     #[test]

@@ -14,11 +14,12 @@ use websieve::recipe::params::{
     Arch, Augmentation, Devices, LrPolicy, ModelParams, OnDivergence, Precision, SamplerKind,
     Schedule, SgdParams, TrainLength, TrainParams,
 };
+use websieve::runtime::ThreadGroupMember;
 use websieve::sample::{Batch, Pixels};
 use websieve::train::checkpoint::{self, MODEL_PREFIX};
 use websieve::train::{
-    load_for_eval, train, BatchStream, BoxError, SampleTargets, TrainError, TrainJob, TrainSummary,
-    METRICS_FILE,
+    load_for_eval, train, train_distributed, BatchStream, BoxError, SampleTargets, TrainError,
+    TrainJob, TrainSummary, METRICS_FILE,
 };
 
 const SIZE: usize = 64;
@@ -486,4 +487,124 @@ fn a_label_beyond_the_classes_is_named_with_its_sample() {
     .err()
     .unwrap();
     insta::assert_snapshot!(err.to_string(), @"train: step 0: sample 3 has label 4, but there are 4 classes");
+}
+
+/// Final weights by name (model tensors only).
+type Weights = HashMap<String, Vec<f32>>;
+
+/// `world` ranks as threads on the CPU, each fed the global batches of `global_batch`, into
+/// one folder; the final weights of every rank, and the folder's metrics losses.
+fn run_ranks(
+    data: &Images,
+    world: usize,
+    global_batch: usize,
+    steps: u64,
+) -> (Vec<Weights>, Vec<f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = short_run(model(true), params(0.01, global_batch, 1000), steps);
+    let weights = std::thread::scope(|scope| {
+        let ranks: Vec<_> = ThreadGroupMember::group(world)
+            .into_iter()
+            .map(|mut member| {
+                let (r, out_dir) = (&r, dir.path());
+                scope.spawn(move || {
+                    let job = TrainJob {
+                        model: &r.model,
+                        train: &r.params,
+                        num_classes: CLASSES,
+                        topics: TOPICS,
+                        iterations: r.iterations,
+                        out_dir,
+                        init: None,
+                        resume: false,
+                        stop_after: None,
+                        progress: false,
+                    };
+                    let lambda = |id: u64| Some(if id.is_multiple_of(5) { 0.5 } else { 1.0 });
+                    let topics = |id: u64| Some(topic_vector(id));
+                    let targets = SampleTargets {
+                        lambda: &lambda,
+                        topics: &topics,
+                    };
+                    let precision = r.params.precision;
+                    let (summary, net) = train_distributed(
+                        &job,
+                        &mut |start| Ok(stream(data, global_batch, precision, start)),
+                        &targets,
+                        &Device::Cpu,
+                        &mut member,
+                    )
+                    .unwrap();
+                    assert_eq!(summary.steps, steps);
+                    net.named_tensors()
+                        .map(|(name, var)| {
+                            let values = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                            (format!("{MODEL_PREFIX}{name}"), values)
+                        })
+                        .collect::<Weights>()
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (weights, losses(dir.path()))
+}
+
+/// The largest relative L2 difference over tensors between `a` and `b`.
+fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(name, x)| {
+            let y = &b[name];
+            let diff: f64 = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
+                .sum();
+            let norm: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+            (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn data_parallel_ranks_agree_bitwise_and_track_the_single_process() {
+    let data = images(32);
+    let steps = 20;
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = run(
+        &data,
+        single_dir.path(),
+        &short_run(model(true), params(0.01, 8, 1000), steps),
+    )
+    .unwrap();
+    let reference: Weights = checkpoint::load(&single.final_checkpoint, &Device::Cpu)
+        .unwrap()
+        .group(MODEL_PREFIX)
+        .iter()
+        .map(|(k, t)| {
+            (
+                format!("{MODEL_PREFIX}{k}"),
+                t.flatten_all().unwrap().to_vec1().unwrap(),
+            )
+        })
+        .collect();
+    for (world, global_batch) in [(2, 8), (4, 8), (4, 6)] {
+        let (ranks, losses) = run_ranks(&data, world, global_batch, steps);
+        assert_eq!(losses.len(), steps as usize);
+        let (first, last) = (
+            losses[..5].iter().sum::<f64>(),
+            losses[15..].iter().sum::<f64>(),
+        );
+        assert!(last < first, "{world} ranks did not learn: {losses:?}");
+        for other in &ranks[1..] {
+            assert!(ranks[0] == *other, "{world} ranks differ");
+        }
+        // Not asserted tight: a rank draws dropout masks of its own, not the single process's
+        // masks of its rows, so the runs agree in expectation only.
+        eprintln!(
+            "{world} ranks, batch {global_batch}: max relative difference to 1 rank {}",
+            max_relative_difference(&ranks[0], &reference)
+        );
+    }
 }
