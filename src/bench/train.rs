@@ -160,12 +160,12 @@ fn measure(case: &Case, args: &TrainBenchArgs, device: &Device) -> anyhow::Resul
         net.forward_eval(&images)?;
         Ok(())
     })?;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let rng = ChaCha8Rng::seed_from_u64(0);
     let (mut backward_s, mut update_s) = (0.0, 0.0);
     let train = time(device, args.warmup, args.steps, || {
         let started = Instant::now();
         // forward_backward ends with a copy to the host, which waits for the device.
-        let computed = forward_backward(&net, &sgd, model, &images, &targets, &mut rng)?;
+        let computed = forward_backward(&net, &sgd, model, &images, &targets, &rng)?;
         let fetched = Instant::now();
         sgd.apply(&computed.grads, 1e-3, &computed.squares)?;
         device.synchronize()?;

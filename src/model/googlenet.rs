@@ -81,22 +81,43 @@ pub enum ModelError {
 }
 
 /// Whether a forward pass trains (dropout on, batch statistics) or evaluates.
-enum Pass<'a> {
-    Train(&'a mut ChaCha8Rng),
+enum Pass {
+    /// `rng`: the step's dropout stream; `first_row`: the global batch row of the images' first
+    /// row; `layer`: dropout layers drawn so far.
+    Train {
+        rng: Box<ChaCha8Rng>,
+        first_row: usize,
+        layer: u128,
+    },
     Eval,
 }
 
-impl Pass<'_> {
+/// Words of the dropout stream each dropout layer owns (far more than a batch draws).
+const DROPOUT_LAYER_WORDS: u128 = 1 << 40;
+
+impl Pass {
     fn is_train(&self) -> bool {
-        matches!(self, Pass::Train(_))
+        matches!(self, Pass::Train { .. })
     }
 
     /// Inverted dropout with a mask drawn from our own seeded RNG (candle's CPU RNG cannot be
-    /// seeded, and resume must replay the same masks).
+    /// seeded, and resume must replay the same masks). Each layer draws from its own stretch
+    /// of the stream and each row from its global row's place in it, so a data-parallel
+    /// shard draws exactly the masks one process draws for the same rows.
     fn dropout(&mut self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
-        let Pass::Train(rng) = self else {
+        let Pass::Train {
+            rng,
+            first_row,
+            layer,
+        } = self
+        else {
             return Ok(x.clone());
         };
+        let per_row = (x.elem_count() / x.dim(0)?.max(1)) as u128;
+        let mut rng = (**rng).clone();
+        // Two 32-bit words per f64 draw.
+        rng.set_word_pos(*layer * DROPOUT_LAYER_WORDS + *first_row as u128 * per_row * 2);
+        *layer += 1;
         let keep = (1.0 / (1.0 - p)) as f32;
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
@@ -595,9 +616,24 @@ impl GoogLeNet {
     pub fn forward_train(
         &self,
         images: &Tensor,
-        rng: &mut ChaCha8Rng,
+        rng: &ChaCha8Rng,
     ) -> Result<[HeadOutput; 3], ModelError> {
-        let mut pass = Pass::Train(rng);
+        self.forward_train_rows(images, rng, 0)
+    }
+
+    /// [`GoogLeNet::forward_train`] on rows `first_row..` of a larger batch (a data-parallel
+    /// shard): the dropout masks are those of the same rows in the whole batch.
+    pub fn forward_train_rows(
+        &self,
+        images: &Tensor,
+        rng: &ChaCha8Rng,
+        first_row: usize,
+    ) -> Result<[HeadOutput; 3], ModelError> {
+        let mut pass = Pass::Train {
+            rng: Box::new(rng.clone()),
+            first_row,
+            layer: 0,
+        };
         let (main, aux) = self.forward(images, &mut pass, true)?;
         let [aux1, aux2] = aux.expect("aux heads run in training");
         Ok([main, aux1, aux2])
@@ -774,8 +810,8 @@ mod tests {
         assert!(net.buffers().len() > 100);
         assert!(!net.vars().iter().any(|(n, _)| n.starts_with("conv1.bias")));
         let images = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let heads = net.forward_train(&images, &mut rng).unwrap();
+        let rng = ChaCha8Rng::seed_from_u64(0);
+        let heads = net.forward_train(&images, &rng).unwrap();
         for head in &heads {
             assert_eq!(head.classes.as_ref().unwrap().dims(), &[2, 5]);
             assert_eq!(head.topics.as_ref().unwrap().dims(), &[2, 7]);
@@ -808,7 +844,7 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        net.forward_train(&images, &mut ChaCha8Rng::seed_from_u64(0))
+        net.forward_train(&images, &ChaCha8Rng::seed_from_u64(0))
             .unwrap();
         let updated: Vec<f32> = running_mean.to_vec1().unwrap();
         for (u, b) in updated.iter().zip(&batch_mean) {
@@ -831,8 +867,8 @@ mod tests {
         let a = logits(net.forward_eval(&images).unwrap().classes.unwrap());
         let b = logits(net.forward_eval(&images).unwrap().classes.unwrap());
         assert_eq!(a, b);
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let [main, ..] = net.forward_train(&images, &mut rng).unwrap();
+        let rng = ChaCha8Rng::seed_from_u64(3);
+        let [main, ..] = net.forward_train(&images, &rng).unwrap();
         assert_ne!(a, logits(main.classes.unwrap()));
     }
 
@@ -899,8 +935,8 @@ mod tests {
                 lambdas: Tensor::new(&[1f32, 0.5, 1.0, 0.25], device).unwrap(),
                 topics: Some(Tensor::full(1.0 / topics as f32, (batch, topics), device).unwrap()),
             };
-            let mut rng = ChaCha8Rng::seed_from_u64(11);
-            let heads = net.forward_train(&images, &mut rng).unwrap();
+            let rng = ChaCha8Rng::seed_from_u64(11);
+            let heads = net.forward_train(&images, &rng).unwrap();
             let loss = step_loss(&model, &heads, &targets).unwrap().total;
             let grads = loss.backward().unwrap();
             let named: Vec<(String, Tensor)> = net

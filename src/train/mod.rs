@@ -261,9 +261,9 @@ pub fn forward_backward(
     model: &ModelParams,
     images: &Tensor,
     targets: &Targets,
-    rng: &mut ChaCha8Rng,
+    rng: &ChaCha8Rng,
 ) -> Result<Computed, TrainError> {
-    let (grads, loss) = scaled_backward(net, model, images, targets, rng, None)?;
+    let (grads, loss) = scaled_backward(net, model, images, targets, rng, 0, None)?;
     let mut fetched = vec![loss.total.to_dtype(DType::F64)?.reshape(1)?];
     for (_, term) in &loss.terms {
         fetched.push(term.to_dtype(DType::F64)?.reshape(1)?);
@@ -272,17 +272,18 @@ pub fn forward_backward(
     computed(grads, loss, &fetched)
 }
 
-/// The forward pass, the loss (and its terms) multiplied by `scale` when given, and the
-/// backward pass of the scaled total.
+/// The forward pass on rows `first_row..` of the step's batch, the loss (and its terms)
+/// multiplied by `scale` when given, and the backward pass of the scaled total.
 fn scaled_backward(
     net: &GoogLeNet,
     model: &ModelParams,
     images: &Tensor,
     targets: &Targets,
-    rng: &mut ChaCha8Rng,
+    rng: &ChaCha8Rng,
+    first_row: usize,
     scale: Option<f64>,
 ) -> Result<(candle_core::backprop::GradStore, StepLoss), TrainError> {
-    let heads = net.forward_train(images, rng)?;
+    let heads = net.forward_train_rows(images, rng, first_row)?;
     let mut loss = step_loss(model, &heads, targets)?;
     if let Some(scale) = scale {
         loss.total = loss.total.affine(scale, 0.0)?;
@@ -580,9 +581,9 @@ pub fn train<'b>(
 ///   decides the same and the weights stay bitwise equal across ranks (the collectives
 ///   hand every rank the same bits). Every rank starts from the same weights (same seed, or
 ///   the same `init`/resume checkpoint).
-/// - Dropout: rank r draws its masks from the step's RNG stream at word position `r·2⁴⁸`, so
-///   ranks draw different masks; the masks are not those a single process would draw for
-///   the same rows, so an N-way run equals the 1-way run in expectation, not bit for bit.
+/// - Dropout: masks follow the global row ([`GoogLeNet::forward_train_rows`]), so each rank
+///   draws exactly the masks one process draws for its rows, and an N-way run computes the
+///   1-way run's gradients up to f32 summation order.
 /// - Only rank 0 writes checkpoints and metrics; every rank reads the same checkpoint on
 ///   resume and rollback. With one rank nothing is reduced: the path is [`train`]'s as before.
 pub fn train_distributed<'b>(
@@ -672,16 +673,6 @@ fn barrier(collective: &mut dyn Collective, device: &Device) -> Result<(), Train
     Ok(())
 }
 
-/// The dropout RNG of `step` on `rank`: [`step_rng`] on rank 0, the same stream further on
-/// for the others (2⁴⁸ words apart, far more than a step draws).
-fn rank_step_rng(seed: u64, step: u64, rank: usize) -> ChaCha8Rng {
-    let mut rng = step_rng(seed, step);
-    if rank != 0 {
-        rng.set_word_pos((rank as u128) << 48);
-    }
-    rng
-}
-
 fn run_steps<'b>(
     trainer: &mut Trainer,
     batches: &mut dyn FnMut(u64) -> Result<BatchStream<'b>, BoxError>,
@@ -741,13 +732,14 @@ fn run_steps<'b>(
                     world_size,
                 });
             }
+            let first_row = shard_rows(n, trainer.rank, world_size).0;
             let batch = shard(batch, trainer.rank, world_size);
             let targets = trainer.targets(&batch)?;
             let images = batch.images(trainer.device)?;
-            let rng = &mut rank_step_rng(trainer.state.seed, step, trainer.rank);
+            let rng = &step_rng(trainer.state.seed, step);
             let scale = batch.shape[0] as f64 / n as f64;
-            let model = job.model;
-            let step = scaled_backward(&trainer.net, model, &images, &targets, rng, Some(scale))?;
+            let (net, model) = (&trainer.net, job.model);
+            let step = scaled_backward(net, model, &images, &targets, rng, first_row, Some(scale))?;
             all_reduce_step(&trainer.net, &trainer.sgd, step, collective)?
         };
         let total = computed.loss;

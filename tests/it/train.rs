@@ -501,7 +501,11 @@ fn run_ranks(
     steps: u64,
 ) -> (Vec<Weights>, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
-    let r = short_run(model(true), params(0.01, global_batch, 1000), steps);
+    let r = short_run(
+        model(true),
+        params(DATA_PARALLEL_LR, global_batch, 1000),
+        steps,
+    );
     let weights = std::thread::scope(|scope| {
         let ranks: Vec<_> = ThreadGroupMember::group(world)
             .into_iter()
@@ -567,18 +571,18 @@ fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
         .fold(0.0, f64::max)
 }
 
-#[test]
-fn data_parallel_ranks_agree_bitwise_and_track_the_single_process() {
-    let data = images(32);
-    let steps = 20;
-    let single_dir = tempfile::tempdir().unwrap();
-    let single = run(
-        &data,
-        single_dir.path(),
-        &short_run(model(true), params(0.01, 8, 1000), steps),
-    )
-    .unwrap();
-    let reference: Weights = checkpoint::load(&single.final_checkpoint, &Device::Cpu)
+/// The data-parallel tests' lr: small, so that the runs stay in the regime where f32 summation
+/// order (shards summed, then all-reduced) cannot flip a ReLU or a max-pool's choice; at 0.01
+/// the 1-way and N-way runs agree to 1e-7 after one step and drift apart through such flips
+/// (2.5e-2 after 20 steps).
+const DATA_PARALLEL_LR: f64 = 1e-3;
+
+/// The final weights of a one-process run at `global_batch`.
+fn single_process_weights(data: &Images, global_batch: usize, steps: u64) -> Weights {
+    let dir = tempfile::tempdir().unwrap();
+    let params = params(DATA_PARALLEL_LR, global_batch, 1000);
+    let single = run(data, dir.path(), &short_run(model(true), params, steps)).unwrap();
+    checkpoint::load(&single.final_checkpoint, &Device::Cpu)
         .unwrap()
         .group(MODEL_PREFIX)
         .iter()
@@ -588,23 +592,29 @@ fn data_parallel_ranks_agree_bitwise_and_track_the_single_process() {
                 t.flatten_all().unwrap().to_vec1().unwrap(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// 2- and 4-way training (threads as ranks, an uneven split included) equals 1-way training at
+/// the same global batch over 20 steps of the 2-headed net with dropout: every rank ends with
+/// bitwise-equal weights, within 1e-5 (relative L2 per tensor) of the one process's (measured
+/// 1.8e-7 to 4.4e-7).
+#[test]
+fn data_parallel_ranks_agree_bitwise_and_equal_the_single_process() {
+    let data = images(32);
+    let steps = 20;
     for (world, global_batch) in [(2, 8), (4, 8), (4, 6)] {
+        let reference = single_process_weights(&data, global_batch, steps);
         let (ranks, losses) = run_ranks(&data, world, global_batch, steps);
         assert_eq!(losses.len(), steps as usize);
-        let (first, last) = (
-            losses[..5].iter().sum::<f64>(),
-            losses[15..].iter().sum::<f64>(),
-        );
-        assert!(last < first, "{world} ranks did not learn: {losses:?}");
         for other in &ranks[1..] {
             assert!(ranks[0] == *other, "{world} ranks differ");
         }
-        // Not asserted tight: a rank draws dropout masks of its own, not the single process's
-        // masks of its rows, so the runs agree in expectation only.
-        eprintln!(
-            "{world} ranks, batch {global_batch}: max relative difference to 1 rank {}",
-            max_relative_difference(&ranks[0], &reference)
+        let difference = max_relative_difference(&ranks[0], &reference);
+        eprintln!("{world} ranks, batch {global_batch}: max relative difference to 1 rank {difference:.2e}");
+        assert!(
+            difference <= 1e-5,
+            "{world} ranks, batch {global_batch}: {difference}"
         );
     }
 }
