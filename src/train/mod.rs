@@ -326,13 +326,17 @@ pub fn shard_rows(n: usize, rank: usize, world_size: usize) -> (usize, usize) {
     )
 }
 
-/// This rank's rows of the global `batch` (see [`shard_rows`]).
-fn shard(batch: Batch, rank: usize, world_size: usize) -> Batch {
+/// This rank's rows of the global `batch` (see [`shard_rows`]), with the index of the first;
+/// the whole batch, untouched, for a single process.
+fn shard(batch: Batch, rank: usize, world_size: usize) -> (usize, Batch) {
+    if world_size == 1 {
+        return (0, batch);
+    }
     let [n, c, h, w] = batch.shape;
     let (start, len) = shard_rows(n, rank, world_size);
     let rows = start..start + len;
     let pixels = rows.start * c * h * w..rows.end * c * h * w;
-    Batch {
+    let shard = Batch {
         ids: batch.ids[rows.clone()].to_vec(),
         labels: batch.labels[rows].to_vec(),
         pixels: match batch.pixels {
@@ -340,7 +344,8 @@ fn shard(batch: Batch, rank: usize, world_size: usize) -> Batch {
             Pixels::Bf16(p) => Pixels::Bf16(p[pixels].to_vec()),
         },
         shape: [len, c, h, w],
-    }
+    };
+    (start, shard)
 }
 
 /// One data-parallel step, after [`scaled_backward`] of this rank's shard with the loss
@@ -712,35 +717,24 @@ fn run_steps<'b>(
             });
         }
         let world_size = trainer.world_size;
+        if world_size > 1 && n < world_size {
+            return Err(TrainError::ShardTooSmall {
+                step,
+                rows: n,
+                world_size,
+            });
+        }
+        let (first_row, batch) = shard(batch, trainer.rank, world_size);
+        let targets = trainer.targets(&batch)?;
+        let images = batch.images(trainer.device)?;
+        let rng = &step_rng(trainer.state.seed, step);
+        let (net, sgd, model) = (&trainer.net, &trainer.sgd, job.model);
         let computed = if world_size == 1 {
-            let targets = trainer.targets(&batch)?;
-            let images = batch.images(trainer.device)?;
-            let rng = &mut step_rng(trainer.state.seed, step);
-            forward_backward(
-                &trainer.net,
-                &trainer.sgd,
-                job.model,
-                &images,
-                &targets,
-                rng,
-            )?
+            forward_backward(net, sgd, model, &images, &targets, rng)?
         } else {
-            if n < world_size {
-                return Err(TrainError::ShardTooSmall {
-                    step,
-                    rows: n,
-                    world_size,
-                });
-            }
-            let first_row = shard_rows(n, trainer.rank, world_size).0;
-            let batch = shard(batch, trainer.rank, world_size);
-            let targets = trainer.targets(&batch)?;
-            let images = batch.images(trainer.device)?;
-            let rng = &step_rng(trainer.state.seed, step);
             let scale = batch.shape[0] as f64 / n as f64;
-            let (net, model) = (&trainer.net, job.model);
             let step = scaled_backward(net, model, &images, &targets, rng, first_row, Some(scale))?;
-            all_reduce_step(&trainer.net, &trainer.sgd, step, collective)?
+            all_reduce_step(net, sgd, step, collective)?
         };
         let total = computed.loss;
         let lr = learning_rate(
