@@ -1,3 +1,6 @@
+//! Records the git commit the binary is built from (`WEBSIEVE_COMMIT`, for each run's
+//! `version.json`), where the source is a git checkout.
+//!
 //! With the `cuda` feature, compiles the custom ops' CUDA kernels to PTX for
 //! `src/model/ops/cuda.rs` to embed; without it, does nothing, so CPU builds need no CUDA.
 //!
@@ -11,6 +14,7 @@ const KERNELS: &str = "src/model/ops/kernels.cu";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    record_commit();
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_CUDA");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
@@ -29,4 +33,26 @@ fn main() {
         status.success(),
         "{nvcc} failed to compile {KERNELS}: {status}"
     );
+}
+
+fn record_commit() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "HEAD"]) else {
+        return;
+    };
+    // Rebuild when HEAD moves: HEAD itself (a checkout) and the branch it points at (a commit).
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={git_dir}/{branch}");
+        }
+    }
+    println!("cargo:rustc-env=WEBSIEVE_COMMIT={commit}");
 }

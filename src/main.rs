@@ -37,8 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check recipes (types, ranges, inheritance, sweeps) without running anything.
-    Validate(RecipeArgs),
+    /// Check recipes (types, ranges, inheritance, sweeps) and what a run checks before it
+    /// starts (data present, devices usable), without running anything.
+    Validate(PlanArgs),
     /// Show each run's stage graph: which stages are cached, what would run and why.
     Plan(PlanArgs),
     /// Print (or write) the recipe JSON Schema used by editors to complete and check recipes.
@@ -47,8 +48,8 @@ enum Command {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
-    /// A table of finished runs' settings and results.
-    Report(websieve::report::ReportArgs),
+    /// A table of runs' settings and results; runs without results are listed with their state.
+    Report(ReportArgs),
     /// Benchmarks that print throughput next to a reference measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
@@ -69,6 +70,24 @@ enum Bench {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points"
+)]
+struct ReportArgs {
+    /// Run folders (with recipe.resolved.toml), or folders holding runs.
+    #[arg(required = true, value_name = "RUNS")]
+    runs: Vec<PathBuf>,
+}
+
+/// `--until`: a stage name.
+fn parse_stage(name: &str) -> Result<StageKind, String> {
+    StageKind::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = StageKind::ALL.iter().map(|k| k.name()).collect();
+        format!("no stage {name:?}: one of {}", names.join(", "))
+    })
+}
+
+#[derive(Args)]
 struct RecipeArgs {
     /// Recipe files or globs (quote a glob to let runner expand it).
     #[arg(required = true, value_name = "RECIPE")]
@@ -83,7 +102,7 @@ struct PlanArgs {
     #[command(flatten)]
     recipes: RecipeArgs,
     /// Last stage to run.
-    #[arg(long, value_enum, default_value = "eval")]
+    #[arg(long, value_parser = parse_stage, default_value = "eval")]
     until: StageKind,
     #[command(flatten)]
     places: Places,
@@ -98,7 +117,7 @@ struct RunArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// Last stage to run.
-    #[arg(long, value_enum, default_value = "eval")]
+    #[arg(long, value_parser = parse_stage, default_value = "eval")]
     until: StageKind,
     /// Validate and show the plan, run nothing.
     #[arg(long)]
@@ -182,7 +201,17 @@ fn init_logging(quiet: bool) {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Validate(args)) => {
-            let recipes = load(&args)?;
+            let recipes = load(&args.recipes)?;
+            // The same checks a run makes before it starts (data present, devices usable).
+            let ws = args.places.workspace();
+            let problems: Vec<String> = recipes
+                .iter()
+                .filter_map(|r| ws.preflight(r, args.until).err())
+                .map(|e| e.to_string())
+                .collect();
+            if !problems.is_empty() {
+                bail!("{}", problems.join("\n"));
+            }
             for r in &recipes {
                 println!("ok  {}  ({})", r.name, r.path.display());
             }
@@ -246,11 +275,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: true,
     };
     for r in &recipes {
-        let summary = ws.run(r, args.until, &ctx)?;
-        if let Some(table) = &summary.table {
-            println!("{}\n{table}", summary.run);
+        let outcome = ws.run(r, args.until, &ctx)?;
+        if let Some(table) = &outcome.table {
+            println!("{}\n{table}", outcome.run);
         }
-        tracing::info!(run = %summary.run, dir = %summary.run_dir.display(), "run finished");
+        if let Some(kept) = &outcome.kept_earlier_run {
+            tracing::info!(run = %outcome.run, kept = %kept.display(), "the earlier run of another recipe under this name was kept");
+        }
+        tracing::info!(run = %outcome.run, dir = %outcome.run_dir.display(), "run finished");
     }
     Ok(())
 }

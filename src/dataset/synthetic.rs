@@ -59,8 +59,11 @@ struct Planned {
     text_class: usize,
 }
 
+/// The file of `dir` that says, per training image, its given and its true label.
+pub const TRUTH_FILE: &str = "truth.tsv";
+
 /// Generates the dataset into `dir/synthetic` (unless a complete one with the same settings is
-/// there) and returns that root.
+/// there) and returns that root; writes `dir/`[`TRUTH_FILE`].
 pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, DatasetError> {
     let root = dir.join("synthetic");
     let marker = root.join(".complete");
@@ -114,7 +117,7 @@ pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, Dataset
         labels
     };
     let truth = write_layout(params, &root, &vocab, &queries, &plan, &val_labels)?;
-    let truth_path = dir.join("truth.tsv");
+    let truth_path = dir.join(TRUTH_FILE);
     write_file(&truth_path, truth.as_bytes())?;
     std::fs::write(&marker, fingerprint).map_err(DatasetError::io(&marker))?;
     Ok(root)

@@ -26,6 +26,8 @@ use std::path::Path;
 use super::{write_confusion_png, ConfusionMatrix, EvalError, EvalMetrics, Predictions};
 
 pub const PROBABILITIES_FILE: &str = "probabilities.bin";
+/// [`EvalMetrics`] as JSON.
+pub const METRICS_FILE: &str = "metrics.json";
 pub const PROBABILITIES_MAGIC: [u8; 8] = *b"WSPROB\0\x01";
 const HEADER_LEN: usize = 24;
 
@@ -42,7 +44,7 @@ pub fn write_outputs(
     })?;
     write_with(&dir.join(PROBABILITIES_FILE), |w| write_probabilities(w, p))?;
     write_with(&dir.join("per_class.tsv"), |w| write_per_class_tsv(w, m))?;
-    let json = dir.join("metrics.json");
+    let json = dir.join(METRICS_FILE);
     let text = serde_json::to_string_pretty(m).map_err(|source| EvalError::Json {
         path: json.clone(),
         source,

@@ -23,7 +23,9 @@ pub(crate) mod table;
 use std::path::PathBuf;
 
 pub use confusion::{confusion_png_size, write_confusion_png, ConfusionMatrix};
-pub use files::{load_predictions, write_outputs, PROBABILITIES_FILE, PROBABILITIES_MAGIC};
+pub use files::{
+    load_predictions, write_outputs, METRICS_FILE, PROBABILITIES_FILE, PROBABILITIES_MAGIC,
+};
 pub use metrics::{metrics, ClassMetrics, EvalMetrics};
 pub use predictions::{ensemble, evaluate, Evaluation, Predictions};
 pub use table::render_table;

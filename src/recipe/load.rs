@@ -131,8 +131,20 @@ pub fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, RecipeError>
 pub fn load_merged(path: &Path, sets: &[String]) -> Result<Vec<Merged>, RecipeError> {
     let mut layers = Vec::new();
     load_chain(path, &mut Vec::new(), &mut layers)?;
+    // The file named on the command line is the last of its chain: only it (and `--set`)
+    // names the run.
+    let top = layers.len() - 1;
+    for parent in &mut layers[..top] {
+        parent.table.remove("name");
+    }
     for arg in sets {
         layers.push(set_layer(arg)?);
+    }
+    let mut stem = base_run_name(path);
+    for layer in &layers[top..] {
+        if let Some(toml::Value::String(name)) = layer.table.get("name") {
+            stem = checked_run_name(name, &layer.origin, &layer.text)?;
+        }
     }
     let mut table = toml::Table::new();
     let mut sources = SourceMap::default();
@@ -142,8 +154,8 @@ pub fn load_merged(path: &Path, sets: &[String]) -> Result<Vec<Merged>, RecipeEr
         merge(&mut table, layer.table);
     }
     table.remove("extends");
+    table.remove("name");
     let sweep = take_sweep(&mut table, &sources)?;
-    let stem = base_run_name(path);
     sweep_points(&sweep)
         .into_iter()
         .map(|point| {
@@ -360,6 +372,31 @@ fn sweep_points(sweep: &BTreeMap<String, Vec<toml::Value>>) -> Vec<Vec<(String, 
 /// A recipe's run name: its path below the nearest folder named `recipes`, without the
 /// extension (`recipes/ablation/discard-20.toml` → `ablation/discard-20`), so recipes of the
 /// same name in different folders get different runs; elsewhere the file stem.
+/// A `name` set in a recipe: a relative folder path below `runs/` (`a/b` is fine, `..` and
+/// absolute paths are not).
+fn checked_run_name(name: &str, origin: &Origin, text: &str) -> Result<String, RecipeError> {
+    let path = Path::new(name);
+    let ok = !name.trim().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if ok {
+        return Ok(name.to_string());
+    }
+    let span = toml_edit::Document::parse(text)
+        .ok()
+        .and_then(|d| d.as_table().key("name").and_then(|k| k.span()));
+    Err(Diagnostic::new(
+        format!("`name` = {name:?}: expected a relative folder name such as \"softlabel\" or \"ablation/lr\", without `..`"),
+        span.map(|span| Location {
+            origin: origin.clone(),
+            text: text.to_string(),
+            span,
+        }),
+    )
+    .into())
+}
+
 fn base_run_name(path: &Path) -> String {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let below_recipes = absolute

@@ -10,8 +10,10 @@ mod diag;
 mod load;
 pub mod params;
 pub mod raw;
+mod resolved;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use diag::{Diagnostic, Location, Origin, RecipeError};
@@ -35,32 +37,47 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// Every setting with its resolved value, as TOML (written to `recipe.resolved.toml`).
+    /// Every setting with its value, as a recipe that loads back as this one from any folder
+    /// (written to `recipe.resolved.toml`).
     pub fn resolved_toml(&self) -> String {
-        let json = serde_json::to_value(self).expect("recipes serialize to JSON");
-        let value = json_to_toml(json).expect("a recipe is a table");
-        toml::to_string_pretty(&value).expect("resolved recipes serialize to TOML")
+        let body = toml::to_string_pretty(&resolved::to_table(self))
+            .expect("resolved recipes serialize to TOML");
+        // Nothing here may depend on where or by which build the recipe was loaded: a run
+        // folder holding other text is taken for another run's (see `RunFolder`).
+        format!(
+            "# Every setting of run `{}`, defaults and all. It loads back as the same recipe\n\
+             # from any folder: `runner runs/{}/recipe.resolved.toml`.\n\n{body}",
+            self.name, self.name,
+        )
+    }
+
+    /// Every setting as in its resolved recipe, by dotted key (`train.optimizer.lr`), values
+    /// as TOML writes them (strings bare): what `runner report` compares between runs.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        flatten("", &resolved::to_table(self), &mut out);
+        out
     }
 }
 
-/// JSON → TOML, dropping nulls (TOML has none: an unset optional setting is simply absent).
-fn json_to_toml(json: serde_json::Value) -> Option<toml::Value> {
-    use serde_json::Value as J;
-    Some(match json {
-        J::Null => return None,
-        J::Bool(b) => toml::Value::Boolean(b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => toml::Value::Integer(i),
-            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => toml::Value::String(s),
-        J::Array(items) => toml::Value::Array(items.into_iter().filter_map(json_to_toml).collect()),
-        J::Object(map) => toml::Value::Table(
-            map.into_iter()
-                .filter_map(|(k, v)| json_to_toml(v).map(|v| (k, v)))
-                .collect(),
-        ),
-    })
+/// Tables become dotted keys; every other value is shown as TOML writes it (strings bare).
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&key, inner, out),
+            toml::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            other => {
+                out.insert(key, other.to_string());
+            }
+        }
+    }
 }
 
 /// Loads every recipe that the arguments (paths or globs) name, with the overrides, expanding

@@ -12,6 +12,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRecipe {
+    /// The run's name, and so its folder `runs/<name>/`. Default: the file's path below
+    /// `recipes/` without `.toml`. Only the file named on the command line sets it: a name in
+    /// an extended file is not inherited. Sweep points append `/<key>=<value>,...`.
+    pub name: Option<String>,
     /// Another recipe this one inherits from, relative to this file's folder. Tables merge
     /// key by key; this file's values win; arrays are replaced, not appended.
     pub extends: Option<String>,

@@ -87,13 +87,14 @@ impl Validator<'_> {
         )
     }
 
+    /// `value` resolved against the folder of the file that set `key`, made absolute (and
+    /// canonical where it exists), so that a run means the same data from any working folder
+    /// and its resolved recipe loads back from anywhere.
     fn path(&self, key: &str, value: &str) -> PathBuf {
-        let path = PathBuf::from(value);
-        if path.is_absolute() {
-            path
-        } else {
-            self.sources.base_dir(key).join(path)
-        }
+        let path = self.sources.base_dir(key).join(value);
+        path.canonicalize()
+            .or_else(|_| std::path::absolute(&path))
+            .unwrap_or(path)
     }
 }
 

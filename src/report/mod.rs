@@ -1,73 +1,57 @@
-//! Tables over finished runs: `runner report RUNS...`. In: run folders `runs/<name>/`, each
-//! with `recipe.resolved.toml` and the eval stage's `metrics.json`. Out: one text table with a
-//! row per run, the settings whose values differ between the runs (as dotted keys, e.g.
-//! `train.optimizer.lr`) and the results (top-1/top-5). A folder without a recipe stands for
-//! the runs below it, so a sweep's `runs/<recipe>/` reports all its points.
+//! Tables over runs: `runner report RUNS...`. In: run folders `runs/<name>/` (read through
+//! [`RunFolder`]: the resolved recipe, the status and the evaluation results). Out: one text
+//! table with a row per evaluated run, the settings whose values differ between the runs (as
+//! dotted keys, e.g. `train.optimizer.lr`) and the results (top-1/top-5), then the runs that
+//! have no results yet with their state (failed, stopped early, running). A folder without a
+//! recipe stands for the runs below it, so a sweep's `runs/<recipe>/` reports all its points.
 
 pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::eval::table::percent;
+use crate::eval::EvalMetrics;
+use crate::recipe::{self, Recipe, RecipeError};
+use crate::stage::{RunFolder, StageError};
 use table::{Align, TextTable};
-
-pub const RECIPE_FILE: &str = "recipe.resolved.toml";
-pub const METRICS_FILE: &str = "metrics.json";
 
 /// What a report could not read, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("no runs to report")]
     NoRuns,
-    #[error("{}: no {RECIPE_FILE} in it or in any folder below it: not a run folder", path.display())]
+    #[error("{}: no {} in it or in any folder below it: not a run folder", path.display(), RunFolder::RECIPE)]
     NotARun { path: PathBuf },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
-    Toml {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("{}: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("{0}")]
+    Recipe(#[from] RecipeError),
+    #[error("{0}")]
+    Folder(Box<StageError>),
 }
 
-/// The results of a run, as its `metrics.json` has them (fractions in [0, 1]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct RunResults {
-    pub samples: usize,
-    pub top1: f64,
-    pub top5: f64,
+impl From<StageError> for ReportError {
+    fn from(e: StageError) -> Self {
+        ReportError::Folder(Box::new(e))
+    }
 }
 
 /// One run folder, read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSummary {
-    /// The recipe's `name` (the folder's path when the recipe has none).
-    pub name: String,
-    /// Every setting of the resolved recipe but `name`, by dotted key, as text.
+    pub dir: PathBuf,
+    /// The run's recipe, as it ran.
+    pub recipe: Recipe,
+    /// Every setting of the recipe but `name`, by dotted key, as text.
     pub settings: BTreeMap<String, String>,
-    pub results: RunResults,
-}
-
-/// `runner report RUNS...`: the command line of a report.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points"
-)]
-pub struct ReportArgs {
-    /// Run folders (with recipe.resolved.toml and metrics.json), or folders holding runs.
-    #[arg(required = true, value_name = "RUNS")]
-    pub runs: Vec<PathBuf>,
+    /// The evaluation results, when the run has them.
+    pub results: Option<EvalMetrics>,
+    /// The run's state in words ("finished", "failed: …", …).
+    pub state: String,
 }
 
 /// Finds the runs in `paths` (see [`find_runs`]), reads them and renders their table.
@@ -97,13 +81,13 @@ pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
 }
 
 fn collect_runs(dir: &Path, runs: &mut Vec<PathBuf>) -> Result<(), ReportError> {
-    if dir.join(RECIPE_FILE).is_file() {
+    if RunFolder::is_run(dir) {
         runs.push(dir.to_path_buf());
         return Ok(());
     }
-    let io = |source| ReportError::Io {
+    let io = |cause| ReportError::Io {
         path: dir.to_path_buf(),
-        source,
+        cause,
     };
     let mut below = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -116,50 +100,29 @@ fn collect_runs(dir: &Path, runs: &mut Vec<PathBuf>) -> Result<(), ReportError> 
     below.iter().try_for_each(|sub| collect_runs(sub, runs))
 }
 
-/// Reads `dir/recipe.resolved.toml` and `dir/metrics.json`.
+/// Reads a run folder: its resolved recipe, status and evaluation results.
 pub fn load_run(dir: &Path) -> Result<RunSummary, ReportError> {
-    let read = |file: &str| {
-        let path = dir.join(file);
-        std::fs::read_to_string(&path)
-            .map(|text| (text, path.clone()))
-            .map_err(|source| ReportError::Io { path, source })
+    let folder = RunFolder::new(dir);
+    let mut loaded = recipe::load_file(&folder.file(RunFolder::RECIPE), &[])?;
+    let recipe = match (loaded.pop(), loaded.is_empty()) {
+        (Some(recipe), true) => recipe,
+        _ => unreachable!("a resolved recipe has no sweep: it loads as one run"),
     };
-    let (text, path) = read(RECIPE_FILE)?;
-    let recipe: toml::Table =
-        toml::from_str(&text).map_err(|source| ReportError::Toml { path, source })?;
-    let (text, path) = read(METRICS_FILE)?;
-    let results: RunResults =
-        serde_json::from_str(&text).map_err(|source| ReportError::Json { path, source })?;
-    let mut settings = BTreeMap::new();
-    flatten("", &recipe, &mut settings);
-    let name = settings
-        .remove("name")
-        .unwrap_or_else(|| dir.display().to_string());
+    let results = folder.eval_metrics()?;
+    let state = match folder.status()? {
+        Some(status) => status.describe(),
+        None if results.is_some() => "finished".to_string(),
+        None => "no results and no status (not run by this version?)".to_string(),
+    };
+    let mut settings = recipe.settings();
+    settings.remove("name");
     Ok(RunSummary {
-        name,
+        dir: dir.to_path_buf(),
+        recipe,
         settings,
         results,
+        state,
     })
-}
-
-/// Tables become dotted keys; every other value is shown as TOML writes it (strings bare).
-fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
-    for (key, value) in table {
-        let key = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(inner) => flatten(&key, inner, out),
-            toml::Value::String(s) => {
-                out.insert(key, s.clone());
-            }
-            other => {
-                out.insert(key, other.to_string());
-            }
-        }
-    }
 }
 
 /// The dotted keys whose values differ between the runs, a key missing from some run
@@ -175,9 +138,44 @@ pub fn differing_settings(runs: &[RunSummary]) -> Vec<String> {
         .collect()
 }
 
+/// The table of the runs with results (see [`render_results`]), then the runs without
+/// results, each with its folder and state.
+pub fn render_report(all: &[RunSummary]) -> String {
+    let runs: Vec<RunSummary> = all
+        .iter()
+        .filter(|r| r.results.is_some())
+        .cloned()
+        .collect();
+    let pending: Vec<&RunSummary> = all.iter().filter(|r| r.results.is_none()).collect();
+    let mut out = String::new();
+    if !runs.is_empty() {
+        out.push_str(&render_results(&runs));
+    }
+    if !pending.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str("without results:\n");
+        let mut table = TextTable::new([
+            ("run".to_string(), Align::Left),
+            ("folder".to_string(), Align::Left),
+            ("state".to_string(), Align::Left),
+        ]);
+        for run in pending {
+            table.push_row(vec![
+                run.recipe.name.clone(),
+                run.dir.display().to_string(),
+                run.state.clone(),
+            ]);
+        }
+        out.push_str(&table.render());
+    }
+    out
+}
+
 /// One row per run: its name, its differing settings (`-` where a run lacks the key), top-1
 /// and top-5; then how many settings all runs share.
-pub fn render_report(runs: &[RunSummary]) -> String {
+fn render_results(runs: &[RunSummary]) -> String {
     let keys = differing_settings(runs);
     let columns = [("run".to_string(), Align::Left)]
         .into_iter()
@@ -188,13 +186,14 @@ pub fn render_report(runs: &[RunSummary]) -> String {
         ]);
     let mut table = TextTable::new(columns);
     for run in runs {
-        let mut row = vec![run.name.clone()];
+        let mut row = vec![run.recipe.name.clone()];
         row.extend(
             keys.iter()
                 .map(|k| run.settings.get(k).cloned().unwrap_or_else(|| "-".into())),
         );
-        row.push(percent(Some(run.results.top1)));
-        row.push(percent(Some(run.results.top5)));
+        let results = run.results.as_ref().expect("only runs with results");
+        row.push(percent(Some(results.top1)));
+        row.push(percent(Some(results.top5)));
         table.push_row(row);
     }
     let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
@@ -203,47 +202,4 @@ pub fn render_report(runs: &[RunSummary]) -> String {
         "{}{shared} other setting(s) are the same in every run\n",
         table.render()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ReportArgs,
-    }
-
-    #[test]
-    fn report_needs_at_least_one_run() {
-        assert!(Cli::try_parse_from(["report"]).is_err());
-        let cli = Cli::try_parse_from(["report", "runs/a", "runs/b"]).unwrap();
-        assert_eq!(
-            cli.args.runs,
-            [PathBuf::from("runs/a"), PathBuf::from("runs/b")]
-        );
-    }
-
-    #[test]
-    fn nested_and_inline_tables_become_dotted_keys() {
-        let table: toml::Table = toml::from_str(
-            "name = \"x\"\n[train]\ndevices = { kind = \"cuda\", ids = [0, 1] }\nsteps = [10, 20]\n",
-        )
-        .unwrap();
-        let mut flat = BTreeMap::new();
-        flatten("", &table, &mut flat);
-        let flat: Vec<(&str, &str)> = flat.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(
-            flat,
-            [
-                ("name", "x"),
-                ("train.devices.ids", "[0, 1]"),
-                ("train.devices.kind", "cuda"),
-                ("train.steps", "[10, 20]"),
-            ]
-        );
-    }
 }

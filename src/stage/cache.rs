@@ -8,19 +8,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Errors of the cache itself (a stage's own failure passes through as `Build`).
+/// Errors of the cache itself (a stage's own failure passes through in the builder's type).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("stage cache {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Build(Box<dyn std::error::Error + Send + Sync>),
+    #[error("stage cache {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("stage cache {}: the stage finished without writing {missing}", dir.display())]
+    MissingOutput { dir: PathBuf, missing: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
+    move |cause| CacheError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -72,18 +72,17 @@ impl Cache {
 
     /// Returns the finished output folder of `stage`/`key`, building it with `build` (which
     /// writes into the partial folder it is given) when it is not there yet. `inputs` is
-    /// saved beside the output as `stage.json`, for people asking what made it.
-    pub fn ensure<E>(
+    /// saved beside the output as `stage.json`, for people asking what made it. The rename
+    /// into place commits the whole folder, and only once every file of `outputs` is in it.
+    pub fn ensure<E: From<CacheError>>(
         &self,
         stage: &str,
         key: &str,
         inputs: &serde_json::Value,
         partial: Partial,
+        outputs: &[&str],
         build: impl FnOnce(&Path) -> Result<(), E>,
-    ) -> Result<(PathBuf, Outcome), CacheError>
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
+    ) -> Result<(PathBuf, Outcome), E> {
         let done = self.dir(stage, key);
         if done.is_dir() {
             return Ok((done, Outcome::Hit));
@@ -103,7 +102,14 @@ impl Cache {
         let manifest = work.join("stage.json");
         let text = serde_json::to_string_pretty(inputs).expect("JSON values serialize");
         fs::write(&manifest, text).map_err(io_err(&manifest))?;
-        build(&work).map_err(|e| CacheError::Build(Box::new(e)))?;
+        build(&work)?;
+        if let Some(missing) = outputs.iter().find(|name| !work.join(name).exists()) {
+            return Err(CacheError::MissingOutput {
+                dir: work,
+                missing: missing.to_string(),
+            }
+            .into());
+        }
         fs::rename(&work, &done).map_err(io_err(&done))?;
         if let Ok(dir) = File::open(&stage_root) {
             // Make the rename durable before anyone is told the stage is done.
@@ -144,7 +150,26 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    type R = Result<(), io::Error>;
+    /// A builder's error type, as the stage layer's own: a build's failure, or the cache's.
+    #[derive(Debug)]
+    enum TestError {
+        Build(String),
+        Cache(CacheError),
+    }
+
+    impl From<io::Error> for TestError {
+        fn from(e: io::Error) -> Self {
+            TestError::Build(e.to_string())
+        }
+    }
+
+    impl From<CacheError> for TestError {
+        fn from(e: CacheError) -> Self {
+            TestError::Cache(e)
+        }
+    }
+
+    type R = Result<(), TestError>;
 
     #[test]
     fn second_call_is_a_hit_and_does_not_build() {
@@ -152,15 +177,15 @@ mod tests {
         let cache = Cache::new(tmp.path());
         let inputs = serde_json::json!({"x": 1});
         let (dir, outcome) = cache
-            .ensure("s", "k", &inputs, Partial::Discard, |d| -> R {
-                fs::write(d.join("out"), "1")
+            .ensure("s", "k", &inputs, Partial::Discard, &[], |d| -> R {
+                Ok(fs::write(d.join("out"), "1")?)
             })
             .unwrap();
         assert_eq!(outcome, Outcome::Built);
         assert_eq!(fs::read_to_string(dir.join("out")).unwrap(), "1");
         assert!(dir.join("stage.json").is_file());
         let (_, outcome) = cache
-            .ensure("s", "k", &inputs, Partial::Discard, |_| -> R {
+            .ensure("s", "k", &inputs, Partial::Discard, &[], |_| -> R {
                 panic!("must not rebuild")
             })
             .unwrap();
@@ -172,16 +197,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::new(tmp.path());
         let inputs = serde_json::json!({});
-        let err = cache.ensure("s", "k", &inputs, Partial::Discard, |d| -> R {
+        let err = cache.ensure("s", "k", &inputs, Partial::Discard, &[], |d| -> R {
             fs::write(d.join("half"), "x")?;
-            Err(io::Error::other("killed"))
+            Err(io::Error::other("killed").into())
         });
-        assert!(err.is_err());
+        assert!(
+            matches!(&err, Err(TestError::Build(m)) if m == "killed"),
+            "{err:?}"
+        );
         assert!(!cache.is_complete("s", "k"));
         let (dir, _) = cache
-            .ensure("s", "k", &inputs, Partial::Discard, |d| -> R {
+            .ensure("s", "k", &inputs, Partial::Discard, &[], |d| -> R {
                 assert!(!d.join("half").exists(), "a discarding stage starts empty");
-                fs::write(d.join("out"), "2")
+                Ok(fs::write(d.join("out"), "2")?)
             })
             .unwrap();
         assert!(!dir.join("half").exists());
@@ -192,12 +220,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::new(tmp.path());
         let inputs = serde_json::json!({});
-        let _ = cache.ensure("s", "k", &inputs, Partial::Resume, |d| -> R {
+        let _ = cache.ensure("s", "k", &inputs, Partial::Resume, &[], |d| -> R {
             fs::write(d.join("progress"), "half")?;
-            Err(io::Error::other("killed"))
+            Err(io::Error::other("killed").into())
         });
         cache
-            .ensure("s", "k", &inputs, Partial::Resume, |d| -> R {
+            .ensure("s", "k", &inputs, Partial::Resume, &[], |d| -> R {
                 assert_eq!(fs::read_to_string(d.join("progress"))?, "half");
                 Ok(())
             })
@@ -220,10 +248,11 @@ mod tests {
                             "k",
                             &serde_json::json!({}),
                             Partial::Discard,
+                            &[],
                             |d| -> R {
                                 builds.fetch_add(1, Ordering::SeqCst);
                                 std::thread::sleep(std::time::Duration::from_millis(50));
-                                fs::write(d.join("out"), "x")
+                                Ok(fs::write(d.join("out"), "x")?)
                             },
                         )
                         .unwrap();
@@ -231,5 +260,38 @@ mod tests {
             }
         });
         assert_eq!(builds.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_build_that_misses_a_declared_output_is_not_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::new(tmp.path());
+        let inputs = serde_json::json!({});
+        let err = cache
+            .ensure(
+                "s",
+                "k",
+                &inputs,
+                Partial::Resume,
+                &["report.json"],
+                |d| -> R { Ok(fs::write(d.join("data"), "x")?) },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, TestError::Cache(CacheError::MissingOutput { missing, .. }) if missing == "report.json"),
+            "{err:?}"
+        );
+        assert!(!cache.is_complete("s", "k"));
+        let (dir, _) = cache
+            .ensure(
+                "s",
+                "k",
+                &inputs,
+                Partial::Resume,
+                &["report.json"],
+                |d| -> R { Ok(fs::write(d.join("report.json"), "{}")?) },
+            )
+            .unwrap();
+        assert!(dir.join("data").is_file() && dir.join("report.json").is_file());
     }
 }

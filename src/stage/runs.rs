@@ -1,16 +1,21 @@
-//! Run folders: `runs/<name>/` holds the resolved recipe, the command line, the version and
-//! git revision, a JSON log, metrics, and `stages.json` pointing at the stage outputs used.
+//! Running a plan: each stage is found in the cache or built, then the run folder (see
+//! [`RunFolder`]) gets the stage pointers, the metrics and the results table. The run's JSON
+//! log (`log.jsonl`) gets a run-started event, one event per stage with its duration, and a
+//! run-finished (or run-failed) event.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
-use serde_json::json;
-
-use super::cache::{Outcome, Partial};
-use super::{exec, StageError, StageKind, Workspace};
+use super::cache::{Cache, Outcome, Partial};
+use super::error::{StageError, StageFailure};
+use super::folder::{RunFolder, RunState, RunStatus, StageRecord};
+use super::kind::StageKind;
+use super::plan::Plan;
+use super::stages::{spec, BuildContext};
 use crate::eval;
 use crate::recipe::Recipe;
 
@@ -24,12 +29,14 @@ pub struct RunContext {
 
 /// What a run did.
 #[derive(Debug, Clone)]
-pub struct RunSummary {
+pub struct RunOutcome {
     pub run: String,
     pub run_dir: PathBuf,
-    pub stages: Vec<(StageKind, PathBuf, Outcome)>,
+    pub stages: Vec<StageRecord>,
     /// The evaluation table (top-1/top-5 overall and per class), when the run evaluated.
     pub table: Option<String>,
+    /// Where an earlier run of a different recipe under the same name was moved.
+    pub kept_earlier_run: Option<PathBuf>,
 }
 
 /// Events with this target go to the run's JSON log only; `runner` hides them on stderr.
@@ -62,158 +69,183 @@ fn set_run_log(file: Option<fs::File>) {
     *RUN_LOG.lock().unwrap_or_else(|e| e.into_inner()) = file;
 }
 
-fn folder_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
-    move |source| StageError::RunFolder {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The stage folders a finished run used, from its `stages.json`.
-pub fn read_stage_dirs(path: &Path) -> io::Result<BTreeMap<String, PathBuf>> {
-    let text = fs::read_to_string(path)?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(io::Error::other)?;
-    Ok(value
-        .get("stages")
-        .and_then(|s| s.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), PathBuf::from(v.get("dir")?.as_str()?))))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-pub(super) fn run(
-    ws: &Workspace,
+/// Runs `plan` for `recipe`, writing the run folder `run_dir` (locked meanwhile; an earlier
+/// run of a different recipe there is kept under a numbered name).
+pub fn run(
+    cache: &Cache,
+    runs: &Path,
     recipe: &Recipe,
-    until: StageKind,
+    plan: &Plan,
     ctx: &RunContext,
-) -> Result<RunSummary, StageError> {
-    let run_dir = ws.run_dir(&recipe.name);
-    fs::create_dir_all(&run_dir).map_err(folder_err(&run_dir))?;
-    let log_path = run_dir.join("log.jsonl");
-    set_run_log(Some(
-        fs::File::create(&log_path).map_err(folder_err(&log_path))?,
-    ));
-    write_run_files(&run_dir, recipe, ctx)?;
-    let result = run_stages(ws, recipe, until, ctx, &run_dir);
+) -> Result<RunOutcome, StageError> {
+    let folder = RunFolder::new(runs.join(&recipe.name));
+    let _lock = folder.lock()?;
+    let kept_earlier_run = folder.keep_other_run(&recipe.resolved_toml())?;
+    let mut status = RunStatus::new(plan.until);
+    set_run_log(Some(folder.start(recipe, &ctx.command_line, &status)?));
+    if let Some(kept) = &kept_earlier_run {
+        tracing::warn!(
+            run = %recipe.name,
+            kept = %kept.display(),
+            "the run folder held a run of a different recipe: kept it under a new name"
+        );
+    }
+    tracing::info!(target: RUN_LOG_ONLY, run = %recipe.name, until = %plan.until, "run started");
+    let started = Instant::now();
+    let result = run_stages(cache, runs, recipe, plan, ctx, &folder, &mut status);
+    status.state = match &result {
+        Ok(_) => RunState::Finished,
+        Err(_) => RunState::Failed,
+    };
     if let Err(e) = &result {
+        status.error = Some(e.to_string());
         // The error reaches the user on stderr from `runner`; here it goes to the JSON log.
         tracing::error!(target: RUN_LOG_ONLY, run = %recipe.name, error = %e, "run failed");
+    } else {
+        let durations: BTreeMap<&str, f64> = status
+            .stages
+            .iter()
+            .map(|s| (s.stage.as_str(), s.seconds))
+            .collect();
+        tracing::info!(
+            target: RUN_LOG_ONLY,
+            run = %recipe.name,
+            seconds = started.elapsed().as_secs_f64(),
+            stage_seconds = %serde_json::to_string(&durations).expect("JSON serializes"),
+            "run finished"
+        );
     }
+    let written = folder.write_status(&status);
     set_run_log(None);
-    result
+    let table = result?;
+    written?;
+    Ok(RunOutcome {
+        run: recipe.name.clone(),
+        run_dir: folder.dir().to_path_buf(),
+        stages: status.stages,
+        table,
+        kept_earlier_run,
+    })
 }
 
 fn run_stages(
-    ws: &Workspace,
+    cache: &Cache,
+    runs: &Path,
     recipe: &Recipe,
-    until: StageKind,
+    plan: &Plan,
     ctx: &RunContext,
-    run_dir: &Path,
-) -> Result<RunSummary, StageError> {
-    let plan = ws.plan(recipe, until)?;
-    let mut done: Vec<(StageKind, PathBuf, Outcome)> = Vec::new();
+    folder: &RunFolder,
+    status: &mut RunStatus,
+) -> Result<Option<String>, StageError> {
+    let mut dirs: BTreeMap<StageKind, PathBuf> = BTreeMap::new();
     for stage in &plan.stages {
-        let upstream: Vec<(StageKind, PathBuf)> = done
+        let spec = spec(stage.kind);
+        let upstream: BTreeMap<StageKind, PathBuf> = dirs
             .iter()
-            .filter(|(k, _, _)| exec::reads(stage.kind).contains(k))
-            .map(|(k, d, _)| (*k, d.clone()))
+            .filter(|(k, _)| spec.reads.contains(k))
+            .map(|(k, d)| (*k, d.clone()))
             .collect();
-        let partial = match stage.kind {
-            StageKind::Ingest | StageKind::Train => Partial::Resume,
-            _ => Partial::Discard,
+        let partial = match spec.resumes {
+            true => Partial::Resume,
+            false => Partial::Discard,
         };
         tracing::info!(run = %recipe.name, stage = %stage.kind, key = %stage.key, cached = stage.cached, "stage");
-        let (dir, outcome) = ws
-            .cache
-            .ensure(
-                stage.kind.name(),
-                &stage.key,
-                &stage.inputs,
-                partial,
-                |out| {
-                    exec::execute(
-                        recipe,
-                        stage.kind,
-                        &upstream,
-                        plan.init.as_ref(),
-                        out,
-                        ctx.progress,
-                    )
-                },
-            )
-            .map_err(|e| match e {
-                super::CacheError::Build(source) => match source.downcast::<StageError>() {
-                    Ok(stage_error) => *stage_error,
-                    Err(source) => StageError::Failed {
-                        stage: stage.kind,
-                        run: recipe.name.clone(),
-                        source,
-                    },
-                },
-                other => StageError::Cache(other),
-            })?;
-        done.push((stage.kind, dir, outcome));
-    }
-    // Written once all stages are done, so a failed run never clobbers the pointers of the
-    // last good run of the same name (which `train.init` and ensembles read).
-    write_stage_pointers(run_dir, &done)?;
-    let table =
-        collect_results(ws, recipe, run_dir, &done).map_err(|source| StageError::Failed {
-            stage: StageKind::Eval,
+        let failed = |failure| StageError::Failed {
+            stage: stage.kind,
             run: recipe.name.clone(),
-            source,
-        })?;
-    Ok(RunSummary {
+            failure: Box::new(failure),
+        };
+        let started = Instant::now();
+        let (dir, outcome) = cache.ensure(
+            stage.kind.name(),
+            &stage.key,
+            &stage.inputs,
+            partial,
+            spec.outputs,
+            |out| {
+                (spec.build)(&BuildContext {
+                    recipe,
+                    upstream: &upstream,
+                    init: plan.init.as_ref(),
+                    out,
+                    progress: ctx.progress,
+                })
+                .map_err(failed)
+            },
+        )?;
+        let record = StageRecord {
+            stage: stage.kind.name().to_string(),
+            key: stage.key.clone(),
+            dir: dir.clone(),
+            reused: outcome == Outcome::Hit,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            target: RUN_LOG_ONLY,
+            stage = %stage.kind,
+            key = %stage.key,
+            reused = record.reused,
+            seconds = record.seconds,
+            "stage done"
+        );
+        status.stages.push(record);
+        folder.write_status(status)?;
+        dirs.insert(stage.kind, dir);
+    }
+    folder.write_stage_dirs(&status.stages)?;
+    collect_results(runs, recipe, folder, &dirs).map_err(|failure| StageError::Failed {
+        stage: StageKind::Eval,
         run: recipe.name.clone(),
-        run_dir: run_dir.to_path_buf(),
-        stages: done,
-        table,
+        failure: Box::new(failure),
     })
 }
 
 /// Copies the training and evaluation metrics into the run folder, evaluates the ensemble the
 /// recipe names, and renders the results table.
 fn collect_results(
-    ws: &Workspace,
+    runs: &Path,
     recipe: &Recipe,
-    run_dir: &Path,
-    done: &[(StageKind, PathBuf, Outcome)],
-) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
-    let dir_of = |kind: StageKind| {
-        done.iter()
-            .find(|(k, _, _)| *k == kind)
-            .map(|(_, d, _)| d.as_path())
+    folder: &RunFolder,
+    dirs: &BTreeMap<StageKind, PathBuf>,
+) -> Result<Option<String>, StageFailure> {
+    let copy_in = |dir: &Path, name: &str| {
+        fs::copy(dir.join(name), folder.file(name))
+            .map(drop)
+            .map_err(StageFailure::io(&folder.file(name)))
     };
-    if let Some(train) = dir_of(StageKind::Train) {
-        let metrics = train.join("metrics.jsonl");
-        if metrics.is_file() {
-            fs::copy(&metrics, run_dir.join("metrics.jsonl"))?;
-        }
+    if let Some(train) = dirs.get(&StageKind::Train) {
+        copy_in(train, RunFolder::TRAIN_METRICS)?;
     }
-    let Some(eval_dir) = dir_of(StageKind::Eval) else {
+    let Some(eval_dir) = dirs.get(&StageKind::Eval) else {
         return Ok(None);
     };
-    fs::copy(eval_dir.join("metrics.json"), run_dir.join("metrics.json"))?;
-    let ingest = dir_of(StageKind::Ingest).expect("eval reads ingest");
+    copy_in(eval_dir, RunFolder::EVAL_METRICS)?;
+    let ingest = dirs.get(&StageKind::Ingest).expect("eval reads ingest");
     let class_names = crate::store::Store::open(ingest)?.header().class_names();
     let own = eval::load_predictions(eval_dir)?;
     let mut table = eval::render_table(&eval::metrics(&own, &class_names)?, true);
     if !recipe.eval.ensemble.is_empty() {
         let mut members = vec![own];
         for member in &recipe.eval.ensemble {
-            let stages = ws.run_dir(member).join("stages.json");
-            let dir = read_stage_dirs(&stages)
+            let other = RunFolder::new(runs.join(member));
+            let dir = other
+                .stage_dirs()
                 .ok()
-                .and_then(|d| d.get(StageKind::Eval.name()).cloned())
-                .ok_or_else(|| format!("eval.ensemble names run {member:?}, which has not been evaluated ({} is missing)", stages.display()))?;
+                .and_then(|d| d.get(&StageKind::Eval).cloned())
+                .ok_or_else(|| StageFailure::EnsembleMember {
+                    member: member.clone(),
+                    looked: other.file(RunFolder::STAGES),
+                })?;
             members.push(eval::load_predictions(&dir)?);
         }
         let combined = eval::ensemble(&members)?;
         let metrics = eval::metrics(&combined, &class_names)?;
-        eval::write_outputs(&run_dir.join("ensemble"), &combined, &metrics, &class_names)?;
+        eval::write_outputs(
+            &folder.file(RunFolder::ENSEMBLE),
+            &combined,
+            &metrics,
+            &class_names,
+        )?;
         table.push_str(&format!(
             "\nensemble of {} runs ({}):\n{}",
             members.len(),
@@ -225,66 +257,4 @@ fn collect_results(
         ));
     }
     Ok(Some(table))
-}
-
-fn write_run_files(run_dir: &Path, recipe: &Recipe, ctx: &RunContext) -> Result<(), StageError> {
-    let files = [
-        ("recipe.resolved.toml", recipe.resolved_toml()),
-        ("command.txt", format!("{}\n", ctx.command_line)),
-        (
-            "version.json",
-            serde_json::to_string_pretty(&json!({
-                "websieve": env!("CARGO_PKG_VERSION"),
-                "recipe": recipe.path,
-                "recipe_git": git_revision(&recipe.path),
-            }))
-            .expect("JSON serializes"),
-        ),
-    ];
-    for (name, text) in files {
-        let path = run_dir.join(name);
-        fs::write(&path, text).map_err(folder_err(&path))?;
-    }
-    Ok(())
-}
-
-fn write_stage_pointers(
-    run_dir: &Path,
-    done: &[(StageKind, PathBuf, Outcome)],
-) -> Result<(), StageError> {
-    let stages: serde_json::Map<String, serde_json::Value> = done
-        .iter()
-        .map(|(kind, dir, outcome)| {
-            let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-            (
-                kind.name().to_string(),
-                json!({ "dir": dir, "reused": *outcome == Outcome::Hit }),
-            )
-        })
-        .collect();
-    let path = run_dir.join("stages.json");
-    let text = serde_json::to_string_pretty(&json!({ "stages": stages })).expect("JSON serializes");
-    fs::write(&path, text).map_err(folder_err(&path))
-}
-
-/// The git revision of the repository holding `path` (the recipe), with `-dirty` when it has
-/// uncommitted changes; `None` outside git.
-fn git_revision(path: &Path) -> Option<String> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let rev = git(&["rev-parse", "HEAD"])?;
-    let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
-    Some(if dirty { format!("{rev}-dirty") } else { rev })
 }

@@ -36,7 +36,8 @@ use schedule::learning_rate;
 pub const SPIKE_FACTOR: f64 = 5.0;
 /// Checkpoints kept in the run folder (the newest is the rollback target).
 const CHECKPOINTS_KEPT: usize = 2;
-pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The training stage's metrics, one JSON line per logged step.
+pub const STEP_METRICS_FILE: &str = "metrics.jsonl";
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Batches in order, starting at the batch index the factory was asked for.
@@ -627,7 +628,7 @@ pub fn train_distributed<'b>(
             lr_scale: 1.0,
             rollbacks: 0,
         },
-        metrics_path: job.out_dir.join(METRICS_FILE),
+        metrics_path: job.out_dir.join(STEP_METRICS_FILE),
         rank,
         world_size,
     };

@@ -428,61 +428,56 @@ proptest! {
 mod report {
     use std::path::{Path, PathBuf};
 
+    use websieve::eval::EvalMetrics;
+    use websieve::recipe;
     use websieve::report::{find_runs, load_run, report};
+    use websieve::stage::{RunFolder, RunState, RunStatus, StageKind};
 
-    const BASE: &str = r#"name = "clean"
-
-[dataset]
-format = "synthetic"
-resize = 64
-
-[train]
-seed = 1
-devices = { kind = "cpu" }
-
-[train.optimizer]
-lr = 0.01
-momentum = 0.9
-
-[clean.rule]
-kind = "fraction"
-value = 0.1
-"#;
-
-    fn write_run(root: &Path, folder: &str, recipe: &str, metrics: &str) -> PathBuf {
+    /// A run folder as a run leaves it: the quickstart recipe with `sets`, resolved, and
+    /// (with `top1`) evaluation results.
+    fn write_run(root: &Path, folder: &str, sets: &[&str], top1: Option<f64>) -> PathBuf {
         let dir = root.join(folder);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("recipe.resolved.toml"), recipe).unwrap();
-        std::fs::write(dir.join("metrics.json"), metrics).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let r = &recipe::load_file(Path::new("recipes/quickstart.toml"), &sets).unwrap()[0];
+        std::fs::write(dir.join(RunFolder::RECIPE), r.resolved_toml()).unwrap();
+        if let Some(top1) = top1 {
+            let results = EvalMetrics {
+                samples: 500,
+                top1,
+                top5: 0.8,
+                mean_class_top1: top1,
+                mean_class_top5: 0.8,
+                per_class: Vec::new(),
+            };
+            let json = serde_json::to_string(&results).unwrap();
+            std::fs::write(dir.join(RunFolder::EVAL_METRICS), json).unwrap();
+        }
         dir
-    }
-
-    fn metrics(top1: f64, top5: f64) -> String {
-        format!(r#"{{"samples": 500, "top1": {top1}, "top5": {top5}, "per_class": []}}"#)
     }
 
     #[test]
     fn the_table_shows_only_the_settings_that_differ() {
         let root = tempfile::tempdir().unwrap();
         let runs = vec![
-            write_run(root.path(), "clean", BASE, &metrics(0.6123, 0.8456)),
+            write_run(root.path(), "clean", &["name=clean"], Some(0.6123)),
             write_run(
                 root.path(),
                 "clean-lr",
-                &BASE
-                    .replace("name = \"clean\"", "name = \"clean/lr=0.001\"")
-                    .replace("lr = 0.01", "lr = 0.001"),
-                &metrics(0.5, 0.75),
+                &["name=clean/lr=0.001", "train.optimizer.lr=0.001"],
+                Some(0.5),
             ),
             write_run(
                 root.path(),
                 "noisy",
-                &BASE
-                    .replace("name = \"clean\"", "name = \"noisy\"")
-                    .replace("\"fraction\"", "\"none\"")
-                    .replace("value = 0.1\n", "")
-                    .replace("momentum = 0.9", "momentum = 0.9\nclip_grad_norm = 40.0"),
-                &metrics(0.55, 0.8),
+                &[
+                    "name=noisy",
+                    "clean.rule=none",
+                    "train.optimizer.clip_grad_norm=40.0",
+                    // The default, spelt out: not a difference.
+                    "train.optimizer.momentum=0.9",
+                ],
+                Some(0.55),
             ),
         ];
         insta::assert_snapshot!(report(&runs).unwrap());
@@ -493,17 +488,17 @@ value = 0.1
     #[test]
     fn a_sweep_folder_stands_for_the_runs_below_it() {
         let root = tempfile::tempdir().unwrap();
-        let base = write_run(root.path(), "base", BASE, &metrics(0.5, 0.7));
+        let base = write_run(root.path(), "base", &["name=base"], Some(0.5));
         let sweep = root.path().join("clean");
         for (i, lr) in ["0.1", "0.01"].iter().enumerate() {
-            let recipe = BASE
-                .replace("name = \"clean\"", &format!("name = \"clean/lr={lr}\""))
-                .replace("lr = 0.01", &format!("lr = {lr}"));
             write_run(
                 &sweep,
                 &format!("lr={lr}"),
-                &recipe,
-                &metrics(0.4 + 0.1 * i as f64, 0.8),
+                &[
+                    &format!("name=clean/lr={lr}"),
+                    &format!("train.optimizer.lr={lr}"),
+                ],
+                Some(0.4 + 0.1 * i as f64),
             );
         }
         let found = find_runs(&[sweep.clone(), base.clone()]).unwrap();
@@ -512,31 +507,47 @@ value = 0.1
     }
 
     #[test]
+    fn runs_without_results_are_listed_with_their_state() {
+        let root = tempfile::tempdir().unwrap();
+        let done = write_run(root.path(), "done", &["name=done"], Some(0.5));
+        let failed = write_run(root.path(), "failed", &["name=failed"], None);
+        let mut status = RunStatus::new(StageKind::Eval);
+        status.state = RunState::Failed;
+        status.error = Some("train failed: loss is NaN at step 12".into());
+        RunFolder::new(&failed).write_status(&status).unwrap();
+        let stopped = write_run(root.path(), "stopped", &["name=stopped"], None);
+        let mut status = RunStatus::new(StageKind::Score);
+        status.state = RunState::Finished;
+        RunFolder::new(&stopped).write_status(&status).unwrap();
+        let old = write_run(root.path(), "old", &["name=old"], None);
+        let text = report(&[done, failed, stopped, old])
+            .unwrap()
+            .replace(&root.path().display().to_string(), "<runs>");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
     fn unreadable_run_folders_name_the_file() {
         let root = tempfile::tempdir().unwrap();
-        let good = write_run(root.path(), "good", BASE, &metrics(0.5, 0.7));
-        let bad_toml = write_run(
-            root.path(),
-            "bad-toml",
+        let good = write_run(root.path(), "good", &["name=good"], Some(0.5));
+        let bad_toml = write_run(root.path(), "bad-toml", &[], Some(0.5));
+        std::fs::write(
+            bad_toml.join(RunFolder::RECIPE),
             "name = \"x\"\n[train\nlr = 1\n",
-            &metrics(0.5, 0.7),
-        );
-        let bad_json = write_run(
-            root.path(),
-            "bad-json",
-            BASE,
+        )
+        .unwrap();
+        let bad_json = write_run(root.path(), "bad-json", &[], None);
+        std::fs::write(
+            bad_json.join(RunFolder::EVAL_METRICS),
             r#"{"samples": 3, "top5": 0.5}"#,
-        );
-        let no_metrics = root.path().join("no-metrics");
-        std::fs::create_dir_all(&no_metrics).unwrap();
-        std::fs::write(no_metrics.join("recipe.resolved.toml"), BASE).unwrap();
+        )
+        .unwrap();
         let missing = root.path().join("missing");
         let empty = root.path().join("empty/sweep");
         std::fs::create_dir_all(&empty).unwrap();
         let errors: Vec<String> = [
             bad_toml,
             bad_json,
-            no_metrics,
             missing,
             empty.parent().unwrap().to_path_buf(),
         ]

@@ -361,3 +361,104 @@ fn quickstart_runs_end_to_end_and_a_two_headed_sweep_point_reuses_ingest_and_lda
             .and_then(|n| n.to_str())
     );
 }
+
+/// The run folder's contract, through the binary: the resolved recipe loads back with the
+/// same stage keys, the log brackets the run with each stage's duration, `version.json`
+/// names the build and the recipe's git state, a second runner is turned away from a busy
+/// folder, and another recipe's run into the same folder keeps the earlier one.
+#[test]
+fn the_run_folder_holds_a_loadable_recipe_a_timed_log_and_is_not_shared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["recipes/quickstart.toml", "--until", "ingest"];
+    args.extend(TINY);
+    let out = runner(tmp.path(), &args, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = tmp.path().join("runs/quickstart");
+    let resolved = run.join("recipe.resolved.toml");
+    let resolved_arg = resolved.to_str().unwrap();
+
+    let plan = |recipe: &str, sets: &[&str]| {
+        let mut args = vec!["plan", recipe, "--until", "ingest"];
+        args.extend(sets);
+        let out = runner(tmp.path(), &args, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let from_recipe = plan("recipes/quickstart.toml", &TINY);
+    assert_eq!(plan(resolved_arg, &[]), from_recipe);
+    assert!(from_recipe.contains("cached"), "{from_recipe}");
+    // From another working folder too: paths in the resolved recipe are absolute.
+    let elsewhere = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["validate", resolved_arg])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        elsewhere.status.success(),
+        "{}",
+        String::from_utf8_lossy(&elsewhere.stderr)
+    );
+
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let message = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_string();
+    assert_eq!(message(&events[0]), "run started", "{log}");
+    let finished = events
+        .iter()
+        .find(|e| message(e) == "run finished")
+        .expect(&log);
+    assert!(
+        finished["fields"]["stage_seconds"]
+            .as_str()
+            .unwrap()
+            .contains("\"ingest\""),
+        "{log}"
+    );
+
+    let version: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("version.json")).unwrap()).unwrap();
+    assert_eq!(
+        version["websieve_commit"].as_str().map(str::len),
+        Some(40),
+        "{version}"
+    );
+    let state = version["recipe_git_state"].as_str().unwrap();
+    assert!(["committed", "modified"].contains(&state), "{version}");
+
+    // A runner holding the folder turns a second one away, before any work.
+    let lock = websieve::stage::RunFolder::new(&run).lock().unwrap();
+    let busy = runner(tmp.path(), &args, &[]);
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(busy.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("in use by another runner"), "{stderr}");
+    drop(lock);
+
+    // Another recipe under the same name: the earlier run moves aside, whole.
+    let mut other = args.clone();
+    other.extend(["--set", "lda.topics=9"]);
+    let out = runner(tmp.path(), &other, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept = tmp.path().join("runs/quickstart.1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quickstart.1"));
+    assert_eq!(
+        std::fs::read_to_string(kept.join("recipe.resolved.toml")).unwrap(),
+        std::fs::read_to_string(&resolved)
+            .unwrap()
+            .replace("topics = 9", "topics = 20")
+    );
+}

@@ -19,7 +19,7 @@ use websieve::sample::{Batch, Pixels};
 use websieve::train::checkpoint::{self, MODEL_PREFIX};
 use websieve::train::{
     load_for_eval, train, train_distributed, BatchStream, BoxError, SampleTargets, TrainError,
-    TrainJob, TrainSummary, METRICS_FILE,
+    TrainJob, TrainSummary, STEP_METRICS_FILE,
 };
 
 const SIZE: usize = 64;
@@ -205,7 +205,7 @@ fn accuracy(net: &GoogLeNet, data: &Images) -> f64 {
 }
 
 fn losses(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join(METRICS_FILE))
+    std::fs::read_to_string(dir.join(STEP_METRICS_FILE))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -355,7 +355,7 @@ fn metrics_log_every_head_and_task() {
         &short_run(model(true), params(0.01, 4, 100), 2),
     )
     .unwrap();
-    let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(STEP_METRICS_FILE)).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -417,7 +417,7 @@ fn rollback_lowers_the_lr_and_finishes() {
     let summary = run(&data, dir.path(), &short_run(model(false), p, 4)).unwrap();
     assert!(summary.rollbacks >= 1);
     assert!(summary.last_loss.is_finite());
-    let metrics = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    let metrics = std::fs::read_to_string(dir.path().join(STEP_METRICS_FILE)).unwrap();
     assert!(metrics.contains("\"event\":\"rollback\""), "{metrics}");
     // The rolled-back run's checkpoint keeps the lowered lr for a later resume.
     let state = checkpoint::load(&summary.final_checkpoint, &Device::Cpu)

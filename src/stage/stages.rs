@@ -1,0 +1,419 @@
+//! One description per stage kind — what it reads, which settings enter its key, which files
+//! it must leave, whether it resumes, and how it runs — and the glue from a recipe's settings
+//! and upstream stage folders to the stage modules (`store`, `lda`, `score`, `train`,
+//! `eval`). The graph, the cache keys, `plan` and execution all read [`spec`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use serde_json::json;
+
+use super::error::{StageError, StageFailure};
+use super::kind::StageKind;
+use crate::dataset::synthetic;
+use crate::loader::{self, LoaderConfig};
+use crate::recipe::{LabelParams, Recipe, SamplerKind};
+use crate::runtime::{resolve_device, visible_gpu_count, DeviceChoice, RuntimeError, World};
+use crate::sample::{Batch, SampleText, Source, Split};
+use crate::store::{self, Store};
+use crate::text::{DocumentSource, TextError};
+use crate::{eval, lda, score, train};
+
+/// Everything a stage's build gets.
+pub struct BuildContext<'a> {
+    pub recipe: &'a Recipe,
+    /// The folders of the stages it reads.
+    pub upstream: &'a BTreeMap<StageKind, PathBuf>,
+    pub init: Option<&'a InitRef>,
+    /// The partial folder to build into.
+    pub out: &'a Path,
+    pub progress: bool,
+}
+
+impl BuildContext<'_> {
+    fn dir(&self, kind: StageKind) -> &Path {
+        self.upstream
+            .get(&kind)
+            .expect("the plan passes every stage it reads")
+    }
+}
+
+/// What a stage is, for the graph, the cache and the runner.
+pub struct StageSpec {
+    pub kind: StageKind,
+    /// The stages whose output it reads (and whose keys enter its key).
+    pub reads: &'static [StageKind],
+    /// Keeps what a killed attempt left in its partial folder and goes on from there.
+    pub resumes: bool,
+    /// Files the finished folder must hold; the rename into place waits for all of them.
+    pub outputs: &'static [&'static str],
+    /// The recipe's settings that enter the key. Settings that cannot change the output
+    /// (loader threads, checkpoint interval, ensemble members) stay out, so changing them
+    /// reuses the cache. `init` is the train stage's starting point (see [`InitRef`]).
+    pub settings: fn(&Recipe, Option<&InitRef>) -> serde_json::Value,
+    pub build: fn(&BuildContext) -> Result<(), StageFailure>,
+    /// Bumped when the output's format or algorithm changes, so old outputs are not reused.
+    pub format_version: u32,
+}
+
+const SPECS: [StageSpec; 5] = [
+    StageSpec {
+        kind: StageKind::Ingest,
+        reads: &[],
+        resumes: true,
+        outputs: &[store::STORE_DIR, store::REPORT_FILE],
+        settings: |r, _| json!({ "dataset": r.dataset }),
+        build: build_ingest,
+        format_version: 1,
+    },
+    StageSpec {
+        kind: StageKind::Lda,
+        reads: &[StageKind::Ingest],
+        resumes: false,
+        outputs: &[lda::TOPICS_TRAIN_FILE, lda::SUMMARY_FILE],
+        settings: |r, _| json!({ "text": r.text, "lda": r.lda }),
+        build: build_lda,
+        format_version: 1,
+    },
+    StageSpec {
+        kind: StageKind::Score,
+        reads: &[StageKind::Ingest, StageKind::Lda],
+        resumes: false,
+        outputs: &[score::SCORES_FILE],
+        settings: |r, _| json!({ "clean": r.clean, "labels": r.labels }),
+        build: build_score,
+        format_version: 1,
+    },
+    StageSpec {
+        kind: StageKind::Train,
+        reads: &[StageKind::Ingest, StageKind::Lda, StageKind::Score],
+        resumes: true,
+        outputs: &[FINAL_CHECKPOINT, MODEL_SHAPE_FILE, train::STEP_METRICS_FILE],
+        settings: train_settings,
+        build: build_train,
+        format_version: 1,
+    },
+    StageSpec {
+        kind: StageKind::Eval,
+        reads: &[StageKind::Ingest, StageKind::Train],
+        resumes: false,
+        outputs: &[eval::METRICS_FILE, eval::PROBABILITIES_FILE],
+        settings: |r, _| json!({ "crops": r.eval.crops, "batch_size": r.eval.batch_size }),
+        build: build_eval,
+        format_version: 1,
+    },
+];
+
+/// The description of `kind`.
+pub fn spec(kind: StageKind) -> &'static StageSpec {
+    &SPECS[kind as usize]
+}
+
+fn train_settings(recipe: &Recipe, init: Option<&InitRef>) -> serde_json::Value {
+    let mut train = serde_json::to_value(&recipe.train).expect("params serialize");
+    let map = train.as_object_mut().expect("train params are a table");
+    map.remove("workers");
+    map.remove("checkpoint_every");
+    map.insert("init".into(), json!(init.map(|i| &i.key)));
+    json!({ "model": recipe.model, "train": train })
+}
+
+/// What must hold before `recipe` starts: its input files exist and its devices are usable.
+/// Every problem is reported at once (a user without the data and without a GPU learns both).
+pub fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageError> {
+    let mut problems = Vec::new();
+    if let Some(root) = &recipe.dataset.root {
+        if !root.exists() {
+            problems.push(format!("dataset.root {} does not exist", root.display()));
+        }
+    }
+    if let Some(truth) = &recipe.clean.truth {
+        if until >= StageKind::Score && !truth.is_file() {
+            problems.push(format!("clean.truth {} does not exist", truth.display()));
+        }
+    }
+    if until >= StageKind::Train {
+        if let Err(e) = train_device_choice(recipe) {
+            problems.push(e.to_string());
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(StageError::Preflight {
+            run: recipe.name.clone(),
+            problems,
+        }),
+    }
+}
+
+/// The device this process trains and evaluates on, from `train.devices` and the launcher's
+/// environment (torchrun, Slurm, or none).
+fn train_device_choice(recipe: &Recipe) -> Result<DeviceChoice, RuntimeError> {
+    let world = World::from_env()?;
+    resolve_device(&recipe.train.devices, &world, visible_gpu_count())
+}
+
+fn train_device(recipe: &Recipe) -> Result<Device, RuntimeError> {
+    train_device_choice(recipe)?.open()
+}
+
+/// A training run's starting weights (`train.init`).
+#[derive(Debug, Clone)]
+pub struct InitRef {
+    /// Goes into the train stage's key: the init run's train key, or the file's content hash.
+    pub key: String,
+    pub checkpoint: PathBuf,
+}
+
+/// The checkpoint a finished train stage leaves for `init` and evaluation.
+pub const FINAL_CHECKPOINT: &str = "final.safetensors";
+
+/// What a finished train stage records for evaluation and `init`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelShape {
+    num_classes: usize,
+    topics: usize,
+}
+
+const MODEL_SHAPE_FILE: &str = "model.json";
+
+fn build_ingest(cx: &BuildContext) -> Result<(), StageFailure> {
+    store::ingest(&cx.recipe.dataset, cx.out, cx.progress)?;
+    Ok(())
+}
+
+/// The store as the LDA stage's document source.
+struct StoreDocuments<'a>(&'a Store);
+
+impl DocumentSource for StoreDocuments<'_> {
+    fn len(&self, split: Split) -> u64 {
+        self.0.len(split)
+    }
+
+    fn for_each(
+        &self,
+        split: Split,
+        f: &mut dyn FnMut(u64, Source, &SampleText),
+    ) -> Result<(), TextError> {
+        let source_error = |id: u64, e: &dyn std::fmt::Display| TextError::Source {
+            split: split.as_str(),
+            id,
+            message: e.to_string(),
+        };
+        let reader = self.0.reader().map_err(|e| source_error(0, &e))?;
+        for id in 0..self.0.len(split) {
+            let meta = reader.meta(split, id).map_err(|e| source_error(id, &e))?;
+            f(id, meta.source, &meta.text);
+        }
+        Ok(())
+    }
+}
+
+fn build_lda(cx: &BuildContext) -> Result<(), StageFailure> {
+    let store = Store::open(cx.dir(StageKind::Ingest))?;
+    let r = cx.recipe;
+    lda::run_stage(
+        &StoreDocuments(&store),
+        &r.text,
+        &r.lda,
+        cx.out,
+        cx.progress,
+    )?;
+    Ok(())
+}
+
+fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
+    let ingest = cx.dir(StageKind::Ingest);
+    let store = Store::open(ingest)?;
+    let topics = lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?;
+    let reader = store.reader()?;
+    let (mut labels, mut paths) = (Vec::new(), Vec::new());
+    for id in 0..store.len(Split::Train) {
+        let meta = reader.meta(Split::Train, id)?;
+        labels.push(meta.label);
+        paths.push(meta.path);
+    }
+    let class_names = store.header().class_names();
+    let image = |id: u64| store.reader().ok()?.image(Split::Train, id).ok();
+    let inputs = score::ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &class_names,
+        image: Some(&image),
+    };
+    // A generated dataset knows its noise: the ingest stage keeps the generator's truth file,
+    // used unless the recipe names one.
+    let mut clean = cx.recipe.clean.clone();
+    let generated_truth = ingest.join(synthetic::TRUTH_FILE);
+    if clean.truth.is_none() && generated_truth.is_file() {
+        clean.truth = Some(generated_truth);
+    }
+    let summary = score::run_stage(&inputs, &clean, &cx.recipe.labels, cx.out)?;
+    tracing::info!(samples = summary.samples, kept = summary.kept, "scored");
+    if let Some(noise) = &summary.noise {
+        tracing::info!(
+            auc = noise.auc,
+            precision = noise.precision,
+            recall = noise.recall,
+            "noise detection against the truth file"
+        );
+    }
+    Ok(())
+}
+
+fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
+    let recipe = cx.recipe;
+    let store = Arc::new(Store::open(cx.dir(StageKind::Ingest))?);
+    let table = score::ScoreTable::load(cx.dir(StageKind::Score))?;
+    let kept: Vec<&score::ScoreRow> = table.rows().iter().filter(|r| r.kept).collect();
+    let samples: Vec<(u64, u32)> = kept.iter().map(|r| (r.id, r.label)).collect();
+    let soft = matches!(recipe.labels, LabelParams::Soft { .. });
+    let weights = (recipe.train.sampler == SamplerKind::Weighted)
+        .then(|| kept.iter().map(|r| r.lambda as f32).collect::<Vec<_>>());
+    let topics = if recipe.model.regression {
+        lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?
+    } else {
+        Vec::new()
+    };
+    let shape = ModelShape {
+        num_classes: store.header().classes.len(),
+        topics: topics.first().map_or(0, Vec::len),
+    };
+    let cfg = LoaderConfig {
+        batch_size: recipe.train.batch_per_device,
+        crop: recipe.train.augmentation.crop,
+        mirror: recipe.train.augmentation.mirror,
+        mean_rgb: recipe.train.augmentation.mean_rgb,
+        sampler: recipe.train.sampler,
+        workers: recipe.train.workers,
+        seed: recipe.train.seed,
+        precision: recipe.train.precision,
+    };
+    let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
+        let loader =
+            loader::train_batches(store.clone(), samples.clone(), weights.clone(), &cfg, start)?;
+        Ok(Box::new(loader.map(|b| b.map_err(train::BoxError::from))))
+    };
+    let lambda = |id: u64| match soft {
+        true => table.get(id).map(|r| r.lambda as f32),
+        false => Some(1.0),
+    };
+    let topic = |id: u64| topics.get(id as usize).cloned();
+    let targets = train::SampleTargets {
+        lambda: &lambda,
+        topics: &topic,
+    };
+    let job = train::TrainJob {
+        model: &recipe.model,
+        train: &recipe.train,
+        num_classes: shape.num_classes,
+        topics: shape.topics,
+        iterations: train::iterations(recipe.train.length, samples.len() as u64, cfg.batch_size),
+        out_dir: cx.out,
+        init: cx.init.map(|i| i.checkpoint.as_path()),
+        resume: true,
+        stop_after: None,
+        progress: cx.progress,
+    };
+    let summary = train::train(&job, &mut batches, &targets, &train_device(recipe)?)?;
+    let final_path = cx.out.join(FINAL_CHECKPOINT);
+    if final_path.exists() {
+        std::fs::remove_file(&final_path).map_err(StageFailure::io(&final_path))?;
+    }
+    std::fs::hard_link(&summary.final_checkpoint, &final_path)
+        .or_else(|_| std::fs::copy(&summary.final_checkpoint, &final_path).map(drop))
+        .map_err(StageFailure::io(&final_path))?;
+    let shape_path = cx.out.join(MODEL_SHAPE_FILE);
+    std::fs::write(
+        &shape_path,
+        serde_json::to_string_pretty(&shape).expect("JSON serializes"),
+    )
+    .map_err(StageFailure::io(&shape_path))?;
+    Ok(())
+}
+
+fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
+    let recipe = cx.recipe;
+    let ingest = cx.dir(StageKind::Ingest);
+    let train_dir = cx.dir(StageKind::Train);
+    let store = Arc::new(Store::open(ingest)?);
+    let val = store.len(Split::Val);
+    if val == 0 {
+        return Err(StageFailure::NoValidationSamples {
+            store: ingest.to_path_buf(),
+        });
+    }
+    let shape_path = train_dir.join(MODEL_SHAPE_FILE);
+    let text = std::fs::read_to_string(&shape_path).map_err(StageFailure::io(&shape_path))?;
+    let shape: ModelShape = serde_json::from_str(&text).map_err(|cause| StageFailure::Json {
+        path: shape_path,
+        cause,
+    })?;
+    let device = train_device(recipe)?;
+    let model = train::load_for_eval(
+        &train_dir.join(FINAL_CHECKPOINT),
+        &recipe.model,
+        shape.num_classes,
+        shape.topics,
+        &device,
+    )?;
+    let crop = recipe.train.augmentation.crop;
+    let resize = store.header().resize;
+    let crops = loader::crop_boxes(recipe.eval.crops, resize, resize, crop).len();
+    let batches = loader::eval_batches(
+        store.clone(),
+        Split::Val,
+        &loader::EvalConfig {
+            crop,
+            crops: recipe.eval.crops,
+            mean_rgb: recipe.train.augmentation.mean_rgb,
+            samples_per_batch: recipe.eval.batch_size,
+            workers: recipe.train.workers,
+            precision: recipe.train.precision,
+        },
+    )?;
+    let predictions = eval::evaluate(
+        batches,
+        shape.num_classes,
+        crops,
+        val,
+        cx.progress,
+        |batch: &Batch| {
+            let images = batch.images(&device)?;
+            let logits = model
+                .forward_eval(&images)?
+                .classes
+                .ok_or(StageFailure::NoClassificationHead)?;
+            Ok::<_, train::BoxError>(
+                logits
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?,
+            )
+        },
+    )?;
+    let class_names = store.header().class_names();
+    let metrics = eval::metrics(&predictions, &class_names)?;
+    eval::write_outputs(cx.out, &predictions, &metrics, &class_names)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_in_execution_order_and_reads_only_earlier_stages() {
+        for (i, kind) in StageKind::ALL.into_iter().enumerate() {
+            let s = spec(kind);
+            assert_eq!(s.kind, kind, "SPECS[{i}]");
+            assert!(
+                s.reads.iter().all(|r| *r < kind),
+                "{kind} reads a later stage"
+            );
+        }
+    }
+}
