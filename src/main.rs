@@ -122,6 +122,10 @@ struct RunArgs {
     /// Validate and show the plan, run nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Build this stage and every later one again, even where the cache has them (their
+    /// cached outputs are replaced).
+    #[arg(long, value_parser = parse_stage, value_name = "STAGE")]
+    rebuild: Option<StageKind>,
     #[command(flatten)]
     places: Places,
 }
@@ -273,6 +277,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = RunContext {
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         progress: true,
+        rebuild_from: args.rebuild,
     };
     for r in &recipes {
         let outcome = ws.run(r, args.until, &ctx)?;

@@ -3,7 +3,9 @@
 //! In: a dataset root (or, for `synthetic`, the settings and a folder to generate into).
 //! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
 //! page text, in file-list order. No image is opened here; the ingest stage decodes them.
+//! [`fingerprint`] summarises a root's files for the ingest stage's cache key.
 
+pub mod fingerprint;
 pub mod imagefolder;
 pub mod jsonl;
 mod lines;

@@ -42,6 +42,9 @@ pub enum Outcome {
     Built,
 }
 
+/// The file in each stage folder that lists the inputs its key hashes.
+pub const STAGE_MANIFEST: &str = "stage.json";
+
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
@@ -99,7 +102,7 @@ impl Cache {
             fs::remove_dir_all(&work).map_err(io_err(&work))?;
         }
         fs::create_dir_all(&work).map_err(io_err(&work))?;
-        let manifest = work.join("stage.json");
+        let manifest = work.join(STAGE_MANIFEST);
         let text = serde_json::to_string_pretty(inputs).expect("JSON values serialize");
         fs::write(&manifest, text).map_err(io_err(&manifest))?;
         build(&work)?;
@@ -116,6 +119,24 @@ impl Cache {
             let _ = dir.sync_all();
         }
         Ok((done, Outcome::Built))
+    }
+
+    /// Removes the finished output of `stage`/`key`, so that the next `ensure` builds it
+    /// again (`runner --rebuild`). Taken under the stage's lock: no runner is building it
+    /// meanwhile.
+    pub fn discard(&self, stage: &str, key: &str) -> Result<(), CacheError> {
+        let done = self.dir(stage, key);
+        if !done.exists() {
+            return Ok(());
+        }
+        let _lock = self.lock(stage, key)?;
+        // Renamed first, so that the output vanishes at once rather than file by file.
+        let trash = self.root.join(stage).join(format!("{key}.discarded"));
+        if trash.exists() {
+            fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
+        }
+        fs::rename(&done, &trash).map_err(io_err(&done))?;
+        fs::remove_dir_all(&trash).map_err(io_err(&trash))
     }
 
     /// An exclusive lock on `stage`/`key`, waiting (and saying so) while another process

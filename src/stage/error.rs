@@ -46,6 +46,8 @@ pub enum StageError {
 #[derive(Debug, thiserror::Error)]
 pub enum StageFailure {
     #[error("{0}")]
+    Dataset(#[from] crate::dataset::DatasetError),
+    #[error("{0}")]
     Ingest(#[from] IngestError),
     #[error("{0}")]
     Store(#[from] StoreError),

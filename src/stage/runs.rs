@@ -25,6 +25,8 @@ pub struct RunContext {
     pub command_line: String,
     /// Show progress bars (they also hide themselves when stderr is not a terminal).
     pub progress: bool,
+    /// Build this stage and every later one again, replacing their cached outputs.
+    pub rebuild_from: Option<StageKind>,
 }
 
 /// What a run did.
@@ -145,7 +147,11 @@ fn run_stages(
             .filter(|(k, _)| spec.reads.contains(k))
             .map(|(k, d)| (*k, d.clone()))
             .collect();
-        let partial = match spec.resumes {
+        let rebuild = ctx.rebuild_from.is_some_and(|from| stage.kind >= from);
+        if rebuild {
+            cache.discard(stage.kind.name(), &stage.key)?;
+        }
+        let partial = match spec.resumes && !rebuild {
             true => Partial::Resume,
             false => Partial::Discard,
         };

@@ -53,10 +53,16 @@ pub struct StageSpec {
     /// (loader threads, checkpoint interval, ensemble members) stay out, so changing them
     /// reuses the cache. `init` is the train stage's starting point (see [`InitRef`]).
     pub settings: fn(&Recipe, Option<&InitRef>) -> serde_json::Value,
+    /// What the stage reads from outside the cache (the dataset's files), summarised for its
+    /// key, so that changed data is never served from the cache.
+    pub reads_outside: Option<OutsideInputs>,
     pub build: fn(&BuildContext) -> Result<(), StageFailure>,
     /// Bumped when the output's format or algorithm changes, so old outputs are not reused.
     pub format_version: u32,
 }
+
+/// Summarises what a stage reads from outside the cache, for its key.
+pub type OutsideInputs = fn(&Recipe) -> Result<serde_json::Value, StageFailure>;
 
 const SPECS: [StageSpec; 5] = [
     StageSpec {
@@ -65,6 +71,7 @@ const SPECS: [StageSpec; 5] = [
         resumes: true,
         outputs: &[store::STORE_DIR, store::REPORT_FILE],
         settings: |r, _| json!({ "dataset": r.dataset }),
+        reads_outside: Some(dataset_fingerprint),
         build: build_ingest,
         format_version: 1,
     },
@@ -74,6 +81,7 @@ const SPECS: [StageSpec; 5] = [
         resumes: false,
         outputs: &[lda::TOPICS_TRAIN_FILE, lda::SUMMARY_FILE],
         settings: |r, _| json!({ "text": r.text, "lda": r.lda }),
+        reads_outside: None,
         build: build_lda,
         format_version: 1,
     },
@@ -83,6 +91,7 @@ const SPECS: [StageSpec; 5] = [
         resumes: false,
         outputs: &[score::SCORES_FILE],
         settings: |r, _| json!({ "clean": r.clean, "labels": r.labels }),
+        reads_outside: None,
         build: build_score,
         format_version: 1,
     },
@@ -92,6 +101,7 @@ const SPECS: [StageSpec; 5] = [
         resumes: true,
         outputs: &[FINAL_CHECKPOINT, MODEL_SHAPE_FILE, train::STEP_METRICS_FILE],
         settings: train_settings,
+        reads_outside: None,
         build: build_train,
         format_version: 1,
     },
@@ -101,6 +111,7 @@ const SPECS: [StageSpec; 5] = [
         resumes: false,
         outputs: &[eval::METRICS_FILE, eval::PROBABILITIES_FILE],
         settings: |r, _| json!({ "crops": r.eval.crops, "batch_size": r.eval.batch_size }),
+        reads_outside: None,
         build: build_eval,
         format_version: 1,
     },
@@ -109,6 +120,18 @@ const SPECS: [StageSpec; 5] = [
 /// The description of `kind`.
 pub fn spec(kind: StageKind) -> &'static StageSpec {
     &SPECS[kind as usize]
+}
+
+/// The dataset root's [`fingerprint`](crate::dataset::fingerprint); a generated dataset has
+/// none (its settings determine it). A root that is not there still plans (`runner plan` on
+/// a machine without the data), under a key no build can have made; `preflight` refuses to
+/// run it.
+fn dataset_fingerprint(recipe: &Recipe) -> Result<serde_json::Value, StageFailure> {
+    Ok(match &recipe.dataset.root {
+        Some(root) if !root.exists() => json!("the dataset root does not exist"),
+        Some(root) => json!(crate::dataset::fingerprint::fingerprint(root)?),
+        None => serde_json::Value::Null,
+    })
 }
 
 fn train_settings(recipe: &Recipe, init: Option<&InitRef>) -> serde_json::Value {

@@ -205,6 +205,14 @@ fn a_second_run_reuses_the_stage_and_an_upstream_change_misses() {
         stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
         true
     );
+    let mut rebuild = args.clone();
+    rebuild.extend(["--rebuild", "ingest"]);
+    assert!(runner(tmp.path(), &rebuild, &[]).status.success());
+    assert_eq!(
+        stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
+        false,
+        "--rebuild ingest builds it again"
+    );
     args.extend(["--set", "dataset.synthetic.seed=7"]);
     let changed = runner(tmp.path(), &args, &[]);
     assert!(changed.status.success());
@@ -461,4 +469,175 @@ fn the_run_folder_holds_a_loadable_recipe_a_timed_log_and_is_not_shared() {
             .unwrap()
             .replace("topics = 9", "topics = 20")
     );
+}
+
+/// A tiny WebVision-layout dataset generated into `dir/synthetic` (rewritten in place when
+/// `seed` or `classes` differ from what is there).
+fn webvision_data(dir: &std::path::Path, seed: u64, classes: usize) -> std::path::PathBuf {
+    let mut params = recipe::load_file(std::path::Path::new("recipes/quickstart.toml"), &[])
+        .unwrap()
+        .remove(0)
+        .dataset
+        .synthetic;
+    params.seed = seed;
+    params.classes = classes;
+    params.min_per_class = 10;
+    params.max_per_class = 12;
+    params.val_per_class = 2;
+    websieve::dataset::synthetic::generate(&params, dir).unwrap()
+}
+
+/// `runner` arguments running the quickstart recipe on the dataset at `root`.
+fn on_data(root: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "recipes/quickstart.toml",
+        "--set",
+        "dataset.format=webvision",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push("--set".into());
+    args.push(format!("dataset.root={:?}", root.display().to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_ok(dir: &std::path::Path, args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = runner(dir, &args, &[]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn ingest_line(plan: &str) -> &str {
+    plan.lines()
+        .find(|l| l.trim_start().starts_with("ingest"))
+        .expect(plan)
+}
+
+#[test]
+fn an_edited_file_list_or_a_restored_image_rebuilds_the_store_and_plan_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = webvision_data(&tmp.path().join("gen"), 0, 3);
+    let list = root.join("info/train_filelist_google.txt");
+    let text = std::fs::read_to_string(&list).unwrap();
+    let first = text.lines().next().unwrap();
+    let image = first.split_whitespace().next().unwrap().to_string();
+    let hidden = tmp.path().join("hidden.jpg");
+    std::fs::rename(root.join(&image), &hidden).unwrap();
+
+    let ingest = on_data(&root, &["--until", "ingest"]);
+    run_ok(tmp.path(), &ingest);
+    let mut plan_args = vec!["plan".to_string()];
+    plan_args.extend(ingest.clone());
+    assert!(ingest_line(&run_ok(tmp.path(), &plan_args)).contains("cached"));
+
+    // The missing image comes back: its folder's images changed.
+    std::fs::rename(&hidden, root.join(&image)).unwrap();
+    let plan = run_ok(tmp.path(), &plan_args);
+    assert!(ingest_line(&plan).contains(" run "), "{plan}");
+    let folder = std::path::Path::new(&image)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(
+        plan.contains(&format!("images in {folder} changed")),
+        "{plan}"
+    );
+    run_ok(tmp.path(), &ingest);
+    assert_eq!(
+        stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
+        false
+    );
+
+    // A label edited in place (same size, same paths).
+    let (path, label) = first.rsplit_once(' ').unwrap();
+    let relabelled = if label == "0" { "1" } else { "0" };
+    std::fs::write(
+        &list,
+        text.replacen(first, &format!("{path} {relabelled}"), 1),
+    )
+    .unwrap();
+    let plan = run_ok(tmp.path(), &plan_args);
+    assert!(ingest_line(&plan).contains(" run "), "{plan}");
+    assert!(
+        plan.contains("info/train_filelist_google.txt changed"),
+        "{plan}"
+    );
+    run_ok(tmp.path(), &ingest);
+    assert_eq!(
+        stages_json(tmp.path(), "quickstart")["stages"]["ingest"]["reused"],
+        false
+    );
+}
+
+#[test]
+fn a_dataset_rebuilt_in_place_is_not_served_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gen = tmp.path().join("gen");
+    let root = webvision_data(&gen, 0, 3);
+    let ingest = on_data(&root, &["--until", "lda"]);
+    run_ok(tmp.path(), &ingest);
+    // Other classes, same paths.
+    assert_eq!(webvision_data(&gen, 1, 4), root);
+    let mut plan_args = vec!["plan".to_string()];
+    plan_args.extend(ingest.clone());
+    let plan = run_ok(tmp.path(), &plan_args);
+    assert!(ingest_line(&plan).contains(" run "), "{plan}");
+    assert!(plan.contains("info/synsets.txt changed"), "{plan}");
+    run_ok(tmp.path(), &ingest);
+    let stages = stages_json(tmp.path(), "quickstart");
+    assert_eq!(stages["stages"]["ingest"]["reused"], false);
+    assert_eq!(stages["stages"]["lda"]["reused"], false);
+}
+
+/// Two checkouts whose recipes both say `root = "../data"` over different data, sharing a
+/// cache; and one recipe planned from three working folders.
+#[test]
+fn the_ingest_key_follows_the_data_not_the_path_as_typed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quickstart = std::fs::canonicalize("recipes/quickstart.toml").unwrap();
+    let checkout = |name: &str, seed: u64| {
+        let dir = tmp.path().join(name);
+        let generated = webvision_data(&dir.join("gen"), seed, 3);
+        std::fs::rename(generated, dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("recipes")).unwrap();
+        let recipe = format!(
+            "extends = {:?}\n[dataset]\nformat = \"webvision\"\nroot = \"../data\"\n",
+            quickstart.display().to_string()
+        );
+        std::fs::write(dir.join("recipes/r.toml"), recipe).unwrap();
+        dir
+    };
+    let (a, b) = (checkout("a", 0), checkout("b", 1));
+    let plan_from = |cwd: &std::path::Path, recipe: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["plan", recipe, "--until", "ingest", "--cache"])
+            .arg(tmp.path().join("cache"))
+            .arg("--runs")
+            .arg(tmp.path().join("runs"))
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan = String::from_utf8_lossy(&out.stdout).to_string();
+        ingest_line(&plan)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let key_a = plan_from(&a, "recipes/r.toml");
+    assert_eq!(plan_from(&a.join("recipes"), "r.toml"), key_a);
+    assert_eq!(plan_from(tmp.path(), "a/recipes/r.toml"), key_a);
+    assert_ne!(plan_from(&b, "recipes/r.toml"), key_a);
 }
