@@ -1118,3 +1118,23 @@ fn a_full_map_grows_and_the_store_stays_complete() {
         );
     }
 }
+
+/// The generated JPEGs come from our own encoder (`store::jpeg`, chroma sampled 4:2:0), not
+/// from `image`'s (4:4:4): the product has one JPEG encoder.
+#[test]
+fn synthetic_images_are_written_by_our_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = params(DatasetFormat::Synthetic, None).synthetic;
+    let root = dataset::synthetic::generate(&synthetic, dir.path()).unwrap();
+    let file = glob::glob(&format!("{}/**/*.jpg", root.display()))
+        .unwrap()
+        .next()
+        .expect("a generated image")
+        .unwrap();
+    let bytes = std::fs::read(file).unwrap();
+    // SOF0: marker, length (2), precision, height (2), width (2), components, then per
+    // component its id and its sampling factors (horizontal << 4 | vertical).
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    assert_eq!(bytes[sof + 9], 3, "three components");
+    assert_eq!(bytes[sof + 11], 0x22, "luma sampled 2×2 against chroma");
+}
