@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::lines::ListFile;
+use super::lines::{file_in_root, ListFile};
 use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample};
 use crate::sample::{SampleText, Source};
 
@@ -122,7 +122,7 @@ fn sample(
             message: format!("`{key}` is not a known class"),
         })? as u32;
     Ok(DatasetSample {
-        file: root.join(&r.path),
+        file: file_in_root(path, line, root, "", &r.path)?,
         path: r.path,
         label,
         source: Source::Other,

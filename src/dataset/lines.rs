@@ -1,7 +1,8 @@
 //! Reading the whitespace-separated list files of a dataset with 1-based line numbers, so that
-//! every parse error can name its file and line.
+//! every parse error can name its file and line; and keeping the files they list inside the
+//! dataset root.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use super::DatasetError;
@@ -22,6 +23,16 @@ impl Line<'_> {
             field,
             message: message.to_string(),
         }
+    }
+
+    /// `entry` as [`file_in_root`] takes it, for this line.
+    pub fn file_in_root(
+        &self,
+        root: &Path,
+        folder: &str,
+        entry: &str,
+    ) -> Result<PathBuf, DatasetError> {
+        file_in_root(self.path, self.number, root, folder, entry)
     }
 
     /// `first rest`: the first whitespace-separated token and the trimmed rest (may be empty).
@@ -58,6 +69,36 @@ impl Line<'_> {
             .map_err(|e| self.error(second, format!("`{b}`: {e}")))?;
         Ok((a, value))
     }
+}
+
+/// `root/folder/entry` for an `entry` of line `line` of the list `list` (`folder` is where the
+/// list's entries are relative to, `""` for the root itself). Refused when the entry leaves the
+/// root lexically: an absolute path, or a `..` that climbs above the root. Links are not
+/// followed, so a linked folder inside the root stays allowed.
+pub fn file_in_root(
+    list: &Path,
+    line: usize,
+    root: &Path,
+    folder: &str,
+    entry: &str,
+) -> Result<PathBuf, DatasetError> {
+    let relative = Path::new(folder).join(entry);
+    let mut depth = 0usize;
+    for component in relative.components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => depth -= 1,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(DatasetError::OutsideRoot {
+                    path: list.to_path_buf(),
+                    line,
+                    entry: entry.to_string(),
+                })
+            }
+        }
+    }
+    Ok(root.join(relative))
 }
 
 /// A list file's text, kept so that [`Line`]s can borrow it.

@@ -83,6 +83,19 @@ pub enum DatasetError {
         field: &'static str,
         message: String,
     },
+    #[error("{}:{line}: `{entry}` leaves the dataset root", path.display())]
+    OutsideRoot {
+        path: PathBuf,
+        line: usize,
+        entry: String,
+    },
+    #[error("{}: {file_lines} lines vs {}: {meta_lines} lines; the two lists must be line-aligned", files.display(), metas.display())]
+    Misaligned {
+        files: PathBuf,
+        file_lines: usize,
+        metas: PathBuf,
+        meta_lines: usize,
+    },
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {
         path: PathBuf,

@@ -2,8 +2,9 @@
 //! fresh machine with no downloads.
 //!
 //! In: [`SyntheticParams`] and a folder. Out: `<dir>/synthetic/` in the WebVision 2017 layout
-//! (real JPEG files, `info/` lists, `meta/` JSON) and `<dir>/truth.tsv` (path, given_label,
-//! true_label, noise_kind, true_wnid, source_image: the columns of imagenette-web's truth file).
+//! (real JPEG files from our encoder `store::jpeg`, `info/` lists, `meta/` JSON) and
+//! `<dir>/truth.tsv` (path, given_label, true_label, noise_kind, true_wnid, source_image: the
+//! columns of imagenette-web's truth file).
 //!
 //! Images: each class has its own colour and stripe orientation/frequency, with per-image
 //! phase, shift and pixel noise. Text: each class has its own words; a clean image's text draws
@@ -82,6 +83,12 @@ pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, Dataset
         return Err(fail(format!(
             "needs ≥ 2 classes and 0 < min_per_class ≤ max_per_class (got {} classes, {}..{})",
             params.classes, params.min_per_class, params.max_per_class
+        )));
+    }
+    if u16::try_from(params.image_size).is_err() {
+        return Err(fail(format!(
+            "image_size {} is over a JPEG's largest side, 65535",
+            params.image_size
         )));
     }
     if root.exists() {
@@ -281,6 +288,7 @@ fn write_images(
     images: &[(String, usize)],
     params: &SyntheticParams,
 ) -> Result<(), DatasetError> {
+    let side = u16::try_from(params.image_size).expect("`generate` checks the side");
     images
         .par_iter()
         .enumerate()
@@ -289,11 +297,7 @@ fn write_images(
             rng.set_stream(i as u64);
             let image = class_image(*class, params.classes, params.image_size, &mut rng);
             let mut bytes = Vec::new();
-            image
-                .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-                    &mut bytes, 90,
-                ))
-                .expect("in-memory JPEG encoding");
+            crate::store::jpeg::encode_rgb(image.as_raw(), side, side, 90, &mut bytes);
             write_file(&root.join(path), &bytes)
         })
 }

@@ -12,6 +12,10 @@
 //!
 //! Google text is title + description; Flickr text is title + description + tags. A key the
 //! page lacks (or `null`) is `None`, an empty string is `Some("")`.
+//!
+//! Structural faults are errors naming file and line: a file list and meta list of different
+//! lengths (compared before any line is read), a path that leaves the root (`..` climbing out,
+//! an absolute path), a label beyond `synsets.txt`, a meta row out of range.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,29 +48,22 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
         root,
         files: HashMap::new(),
     };
-    let mut train = Vec::new();
-    let mut meta_lines = metas.lines();
-    for file_line in files.lines() {
-        let meta_line = meta_lines.next().ok_or_else(|| {
-            file_line.error(
-                "meta list",
-                format!("{} has no line for this file", metas.path.display()),
-            )
-        })?;
-        train.push(train_sample(
-            root,
-            &file_line,
-            &meta_line,
-            classes.len(),
-            &mut pages,
-        )?);
+    let (file_lines, meta_lines) = (files.lines().count(), metas.lines().count());
+    if file_lines != meta_lines {
+        return Err(DatasetError::Misaligned {
+            files: files.path.clone(),
+            file_lines,
+            metas: metas.path.clone(),
+            meta_lines,
+        });
     }
-    if let Some(extra) = meta_lines.next() {
-        return Err(extra.error(
-            "file list",
-            format!("{} ended before this line", files.path.display()),
-        ));
-    }
+    let train = files
+        .lines()
+        .zip(metas.lines())
+        .map(|(file_line, meta_line)| {
+            train_sample(root, &file_line, &meta_line, classes.len(), &mut pages)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let val = if val {
         read_val(root, classes.len())?
     } else {
@@ -141,6 +138,7 @@ fn train_sample(
     pages: &mut MetaCache<'_>,
 ) -> Result<DatasetSample, DatasetError> {
     let (path, label) = file_line.pair::<u32>("path", "label")?;
+    let file = file_line.file_in_root(root, "", path)?;
     check_label(file_line, label, classes)?;
     let (source, query) = source_and_query(path, file_line)?;
     let (meta_path, row) = meta_line.pair::<usize>("meta file", "row")?;
@@ -157,7 +155,7 @@ fn train_sample(
     let text = pages.text(meta_path, row, source, meta_line)?;
     Ok(DatasetSample {
         path: path.to_string(),
-        file: root.join(path),
+        file,
         label,
         source,
         query,
@@ -201,10 +199,11 @@ fn read_val(root: &Path, classes: usize) -> Result<Vec<DatasetSample>, DatasetEr
     list.lines()
         .map(|line| {
             let (name, label) = line.pair::<u32>("path", "label")?;
+            let file = line.file_in_root(root, VAL_IMAGES, name)?;
             check_label(&line, label, classes)?;
             Ok(DatasetSample {
                 path: name.to_string(),
-                file: root.join(VAL_IMAGES).join(name),
+                file,
                 label,
                 source: Source::Other,
                 query: 0,
@@ -228,7 +227,7 @@ impl MetaCache<'_> {
         source: Source,
         line: &Line<'_>,
     ) -> Result<SampleText, DatasetError> {
-        let file = self.root.join("meta").join(meta_path);
+        let file = line.file_in_root(self.root, "meta", meta_path)?;
         if !self.files.contains_key(meta_path) {
             self.files
                 .insert(meta_path.to_string(), parse_array(&file)?);

@@ -4,8 +4,8 @@
 //!
 //! In: input, kernel, padding, stride. Out: the value of candle's `conv2d`, differentiable.
 //! Why: candle's backward is slow: on CPU a direct `conv_transpose2d` loop 5–10× slower than the
-//! forward (see notes/net.md); on CUDA a naive kernel (GoogLeNet's conv1 at batch 64 on an H200:
-//! 182 ms a step against 1.9 ms for the forward).
+//! forward (BENCHMARKS.md, "Why `model::conv` exists"); on CUDA a naive kernel (GoogLeNet's
+//! conv1 at batch 64 on an H200: 182 ms a step against 1.9 ms for the forward).
 //!
 //! - CPU f32: the value of `conv2d` on detached operands plus a zero-valued op that carries the
 //!   gradients: input grad = output grad convolved with the kernel flipped and transposed

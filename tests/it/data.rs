@@ -450,47 +450,144 @@ fn error_text(error: DatasetError, root: &Path) -> String {
         .replace(&root.display().to_string(), "<root>")
 }
 
+/// Reads the fixture with every source, for the error.
+fn read_error(root: &Path) -> DatasetError {
+    websieve::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false).unwrap_err()
+}
+
 #[test]
 fn malformed_lists_and_json_name_file_and_line() {
-    let cases: [(&str, &str, &[u8]); 5] = [
+    let lists: [(&str, &str, usize, &str); 4] = [
         (
             "label_not_a_number",
             "info/train_filelist_all.txt",
-            b"flickr/q0002/f1.jpg 1\nflickr/q0002/f2.jpg one\n",
+            2,
+            "flickr/q0002/f2.jpg one",
         ),
         (
             "label_out_of_range",
             "info/train_filelist_all.txt",
-            b"flickr/q0002/f1.jpg 7\n",
+            1,
+            "flickr/q0002/f1.jpg 7",
         ),
         (
             "meta_row_out_of_range",
             "info/train_meta_list_all.txt",
-            b"flickr/q0002.json 3\nflickr/q0002.json 99\n",
+            2,
+            "flickr/q0002.json 99",
         ),
         (
             "meta_list_misaligned",
             "info/train_meta_list_all.txt",
-            b"flickr/q0002.json 3\ngoogle/q0001.json 1\n",
-        ),
-        (
-            "json_syntax",
-            "meta/flickr/q0002.json",
-            b"[{\"title\": \"a\"},\n {\"title\": }]",
+            2,
+            "google/q0001.json 1",
         ),
     ];
-    for (name, file, bytes) in cases {
+    for (name, file, line, text) in lists {
         let root = tempfile::tempdir().unwrap();
         write_webvision_fixture(root.path());
-        write(&root.path().join(file), bytes);
+        replace_line(&root.path().join(file), line, text);
+        insta::assert_snapshot!(name, error_text(read_error(root.path()), root.path()));
+    }
+    let root = tempfile::tempdir().unwrap();
+    write_webvision_fixture(root.path());
+    write(
+        &root.path().join("meta/flickr/q0002.json"),
+        b"[{\"title\": \"a\"},\n {\"title\": }]",
+    );
+    insta::assert_snapshot!(
+        "json_syntax",
+        error_text(read_error(root.path()), root.path())
+    );
+}
+
+/// A line missing from the meta list shifts every later line onto another image's page: the
+/// line counts of the two lists are compared before any line is read.
+#[test]
+fn a_meta_list_of_another_length_names_both_lists_and_their_counts() {
+    let root = tempfile::tempdir().unwrap();
+    write_webvision_fixture(root.path());
+    let metas = root.path().join("info/train_meta_list_all.txt");
+    let text = std::fs::read_to_string(&metas).unwrap();
+    let shorter: Vec<&str> = text
+        .lines()
+        .filter(|l| *l != "flickr/q0002.json 5")
+        .collect();
+    write(&metas, (shorter.join("\n") + "\n").as_bytes());
+    let error = read_error(root.path());
+    insta::assert_snapshot!(error_text(error, root.path()), @"<root>/info/train_filelist_all.txt: 11 lines vs <root>/info/train_meta_list_all.txt: 10 lines; the two lists must be line-aligned");
+}
+
+/// Replaces line `number` (1-based) of the list file `path`.
+fn replace_line(path: &Path, number: usize, text: &str) {
+    let old = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<&str> = old.lines().collect();
+    lines[number - 1] = text;
+    write(path, (lines.join("\n") + "\n").as_bytes());
+}
+
+#[test]
+fn list_paths_that_leave_the_root_are_refused_with_file_and_line() {
+    let cases = [
+        (
+            "climbs_out_of_the_root",
+            "info/train_filelist_all.txt",
+            9,
+            "google/q0001/../../../../etc/passwd 0",
+        ),
+        (
+            "absolute",
+            "info/train_filelist_all.txt",
+            9,
+            "/etc/passwd 0",
+        ),
+        (
+            "meta_file_climbs_out",
+            "info/train_meta_list_all.txt",
+            9,
+            "google/q0001/../../../../../etc/q0001.json 2",
+        ),
+        (
+            "val_climbs_out",
+            "info/val_filelist.txt",
+            2,
+            "../../secret.jpg 0",
+        ),
+    ];
+    for (name, list, line, text) in cases {
+        let root = tempfile::tempdir().unwrap();
+        write_webvision_fixture(root.path());
+        replace_line(&root.path().join(list), line, text);
         let error = websieve::dataset::webvision::read(
             root.path(),
             &[Source::Google, Source::Flickr],
-            false,
+            true,
         )
         .unwrap_err();
+        assert!(
+            matches!(error, DatasetError::OutsideRoot { .. }),
+            "{name}: {error}"
+        );
         insta::assert_snapshot!(name, error_text(error, root.path()));
     }
+    // `..` that stays inside, and a linked folder inside the root, are the dataset's own.
+    let root = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    write_webvision_fixture(root.path());
+    let google = elsewhere.path().join("google");
+    std::fs::rename(root.path().join("google"), &google).unwrap();
+    std::os::unix::fs::symlink(&google, root.path().join("google")).unwrap();
+    let list = root.path().join("info/train_filelist_all.txt");
+    replace_line(&list, 9, "google/q0001/../q0001/a2.jpg 0");
+    let stage = tempfile::tempdir().unwrap();
+    let report = store::ingest(
+        &params(DatasetFormat::Webvision, Some(root.path())),
+        stage.path(),
+        false,
+    )
+    .unwrap();
+    let kept = fixture_images().iter().filter(|i| i.skip.is_none()).count();
+    assert_eq!(report.train, kept as u64);
 }
 
 #[test]
@@ -1089,6 +1186,15 @@ fn jsonl_reads_records_and_names_the_line_of_a_bad_one() {
     );
     let error = dataset::jsonl::read(r, false).unwrap_err();
     insta::assert_snapshot!(error_text(error, r));
+    write(
+        &r.join("train.jsonl"),
+        b"{\"path\": \"img/a.jpg\", \"label\": \"ant\"}\n{\"path\": \"img/../../b.jpg\", \"label\": \"ant\"}\n",
+    );
+    let error = dataset::jsonl::read(r, false).unwrap_err();
+    assert!(
+        matches!(error, DatasetError::OutsideRoot { line: 2, .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1117,4 +1223,24 @@ fn a_full_map_grows_and_the_store_stays_complete() {
             (256, 256)
         );
     }
+}
+
+/// The generated JPEGs come from our own encoder (`store::jpeg`, chroma sampled 4:2:0), not
+/// from `image`'s (4:4:4): the product has one JPEG encoder.
+#[test]
+fn synthetic_images_are_written_by_our_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = params(DatasetFormat::Synthetic, None).synthetic;
+    let root = dataset::synthetic::generate(&synthetic, dir.path()).unwrap();
+    let file = glob::glob(&format!("{}/**/*.jpg", root.display()))
+        .unwrap()
+        .next()
+        .expect("a generated image")
+        .unwrap();
+    let bytes = std::fs::read(file).unwrap();
+    // SOF0: marker, length (2), precision, height (2), width (2), components, then per
+    // component its id and its sampling factors (horizontal << 4 | vertical).
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    assert_eq!(bytes[sof + 9], 3, "three components");
+    assert_eq!(bytes[sof + 11], 0x22, "luma sampled 2×2 against chroma");
 }

@@ -2,6 +2,7 @@
 //! directly (and the `runner` binary where the CLI itself is under test).
 
 mod data;
+mod docs;
 mod eval;
 mod ops;
 mod recipe;
