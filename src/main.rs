@@ -10,6 +10,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 use websieve::recipe::{self, Recipe};
+use websieve::runtime::World;
 use websieve::stage::{RunContext, RunLog, StageKind, Workspace, RUN_LOG_ONLY};
 
 const EXAMPLES: &str = "\
@@ -126,6 +127,11 @@ struct RunArgs {
     /// cached outputs are replaced).
     #[arg(long, value_parser = parse_stage, value_name = "STAGE")]
     rebuild: Option<StageKind>,
+    /// Worker processes to start on this machine, one rank each (as torchrun's option).
+    /// Default: one per GPU of train.devices, one on the CPU. Not used when a launcher
+    /// (torchrun, srun) started this process.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    nproc_per_node: Option<u16>,
     #[command(flatten)]
     places: Places,
 }
@@ -273,6 +279,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     for r in &recipes {
         ws.preflight(r, args.until)?;
+    }
+    if !World::from_env()?.is_distributed() {
+        let trains = args.until >= StageKind::Train;
+        let workers = args.nproc_per_node.map(usize::from).unwrap_or_else(|| {
+            recipes
+                .iter()
+                .filter(|_| trains)
+                .map(websieve::stage::local_workers)
+                .max()
+                .unwrap_or(1)
+        });
+        if workers > 1 {
+            tracing::info!(workers, "starting one worker process per rank");
+            let program = std::env::current_exe().context("finding the runner binary")?;
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            websieve::launch::run_local_workers(workers, &program, &args)?;
+            return Ok(());
+        }
     }
     let ctx = RunContext {
         command_line: std::env::args().collect::<Vec<_>>().join(" "),

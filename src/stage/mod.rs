@@ -26,6 +26,7 @@ pub use folder::{RunFolder, RunState, RunStatus, StageRecord};
 pub use kind::StageKind;
 pub use plan::{Plan, PlannedStage};
 pub use runs::{RunContext, RunLog, RunOutcome, RUN_LOG_ONLY};
+pub use stages::{local_workers, train_world_size, Parallel};
 
 use crate::recipe::Recipe;
 

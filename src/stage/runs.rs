@@ -14,10 +14,11 @@ use super::cache::{Cache, Outcome, Partial};
 use super::error::{StageError, StageFailure};
 use super::folder::{RunFolder, RunState, RunStatus, StageRecord};
 use super::kind::StageKind;
-use super::plan::Plan;
-use super::stages::{spec, BuildContext};
+use super::plan::{Plan, PlannedStage};
+use super::stages::{spec, BuildContext, Parallel};
 use crate::eval;
 use crate::recipe::Recipe;
+use crate::runtime::{RuntimeError, World};
 
 /// How `runner` was called, for the run folder.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +74,11 @@ fn set_run_log(file: Option<fs::File>) {
 
 /// Runs `plan` for `recipe`, writing the run folder `run_dir` (locked meanwhile; an earlier
 /// run of a different recipe there is kept under a numbered name).
+///
+/// Launched on several ranks (torchrun, Slurm, or `runner`'s own workers), rank 0 does
+/// everything above and builds the stages before training alone; it then tells the other
+/// ranks whether they succeeded, all ranks train together, and rank 0 evaluates. The other
+/// ranks write nothing (see [`run_other_rank`]).
 pub fn run(
     cache: &Cache,
     runs: &Path,
@@ -80,8 +86,21 @@ pub fn run(
     plan: &Plan,
     ctx: &RunContext,
 ) -> Result<RunOutcome, StageError> {
+    let runtime_failed = |e: RuntimeError| StageError::Failed {
+        stage: StageKind::Train,
+        run: recipe.name.clone(),
+        failure: Box::new(e.into()),
+    };
+    let world = World::from_env().map_err(runtime_failed)?;
+    if world.rank != 0 {
+        return run_other_rank(cache, runs, recipe, plan, &world);
+    }
     let folder = RunFolder::new(runs.join(&recipe.name));
     let _lock = folder.lock()?;
+    let parallel = match plan.stage(StageKind::Train) {
+        Some(_) => Parallel::connect(recipe).map_err(runtime_failed)?,
+        None => None,
+    };
     let kept_earlier_run = folder.keep_other_run(&recipe.resolved_toml())?;
     let mut status = RunStatus::new(plan.until);
     set_run_log(Some(folder.start(recipe, &ctx.command_line, &status)?));
@@ -94,7 +113,14 @@ pub fn run(
     }
     tracing::info!(target: RUN_LOG_ONLY, run = %recipe.name, until = %plan.until, "run started");
     let started = Instant::now();
-    let result = run_stages(cache, runs, recipe, plan, ctx, &folder, &mut status);
+    let job = Job {
+        cache,
+        runs,
+        recipe,
+        plan,
+        ctx,
+    };
+    let result = run_stages(&job, &folder, &mut status, parallel.as_ref());
     status.state = match &result {
         Ok(_) => RunState::Finished,
         Err(_) => RunState::Failed,
@@ -130,55 +156,55 @@ pub fn run(
     })
 }
 
+/// What one run works from.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    cache: &'a Cache,
+    runs: &'a Path,
+    recipe: &'a Recipe,
+    plan: &'a Plan,
+    ctx: &'a RunContext,
+}
+
 fn run_stages(
-    cache: &Cache,
-    runs: &Path,
-    recipe: &Recipe,
-    plan: &Plan,
-    ctx: &RunContext,
+    job: &Job,
     folder: &RunFolder,
     status: &mut RunStatus,
+    parallel: Option<&Parallel>,
 ) -> Result<Option<String>, StageError> {
+    let Job {
+        cache,
+        runs,
+        recipe,
+        plan,
+        ctx,
+    } = *job;
     let mut dirs: BTreeMap<StageKind, PathBuf> = BTreeMap::new();
     for stage in &plan.stages {
-        let spec = spec(stage.kind);
-        let upstream: BTreeMap<StageKind, PathBuf> = dirs
-            .iter()
-            .filter(|(k, _)| spec.reads.contains(k))
-            .map(|(k, d)| (*k, d.clone()))
-            .collect();
-        let rebuild = ctx.rebuild_from.is_some_and(|from| stage.kind >= from);
-        if rebuild {
-            cache.discard(stage.kind.name(), &stage.key)?;
-        }
-        let partial = match spec.resumes && !rebuild {
-            true => Partial::Resume,
-            false => Partial::Discard,
-        };
-        tracing::info!(run = %recipe.name, stage = %stage.kind, key = %stage.key, cached = stage.cached, "stage");
-        let failed = |failure| StageError::Failed {
-            stage: stage.kind,
-            run: recipe.name.clone(),
-            failure: Box::new(failure),
-        };
         let started = Instant::now();
-        let (dir, outcome) = cache.ensure(
-            stage.kind.name(),
-            &stage.key,
-            &stage.inputs,
-            partial,
-            spec.outputs,
-            |out| {
-                (spec.build)(&BuildContext {
-                    recipe,
-                    upstream: &upstream,
-                    init: plan.init.as_ref(),
-                    out,
-                    progress: ctx.progress,
-                })
-                .map_err(failed)
-            },
-        )?;
+        let rebuild = ctx.rebuild_from.is_some_and(|from| stage.kind >= from);
+        if let (StageKind::Train, Some(p)) = (stage.kind, parallel) {
+            // The data stages are built: the other ranks may read them and train with us.
+            let cached = !rebuild && cache.is_complete(stage.kind.name(), &stage.key);
+            p.broadcast_flags(&[1.0, f32::from(u8::from(cached))])
+                .map_err(|e| StageError::Failed {
+                    stage: stage.kind,
+                    run: recipe.name.clone(),
+                    failure: Box::new(e.into()),
+                })?;
+        }
+        let built = build_stage(job, stage, &dirs, parallel);
+        let (dir, outcome) = match built {
+            Ok(done) => done,
+            Err(e) => {
+                if let (true, Some(p)) = (stage.kind < StageKind::Train, parallel) {
+                    // Release the ranks waiting for the data stages; they fail too. Our
+                    // own error is the one to report, so theirs is not awaited.
+                    let _ = p.broadcast_flags(&[0.0, 0.0]);
+                }
+                return Err(e);
+            }
+        };
         let record = StageRecord {
             stage: stage.kind.name().to_string(),
             key: stage.key.clone(),
@@ -204,6 +230,127 @@ fn run_stages(
         run: recipe.name.clone(),
         failure: Box::new(failure),
     })
+}
+
+/// Finds `stage` in the cache or builds it (after discarding it, for `--rebuild`).
+fn build_stage(
+    job: &Job,
+    stage: &PlannedStage,
+    dirs: &BTreeMap<StageKind, PathBuf>,
+    parallel: Option<&Parallel>,
+) -> Result<(PathBuf, Outcome), StageError> {
+    let Job {
+        cache,
+        recipe,
+        plan,
+        ctx,
+        ..
+    } = *job;
+    let spec = spec(stage.kind);
+    let rebuild = ctx.rebuild_from.is_some_and(|from| stage.kind >= from);
+    let upstream = upstream_dirs(stage.kind, |kind| dirs.get(&kind).cloned());
+    if rebuild {
+        cache.discard(stage.kind.name(), &stage.key)?;
+    }
+    let partial = match spec.resumes && !rebuild {
+        true => Partial::Resume,
+        false => Partial::Discard,
+    };
+    tracing::info!(run = %recipe.name, stage = %stage.kind, key = %stage.key, cached = stage.cached, "stage");
+    cache.ensure(
+        stage.kind.name(),
+        &stage.key,
+        &stage.inputs,
+        partial,
+        spec.outputs,
+        |out| {
+            (spec.build)(&BuildContext {
+                recipe,
+                upstream: &upstream,
+                init: plan.init.as_ref(),
+                out,
+                progress: ctx.progress,
+                parallel,
+            })
+            .map_err(|failure| StageError::Failed {
+                stage: stage.kind,
+                run: recipe.name.clone(),
+                failure: Box::new(failure),
+            })
+        },
+    )
+}
+
+/// The folders of the stages `kind` reads, as `dir_of` finds them.
+fn upstream_dirs(
+    kind: StageKind,
+    dir_of: impl Fn(StageKind) -> Option<PathBuf>,
+) -> BTreeMap<StageKind, PathBuf> {
+    spec(kind)
+        .reads
+        .iter()
+        .filter_map(|k| dir_of(*k).map(|d| (*k, d)))
+        .collect()
+}
+
+/// A rank other than 0: waits for rank 0's word on the stages before training (built, or
+/// failed), then trains with the others into rank 0's partial train folder, writing nothing
+/// itself. Before-train runs (`--until score`) are rank 0's alone.
+fn run_other_rank(
+    cache: &Cache,
+    runs: &Path,
+    recipe: &Recipe,
+    plan: &Plan,
+    world: &World,
+) -> Result<RunOutcome, StageError> {
+    let outcome = RunOutcome {
+        run: recipe.name.clone(),
+        run_dir: runs.join(&recipe.name),
+        stages: Vec::new(),
+        table: None,
+        kept_earlier_run: None,
+    };
+    let Some(train) = plan.stage(StageKind::Train) else {
+        tracing::info!(
+            rank = world.rank,
+            "the stages before training run on rank 0 alone"
+        );
+        return Ok(outcome);
+    };
+    let failed = |failure: StageFailure| StageError::Failed {
+        stage: StageKind::Train,
+        run: recipe.name.clone(),
+        failure: Box::new(failure),
+    };
+    let parallel = Parallel::connect(recipe)
+        .map_err(|e| failed(e.into()))?
+        .expect("a rank other than 0 is one of several");
+    let flags = parallel
+        .broadcast_flags(&[0.0, 0.0])
+        .map_err(|e| failed(e.into()))?;
+    if flags[0] == 0.0 {
+        return Err(StageError::RankZeroFailed {
+            run: recipe.name.clone(),
+            rank: world.rank,
+        });
+    }
+    if flags[1] == 1.0 {
+        return Ok(outcome);
+    }
+    let upstream = upstream_dirs(StageKind::Train, |kind| {
+        plan.stage(kind).map(|s| cache.dir(kind.name(), &s.key))
+    });
+    let out = cache.partial_dir(StageKind::Train.name(), &train.key);
+    (spec(StageKind::Train).build)(&BuildContext {
+        recipe,
+        upstream: &upstream,
+        init: plan.init.as_ref(),
+        out: &out,
+        progress: false,
+        parallel: Some(&parallel),
+    })
+    .map_err(failed)?;
+    Ok(outcome)
 }
 
 /// Copies the training and evaluation metrics into the run folder, evaluates the ensemble the

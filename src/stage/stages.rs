@@ -14,8 +14,11 @@ use super::error::{StageError, StageFailure};
 use super::kind::StageKind;
 use crate::dataset::synthetic;
 use crate::loader::{self, LoaderConfig};
-use crate::recipe::{LabelParams, Recipe, SamplerKind};
-use crate::runtime::{resolve_device, visible_gpu_count, DeviceChoice, RuntimeError, World};
+use crate::recipe::{Devices, LabelParams, Recipe, SamplerKind};
+use crate::runtime::{
+    connect_collective, resolve_device, visible_gpu_count, Collective, DeviceChoice, RuntimeError,
+    World,
+};
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
 use crate::text::{DocumentSource, TextError};
@@ -30,6 +33,70 @@ pub struct BuildContext<'a> {
     /// The partial folder to build into.
     pub out: &'a Path,
     pub progress: bool,
+    /// Set when this process is one rank of several: the train stage trains data-parallel
+    /// with it; only rank 0 writes.
+    pub parallel: Option<&'a Parallel>,
+}
+
+/// This process's share of a data-parallel run: its device and the collective joining it
+/// to the other ranks (connected once per run, before any stage, so that the ranks can agree
+/// on the data stages' outcome).
+pub struct Parallel {
+    pub world: World,
+    pub device: Device,
+    pub collective: std::cell::RefCell<Box<dyn Collective>>,
+}
+
+/// How long a rank waits for the others to reach the rendezvous.
+const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Parallel {
+    /// The ranks of the launcher's world (torchrun, Slurm or `runner`'s own workers) on the
+    /// devices `recipe` trains on; `None` for a single process.
+    pub fn connect(recipe: &Recipe) -> Result<Option<Parallel>, RuntimeError> {
+        let world = World::from_env()?;
+        if !world.is_distributed() {
+            return Ok(None);
+        }
+        let device = train_device(recipe)?;
+        let collective = connect_collective(&world, &device, RENDEZVOUS_TIMEOUT)?;
+        Ok(Some(Parallel {
+            world,
+            device,
+            collective: std::cell::RefCell::new(collective),
+        }))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.world.rank
+    }
+
+    /// Rank 0's `flags`, on every rank (the others pass anything of the same length).
+    pub fn broadcast_flags(&self, flags: &[f32]) -> Result<Vec<f32>, RuntimeError> {
+        let tensor = candle_core::Tensor::new(flags, &self.device)?;
+        let shared = self.collective.borrow_mut().broadcast(&tensor, 0)?;
+        Ok(shared.to_vec1::<f32>()?)
+    }
+}
+
+/// The processes that train together: the launcher's world size, or for a run `runner`
+/// will fan out itself, the GPUs it will use. Enters the train stage's key: the global
+/// batch is `batch_per_device` × this, and the summation order of gradients follows it.
+pub fn train_world_size(recipe: &Recipe) -> usize {
+    match World::from_env() {
+        Ok(world) if world.is_distributed() => world.world_size,
+        _ => local_workers(recipe),
+    }
+}
+
+/// How many worker processes `runner` starts on this machine for `recipe`: one per GPU of
+/// `train.devices`; one on the CPU.
+pub fn local_workers(recipe: &Recipe) -> usize {
+    match &recipe.train.devices {
+        Devices::Cpu => 1,
+        Devices::CudaAll => visible_gpu_count().max(1),
+        Devices::Cuda(ids) => ids.len(),
+    }
 }
 
 impl BuildContext<'_> {
@@ -140,6 +207,20 @@ fn train_settings(recipe: &Recipe, init: Option<&InitRef>) -> serde_json::Value 
     map.remove("workers");
     map.remove("checkpoint_every");
     map.insert("init".into(), json!(init.map(|i| &i.key)));
+    // Which GPUs do not matter; how many processes share each global batch does.
+    let world_size = train_world_size(recipe);
+    map.insert(
+        "devices".into(),
+        json!(match recipe.train.devices {
+            Devices::Cpu => "cpu",
+            _ => "cuda",
+        }),
+    );
+    map.insert("world_size".into(), json!(world_size));
+    map.insert(
+        "global_batch".into(),
+        json!(recipe.train.batch_per_device * world_size),
+    );
     json!({ "model": recipe.model, "train": train })
 }
 
@@ -305,8 +386,10 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
         num_classes: store.header().classes.len(),
         topics: topics.first().map_or(0, Vec::len),
     };
+    let world_size = cx.parallel.map_or(1, |p| p.world.world_size);
     let cfg = LoaderConfig {
-        batch_size: recipe.train.batch_per_device,
+        // Every rank streams the global batch and trains on its rows of it.
+        batch_size: recipe.train.batch_per_device * world_size,
         crop: recipe.train.augmentation.crop,
         mirror: recipe.train.augmentation.mirror,
         mean_rgb: recipe.train.augmentation.mean_rgb,
@@ -341,7 +424,23 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
         stop_after: None,
         progress: cx.progress,
     };
-    let summary = train::train(&job, &mut batches, &targets, &train_device(recipe)?)?;
+    let summary = match cx.parallel {
+        None => train::train(&job, &mut batches, &targets, &train_device(recipe)?)?,
+        Some(p) => {
+            let mut collective = p.collective.borrow_mut();
+            let (summary, _) = train::train_distributed(
+                &job,
+                &mut batches,
+                &targets,
+                &p.device,
+                &mut **collective,
+            )?;
+            if p.rank() != 0 {
+                return Ok(());
+            }
+            summary
+        }
+    };
     let final_path = cx.out.join(FINAL_CHECKPOINT);
     if final_path.exists() {
         std::fs::remove_file(&final_path).map_err(StageFailure::io(&final_path))?;

@@ -641,3 +641,58 @@ fn the_ingest_key_follows_the_data_not_the_path_as_typed() {
     assert_eq!(plan_from(tmp.path(), "a/recipes/r.toml"), key_a);
     assert_ne!(plan_from(&b, "recipes/r.toml"), key_a);
 }
+
+/// `runner --nproc-per-node 2` on the CPU: two worker processes, ranks of one world through
+/// the real launcher path (environment, TCP rendezvous, collective), train the quickstart
+/// network to the weights one process reaches with the same global batch.
+#[test]
+fn two_worker_processes_train_to_the_weights_of_one() {
+    let train = |workers: &str, batch_per_device: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut args = vec!["recipes/quickstart.toml", "--until", "train"];
+        args.extend(TINY);
+        let batch = format!("train.batch_per_device={batch_per_device}");
+        args.extend([
+            "--set",
+            "lda.topics=8",
+            "--set",
+            "train.iterations=5",
+            "--set",
+            &batch,
+            "--nproc-per-node",
+            workers,
+        ]);
+        let out = runner(tmp.path(), &args, &[]);
+        assert!(
+            out.status.success(),
+            "{workers} worker(s): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = stages_json(tmp.path(), "quickstart")["stages"]["train"]["dir"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let weights = candle_core::safetensors::load(
+            std::path::Path::new(&dir).join("final.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        (tmp, dir, weights)
+    };
+    let (_one_tmp, one_dir, one) = train("1", "16");
+    let (_two_tmp, two_dir, two) = train("2", "8");
+    // The world size enters the train key: the runs differ in summation order.
+    assert_ne!(
+        std::path::Path::new(&one_dir).file_name(),
+        std::path::Path::new(&two_dir).file_name()
+    );
+    assert_eq!(one.len(), two.len());
+    let mut worst = 0f32;
+    for (name, a) in &one {
+        let b = &two[name];
+        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        let diff = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+        worst = worst.max(diff);
+    }
+    assert!(worst < 1e-4, "largest weight difference {worst}");
+}
