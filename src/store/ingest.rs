@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Skip, SkipReason};
 use super::{create_tables, open_env, SampleMeta, StoreHeader, Tables, FORMAT_VERSION, STORE_DIR};
-use crate::dataset::{self, DatasetError, DatasetSample};
+use crate::dataset::{self, DatasetError, DatasetSample, FieldRepairs};
 use crate::recipe::params::{DatasetParams, ResizeMode, StoreEncoding};
 use crate::sample::Split;
 
@@ -74,6 +74,8 @@ pub struct IngestReport {
     pub skips: Vec<SkippedFile>,
     /// Bytes of all image records (header + payload).
     pub image_bytes: u64,
+    /// Page-text fields of the wrong JSON type, converted or taken as missing.
+    pub repaired: FieldRepairs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +190,7 @@ pub fn ingest_with(
             return Err(IngestError::Changed { dir: env_dir });
         }
         drop(txn);
-        return build_report(&inner.env, &inner.tables, &env_dir);
+        return build_report(&inner.env, &inner.tables, &env_dir, &index.repaired);
     }
     let map_size = initial_map_size(&env_dir, work.len(), params, options.map_size);
     let env = open_env(&env_dir, Some(map_size)).map_err(lmdb)?;
@@ -308,7 +310,7 @@ pub fn ingest_with(
     txn.commit().map_err(lmdb)?;
     env.force_sync().map_err(lmdb)?;
 
-    let report = build_report(&env, &tables, &env_dir)?;
+    let report = build_report(&env, &tables, &env_dir, &index.repaired)?;
     let report_path = dir.join(REPORT_FILE);
     let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
     std::fs::write(&report_path, report_json).map_err(|source| IngestError::Io {
@@ -319,6 +321,7 @@ pub fn ingest_with(
         train = report.train,
         val = report.val,
         skipped = report.skips.len(),
+        repaired_text_fields = report.repaired.total,
         "ingest finished"
     );
     Ok(report)
@@ -541,6 +544,7 @@ fn build_report(
     env: &heed::Env<heed::WithoutTls>,
     tables: &Tables,
     env_dir: &Path,
+    repaired: &FieldRepairs,
 ) -> Result<IngestReport, IngestError> {
     let lmdb = |source| IngestError::Lmdb {
         dir: env_dir.to_path_buf(),
@@ -573,6 +577,7 @@ fn build_report(
         skipped,
         skips,
         image_bytes: counts.image_bytes,
+        repaired: repaired.clone(),
     })
 }
 
