@@ -35,8 +35,8 @@ use crate::recipe::params::{ResizeMode, StoreEncoding};
 use crate::sample::{SampleText, Source, Split};
 pub use codec::SkipReason;
 pub use ingest::{
-    ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkippedFile,
-    ABORT_AFTER_COMMITS_ENV, REPORT_FILE,
+    ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkipCount, SkippedFile,
+    REPORT_FILE,
 };
 
 /// Bumped whenever the layout above changes.

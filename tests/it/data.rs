@@ -668,6 +668,45 @@ fn wrong_typed_meta_fields_are_converted_or_dropped_and_counted() {
     assert_eq!(index.repaired.first.len(), dataset::FieldRepairs::LISTED);
 }
 
+/// A split whose every image is skipped (a wrong root, a folder not copied) fails the ingest,
+/// naming the commonest reasons; cached as a success, the next stage would blame its text
+/// settings for an empty store.
+#[test]
+fn a_split_whose_every_image_is_skipped_fails_naming_the_reasons() {
+    let root = tempfile::tempdir().unwrap();
+    for image in write_webvision_fixture(root.path()) {
+        if image.bytes.is_some() && image.skip.is_none() {
+            std::fs::remove_file(root.path().join(image.path)).unwrap();
+        }
+    }
+    let stage = tempfile::tempdir().unwrap();
+    let params = params(DatasetFormat::Webvision, Some(root.path()));
+    let error = store::ingest(&params, stage.path(), false).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            store::IngestError::NothingStored {
+                split: Split::Train,
+                listed: 11,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    insta::assert_snapshot!(error
+        .to_string()
+        .replace(&root.path().display().to_string(), "<root>"));
+    assert!(matches!(
+        Store::open(stage.path()),
+        Err(StoreError::Unfinished { .. })
+    ));
+    // The rerun finds the same, rather than a store.
+    assert!(matches!(
+        store::ingest(&params, stage.path(), false),
+        Err(store::IngestError::NothingStored { .. })
+    ));
+}
+
 // ---------------------------------------------------------------- resume after kill -9
 
 const CHILD_ROOT_ENV: &str = "WEBSIEVE_TEST_RESUME_ROOT";
@@ -721,7 +760,7 @@ fn resume_after_abort_equals_uninterrupted_ingest() {
         ])
         .env(CHILD_ROOT_ENV, root.path())
         .env(CHILD_STAGE_ENV, killed.path())
-        .env(store::ABORT_AFTER_COMMITS_ENV, "2")
+        .env(websieve::failpoint::ABORT_AFTER_COMMITS_ENV, "2")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()

@@ -222,7 +222,7 @@ fn a_stage_killed_mid_way_is_not_reused_but_finished_on_the_next_run() {
     let killed = runner(
         tmp.path(),
         &args,
-        &[(websieve::store::ABORT_AFTER_COMMITS_ENV, "1")],
+        &[(websieve::failpoint::ABORT_AFTER_COMMITS_ENV, "1")],
     );
     assert!(
         !killed.status.success(),
