@@ -23,10 +23,6 @@ use serde::{Deserialize, Serialize};
 pub const MODEL_PREFIX: &str = "model.";
 pub const MOMENTUM_PREFIX: &str = "momentum.";
 const STATE_KEY: &str = "websieve.train_state";
-/// Bytes of tensor data after the header (a file without it was written before it was kept).
-const DATA_BYTES_KEY: &str = "websieve.data_bytes";
-/// BLAKE3 of the tensors by name (see [`checksum`]).
-const CHECKSUM_KEY: &str = "websieve.blake3";
 const FILE_PREFIX: &str = "checkpoint-";
 const FILE_SUFFIX: &str = ".safetensors";
 
@@ -78,6 +74,26 @@ pub struct TrainState {
     /// Product of the rollback lr factors applied so far (1 without rollbacks).
     pub lr_scale: f64,
     pub rollbacks: u32,
+}
+
+/// The header's one metadata entry: the state and the integrity record beside it. One entry,
+/// because safetensors writes its metadata map in hash order, and two entries would make the
+/// same checkpoint's bytes differ from run to run.
+#[derive(Serialize, Deserialize)]
+struct StateEntry {
+    #[serde(flatten)]
+    state: TrainState,
+    /// Absent from checkpoints written before it was kept.
+    #[serde(flatten)]
+    integrity: Option<Integrity>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Integrity {
+    /// Bytes of tensor data after the header.
+    data_bytes: usize,
+    /// See [`checksum`].
+    blake3: String,
 }
 
 /// A loaded checkpoint: tensors by full key and the loop state.
@@ -193,17 +209,17 @@ pub fn save<'a>(
         let shape = tensor.dims().to_vec();
         views.push((name, F32View { shape, bytes }));
     }
-    let state_json = serde_json::to_string(state).expect("train state serialises");
-    let (hash, data_bytes) = checksum(
+    let (blake3, data_bytes) = checksum(
         views
             .iter()
             .map(|(name, v)| (name.as_str(), v.shape.as_slice(), v.bytes.as_slice())),
     );
-    let metadata = HashMap::from([
-        (STATE_KEY.to_string(), state_json),
-        (DATA_BYTES_KEY.to_string(), data_bytes.to_string()),
-        (CHECKSUM_KEY.to_string(), hash),
-    ]);
+    let entry = StateEntry {
+        state: *state,
+        integrity: Some(Integrity { data_bytes, blake3 }),
+    };
+    let entry = serde_json::to_string(&entry).expect("train state serialises");
+    let metadata = HashMap::from([(STATE_KEY.to_string(), entry)]);
     let bytes =
         safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Format {
             path: path.to_path_buf(),
@@ -245,22 +261,28 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
         }
     }
     let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(format)?;
-    let entry = |key| metadata.metadata().as_ref().and_then(|m| m.get(key));
     let state_error = |reason: String| CheckpointError::State {
         path: path.to_path_buf(),
         reason,
     };
-    let state_json = entry(STATE_KEY).ok_or_else(|| state_error("missing".into()))?;
-    let state = serde_json::from_str(state_json).map_err(|e| state_error(e.to_string()))?;
+    let entry = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| state_error("missing".into()))?;
+    let entry: StateEntry = serde_json::from_str(entry).map_err(|e| state_error(e.to_string()))?;
     let file = SafeTensors::deserialize(&bytes).map_err(format)?;
-    if let Some(written) = entry(CHECKSUM_KEY) {
+    if let Some(Integrity {
+        blake3: written, ..
+    }) = &entry.integrity
+    {
         let views = file.tensors();
         let (found, _) = checksum(
             views
                 .iter()
                 .map(|(name, v)| (name.as_str(), v.shape(), v.data())),
         );
-        if &found != written {
+        if found != *written {
             return Err(CheckpointError::Checksum {
                 path: path.to_path_buf(),
             });
@@ -288,7 +310,10 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
         })?;
         tensors.insert(name.to_string(), tensor);
     }
-    Ok(Checkpoint { tensors, state })
+    Ok(Checkpoint {
+        tensors,
+        state: entry.state,
+    })
 }
 
 /// The file size [`save`] wrote, from the header alone: `SafeTensors::read_metadata` refuses a
@@ -297,10 +322,11 @@ fn written_size(bytes: &[u8]) -> Option<usize> {
     let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
     let header = bytes.get(8..8usize.checked_add(header_len)?)?;
     let header: serde_json::Value = serde_json::from_slice(header).ok()?;
-    let data_bytes: usize = header["__metadata__"][DATA_BYTES_KEY]
-        .as_str()?
-        .parse()
-        .ok()?;
+    let entry = header["__metadata__"][STATE_KEY].as_str()?;
+    let data_bytes = serde_json::from_str::<StateEntry>(entry)
+        .ok()?
+        .integrity?
+        .data_bytes;
     Some(8 + header_len + data_bytes)
 }
 
