@@ -38,7 +38,7 @@ pub enum StageError {
     RunFolderBusy { path: PathBuf, holder: String },
     #[error("run {run}: {}", problems.join("; "))]
     Preflight { run: String, problems: Vec<String> },
-    #[error("{0}")]
+    #[error(transparent)]
     Cache(#[from] CacheError),
 }
 
