@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod dataset;
 pub mod eval;
+pub mod failpoint;
 pub mod launch;
 pub mod lda;
 pub mod loader;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample};
+use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
 use crate::sample::{SampleText, Source};
 
 pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
@@ -37,6 +37,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         queries: Vec::new(),
         train,
         val,
+        repaired: FieldRepairs::default(),
     })
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::lines::{file_in_root, ListFile};
-use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample};
+use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
 use crate::sample::{SampleText, Source};
 
 #[derive(Deserialize)]
@@ -76,6 +76,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         queries: Vec::new(),
         train,
         val,
+        repaired: FieldRepairs::default(),
     })
 }
 

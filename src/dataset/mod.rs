@@ -57,6 +57,8 @@ pub struct DatasetIndex {
     pub queries: Vec<QueryInfo>,
     pub train: Vec<DatasetSample>,
     pub val: Vec<DatasetSample>,
+    /// Page-text fields of the wrong JSON type, repaired rather than fatal.
+    pub repaired: FieldRepairs,
 }
 
 impl DatasetIndex {
@@ -64,6 +66,79 @@ impl DatasetIndex {
         match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
+        }
+    }
+}
+
+/// What was done with a page-text field of the wrong JSON type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Repair {
+    /// Kept as text: a number or bool as its text, a list joined by spaces.
+    Converted,
+    /// Taken as missing: nothing sensible was left (an object, a list of objects).
+    Dropped,
+}
+
+impl Repair {
+    /// `Converted` when something was kept, else `Dropped`.
+    pub fn of(kept: bool) -> Repair {
+        match kept {
+            true => Repair::Converted,
+            false => Repair::Dropped,
+        }
+    }
+}
+
+/// One repaired field: where it is, what was there, what was done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldRepair {
+    /// Relative to the dataset root, e.g. `meta/google/q0001.json`.
+    pub file: String,
+    /// 1-based row of the file's JSON array.
+    pub row: usize,
+    pub field: String,
+    /// The value as found (JSON), cut to [`FieldRepair::FOUND_CHARS`] characters.
+    pub found: String,
+    pub repair: Repair,
+}
+
+impl FieldRepair {
+    /// Enough of a value to recognise it; a page's whole description is not needed.
+    pub const FOUND_CHARS: usize = 60;
+
+    pub fn new(
+        file: String,
+        row: usize,
+        field: &str,
+        found: &serde_json::Value,
+        repair: Repair,
+    ) -> FieldRepair {
+        FieldRepair {
+            file,
+            row,
+            field: field.to_string(),
+            found: found.to_string().chars().take(Self::FOUND_CHARS).collect(),
+            repair,
+        }
+    }
+}
+
+/// Every repaired field counted, the first [`FieldRepairs::LISTED`] listed (a dataset with
+/// millions of pages may repair millions of fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldRepairs {
+    pub total: u64,
+    pub first: Vec<FieldRepair>,
+}
+
+impl FieldRepairs {
+    pub const LISTED: usize = 20;
+
+    pub fn add(&mut self, repair: FieldRepair) {
+        self.total += 1;
+        if self.first.len() < Self::LISTED {
+            self.first.push(repair);
         }
     }
 }

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Google text is title + description; Flickr text is title + description + tags. A key the
-//! page lacks (or `null`) is `None`, an empty string is `Some("")`.
+//! page lacks (or `null`) is `None`, an empty string is `Some("")`. A number, bool or list where
+//! text belongs is converted to text (or, an object, taken as missing) and counted in
+//! [`DatasetIndex::repaired`], never fatal.
 //!
 //! Structural faults are errors naming file and line: a file list and meta list of different
 //! lengths (compared before any line is read), a path that leaves the root (`..` climbing out,
@@ -23,7 +25,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::lines::{Line, ListFile};
-use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample, QueryInfo};
+use super::{
+    ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepair, FieldRepairs, QueryInfo,
+    Repair,
+};
 use crate::sample::{SampleText, Source};
 
 /// The folder of the validation images.
@@ -47,6 +52,7 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
     let mut pages = MetaCache {
         root,
         files: HashMap::new(),
+        repaired: FieldRepairs::default(),
     };
     let (file_lines, meta_lines) = (files.lines().count(), metas.lines().count());
     if file_lines != meta_lines {
@@ -74,6 +80,7 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
         queries,
         train,
         val,
+        repaired: pages.repaired,
     })
 }
 
@@ -213,10 +220,12 @@ fn read_val(root: &Path, classes: usize) -> Result<Vec<DatasetSample>, DatasetEr
         .collect()
 }
 
-/// The meta JSON files, each parsed once.
+/// The meta JSON files, each parsed once, and the fields repaired so far.
 struct MetaCache<'a> {
     root: &'a Path,
-    files: HashMap<String, Vec<Value>>,
+    /// By the meta list's path: the file and its rows.
+    files: HashMap<String, (PathBuf, Vec<Value>)>,
+    repaired: FieldRepairs,
 }
 
 impl MetaCache<'_> {
@@ -227,12 +236,12 @@ impl MetaCache<'_> {
         source: Source,
         line: &Line<'_>,
     ) -> Result<SampleText, DatasetError> {
-        let file = line.file_in_root(self.root, "meta", meta_path)?;
         if !self.files.contains_key(meta_path) {
-            self.files
-                .insert(meta_path.to_string(), parse_array(&file)?);
+            let file = line.file_in_root(self.root, "meta", meta_path)?;
+            let rows = parse_array(&file)?;
+            self.files.insert(meta_path.to_string(), (file, rows));
         }
-        let rows = &self.files[meta_path];
+        let (file, rows) = &self.files[meta_path];
         let element = row
             .checked_sub(1)
             .and_then(|i| rows.get(i))
@@ -242,8 +251,18 @@ impl MetaCache<'_> {
                     format!("{row} is outside 1..={} of {}", rows.len(), file.display()),
                 )
             })?;
-        page_text(element, source).map_err(|message| DatasetError::Row {
-            path: file,
+        let repaired = &mut self.repaired;
+        let mut repair = |field, found: &Value, repair| {
+            repaired.add(FieldRepair::new(
+                format!("meta/{meta_path}"),
+                row,
+                field,
+                found,
+                repair,
+            ))
+        };
+        page_text(element, source, &mut repair).map_err(|message| DatasetError::Row {
+            path: file.clone(),
             row,
             message,
         })
@@ -266,33 +285,71 @@ fn parse_array(path: &PathBuf) -> Result<Vec<Value>, DatasetError> {
     }
 }
 
-fn page_text(element: &Value, source: Source) -> Result<SampleText, String> {
+/// A page's text. Web pages put numbers, bools and lists where text belongs: such a field is
+/// converted ([`text_of`]) or, when nothing sensible is left, taken as missing, and handed to
+/// `repaired` (field, value as found, what was done); it never fails the dataset.
+fn page_text(
+    element: &Value,
+    source: Source,
+    repaired: &mut dyn FnMut(&'static str, &Value, Repair),
+) -> Result<SampleText, String> {
     let object = element.as_object().ok_or("expected a JSON object")?;
-    let field = |key: &str| match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("`{key}` should be a string, is {other}")),
+    let mut field = |key: &'static str| match object.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            let text = text_of(other);
+            repaired(key, other, Repair::of(text.is_some()));
+            text
+        }
     };
+    let title = field("title");
+    let description = field("description");
     let tags = match (source, object.get("tags")) {
-        (Source::Flickr, Some(Value::Array(tags))) => tags
-            .iter()
-            .map(|t| {
-                t.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("tag {t} is not a string"))
-            })
-            .collect::<Result<_, _>>()?,
         (Source::Flickr, Some(Value::String(s))) => {
             s.split_whitespace().map(str::to_string).collect()
         }
+        (Source::Flickr, Some(Value::Array(tags))) if tags.iter().all(Value::is_string) => {
+            tags.iter().filter_map(scalar_text).collect()
+        }
         (Source::Flickr, Some(other)) if !other.is_null() => {
-            return Err(format!("`tags` should be a list, is {other}"))
+            let tags: Vec<String> = match other {
+                Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
+                single => scalar_text(single).into_iter().collect(),
+            };
+            repaired("tags", other, Repair::of(!tags.is_empty()));
+            tags
         }
         _ => Vec::new(),
     };
     Ok(SampleText {
-        title: field("title")?,
-        description: field("description")?,
+        title,
+        description,
         tags,
     })
+}
+
+/// A string, or a number or bool as its text.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A value where text is expected, as text: a number or bool as its text, a list of those and
+/// strings joined by spaces (nulls left out); `None` for an object, or a list holding lists or
+/// objects.
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(scalar_text)
+            .collect::<Option<Vec<_>>>()
+            .map(|words| words.join(" ")),
+        other => scalar_text(other),
+    }
 }

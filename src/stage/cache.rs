@@ -3,24 +3,39 @@
 //! `<key>.partial/` and is renamed into place only on success, so a crashed stage never
 //! looks complete; a file lock on `<key>.lock` makes a second runner wait for the first and
 //! then reuse its result.
+//!
+//! Failpoint: [`ABORT_BEFORE_RENAME_ENV`](crate::failpoint::ABORT_BEFORE_RENAME_ENV) aborts
+//! between a stage's last write and its rename into place (see [`crate::failpoint`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::failpoint;
 
 /// Errors of the cache itself (a stage's own failure passes through in the builder's type).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("stage cache {}: {cause}", path.display())]
     Io { path: PathBuf, cause: io::Error },
+    #[error("stage cache {} is not writable ({cause}): make it writable, or give runner another --cache folder", path.display())]
+    NotWritable { path: PathBuf, cause: io::Error },
     #[error("stage cache {}: the stage finished without writing {missing}", dir.display())]
     MissingOutput { dir: PathBuf, missing: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |cause| CacheError::Io {
-        path: path.to_path_buf(),
-        cause,
+    move |cause| match cause.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            CacheError::NotWritable {
+                path: path.to_path_buf(),
+                cause,
+            }
+        }
+        _ => CacheError::Io {
+            path: path.to_path_buf(),
+            cause,
+        },
     }
 }
 
@@ -113,6 +128,7 @@ impl Cache {
             }
             .into());
         }
+        failpoint::abort_if(failpoint::ABORT_BEFORE_RENAME_ENV, stage);
         fs::rename(&work, &done).map_err(io_err(&done))?;
         if let Ok(dir) = File::open(&stage_root) {
             // Make the rename durable before anyone is told the stage is done.

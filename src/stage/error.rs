@@ -40,7 +40,7 @@ pub enum StageError {
     Preflight { run: String, problems: Vec<String> },
     #[error("run {run}, rank {rank}: rank 0 could not build the stages before training; its error is on its output and in the run folder's status.json")]
     RankZeroFailed { run: String, rank: usize },
-    #[error("{0}")]
+    #[error(transparent)]
     Cache(#[from] CacheError),
 }
 

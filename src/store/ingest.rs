@@ -10,8 +10,12 @@
 //! order, skipped files get none). The header is written last; a store without one is not
 //! finished and [`super::Store::open`] refuses it.
 //!
-//! Failpoint (for the resume test): with `WEBSIEVE_INGEST_ABORT_AFTER_COMMITS=N` in the
-//! environment, the process calls `std::process::abort()` right after its N-th commit.
+//! Faults: a split whose every image is skipped fails the ingest, naming the commonest skip
+//! reasons, rather than leaving an empty store for the next stage to puzzle over. Free space is
+//! checked against an estimate of the store before the first write, and a write that finds the
+//! disk full says so (mount point, free bytes, the estimate) instead of LMDB's `EIO`. The
+//! report is written by every run that finds the store finished, so a kill between the header
+//! and the report is finished by the rerun. Failpoints for all of these: [`crate::failpoint`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,12 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Skip, SkipReason};
 use super::{create_tables, open_env, SampleMeta, StoreHeader, Tables, FORMAT_VERSION, STORE_DIR};
-use crate::dataset::{self, DatasetError, DatasetSample};
+use crate::dataset::{self, DatasetError, DatasetSample, FieldRepairs};
+use crate::failpoint;
 use crate::recipe::params::{DatasetParams, ResizeMode, StoreEncoding};
 use crate::sample::Split;
 
-/// See the module doc.
-pub const ABORT_AFTER_COMMITS_ENV: &str = "WEBSIEVE_INGEST_ABORT_AFTER_COMMITS";
 /// The report's file name in the stage folder.
 pub const REPORT_FILE: &str = "ingest_report.json";
 
@@ -74,6 +77,8 @@ pub struct IngestReport {
     pub skips: Vec<SkippedFile>,
     /// Bytes of all image records (header + payload).
     pub image_bytes: u64,
+    /// Page-text fields of the wrong JSON type, converted or taken as missing.
+    pub repaired: FieldRepairs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,68 @@ pub enum IngestError {
     },
     #[error("ingest threads: {0}")]
     Threads(String),
+    #[error("none of the {listed} {split} images could be stored ({}): check dataset.root and the image files", skip_counts_text(.reasons), split = split.as_str())]
+    NothingStored {
+        split: Split,
+        listed: usize,
+        /// The commonest skip reasons, commonest first.
+        reasons: Vec<SkipCount>,
+    },
+    #[error("no space left on {} ({} free; the store needs about {})", mount.display(), bytes_text(*.free), bytes_text(*.needed))]
+    NoSpace {
+        /// The mount point of the store's file system.
+        mount: PathBuf,
+        free: u64,
+        /// The whole store's estimated size.
+        needed: u64,
+    },
+}
+
+/// How many files of a split were skipped for one reason, with the first of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkipCount {
+    pub reason: SkipReason,
+    pub count: u64,
+    pub example: SkippedFile,
+}
+
+/// Skip reasons named in [`IngestError::NothingStored`].
+const REASONS_NAMED: usize = 3;
+
+fn skip_counts_text(counts: &[SkipCount]) -> String {
+    let text: Vec<String> = counts
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}, e.g. {}: {}",
+                c.count,
+                c.reason.as_str(),
+                c.example.path,
+                c.example.detail
+            )
+        })
+        .collect();
+    text.join("; ")
+}
+
+/// Bytes in decimal units, 3 significant digits: `512 B`, `1.23 MB`, `61.0 GB`.
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.5 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let decimals = match value {
+        v if v < 9.995 => 2,
+        v if v < 99.95 => 1,
+        _ => 0,
+    };
+    format!("{value:.decimals$} {}", UNITS[unit])
 }
 
 /// Progress persisted with every commit.
@@ -161,9 +228,15 @@ pub fn ingest_with(
         .flat_map(|split| index.samples(split).iter().map(move |s| (split, s)))
         .collect();
     let env_dir = dir.join(STORE_DIR);
-    let lmdb = |source| IngestError::Lmdb {
-        dir: env_dir.clone(),
-        source,
+    let needed = store_bytes_estimate(work.len(), params);
+    // The next write's size: an `EIO` with less than this free is a full disk (see `out_of_space`).
+    let chunk_bytes = store_bytes_estimate(options.commit_every.max(1), params);
+    let lmdb = |source| match out_of_space(&source, || free_space(dir).0, chunk_bytes) {
+        true => no_space(dir, needed),
+        false => IngestError::Lmdb {
+            dir: env_dir.clone(),
+            source,
+        },
     };
     let fingerprint = serde_json::json!({
         "format_version": FORMAT_VERSION,
@@ -188,7 +261,14 @@ pub fn ingest_with(
             return Err(IngestError::Changed { dir: env_dir });
         }
         drop(txn);
-        return build_report(&inner.env, &inner.tables, &env_dir);
+        let report = build_report(&inner.env, &inner.tables, &env_dir, &index.repaired)?;
+        // A run killed between the header and the report leaves it to this one.
+        write_report(dir, &report)?;
+        return Ok(report);
+    }
+    let existing = std::fs::metadata(env_dir.join("data.mdb")).map_or(0, |m| m.len());
+    if free_space(dir).0 < needed.saturating_sub(existing) {
+        return Err(no_space(dir, needed));
     }
     let map_size = initial_map_size(&env_dir, work.len(), params, options.map_size);
     let env = open_env(&env_dir, Some(map_size)).map_err(lmdb)?;
@@ -205,9 +285,8 @@ pub fn ingest_with(
     if let Some(bar) = &bar {
         bar.set_position(counts.next);
     }
-    let abort_after: Option<u64> = std::env::var(ABORT_AFTER_COMMITS_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let abort_after: Option<u64> = failpoint::value(failpoint::ABORT_AFTER_COMMITS_ENV);
+    let disk_full_after: Option<u64> = failpoint::value(failpoint::DISK_FULL_AFTER_COMMITS_ENV);
     let commit_every = options.commit_every.max(1);
 
     let first = counts.next as usize;
@@ -239,6 +318,10 @@ pub fn ingest_with(
         let writer = scope.spawn(move || -> Result<(), IngestError> {
             let mut commits = 0u64;
             for chunk in in_order_chunks(receiver, first, work.len(), commit_every) {
+                if disk_full_after == Some(commits) {
+                    let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                    return Err(lmdb(heed::Error::Io(full)));
+                }
                 while let Err(error) = write_chunk(env, tables, work, &chunk, counts) {
                     match error {
                         heed::Error::Mdb(heed::MdbError::MapFull) => grow_map(env).map_err(lmdb)?,
@@ -289,6 +372,17 @@ pub fn ingest_with(
         bar.finish_and_clear();
     }
 
+    let report = build_report(&env, &tables, &env_dir, &index.repaired)?;
+    for split in [Split::Train, Split::Val] {
+        let listed = index.samples(split).len();
+        if listed > 0 && counts.of(split).iter().sum::<u64>() == 0 {
+            return Err(IngestError::NothingStored {
+                split,
+                listed,
+                reasons: commonest_skips(&report.skips, split),
+            });
+        }
+    }
     let header = StoreHeader {
         format_version: FORMAT_VERSION,
         classes: index.classes.clone(),
@@ -307,21 +401,110 @@ pub fn ingest_with(
         .map_err(lmdb)?;
     txn.commit().map_err(lmdb)?;
     env.force_sync().map_err(lmdb)?;
-
-    let report = build_report(&env, &tables, &env_dir)?;
-    let report_path = dir.join(REPORT_FILE);
-    let report_json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    std::fs::write(&report_path, report_json).map_err(|source| IngestError::Io {
-        path: report_path,
-        source,
-    })?;
+    failpoint::abort_if(failpoint::ABORT_AFTER_HEADER_ENV, "1");
+    write_report(dir, &report)?;
     tracing::info!(
         train = report.train,
         val = report.val,
         skipped = report.skips.len(),
+        repaired_text_fields = report.repaired.total,
         "ingest finished"
     );
     Ok(report)
+}
+
+fn write_report(dir: &Path, report: &IngestReport) -> Result<(), IngestError> {
+    let path = dir.join(REPORT_FILE);
+    let json = serde_json::to_vec_pretty(report).expect("report serializes");
+    std::fs::write(&path, json).map_err(|source| IngestError::Io { path, source })
+}
+
+/// The [`REASONS_NAMED`] commonest reasons `split`'s files were skipped for.
+fn commonest_skips(skips: &[SkippedFile], split: Split) -> Vec<SkipCount> {
+    let mut counts: BTreeMap<SkipReason, SkipCount> = BTreeMap::new();
+    for skip in skips.iter().filter(|s| s.split == split) {
+        counts
+            .entry(skip.reason)
+            .or_insert_with(|| SkipCount {
+                reason: skip.reason,
+                count: 0,
+                example: skip.clone(),
+            })
+            .count += 1;
+    }
+    let mut counts: Vec<SkipCount> = counts.into_values().collect();
+    // Stable: equal counts keep the reasons' order.
+    counts.sort_by_key(|c| std::cmp::Reverse(c.count));
+    counts.truncate(REASONS_NAMED);
+    counts
+}
+
+/// Bytes a store of `images` images takes, about: raw RGB rows (resize² × 3) or a JPEG at
+/// about 3 bits a pixel (photos at quality 85–95 take 2–4), plus half an LMDB page per record
+/// for its metadata and page rounding. Shorter-side resizing of wide images takes more.
+fn store_bytes_estimate(images: usize, params: &DatasetParams) -> u64 {
+    let pixels = u64::from(params.resize).pow(2);
+    let record = match params.encoding {
+        StoreEncoding::Raw => pixels * 3,
+        StoreEncoding::Jpeg { .. } => pixels * 3 / 8,
+    };
+    images as u64 * (record + 2048)
+}
+
+/// Bytes free to unprivileged users on the file system holding `dir` (or [`FREE_BYTES_ENV`]'s
+/// count), and that file system's mount point.
+///
+/// [`FREE_BYTES_ENV`]: failpoint::FREE_BYTES_ENV
+fn free_space(dir: &Path) -> (u64, PathBuf) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let device = std::fs::metadata(&dir).map(|m| m.dev()).ok();
+    let mount = dir
+        .ancestors()
+        .take_while(|a| std::fs::metadata(a).map(|m| m.dev()).ok() == device)
+        .last()
+        .unwrap_or(&dir)
+        .to_path_buf();
+    if let Some(free) = failpoint::value(failpoint::FREE_BYTES_ENV) {
+        return (free, mount);
+    }
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return (u64::MAX, mount);
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stats` is written by the call on success.
+    let free = match unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } {
+        // SAFETY: statvfs returned 0, so it filled `stats`.
+        0 => {
+            let stats = unsafe { stats.assume_init() };
+            stats.f_bavail.saturating_mul(stats.f_frsize)
+        }
+        // Unknown: no check can fail on it.
+        _ => u64::MAX,
+    };
+    (free, mount)
+}
+
+fn no_space(dir: &Path, needed: u64) -> IngestError {
+    let (free, mount) = free_space(dir);
+    IngestError::NoSpace {
+        mount,
+        free,
+        needed,
+    }
+}
+
+/// Whether a store write failed for want of space: `ENOSPC` or `EDQUOT`, or the `EIO` LMDB
+/// makes of a short write, when less than `next_write` bytes are free.
+fn out_of_space(error: &heed::Error, free: impl FnOnce() -> u64, next_write: u64) -> bool {
+    match error {
+        heed::Error::Io(e) => match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => true,
+            Some(libc::EIO) => free() < next_write,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Reads the persisted progress, or records the fingerprint of a fresh store.
@@ -541,6 +724,7 @@ fn build_report(
     env: &heed::Env<heed::WithoutTls>,
     tables: &Tables,
     env_dir: &Path,
+    repaired: &FieldRepairs,
 ) -> Result<IngestReport, IngestError> {
     let lmdb = |source| IngestError::Lmdb {
         dir: env_dir.to_path_buf(),
@@ -573,6 +757,7 @@ fn build_report(
         skipped,
         skips,
         image_bytes: counts.image_bytes,
+        repaired: repaired.clone(),
     })
 }
 
@@ -582,6 +767,32 @@ mod tests {
 
     fn record(position: usize) -> Prepared {
         Ok(vec![position as u8])
+    }
+
+    #[test]
+    fn a_full_disk_is_told_from_other_write_errors() {
+        let os = |code| heed::Error::Io(std::io::Error::from_raw_os_error(code));
+        let plenty = || u64::MAX;
+        assert!(out_of_space(&os(libc::ENOSPC), plenty, 1000));
+        assert!(out_of_space(&os(libc::EDQUOT), plenty, 1000));
+        // LMDB turns a short write into EIO: a full disk only when the disk is (nearly) full.
+        assert!(out_of_space(&os(libc::EIO), || 999, 1000));
+        assert!(!out_of_space(&os(libc::EIO), plenty, 1000));
+        assert!(!out_of_space(&os(libc::EACCES), || 0, 1000));
+        let map_full = heed::Error::Mdb(heed::MdbError::MapFull);
+        assert!(!out_of_space(&map_full, || 0, 1000));
+    }
+
+    #[test]
+    fn sizes_read_in_decimal_units() {
+        let texts: Vec<String> = [0, 999, 1000, 1234, 99_949, 999_499, 999_500, 61_000_000_000]
+            .into_iter()
+            .map(bytes_text)
+            .collect();
+        assert_eq!(
+            texts,
+            ["0 B", "999 B", "1.00 kB", "1.23 kB", "99.9 kB", "999 kB", "1.00 MB", "61.0 GB"]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! fills it.
 //!
 //! In: a dataset (see [`crate::dataset`]). Out: `<stage dir>/store/` (an LMDB environment) and
-//! `<stage dir>/ingest_report.json`. Layout of the environment (named databases, keys are
+//! `<stage dir>/ingest_report.json` (stored and skipped files, repaired page-text fields). Layout of the environment (named databases, keys are
 //! sample ids as u64 big-endian, ids are `0..len` per split):
 //!
 //! | database      | value |
@@ -35,8 +35,8 @@ use crate::recipe::params::{ResizeMode, StoreEncoding};
 use crate::sample::{SampleText, Source, Split};
 pub use codec::SkipReason;
 pub use ingest::{
-    ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkippedFile,
-    ABORT_AFTER_COMMITS_ENV, REPORT_FILE,
+    ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkipCount, SkippedFile,
+    REPORT_FILE,
 };
 
 /// Bumped whenever the layout above changes.

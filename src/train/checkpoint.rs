@@ -4,6 +4,10 @@
 //!
 //! In: named f32 tensors and a state. Out: `checkpoint-<step>.safetensors` in the run folder,
 //! written to a temporary file and renamed, so a crash never leaves a torn checkpoint.
+//!
+//! A copy, a full disk or a bad block can still damage one: the header also records the size of
+//! the tensor data and its BLAKE3 checksum, [`load`] verifies both, and [`load_latest`] falls
+//! back to the newest intact checkpoint, logging each damaged one it skips.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -44,6 +48,20 @@ pub enum CheckpointError {
         path: PathBuf,
         source: candle_core::Error,
     },
+    #[error("checkpoint {path}: {found} bytes, but it was written with {expected}: truncated or damaged")]
+    Size {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
+    #[error("checkpoint {path}: the tensors do not match the checksum written with them: damaged")]
+    Checksum { path: PathBuf },
+    #[error("{}: no intact checkpoint ({}); remove them to train from the start", dir.display(), damaged.join("; "))]
+    NoneIntact {
+        dir: PathBuf,
+        /// Each damaged checkpoint's error, newest first.
+        damaged: Vec<String>,
+    },
 }
 
 /// The training loop's state besides tensors; everything resume needs to replay the run.
@@ -56,6 +74,26 @@ pub struct TrainState {
     /// Product of the rollback lr factors applied so far (1 without rollbacks).
     pub lr_scale: f64,
     pub rollbacks: u32,
+}
+
+/// The header's one metadata entry: the state and the integrity record beside it. One entry,
+/// because safetensors writes its metadata map in hash order, and two entries would make the
+/// same checkpoint's bytes differ from run to run.
+#[derive(Serialize, Deserialize)]
+struct StateEntry {
+    #[serde(flatten)]
+    state: TrainState,
+    /// Absent from checkpoints written before it was kept.
+    #[serde(flatten)]
+    integrity: Option<Integrity>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Integrity {
+    /// Bytes of tensor data after the header.
+    data_bytes: usize,
+    /// See [`checksum`].
+    blake3: String,
 }
 
 /// A loaded checkpoint: tensors by full key and the loop state.
@@ -128,6 +166,29 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     Ok(list(dir)?.pop().map(|(_, path)| path))
 }
 
+/// BLAKE3 over the tensors in name order (each: name, shape, data, lengths first), and the
+/// bytes of their data: independent of where the file puts each tensor.
+fn checksum<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+) -> (String, usize) {
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by_key(|(name, _, _)| *name);
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = 0;
+    for (name, shape, data) in sorted {
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(&(shape.len() as u64).to_le_bytes());
+        for dim in shape {
+            hasher.update(&(*dim as u64).to_le_bytes());
+        }
+        hasher.update(&(data.len() as u64).to_le_bytes());
+        hasher.update(data);
+        bytes += data.len();
+    }
+    (hasher.finalize().to_hex().to_string(), bytes)
+}
+
 /// Writes `tensors` and `state` to `path` atomically (temporary file, fsync, rename).
 pub fn save<'a>(
     path: &Path,
@@ -148,8 +209,17 @@ pub fn save<'a>(
         let shape = tensor.dims().to_vec();
         views.push((name, F32View { shape, bytes }));
     }
-    let state_json = serde_json::to_string(state).expect("train state serialises");
-    let metadata = HashMap::from([(STATE_KEY.to_string(), state_json)]);
+    let (blake3, data_bytes) = checksum(
+        views
+            .iter()
+            .map(|(name, v)| (name.as_str(), v.shape.as_slice(), v.bytes.as_slice())),
+    );
+    let entry = StateEntry {
+        state: *state,
+        integrity: Some(Integrity { data_bytes, blake3 }),
+    };
+    let entry = serde_json::to_string(&entry).expect("train state serialises");
+    let metadata = HashMap::from([(STATE_KEY.to_string(), entry)]);
     let bytes =
         safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Format {
             path: path.to_path_buf(),
@@ -169,7 +239,9 @@ pub fn save<'a>(
     })
 }
 
-/// Reads a checkpoint written by [`save`], placing its tensors on `device`.
+/// Reads a checkpoint written by [`save`], placing its tensors on `device`; a file whose size
+/// or checksum disagrees with its header is refused ([`CheckpointError::Size`],
+/// [`CheckpointError::Checksum`]).
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
     let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
@@ -179,18 +251,43 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    if let Some(expected) = written_size(&bytes) {
+        if bytes.len() != expected {
+            return Err(CheckpointError::Size {
+                path: path.to_path_buf(),
+                found: bytes.len(),
+                expected,
+            });
+        }
+    }
     let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(format)?;
     let state_error = |reason: String| CheckpointError::State {
         path: path.to_path_buf(),
         reason,
     };
-    let state_json = metadata
+    let entry = metadata
         .metadata()
         .as_ref()
         .and_then(|m| m.get(STATE_KEY))
         .ok_or_else(|| state_error("missing".into()))?;
-    let state = serde_json::from_str(state_json).map_err(|e| state_error(e.to_string()))?;
+    let entry: StateEntry = serde_json::from_str(entry).map_err(|e| state_error(e.to_string()))?;
     let file = SafeTensors::deserialize(&bytes).map_err(format)?;
+    if let Some(Integrity {
+        blake3: written, ..
+    }) = &entry.integrity
+    {
+        let views = file.tensors();
+        let (found, _) = checksum(
+            views
+                .iter()
+                .map(|(name, v)| (name.as_str(), v.shape(), v.data())),
+        );
+        if found != *written {
+            return Err(CheckpointError::Checksum {
+                path: path.to_path_buf(),
+            });
+        }
+    }
     let mut tensors = HashMap::new();
     for (name, view) in file.iter() {
         if view.dtype() != Dtype::F32 {
@@ -213,7 +310,50 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
         })?;
         tensors.insert(name.to_string(), tensor);
     }
-    Ok(Checkpoint { tensors, state })
+    Ok(Checkpoint {
+        tensors,
+        state: entry.state,
+    })
+}
+
+/// The file size [`save`] wrote, from the header alone: `SafeTensors::read_metadata` refuses a
+/// truncated file before the sizes can be compared. `None` for a header without the record.
+fn written_size(bytes: &[u8]) -> Option<usize> {
+    let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(header_len)?)?;
+    let header: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let entry = header["__metadata__"][STATE_KEY].as_str()?;
+    let data_bytes = serde_json::from_str::<StateEntry>(entry)
+        .ok()?
+        .integrity?
+        .data_bytes;
+    Some(8 + header_len + data_bytes)
+}
+
+/// The newest checkpoint in `dir` that loads intact, with its path; each damaged newer one is
+/// skipped with a warning naming it and why. `Ok(None)` when `dir` has no checkpoint,
+/// [`CheckpointError::NoneIntact`] when it has only damaged ones.
+pub fn load_latest(
+    dir: &Path,
+    device: &Device,
+) -> Result<Option<(PathBuf, Checkpoint)>, CheckpointError> {
+    let mut damaged = Vec::new();
+    for (_, path) in list(dir)?.into_iter().rev() {
+        match load(&path, device) {
+            Ok(checkpoint) => return Ok(Some((path, checkpoint))),
+            Err(error) => {
+                tracing::warn!(checkpoint = %path.display(), %error, "skipping a damaged checkpoint");
+                damaged.push(error.to_string());
+            }
+        }
+    }
+    match damaged.is_empty() {
+        true => Ok(None),
+        false => Err(CheckpointError::NoneIntact {
+            dir: dir.to_path_buf(),
+            damaged,
+        }),
+    }
 }
 
 /// Deletes all but the `keep` most recent checkpoints in `dir`.
@@ -283,6 +423,50 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert_eq!(steps, vec![100, 1000]);
+    }
+
+    #[test]
+    fn damaged_checkpoints_are_refused_and_the_newest_intact_one_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tensor::arange(0f32, 64.0, &Device::Cpu).unwrap();
+        for step in [1, 2, 3] {
+            save(
+                &path_for(dir.path(), step),
+                [("x".to_string(), &t)],
+                &state(step),
+            )
+            .unwrap();
+        }
+        let damage = |step, how: &dyn Fn(&mut Vec<u8>)| {
+            let path = path_for(dir.path(), step);
+            let mut bytes = fs::read(&path).unwrap();
+            how(&mut bytes);
+            fs::write(&path, bytes).unwrap();
+        };
+        damage(3, &|b| b.truncate(b.len() - 10));
+        damage(2, &|b| *b.last_mut().unwrap() ^= 1);
+        let load_step = |step| load(&path_for(dir.path(), step), &Device::Cpu);
+        assert!(
+            matches!(load_step(3), Err(CheckpointError::Size { .. })),
+            "truncated"
+        );
+        assert!(
+            matches!(load_step(2), Err(CheckpointError::Checksum { .. })),
+            "bit flip"
+        );
+        let (path, loaded) = load_latest(dir.path(), &Device::Cpu).unwrap().unwrap();
+        assert_eq!((path, loaded.state), (path_for(dir.path(), 1), state(1)));
+
+        damage(1, &|b| b.truncate(b.len() / 2));
+        let err = load_latest(dir.path(), &Device::Cpu).err().unwrap();
+        let CheckpointError::NoneIntact { damaged, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(damaged.len(), 3, "{err}");
+        let dir_text = dir.path().display().to_string();
+        insta::assert_snapshot!(err.to_string().replace(&dir_text, "<dir>"));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(load_latest(empty.path(), &Device::Cpu).unwrap().is_none());
     }
 
     #[test]

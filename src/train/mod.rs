@@ -5,7 +5,7 @@
 //! vector), summed with head weights (1, aux₀, aux₁) × task weights; the lr comes from the
 //! schedule; SGD updates the weights. It writes `metrics.jsonl`, a checkpoint every
 //! `checkpoint_every` steps and at the end, and guards against divergence. A resumed run
-//! replays the interrupted one bit for bit on CPU: the batch stream restarts at the next
+//! (from the newest intact checkpoint: damaged ones are skipped) replays the interrupted one bit for bit on CPU: the batch stream restarts at the next
 //! batch and dropout masks come from an RNG derived from (seed, step).
 
 pub mod checkpoint;
@@ -403,6 +403,8 @@ struct Trainer<'a> {
     guard: DivergenceGuard,
     state: TrainState,
     metrics_path: PathBuf,
+    /// The newest checkpoint written or resumed from: the rollback target, and the final one.
+    checkpoint: Option<PathBuf>,
     /// This process's rank and the world size: only rank 0 writes to `job.out_dir`.
     rank: usize,
     world_size: usize,
@@ -452,10 +454,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// Writes the checkpoint of this step on rank 0; the other ranks only name its path.
-    fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+    fn save_checkpoint(&mut self) -> Result<(), TrainError> {
         let path = checkpoint::path_for(self.job.out_dir, self.state.step);
+        self.checkpoint = Some(path.clone());
         if self.rank != 0 {
-            return Ok(path);
+            return Ok(());
         }
         let model = self
             .net
@@ -468,7 +471,7 @@ impl<'a> Trainer<'a> {
             .map(|(name, t)| (format!("{MOMENTUM_PREFIX}{name}"), t));
         checkpoint::save(&path, model.chain(momentum), &self.state)?;
         checkpoint::prune(self.job.out_dir, CHECKPOINTS_KEPT)?;
-        Ok(path)
+        Ok(())
     }
 
     fn restore(&mut self, loaded: &Checkpoint) -> Result<(), TrainError> {
@@ -545,8 +548,10 @@ impl<'a> Trainer<'a> {
                     });
                 }
                 let lr_scale = self.state.lr_scale * lr_factor;
-                let path = checkpoint::latest(self.job.out_dir)?
-                    .expect("a checkpoint is written before the first step");
+                let path = self
+                    .checkpoint
+                    .clone()
+                    .expect("a checkpoint is written or resumed from before the first step");
                 self.restore(&checkpoint::load(&path, self.device)?)?;
                 self.state.lr_scale = lr_scale;
                 self.state.rollbacks = rollbacks;
@@ -629,6 +634,7 @@ pub fn train_distributed<'b>(
             rollbacks: 0,
         },
         metrics_path: job.out_dir.join(STEP_METRICS_FILE),
+        checkpoint: None,
         rank,
         world_size,
     };
@@ -637,8 +643,9 @@ pub fn train_distributed<'b>(
         true => checkpoint::latest(job.out_dir),
         false => Ok(None),
     };
-    let resume_from = match job.resume {
-        true => latest()?,
+    // The newest intact checkpoint: a damaged newer one (a torn copy, a full disk) is skipped.
+    let resume_from = match job.resume && job.out_dir.exists() {
+        true => checkpoint::load_latest(job.out_dir, device)?,
         false => None,
     };
     let existing = match resume_from {
@@ -649,8 +656,9 @@ pub fn train_distributed<'b>(
         // Every rank has looked at the folder before rank 0 writes its first checkpoint.
         barrier(collective, device)?;
     }
-    if let Some(path) = resume_from {
-        trainer.restore(&checkpoint::load(&path, device)?)?;
+    if let Some((path, loaded)) = resume_from {
+        trainer.restore(&loaded)?;
+        trainer.checkpoint = Some(path.clone());
         trainer.truncate_metrics(trainer.state.step)?;
         tracing::info!(step = trainer.state.step, checkpoint = %path.display(), "resuming");
     } else {
@@ -693,7 +701,6 @@ fn run_steps<'b>(
     let mut open = |step| batches(step).map_err(|source| TrainError::Loader { step, source });
     let mut stream = open(trainer.state.step)?;
     let mut last_loss = f64::NAN;
-    let mut final_checkpoint = None;
     while trainer.state.step < end {
         let step = trainer.state.step;
         bar.set_position(step);
@@ -774,15 +781,15 @@ fn run_steps<'b>(
         }))?;
         let step = trainer.state.step;
         if step.is_multiple_of(job.train.checkpoint_every.max(1)) || step == end {
-            final_checkpoint = Some(trainer.save_checkpoint()?);
+            trainer.save_checkpoint()?;
         }
     }
     bar.finish_and_clear();
-    let final_checkpoint = match final_checkpoint {
-        Some(path) => path,
-        // Nothing left to do (a resumed, finished run): its newest checkpoint is final.
-        None => checkpoint::latest(job.out_dir)?.expect("a checkpoint exists"),
-    };
+    // Written at the last step, or (a resumed, finished run) the one it resumed from.
+    let final_checkpoint = trainer
+        .checkpoint
+        .clone()
+        .expect("a checkpoint is written or resumed from before the first step");
     Ok(TrainSummary {
         steps: trainer.state.step,
         final_checkpoint,

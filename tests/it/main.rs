@@ -1,9 +1,11 @@
 //! websieve's integration tests: one binary, one module per area. They call the library
 //! directly (and the `runner` binary where the CLI itself is under test).
 
+mod cli;
 mod data;
 mod docs;
 mod eval;
+mod faults;
 mod ops;
 mod recipe;
 mod stages;

@@ -1,6 +1,7 @@
 //! The stage graph and its cache as a sweep sees it: changing a setting re-keys exactly the
 //! stages that read it and everything downstream; the rest is reused.
 
+use crate::cli::{runner, stages_json, SMALL, TINY};
 use websieve::recipe::{self, Recipe};
 use websieve::stage::{StageKind, Workspace};
 
@@ -97,35 +98,6 @@ fn plan_says_why_each_stage_runs() {
         "{text}"
     );
 }
-
-/// Runs the `runner` binary in `dir` with its own cache and run folders.
-fn runner(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runner"));
-    cmd.args(args)
-        .arg("--cache")
-        .arg(dir.join("cache"))
-        .arg("--runs")
-        .arg(dir.join("runs"))
-        .env("WEBSIEVE_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn stages_json(dir: &std::path::Path, run: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("runs").join(run).join("stages.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-const TINY: [&str; 6] = [
-    "--set",
-    "dataset.synthetic.max_per_class=20",
-    "--set",
-    "dataset.synthetic.min_per_class=10",
-    "--set",
-    "dataset.synthetic.val_per_class=4",
-];
 
 #[test]
 fn settings_training_cannot_honour_are_refused_before_any_work() {
@@ -230,7 +202,7 @@ fn a_stage_killed_mid_way_is_not_reused_but_finished_on_the_next_run() {
     let killed = runner(
         tmp.path(),
         &args,
-        &[(websieve::store::ABORT_AFTER_COMMITS_ENV, "1")],
+        &[(websieve::failpoint::ABORT_AFTER_COMMITS_ENV, "1")],
     );
     assert!(
         !killed.status.success(),
@@ -276,21 +248,9 @@ fn a_stage_killed_mid_way_is_not_reused_but_finished_on_the_next_run() {
 #[test]
 fn quickstart_runs_end_to_end_and_a_two_headed_sweep_point_reuses_ingest_and_lda() {
     let tmp = tempfile::tempdir().unwrap();
-    let small = [
-        "--set",
-        "lda.topics=8",
-        "--set",
-        "lda.batch_size=32",
-        "--set",
-        "train.iterations=6",
-        "--set",
-        "train.batch_per_device=8",
-        "--set",
-        "eval.batch_size=16",
-    ];
     let mut args = vec!["recipes/quickstart.toml"];
     args.extend(TINY);
-    args.extend(small);
+    args.extend(SMALL);
     let out = runner(tmp.path(), &args, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

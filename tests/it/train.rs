@@ -345,6 +345,37 @@ fn resume_equals_straight(arch: Arch) {
     assert!(matches!(err, TrainError::ExistingRun { .. }), "{err}");
 }
 
+/// A torn newest checkpoint (a copy cut short, a full disk) does not stop the rerun: it resumes
+/// from the previous one and replays the run to the same weights.
+#[test]
+fn a_truncated_latest_checkpoint_resumes_from_the_one_before() {
+    let data = images(8);
+    let whole = || short_run(model(false), params(0.01, 4, 2), 4);
+    let straight = tempfile::tempdir().unwrap();
+    let done = run(&data, straight.path(), &whole()).unwrap();
+
+    let interrupted = tempfile::tempdir().unwrap();
+    let first = Run {
+        stop_after: Some(3),
+        ..whole()
+    };
+    run(&data, interrupted.path(), &first).unwrap();
+    let newest = checkpoint::path_for(interrupted.path(), 3);
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() - 100]).unwrap();
+    let second = Run {
+        resume: true,
+        ..whole()
+    };
+    let resumed = run(&data, interrupted.path(), &second).unwrap();
+    assert_eq!(resumed.steps, 4);
+    assert_eq!(
+        tensors_bits(&done.final_checkpoint),
+        tensors_bits(&resumed.final_checkpoint)
+    );
+    assert_eq!(losses(straight.path()), losses(interrupted.path()));
+}
+
 #[test]
 fn metrics_log_every_head_and_task() {
     let data = images(8);
