@@ -463,17 +463,19 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
                 let noise = scored
                     .noise
                     .context("no noise metrics despite a truth file")?;
-                metrics[i].push([
-                    noise.auc.unwrap_or(f64::NAN),
-                    noise.macro_auc.unwrap_or(f64::NAN),
-                    noise.recall,
-                    noise.precision,
-                ]);
+                metrics[i].push([noise.auc, noise.macro_auc, noise.recall, noise.precision]);
             }
         }
         for (i, name) in ["dot", "cosine"].into_iter().enumerate() {
             let cell = |j: usize| {
-                let v: Vec<f64> = metrics[i].iter().map(|m| m[j]).collect();
+                // Undefined for any seed (e.g. nothing discarded): no mean to show.
+                let Some(v) = metrics[i]
+                    .iter()
+                    .map(|m| m[j])
+                    .collect::<Option<Vec<f64>>>()
+                else {
+                    return "n/a".to_string();
+                };
                 let mean = v.iter().sum::<f64>() / v.len() as f64;
                 let (lo, hi) = v
                     .iter()

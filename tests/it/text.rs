@@ -537,7 +537,8 @@ fn score_stage_detects_planted_noise_from_text() {
     assert!(noise.auc.unwrap() > 0.8, "AUC {:?}", noise.auc);
     // 10% discarded per class; with AUC well above chance most of them are noisy.
     assert_eq!(noise.discarded, 60);
-    assert!(noise.precision > 0.6, "precision {}", noise.precision);
+    let precision = noise.precision.expect("10% discarded");
+    assert!(precision > 0.6, "precision {precision}");
 
     let table = ScoreTable::load(&score_dir).unwrap();
     assert_eq!(table.len(), 600);
@@ -645,4 +646,50 @@ fn score_tables_on_hand_made_vectors() {
     let table = ScoreTable::load(dir.path()).unwrap();
     assert_eq!(table.kept_ids(), [0, 1, 2, 4, 5]);
     assert_eq!(table.get(1).unwrap().lambda, 1.0);
+}
+
+/// Precision and recall of the discarding are undefined where nothing is discarded (rule
+/// "none"): `None`, `null` in summary.json and "n/a" where shown, not a misleading 0.
+#[test]
+fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
+    let topics = vec![vec![0.9, 0.1], vec![1.0, 0.0], vec![0.1, 0.9]];
+    let labels = [0, 0, 0];
+    let paths: Vec<String> = (0..3).map(|i| format!("s/{i}.jpg")).collect();
+    let names = vec!["tench".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.tsv");
+    std::fs::write(
+        &truth,
+        "path\tgiven_label\ttrue_label\ns/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t-1\n",
+    )
+    .unwrap();
+    let inputs = ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &names,
+        image: None,
+    };
+    let noise = |rule| {
+        let clean = CleanParams {
+            similarity: Similarity::Cosine,
+            rule,
+            small_class: 0,
+            small_class_factor: 0.5,
+            truth: Some(truth.clone()),
+        };
+        let summary = score::run_stage(&inputs, &clean, &LabelParams::Hard, dir.path()).unwrap();
+        summary.noise.unwrap()
+    };
+    let kept_all = noise(CleanRule::None);
+    assert_eq!((kept_all.precision, kept_all.recall), (None, None));
+    assert_eq!(score::or_na(kept_all.precision), "n/a");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(score::SUMMARY_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert!(json["noise"]["precision"].is_null(), "{json}");
+    let cleaned = noise(CleanRule::Threshold(0.8));
+    assert_eq!((cleaned.precision, cleaned.recall), (Some(1.0), Some(1.0)));
+    assert_eq!(score::or_na(cleaned.precision), "1");
 }
