@@ -21,7 +21,9 @@ struct Layer {
 /// Where each dotted key of a merged recipe was set (the last layer that set it wins).
 #[derive(Debug, Clone)]
 pub struct SourceMap {
-    keys: HashMap<String, Location>,
+    /// Each key's location and the number of the layer that set it (later layers win).
+    keys: HashMap<String, (usize, Location)>,
+    layers: usize,
     /// The recipe file named on the command line: where errors about keys that no layer
     /// sets are reported.
     file: Origin,
@@ -31,8 +33,19 @@ impl SourceMap {
     fn new(file: Origin) -> SourceMap {
         SourceMap {
             keys: HashMap::new(),
+            layers: 0,
             file,
         }
+    }
+
+    /// Of `keys`, the one the latest layer sets itself (the first on a tie), if any: of
+    /// settings that together size something, the one most likely just changed.
+    pub fn last_set<'k>(&self, keys: &[&'k str]) -> Option<&'k str> {
+        keys.iter()
+            .filter_map(|&k| self.keys.get(k).map(|(layer, _)| (*layer, k)))
+            .rev()
+            .max_by_key(|(layer, _)| *layer)
+            .map(|(_, k)| k)
     }
 
     /// Where an error about `key` is reported: where it (or its closest parent) was set, else
@@ -47,7 +60,7 @@ impl SourceMap {
     fn get(&self, key: &str) -> Option<&Location> {
         let mut key = key;
         loop {
-            if let Some(loc) = self.keys.get(key) {
+            if let Some((_, loc)) = self.keys.get(key) {
                 return Some(loc);
             }
             key = key.rsplit_once('.')?.0;
@@ -71,15 +84,14 @@ impl SourceMap {
         if let Some(table) = doc.as_item().as_table_like() {
             collect_key_spans(table, "", &mut found);
         }
+        self.layers += 1;
         for (key, span) in found {
-            self.keys.insert(
-                key,
-                Location {
-                    origin: layer.origin.clone(),
-                    text: layer.text.clone(),
-                    span,
-                },
-            );
+            let location = Location {
+                origin: layer.origin.clone(),
+                text: layer.text.clone(),
+                span,
+            };
+            self.keys.insert(key, (self.layers, location));
         }
     }
 }

@@ -142,6 +142,10 @@ pub struct RawText {
     pub min_count: Option<i64>,
     /// Maximum share of documents a vocabulary word may appear in. Default: 0.5.
     pub max_doc_freq: Option<f64>,
+    /// Vocabulary size cap: of the words that pass the filters above, the most frequent (by
+    /// corpus count) are kept. LDA holds four topics × words f32 matrices, so this bounds its
+    /// memory. Default: 100000 (gensim's `keep_n`).
+    pub max_words: Option<i64>,
 }
 
 /// Online variational Bayes LDA (Hoffman, Blei & Bach 2010).

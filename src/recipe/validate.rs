@@ -1,6 +1,7 @@
 //! Validation: a merged [`RawRecipe`] becomes a [`Recipe`]: defaults filled in, paths resolved,
-//! ranges and combinations checked. Every problem is reported (not just the first), each at
-//! the text that set the offending key.
+//! ranges and combinations checked, and every size that drives an allocation (LDA's matrices,
+//! training and eval batches, a stored image) held to [`MEMORY_BUDGET`]. Every problem is
+//! reported (not just the first), each at the text that set the offending key.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -11,6 +12,24 @@ use super::params::*;
 use super::raw::*;
 use super::Recipe;
 use crate::sample::Source;
+
+/// The most memory one allocation a recipe sizes may need, whatever the machine: a fixed bound
+/// that turns a mistyped size (`lda.topics = 100000000`) into a recipe error instead of an
+/// abort mid-run. Real recipes stay far below it (the original's LDA matrices take 800 MB, a
+/// training batch of 80 at 224 px 48 MB).
+pub const MEMORY_BUDGET: u64 = 64 << 30;
+
+/// `bytes` for people: GiB (or TiB, PiB, ...) with one decimal.
+pub fn memory_text(bytes: u128) -> String {
+    let mut value = bytes as f64 / f64::from(1u32 << 30);
+    let mut units = ["GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"].iter().peekable();
+    let mut unit = units.next().expect("a unit");
+    while value >= 1024.0 && units.peek().is_some() {
+        value /= 1024.0;
+        unit = units.next().expect("peeked");
+    }
+    format!("{value:.1} {unit}")
+}
 
 struct Validator<'a> {
     sources: &'a SourceMap,
@@ -104,6 +123,23 @@ impl Validator<'_> {
         self.within(key, value, default, min..=largest::<T>())
     }
 
+    /// An error where `bytes`, which `what` needs, exceed [`MEMORY_BUDGET`]; at the one of
+    /// `keys` (the settings that size it) set last, else at the first.
+    fn within_budget(&mut self, keys: &[&str], bytes: u128, what: impl FnOnce() -> String) {
+        if bytes <= u128::from(MEMORY_BUDGET) {
+            return;
+        }
+        let key = self.sources.last_set(keys).unwrap_or(keys[0]);
+        let message = format!(
+            "{} would take {}, over the memory budget of {} (a fixed bound in websieve \
+             against mistyped sizes, not this machine's memory)",
+            what(),
+            memory_text(bytes),
+            memory_text(u128::from(MEMORY_BUDGET)),
+        );
+        self.error(key, message);
+    }
+
     /// `value` resolved against the folder of the file that set `key`, made absolute (and
     /// canonical where it exists), so that a run means the same data from any working folder
     /// and its resolved recipe loads back from anywhere.
@@ -157,6 +193,7 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             ),
         );
     }
+    memory(&mut v, &dataset, &text, &lda, &train, &eval);
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
         v.error(
             "train.sampler",
@@ -179,6 +216,60 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
         1 => Err(v.errors.pop().expect("one error")),
         _ => Err(RecipeError::Many(v.errors)),
     }
+}
+
+/// Holds every size that drives an allocation to the budget.
+fn memory(
+    v: &mut Validator,
+    dataset: &DatasetParams,
+    text: &TextParams,
+    lda: &LdaParams,
+    train: &TrainParams,
+    eval: &EvalParams,
+) {
+    v.within_budget(
+        &["lda.topics", "text.max_words"],
+        crate::lda::topic_word_bytes(lda.topics, text.max_words),
+        || {
+            format!(
+                "LDA's {} f32 topic-word matrices for {} topics over up to text.max_words = {} \
+                 words",
+                crate::lda::TOPIC_WORD_MATRICES,
+                lda.topics,
+                text.max_words,
+            )
+        },
+    );
+    let dtype = train.precision.activations();
+    let crop = train.augmentation.crop;
+    let crop_bytes = u128::from(crop).pow(2) * 3 * dtype.size_in_bytes() as u128;
+    v.within_budget(
+        &["train.batch_per_device", "train.augmentation.crop"],
+        train.batch_per_device as u128 * crop_bytes,
+        || {
+            format!(
+                "a training batch of {} crops of {crop}×{crop}×3 {}",
+                train.batch_per_device,
+                dtype.as_str()
+            )
+        },
+    );
+    let crops = crate::loader::crop_boxes(eval.crops, dataset.resize, dataset.resize, crop).len();
+    v.within_budget(
+        &["eval.batch_size", "eval.crops"],
+        eval.batch_size as u128 * crops as u128 * crop_bytes,
+        || {
+            format!(
+                "an eval batch of {} samples × {crops} crops of {crop}×{crop}×3 {}",
+                eval.batch_size,
+                dtype.as_str()
+            )
+        },
+    );
+    let side = dataset.resize;
+    v.within_budget(&["dataset.resize"], u128::from(side).pow(2) * 3, || {
+        format!("one stored image of {side}×{side}×3 bytes (at least)")
+    });
 }
 
 fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
@@ -293,6 +384,7 @@ fn text(v: &mut Validator, raw: RawText) -> TextParams {
         stemming: raw.stemming.unwrap_or(true),
         min_count: v.at_least("text.min_count", raw.min_count, 5, 1),
         max_doc_freq,
+        max_words: v.at_least("text.max_words", raw.max_words, 100_000, 1),
     }
 }
 

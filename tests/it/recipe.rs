@@ -327,3 +327,23 @@ fn values_outside_a_range_get_the_same_words_on_either_side() {
     };
     assert_eq!(expected(&below_zero), expected(&zero));
 }
+
+/// Every size that drives an allocation is held to the memory budget at validation, with
+/// what it would take: `lda.topics = 100000000` used to pass and then abort on a 53 GB
+/// allocation.
+#[test]
+fn sizes_past_the_memory_budget_are_refused_with_what_they_would_take() {
+    insta::assert_snapshot!(error(
+        "recipes/quickstart.toml",
+        &[
+            "lda.topics=100000000",
+            "train.batch_per_device=10000000",
+            "eval.batch_size=1000000",
+            "eval.crops=ten",
+            "dataset.resize=200000",
+        ]
+    ));
+    // Where only the vocabulary cap is set, the error is at it.
+    let msg = error("recipes/quickstart.toml", &["text.max_words=100000000000"]);
+    assert!(msg.contains("`--set text.max_words="), "{msg}");
+}
