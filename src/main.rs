@@ -1,6 +1,8 @@
 //! `runner`: the command line of websieve. Thin: parses arguments, sets up logging, and calls
-//! the library. Errors print as `error: {:#}` and exit with status 2.
+//! the library. Errors print as `error: ` and their chain of causes, each once, and exit with
+//! status 2.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -165,10 +167,26 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain_text(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined by ": " as `{:#}` joins them, but each cause once: most
+/// library errors already show their source in their own message (`{path}: {source}`).
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain().map(ToString::to_string) {
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// glibc hands blocks over 128 kB to `mmap` and trims freed heap tops back to the OS, so a
@@ -188,8 +206,13 @@ fn keep_freed_memory() {
 
 fn init_logging(quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
+    // Colour only for a person at a terminal who has not asked for none (no-color.org): in
+    // files and pipes escape codes are noise.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let human = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .compact()
         .with_filter(

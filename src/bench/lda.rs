@@ -147,7 +147,7 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
         let mut best = (f64::INFINITY, Vec::new(), 0.0f64);
         for _ in 0..args.repeats {
             let (secs, lambda, infer_rate) =
-                pool.install(|| train_and_infer(&params, &vocab, &train, &test));
+                pool.install(|| train_and_infer(&params, &vocab, &train, &test))?;
             best = (best.0.min(secs), lambda, best.2.max(infer_rate));
         }
         let (ours_secs, lambda, infer_rate) = best;
@@ -242,13 +242,13 @@ fn train_and_infer(
     vocab: &Vocabulary,
     train: &[SparseDoc],
     test: &[SparseDoc],
-) -> (f64, Vec<f32>, f64) {
+) -> anyhow::Result<(f64, Vec<f32>, f64)> {
     let started = Instant::now();
     let mut lda = OnlineLda::new(
         online_settings(params, train.len() as u64),
         vocab.len(),
         params.seed,
-    );
+    )?;
     for _ in 0..params.passes {
         for batch in train.chunks(params.batch_size) {
             lda.update(batch);
@@ -266,9 +266,9 @@ fn train_and_infer(
         updates,
     );
     let started = Instant::now();
-    let theta = model.infer(test);
+    let theta = model.infer(test)?;
     let infer_rate = theta.len() as f64 / started.elapsed().as_secs_f64();
-    (secs, model.lambda().to_vec(), infer_rate)
+    Ok((secs, model.lambda().to_vec(), infer_rate))
 }
 
 struct Measured {
@@ -404,6 +404,7 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
         stemming: true,
         min_count: args.min_count,
         max_doc_freq: args.max_doc_freq,
+        max_words: usize::MAX,
     };
     println!(
         "{}: {} training samples, {} classes; {} passes, batch {}, discard {:.0}% per class",
@@ -463,17 +464,19 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
                 let noise = scored
                     .noise
                     .context("no noise metrics despite a truth file")?;
-                metrics[i].push([
-                    noise.auc.unwrap_or(f64::NAN),
-                    noise.macro_auc.unwrap_or(f64::NAN),
-                    noise.recall,
-                    noise.precision,
-                ]);
+                metrics[i].push([noise.auc, noise.macro_auc, noise.recall, noise.precision]);
             }
         }
         for (i, name) in ["dot", "cosine"].into_iter().enumerate() {
             let cell = |j: usize| {
-                let v: Vec<f64> = metrics[i].iter().map(|m| m[j]).collect();
+                // Undefined for any seed (e.g. nothing discarded): no mean to show.
+                let Some(v) = metrics[i]
+                    .iter()
+                    .map(|m| m[j])
+                    .collect::<Option<Vec<f64>>>()
+                else {
+                    return "n/a".to_string();
+                };
                 let mean = v.iter().sum::<f64>() / v.len() as f64;
                 let (lo, hi) = v
                     .iter()

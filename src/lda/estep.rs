@@ -5,6 +5,8 @@
 //! θ̃ = exp(ψ(γ)) is kept without the common factor exp(−ψ(Σγ)): both the γ update and the
 //! sufficient statistics are invariant to scaling θ̃, so that factor is never computed.
 
+use std::collections::TryReserveError;
+
 use rayon::prelude::*;
 
 use super::math::exp_digamma;
@@ -241,6 +243,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub struct BetaBuffers {
     by_topic: Vec<f32>,
     pub rows: Vec<f32>,
+}
+
+impl BetaBuffers {
+    /// Buffers with room for `len` values each ([K, U] for up to `len` = K·U), so that
+    /// [`beta_rows`] never grows them.
+    pub fn with_capacity(len: usize) -> Result<BetaBuffers, TryReserveError> {
+        Ok(BetaBuffers {
+            by_topic: reserved(len)?,
+            rows: reserved(len)?,
+        })
+    }
+}
+
+/// An empty vector with room for exactly `len` values, or the allocator's refusal.
+pub fn reserved(len: usize) -> Result<Vec<f32>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)?;
+    Ok(v)
 }
 
 /// `exp(E[log β_kw])` for the given words, as rows of K in `buffers.rows`:

@@ -5,7 +5,9 @@
 //!
 //! Documents are streamed: one pass builds the vocabulary, each training pass feeds
 //! mini-batches to the trainer, a last pass infers θ for every sample and writes it out row by
-//! row. Memory stays O(K·V + batch) whatever the corpus size.
+//! row. Memory stays O(K·V + batch) whatever the corpus size: [`TOPIC_WORD_MATRICES`]
+//! [K, V] f32 matrices at most, with V capped by `text.max_words` ([`topic_word_bytes`] is
+//! what recipe validation holds to its memory budget).
 
 mod estep;
 mod math;
@@ -68,9 +70,41 @@ pub enum LdaError {
         min_count: u32,
         max_doc_freq: f64,
     },
+    #[error(
+        "cannot allocate LDA's [{topics} topics, {words} words] f32 matrices ({} each): {source}",
+        crate::recipe::memory_text(matrix_bytes(*topics, *words))
+    )]
+    Memory {
+        topics: usize,
+        words: usize,
+        #[source]
+        source: std::collections::TryReserveError,
+    },
+}
+
+/// [K, V] f32 matrices the stage holds at once at most: λ, and in each update the batch's
+/// exp(E[log β]) in two layouts and its word statistics, each up to [K, V] ([`OnlineLda::new`]
+/// reserves all four; inference later needs λ and two more).
+pub const TOPIC_WORD_MATRICES: u128 = 4;
+
+/// Bytes of LDA's topic-word matrices for `topics` topics over `words` words.
+pub fn topic_word_bytes(topics: usize, words: usize) -> u128 {
+    TOPIC_WORD_MATRICES * matrix_bytes(topics, words)
+}
+
+fn matrix_bytes(topics: usize, words: usize) -> u128 {
+    topics as u128 * words as u128 * std::mem::size_of::<f32>() as u128
 }
 
 impl LdaError {
+    fn memory(topics: usize, words: usize, source: std::collections::TryReserveError) -> LdaError {
+        LdaError::Memory {
+            topics,
+            words,
+            source,
+        }
+    }
+
     fn io(path: &Path, source: std::io::Error) -> LdaError {
         LdaError::Io {
             path: path.to_path_buf(),
@@ -161,7 +195,7 @@ pub fn run_stage(
         online_settings(params, train_docs),
         vocab.len(),
         params.seed,
-    );
+    )?;
     let bar =
         progress.then(|| crate::progress::bar(train_docs * params.passes as u64, "lda", "doc"));
     let mut tokens = 0.0;
@@ -194,7 +228,7 @@ pub fn run_stage(
     let model = LdaModel::new(vocab, lambda, alpha, settings.eta, settings.e_step, updates);
     model.save(dir)?;
 
-    let inferencer = model.inferencer();
+    let inferencer = model.inferencer()?;
     let empty_train_docs = write_topics(
         docs,
         Split::Train,
@@ -242,7 +276,7 @@ fn build_vocabulary(
     docs.for_each(Split::Train, &mut |_, source, sample| {
         builder.add_doc(&tokenizer.tokens(source, sample))
     })?;
-    let vocab = builder.build(text.min_count, text.max_doc_freq);
+    let vocab = builder.build(text.min_count, text.max_doc_freq, text.max_words);
     if vocab.is_empty() {
         return Err(LdaError::EmptyVocabulary {
             docs: docs.len(Split::Train),

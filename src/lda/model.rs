@@ -103,8 +103,9 @@ impl LdaModel {
             .collect()
     }
 
-    /// Precomputes exp(E[log β]) for every word, for inferring many documents.
-    pub fn inferencer(&self) -> Inferencer {
+    /// Precomputes exp(E[log β]) for every word, for inferring many documents: two more
+    /// [K, V] matrices, [`LdaError::Memory`] where they cannot be had.
+    pub fn inferencer(&self) -> Result<Inferencer, LdaError> {
         let v = self.vocab.len();
         let row_digamma: Vec<f64> = self
             .lambda
@@ -112,18 +113,19 @@ impl LdaModel {
             .map(|row| digamma(row.iter().map(|&x| x as f64).sum()))
             .collect();
         let words: Vec<u32> = (0..v as u32).collect();
-        let mut buffers = BetaBuffers::default();
+        let mut buffers = BetaBuffers::with_capacity(self.lambda.len())
+            .map_err(|source| LdaError::memory(self.topics(), v, source))?;
         beta_rows(&self.lambda, v, &row_digamma, &words, &mut buffers);
-        Inferencer {
+        Ok(Inferencer {
             beta: buffers.rows,
             prior: Prior::new(self.alpha.iter().map(|&a| a as f32).collect()),
             e_step: self.e_step,
-        }
+        })
     }
 
     /// Topic vectors θ = γ / Σγ of documents (each sums to 1).
-    pub fn infer(&self, docs: &[SparseDoc]) -> Vec<Vec<f32>> {
-        self.inferencer().infer(docs)
+    pub fn infer(&self, docs: &[SparseDoc]) -> Result<Vec<Vec<f32>>, LdaError> {
+        Ok(self.inferencer()?.infer(docs))
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), LdaError> {
@@ -237,7 +239,9 @@ mod tests {
         m.save(dir.path()).unwrap();
         assert_eq!(LdaModel::load(dir.path()).unwrap(), m);
         assert_eq!(m.top_words(2), [["golf", "ball"], ["church", "ball"]]);
-        let theta = m.infer(&[SparseDoc::from_pairs([(2, 3.0)]), SparseDoc::default()]);
+        let theta = m
+            .infer(&[SparseDoc::from_pairs([(2, 3.0)]), SparseDoc::default()])
+            .unwrap();
         assert!(theta[0][1] > 0.8, "{theta:?}");
         // An empty document gets α / Σα.
         assert!((theta[1][0] - 2.0 / 3.0).abs() < 1e-6 && (theta[1][1] - 1.0 / 3.0).abs() < 1e-6);

@@ -1,7 +1,8 @@
 //! Online variational Bayes for LDA (Hoffman, Blei & Bach 2010; gensim's `LdaModel.update`):
 //! each mini-batch is fitted by the E-step with the current topics, and the topic-word
 //! parameter λ moves towards the estimate that batch implies, with weight
-//! ρ_t = (τ0 + t)^(−κ). Memory is O(K·V + batch): λ, plus the batch's own words.
+//! ρ_t = (τ0 + t)^(−κ). Memory is O(K·V + batch): λ, plus the batch's own words, in
+//! [`super::TOPIC_WORD_MATRICES`] matrices of up to [K, V], all reserved up front.
 //!
 //! Same result for a given seed whatever the thread count: documents are fitted
 //! independently, each word's statistics are summed over its documents in batch order,
@@ -11,8 +12,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::estep::{beta_rows, fit_doc, BetaBuffers, DocFit, EStepSettings, Prior};
+use super::estep::{beta_rows, fit_doc, reserved, BetaBuffers, DocFit, EStepSettings, Prior};
 use super::math::{digamma, dirichlet_expectation, trigamma, GammaSampler};
+use super::LdaError;
 use crate::text::SparseDoc;
 
 /// Settings of the trainer (the numeric part of `LdaParams`, resolved).
@@ -58,8 +60,17 @@ pub struct OnlineLda {
 impl OnlineLda {
     /// λ starts as Gamma(100, 1/100) draws (as Hoffman's and gensim's code), one seeded
     /// stream per topic row so that initialisation is parallel and still deterministic.
-    pub fn new(settings: OnlineSettings, vocab: usize, seed: u64) -> OnlineLda {
-        let mut lambda = vec![0.0f32; settings.topics * vocab];
+    ///
+    /// Every [K, V] matrix the trainer keeps is reserved here: a corpus whose matrices do not
+    /// fit fails now with [`LdaError::Memory`], not with an abort in some later update.
+    pub fn new(settings: OnlineSettings, vocab: usize, seed: u64) -> Result<OnlineLda, LdaError> {
+        let memory = |source| LdaError::memory(settings.topics, vocab, source);
+        // A size past usize fails as the allocator's capacity overflow.
+        let len = settings.topics.saturating_mul(vocab);
+        let mut lambda = reserved(len).map_err(memory)?;
+        let beta = BetaBuffers::with_capacity(len).map_err(memory)?;
+        let sstats = reserved(len).map_err(memory)?;
+        lambda.resize(len, 0.0);
         lambda
             .par_chunks_mut(vocab.max(1))
             .enumerate()
@@ -71,7 +82,10 @@ impl OnlineLda {
                     *x = gamma.sample(&mut rng) as f32;
                 }
             });
-        OnlineLda::with_lambda(settings, vocab, lambda)
+        let mut lda = OnlineLda::with_lambda(settings, vocab, lambda);
+        lda.beta = beta;
+        lda.sstats = sstats;
+        Ok(lda)
     }
 
     /// A trainer starting from a given λ [K, V] (tests, warm starts).

@@ -1,6 +1,8 @@
 //! Recipe errors that point into the text that caused them: `file:line:col`, the line, a
-//! caret under the offending span, what was expected, and a "did you mean" where a known
-//! name is close to what was written.
+//! caret under the offending span, what was expected (in TOML's words, not Rust's), and a
+//! "did you mean" where a known name is close to what was written. An error about nothing
+//! written (a required key left out) names the recipe file; every error names its file or
+//! `--set`.
 
 use std::fmt;
 use std::ops::Range;
@@ -50,20 +52,38 @@ impl Location {
     }
 }
 
+/// Where a recipe error is: always in some file or `--set`, at a span of it when the error is
+/// about text written there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    At(Location),
+    /// The whole file or `--set`: what is wrong is not written in it (a required key left
+    /// out, a default that clashes with another setting).
+    In(Origin),
+}
+
 /// One located recipe error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub message: String,
-    pub location: Option<Location>,
+    pub place: Place,
     /// Extra lines: what was expected, a suggestion.
     pub notes: Vec<String>,
 }
 
 impl Diagnostic {
-    pub fn new(message: impl Into<String>, location: Option<Location>) -> Self {
+    /// An error at `location` when it is known, else in the whole of `origin`.
+    pub fn new(message: impl Into<String>, location: Option<Location>, origin: &Origin) -> Self {
+        Diagnostic::placed(
+            message,
+            location.map_or_else(|| Place::In(origin.clone()), Place::At),
+        )
+    }
+
+    pub fn placed(message: impl Into<String>, place: Place) -> Self {
         Diagnostic {
             message: message.into(),
-            location,
+            place,
             notes: Vec::new(),
         }
     }
@@ -76,12 +96,18 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(loc) = &self.location else {
-            write!(f, "{}", self.message)?;
-            for note in &self.notes {
-                write!(f, "\n  = {note}")?;
+        let loc = match &self.place {
+            Place::At(loc) => loc,
+            Place::In(origin) => {
+                match origin {
+                    Origin::File(path) => write!(f, "{}: {}", path.display(), self.message)?,
+                    Origin::Set(arg) => write!(f, "in `--set {arg}`: {}", self.message)?,
+                }
+                for note in &self.notes {
+                    write!(f, "\n  = {note}")?;
+                }
+                return Ok(());
             }
-            return Ok(());
         };
         let (line, col) = loc.line_col();
         let source_line = loc.source_line();
@@ -161,50 +187,61 @@ pub fn did_you_mean<'a>(
 /// Turns a toml/serde error into a located diagnostic, adding the expected names and a
 /// suggestion for unknown fields and enum values.
 pub fn from_toml_error(err: &toml::de::Error, origin: &Origin, text: &str) -> Diagnostic {
-    let message = friendly_types(err.message().trim());
     let location = err.span().map(|span| Location {
         origin: origin.clone(),
         text: text.to_string(),
         span,
     });
-    let diag = Diagnostic::new(message.clone(), location);
+    let message = plain_words(err.message());
+    let diag = Diagnostic::new(message.clone(), location, origin);
     match suggestion(&message) {
         Some(help) => diag.note(help),
         None => diag,
     }
 }
 
-/// serde names Rust types ("expected usize"); say what a recipe writer would.
-fn friendly_types(message: &str) -> String {
-    let mut out = message.to_string();
-    for (rust, plain) in [
-        ("expected usize", "expected a whole number ≥ 0"),
-        ("expected u64", "expected a whole number ≥ 0"),
-        ("expected u32", "expected a whole number ≥ 0"),
-        ("expected u8", "expected a whole number in 0..=255"),
-        ("expected f64", "expected a number"),
-        ("expected f32", "expected a number"),
-        ("expected a boolean", "expected true or false"),
-    ] {
-        if out.ends_with(rust) {
-            out.replace_range(out.len() - rust.len().., plain);
-        }
+/// A toml/serde message in the words of a recipe writer: serde names the Rust type it
+/// wanted ("expected struct RawTrain", "expected i64"), a recipe writer knows TOML's.
+pub fn plain_words(message: &str) -> String {
+    let message = message.trim();
+    // toml's own message for an enum given anything but a string.
+    if message == "wanted string or table" {
+        return "expected a string".to_string();
     }
-    out
+    // serde's names of what it found, for TOML's arrays and tables; an enum's variants are
+    // a setting's values.
+    let message = message
+        .replacen("unknown variant `", "unknown value `", 1)
+        .replacen("invalid type: sequence,", "invalid type: array,", 1)
+        .replacen("invalid type: map,", "invalid type: table,", 1);
+    let Some((before, expected)) = message.rsplit_once("expected ") else {
+        return message;
+    };
+    let plain = match expected {
+        "i64" => "a whole number",
+        "f64" | "f32" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "an array",
+        "a map" => "a table",
+        rust if rust.starts_with("struct ") => "a table",
+        _ => return message,
+    };
+    format!("{before}expected {plain}")
 }
 
-/// "help: did you mean `x`?" for serde's unknown-field and unknown-variant messages.
+/// "help: did you mean `x`?" for unknown-field and unknown-value messages.
 pub fn suggestion(message: &str) -> Option<String> {
     let (word, expected) = unknown_name(message)?;
     did_you_mean(&word, expected.iter().map(String::as_str))
         .map(|best| format!("help: did you mean `{best}`?"))
 }
 
-/// Parses serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant").
+/// Parses serde's "unknown field `x`, expected one of `a`, `b`" (and [`plain_words`]'
+/// "unknown value").
 fn unknown_name(message: &str) -> Option<(String, Vec<String>)> {
     let rest = message
         .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("unknown variant `"))?;
+        .or_else(|| message.strip_prefix("unknown value `"))?;
     let (word, rest) = rest.split_once('`')?;
     let expected = rest
         .split('`')
@@ -252,7 +289,7 @@ mod tests {
         assert_eq!(word, "lrr");
         assert_eq!(expected, ["lr", "momentum"]);
         let (word, expected) =
-            unknown_name("unknown variant `cosin`, expected `dot` or `cosine`").unwrap();
+            unknown_name("unknown value `cosin`, expected `dot` or `cosine`").unwrap();
         assert_eq!(word, "cosin");
         assert_eq!(expected, ["dot", "cosine"]);
     }

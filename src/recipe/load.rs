@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::diag::{
-    display_path, from_toml_error, suggestion, Diagnostic, Location, Origin, RecipeError,
+    display_path, from_toml_error, plain_words, suggestion, Diagnostic, Location, Origin, Place,
+    RecipeError,
 };
 use super::raw::RawRecipe;
 
@@ -18,17 +19,48 @@ struct Layer {
 }
 
 /// Where each dotted key of a merged recipe was set (the last layer that set it wins).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SourceMap {
-    keys: HashMap<String, Location>,
+    /// Each key's location and the number of the layer that set it (later layers win).
+    keys: HashMap<String, (usize, Location)>,
+    layers: usize,
+    /// The recipe file named on the command line: where errors about keys that no layer
+    /// sets are reported.
+    file: Origin,
 }
 
 impl SourceMap {
+    fn new(file: Origin) -> SourceMap {
+        SourceMap {
+            keys: HashMap::new(),
+            layers: 0,
+            file,
+        }
+    }
+
+    /// Of `keys`, the one the latest layer sets itself (the first on a tie), if any: of
+    /// settings that together size something, the one most likely just changed.
+    pub fn last_set<'k>(&self, keys: &[&'k str]) -> Option<&'k str> {
+        keys.iter()
+            .filter_map(|&k| self.keys.get(k).map(|(layer, _)| (*layer, k)))
+            .rev()
+            .max_by_key(|(layer, _)| *layer)
+            .map(|(_, k)| k)
+    }
+
+    /// Where an error about `key` is reported: where it (or its closest parent) was set, else
+    /// the recipe file.
+    pub fn place(&self, key: &str) -> Place {
+        self.get(key)
+            .cloned()
+            .map_or_else(|| Place::In(self.file.clone()), Place::At)
+    }
+
     /// The location of `key` (e.g. "train.optimizer.lr"), or of its closest set parent.
-    pub fn get(&self, key: &str) -> Option<&Location> {
+    fn get(&self, key: &str) -> Option<&Location> {
         let mut key = key;
         loop {
-            if let Some(loc) = self.keys.get(key) {
+            if let Some((_, loc)) = self.keys.get(key) {
                 return Some(loc);
             }
             key = key.rsplit_once('.')?.0;
@@ -52,15 +84,14 @@ impl SourceMap {
         if let Some(table) = doc.as_item().as_table_like() {
             collect_key_spans(table, "", &mut found);
         }
+        self.layers += 1;
         for (key, span) in found {
-            self.keys.insert(
-                key,
-                Location {
-                    origin: layer.origin.clone(),
-                    text: layer.text.clone(),
-                    span,
-                },
-            );
+            let location = Location {
+                origin: layer.origin.clone(),
+                text: layer.text.clone(),
+                span,
+            };
+            self.keys.insert(key, (self.layers, location));
         }
     }
 }
@@ -147,7 +178,7 @@ pub fn load_merged(path: &Path, sets: &[String]) -> Result<Vec<Merged>, RecipeEr
         }
     }
     let mut table = toml::Table::new();
-    let mut sources = SourceMap::default();
+    let mut sources = SourceMap::new(Origin::File(display_path(path)));
     for layer in layers {
         sources.add_layer(&layer);
         unset_alternatives(&mut table, &layer.table);
@@ -207,16 +238,18 @@ fn load_chain(
             let span = toml_edit::Document::parse(text.as_str())
                 .ok()
                 .and_then(|d| d.as_table().key("extends").and_then(|k| k.span()));
+            let location = span.map(|span| Location {
+                origin: origin.clone(),
+                text: text.clone(),
+                span,
+            });
             return Err(Diagnostic::new(
                 format!(
                     "`extends` names {}, which does not exist",
                     parent_path.display()
                 ),
-                span.map(|span| Location {
-                    origin,
-                    text: text.clone(),
-                    span,
-                }),
+                location,
+                &origin,
             )
             .into());
         }
@@ -236,17 +269,17 @@ fn load_chain(
 fn set_layer(arg: &str) -> Result<Layer, RecipeError> {
     let origin = Origin::Set(arg.to_string());
     let Some((key, value)) = arg.split_once('=') else {
-        return Err(Diagnostic::new(
-            format!("--set {arg:?}: expected KEY=VALUE, e.g. train.optimizer.lr=0.02"),
-            None,
+        return Err(Diagnostic::placed(
+            "expected KEY=VALUE, e.g. train.optimizer.lr=0.02",
+            Place::In(origin),
         )
         .into());
     };
     let key = key.trim();
     if key == "extends" || key == "sweep" || key.starts_with("sweep.") {
-        return Err(Diagnostic::new(
+        return Err(Diagnostic::placed(
             format!("--set cannot change `{key}`: edit the recipe"),
-            None,
+            Place::In(origin),
         )
         .into());
     }
@@ -322,21 +355,21 @@ fn take_sweep(
         .expect("[sweep] was type-checked with its file");
     let mut errors = Vec::new();
     for (key, values) in &sweep {
-        let location = sources.get(&format!("sweep.{key}")).cloned();
+        let place = sources.place(&format!("sweep.{key}"));
         if values.is_empty() {
             errors.push(
-                Diagnostic::new(format!("sweep `{key}` has no values"), location.clone()).into(),
+                Diagnostic::placed(format!("sweep `{key}` has no values"), place.clone()).into(),
             );
         }
         for value in values {
             let probe = toml::Value::Table(dotted_table(key, value.clone()));
             if let Err(e) = probe.try_into::<RawRecipe>() {
-                let message = e.message().trim();
-                let mut diag = Diagnostic::new(
+                let message = plain_words(e.message());
+                let mut diag = Diagnostic::placed(
                     format!("sweep `{key}` = {value}: {message}"),
-                    location.clone(),
+                    place.clone(),
                 );
-                if let Some(help) = suggestion(message) {
+                if let Some(help) = suggestion(&message) {
                     diag = diag.note(help);
                 }
                 errors.push(diag.into());
@@ -393,6 +426,7 @@ fn checked_run_name(name: &str, origin: &Origin, text: &str) -> Result<String, R
             text: text.to_string(),
             span,
         }),
+        origin,
     )
     .into())
 }

@@ -16,8 +16,9 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use diag::{Diagnostic, Location, Origin, RecipeError};
+pub use diag::{Diagnostic, Location, Origin, Place, RecipeError};
 pub use params::*;
+pub use validate::{memory_text, MEMORY_BUDGET};
 
 /// One run's validated settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -91,11 +92,15 @@ pub fn load(patterns: &[String], sets: &[String]) -> Result<Vec<Recipe>, RecipeE
 pub fn load_file(path: &Path, sets: &[String]) -> Result<Vec<Recipe>, RecipeError> {
     let mut points = Vec::new();
     for merged in load::load_merged(path, sets)? {
+        // Each layer was type-checked on its own; this can only fail if merging broke that.
         let raw: raw::RawRecipe =
             toml::Value::Table(merged.table)
                 .try_into()
                 .map_err(|e: toml::de::Error| {
-                    Diagnostic::new(format!("{}: {}", merged.name, e.message()), None)
+                    Diagnostic::placed(
+                        diag::plain_words(e.message()),
+                        Place::In(Origin::File(diag::display_path(path))),
+                    )
                 })?;
         points.push(
             validate::validate(merged.name, raw, &merged.sources).map(|mut r| {

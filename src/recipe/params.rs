@@ -98,6 +98,8 @@ pub struct TextParams {
     pub min_count: u32,
     /// Maximum share of documents a word may appear in (0 < x ≤ 1).
     pub max_doc_freq: f64,
+    /// At most this many words, the most frequent: LDA's memory is topics × words.
+    pub max_words: usize,
 }
 
 impl TextParams {

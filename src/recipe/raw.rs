@@ -2,6 +2,9 @@
 //! `extends` chain, a `--set` override and a sweep point each deserialize into this shape on
 //! their own (so each error points into the text that caused it); the merged table is then
 //! validated into [`super::Recipe`]. The JSON Schema in `schemas/` is generated from here.
+//!
+//! Integers are read as i64 whatever the setting's type: ranges (≥ 1, 1..=100) are checked
+//! in validation only, so that a value out of range gets one message whichever side it is on.
 
 use std::collections::BTreeMap;
 
@@ -45,17 +48,17 @@ pub struct RawDataset {
     /// WebVision sources to read. Default: ["google", "flickr"].
     pub sources: Option<Vec<RawSource>>,
     /// Resize target in pixels. Default: 256.
-    pub resize: Option<u32>,
+    pub resize: Option<i64>,
     /// "squash" (both sides to `resize`, the original) or "shorter-side". Default: "squash".
     pub resize_mode: Option<RawResizeMode>,
     /// Store images as "raw" RGB (the original) or "jpeg". Default: "raw".
     pub encoding: Option<RawEncoding>,
     /// JPEG quality when encoding = "jpeg". Default: 90.
-    pub jpeg_quality: Option<u8>,
+    pub jpeg_quality: Option<i64>,
     /// Also ingest the validation split. Default: true.
     pub val: Option<bool>,
     /// Keep at most this many training images per class.
-    pub max_per_class: Option<usize>,
+    pub max_per_class: Option<i64>,
     pub synthetic: Option<RawSynthetic>,
 }
 
@@ -94,19 +97,19 @@ pub enum RawEncoding {
 #[serde(deny_unknown_fields)]
 pub struct RawSynthetic {
     /// Default: 10.
-    pub classes: Option<usize>,
+    pub classes: Option<i64>,
     /// Default: 40.
-    pub min_per_class: Option<usize>,
+    pub min_per_class: Option<i64>,
     /// Default: 120.
-    pub max_per_class: Option<usize>,
+    pub max_per_class: Option<i64>,
     /// Default: 20.
-    pub val_per_class: Option<usize>,
+    pub val_per_class: Option<i64>,
     /// Share of wrongly labelled training images. Default: 0.3.
     pub noise: Option<f64>,
     /// Image side in pixels. Default: 64.
-    pub image_size: Option<u32>,
+    pub image_size: Option<i64>,
     /// Default: 0.
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
@@ -136,9 +139,13 @@ pub struct RawText {
     /// Porter stemming. Default: true.
     pub stemming: Option<bool>,
     /// Minimum corpus count of a vocabulary word. Default: 5.
-    pub min_count: Option<u32>,
+    pub min_count: Option<i64>,
     /// Maximum share of documents a vocabulary word may appear in. Default: 0.5.
     pub max_doc_freq: Option<f64>,
+    /// Vocabulary size cap: of the words that pass the filters above, the most frequent (by
+    /// corpus count) are kept. LDA holds four topics × words f32 matrices, so this bounds its
+    /// memory. Default: 100000 (gensim's `keep_n`).
+    pub max_words: Option<i64>,
 }
 
 /// Online variational Bayes LDA (Hoffman, Blei & Bach 2010).
@@ -146,11 +153,11 @@ pub struct RawText {
 #[serde(deny_unknown_fields)]
 pub struct RawLda {
     /// Default: 500.
-    pub topics: Option<usize>,
+    pub topics: Option<i64>,
     /// Default: 1.
-    pub passes: Option<usize>,
+    pub passes: Option<i64>,
     /// Documents per update (gensim's chunksize). Default: 2000.
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<i64>,
     /// "symmetric" or "auto" (learned). Default: "symmetric".
     pub alpha: Option<RawAlpha>,
     /// The symmetric α; default 1/topics.
@@ -162,11 +169,11 @@ pub struct RawLda {
     /// Learning-rate decay κ in [0.5, 1]. Default: 0.5 (gensim's).
     pub kappa: Option<f64>,
     /// Default: 50.
-    pub e_step_iterations: Option<usize>,
+    pub e_step_iterations: Option<i64>,
     /// Default: 0.001.
     pub e_step_tolerance: Option<f64>,
     /// Default: 0.
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
@@ -189,7 +196,7 @@ pub struct RawClean {
     /// Share of each class to discard, lowest scores first (rule = "fraction").
     pub fraction: Option<f64>,
     /// Classes with fewer samples than this are lenient. Default: 0 (none).
-    pub small_class: Option<usize>,
+    pub small_class: Option<i64>,
     /// Lenient classes discard this multiple of what the rule says. Default: 0.5.
     pub small_class_factor: Option<f64>,
     /// Truth TSV (path, given_label, true_label, ...) for noise-detection metrics.
@@ -259,7 +266,7 @@ pub struct RawModel {
     /// Weights of the auxiliary heads after 4a and 4d. Default: [0.3, 0.3].
     pub aux_weights: Option<[f64; 2]>,
     /// Input side in pixels; must equal train.augmentation.crop. Default: 224.
-    pub input_size: Option<u32>,
+    pub input_size: Option<i64>,
     /// Width multiplier of every layer. Default: 1.0.
     pub width: Option<f64>,
 }
@@ -285,11 +292,11 @@ pub struct RawTrain {
     /// "cpu", "cuda" (all GPUs) or "cuda:0,1". Default: "cpu".
     pub devices: Option<String>,
     /// Default: 80.
-    pub batch_per_device: Option<usize>,
+    pub batch_per_device: Option<i64>,
     /// Training length in iterations (exclusive with `epochs`).
-    pub iterations: Option<u64>,
+    pub iterations: Option<i64>,
     /// Training length in epochs over the kept samples (exclusive with `iterations`).
-    pub epochs: Option<u64>,
+    pub epochs: Option<i64>,
     /// "shuffle", "replacement" (the original), "half-balanced", "balanced" or "weighted".
     /// Default: "replacement".
     pub sampler: Option<RawSampler>,
@@ -298,13 +305,13 @@ pub struct RawTrain {
     /// Default: "f32".
     pub precision: Option<RawPrecision>,
     /// Checkpoint every this many iterations. Default: 10000.
-    pub checkpoint_every: Option<u64>,
+    pub checkpoint_every: Option<i64>,
     /// Start from another run's final weights: a run name or a checkpoint file.
     pub init: Option<String>,
     /// Loader threads. Default: 4.
-    pub workers: Option<usize>,
+    pub workers: Option<i64>,
     /// Default: 0.
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
     pub optimizer: Option<RawOptimizer>,
     pub schedule: Option<RawSchedule>,
     pub augmentation: Option<RawAugmentation>,
@@ -362,15 +369,15 @@ pub struct RawSchedule {
     /// step and multistep: lr multiplier per step. Default: 0.1.
     pub gamma: Option<f64>,
     /// step: iterations per step.
-    pub step_size: Option<u64>,
+    pub step_size: Option<i64>,
     /// multistep: the iterations at which the lr drops.
-    pub steps: Option<Vec<u64>>,
+    pub steps: Option<Vec<i64>>,
     /// poly: exponent. Default: 0.5 (BVLC GoogLeNet's quick solver).
     pub power: Option<f64>,
     /// cosine: the final lr. Default: 0.
     pub min_lr: Option<f64>,
     /// Linear warm-up length. Default: 0.
-    pub warmup_iterations: Option<u64>,
+    pub warmup_iterations: Option<i64>,
     /// Warm-up starts at lr × this. Default: 0.1.
     pub warmup_start_factor: Option<f64>,
 }
@@ -390,7 +397,7 @@ pub enum RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawAugmentation {
     /// Random square crop side. Default: 224.
-    pub crop: Option<u32>,
+    pub crop: Option<i64>,
     /// Random horizontal mirror. Default: true.
     pub mirror: Option<bool>,
     /// Mean subtracted per channel, in RGB order, 0..255. Default: ImageNet's
@@ -407,7 +414,7 @@ pub struct RawDivergence {
     /// rollback: the lr is multiplied by this. Default: 0.5.
     pub lr_factor: Option<f64>,
     /// rollback: give up after this many. Default: 3.
-    pub max_rollbacks: Option<u32>,
+    pub max_rollbacks: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
@@ -429,7 +436,7 @@ pub struct RawEval {
     /// Other runs (by name) whose probabilities are averaged with this run's.
     pub ensemble: Option<Vec<String>>,
     /// Samples per evaluation batch. Default: 50.
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

@@ -1,7 +1,9 @@
 //! Validation: a merged [`RawRecipe`] becomes a [`Recipe`]: defaults filled in, paths resolved,
-//! ranges and combinations checked. Every problem is reported (not just the first), each at
-//! the text that set the offending key.
+//! ranges and combinations checked, and every size that drives an allocation (LDA's matrices,
+//! training and eval batches, a stored image) held to [`MEMORY_BUDGET`]. Every problem is
+//! reported (not just the first), each at the text that set the offending key.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use super::diag::{Diagnostic, RecipeError};
@@ -11,6 +13,24 @@ use super::raw::*;
 use super::Recipe;
 use crate::sample::Source;
 
+/// The most memory one allocation a recipe sizes may need, whatever the machine: a fixed bound
+/// that turns a mistyped size (`lda.topics = 100000000`) into a recipe error instead of an
+/// abort mid-run. Real recipes stay far below it (the original's LDA matrices take 800 MB, a
+/// training batch of 80 at 224 px 48 MB).
+pub const MEMORY_BUDGET: u64 = 64 << 30;
+
+/// `bytes` for people: GiB (or TiB, PiB, ...) with one decimal.
+pub fn memory_text(bytes: u128) -> String {
+    let mut value = bytes as f64 / f64::from(1u32 << 30);
+    let mut units = ["GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"].iter().peekable();
+    let mut unit = units.next().expect("a unit");
+    while value >= 1024.0 && units.peek().is_some() {
+        value /= 1024.0;
+        unit = units.next().expect("peeked");
+    }
+    format!("{value:.1} {unit}")
+}
+
 struct Validator<'a> {
     sources: &'a SourceMap,
     errors: Vec<RecipeError>,
@@ -18,9 +38,9 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&mut self, key: &str, message: impl Into<String>) {
-        let diag = Diagnostic::new(
+        let diag = Diagnostic::placed(
             format!("`{key}`: {}", message.into()),
-            self.sources.get(key).cloned(),
+            self.sources.place(key),
         );
         self.errors.push(diag.into());
     }
@@ -71,20 +91,53 @@ impl Validator<'_> {
         )
     }
 
-    fn at_least<T: Copy + PartialOrd + std::fmt::Display>(
+    /// A whole number in `range` that fits `T`, else `None` with the error recorded. Raw
+    /// recipes read every integer as i64 and ranges are checked only here, so that every
+    /// value outside a setting's range (-32 and 0 alike) gets the same message.
+    fn whole_in<T: Whole>(&mut self, key: &str, v: i64, range: RangeInclusive<i64>) -> Option<T> {
+        let fits = T::try_from(v).ok().filter(|_| range.contains(&v));
+        if fits.is_none() {
+            let allowed = match (range.start(), range.end()) {
+                (min, &i64::MAX) => format!("a whole number ≥ {min}"),
+                (min, max) => format!("a whole number in {min}..={max}"),
+            };
+            self.error(key, format!("{v} is out of range: expected {allowed}"));
+        }
+        fits
+    }
+
+    /// `value` (or `default`) in `range`.
+    fn within<T: Whole>(
         &mut self,
         key: &str,
-        value: Option<T>,
+        value: Option<i64>,
         default: T,
-        min: T,
+        range: RangeInclusive<i64>,
     ) -> T {
-        self.check(
-            key,
-            value,
-            default,
-            |v| v >= min,
-            &format!("at least {min}"),
-        )
+        let v = value.unwrap_or_else(|| default.to_i64().expect("defaults fit i64"));
+        self.whole_in(key, v, range).unwrap_or(default)
+    }
+
+    /// `value` (or `default`) between `min` and the largest `T`.
+    fn at_least<T: Whole>(&mut self, key: &str, value: Option<i64>, default: T, min: i64) -> T {
+        self.within(key, value, default, min..=largest::<T>())
+    }
+
+    /// An error where `bytes`, which `what` needs, exceed [`MEMORY_BUDGET`]; at the one of
+    /// `keys` (the settings that size it) set last, else at the first.
+    fn within_budget(&mut self, keys: &[&str], bytes: u128, what: impl FnOnce() -> String) {
+        if bytes <= u128::from(MEMORY_BUDGET) {
+            return;
+        }
+        let key = self.sources.last_set(keys).unwrap_or(keys[0]);
+        let message = format!(
+            "{} would take {}, over the memory budget of {} (a fixed bound in websieve \
+             against mistyped sizes, not this machine's memory)",
+            what(),
+            memory_text(bytes),
+            memory_text(u128::from(MEMORY_BUDGET)),
+        );
+        self.error(key, message);
     }
 
     /// `value` resolved against the folder of the file that set `key`, made absolute (and
@@ -96,6 +149,16 @@ impl Validator<'_> {
             .or_else(|_| std::path::absolute(&path))
             .unwrap_or(path)
     }
+}
+
+/// The unsigned integer types of settings.
+trait Whole: Copy + TryFrom<i64> + num_traits::Bounded + num_traits::ToPrimitive {}
+
+impl<T: Copy + TryFrom<i64> + num_traits::Bounded + num_traits::ToPrimitive> Whole for T {}
+
+/// The largest `T` a recipe can write (TOML integers are i64).
+fn largest<T: Whole>() -> i64 {
+    T::max_value().to_i64().unwrap_or(i64::MAX)
 }
 
 /// Validates a merged raw recipe named `name`.
@@ -130,6 +193,7 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             ),
         );
     }
+    memory(&mut v, &dataset, &text, &lda, &train, &eval);
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
         v.error(
             "train.sampler",
@@ -152,6 +216,60 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
         1 => Err(v.errors.pop().expect("one error")),
         _ => Err(RecipeError::Many(v.errors)),
     }
+}
+
+/// Holds every size that drives an allocation to the budget.
+fn memory(
+    v: &mut Validator,
+    dataset: &DatasetParams,
+    text: &TextParams,
+    lda: &LdaParams,
+    train: &TrainParams,
+    eval: &EvalParams,
+) {
+    v.within_budget(
+        &["lda.topics", "text.max_words"],
+        crate::lda::topic_word_bytes(lda.topics, text.max_words),
+        || {
+            format!(
+                "LDA's {} f32 topic-word matrices for {} topics over up to text.max_words = {} \
+                 words",
+                crate::lda::TOPIC_WORD_MATRICES,
+                lda.topics,
+                text.max_words,
+            )
+        },
+    );
+    let dtype = train.precision.activations();
+    let crop = train.augmentation.crop;
+    let crop_bytes = u128::from(crop).pow(2) * 3 * dtype.size_in_bytes() as u128;
+    v.within_budget(
+        &["train.batch_per_device", "train.augmentation.crop"],
+        train.batch_per_device as u128 * crop_bytes,
+        || {
+            format!(
+                "a training batch of {} crops of {crop}×{crop}×3 {}",
+                train.batch_per_device,
+                dtype.as_str()
+            )
+        },
+    );
+    let crops = crate::loader::crop_boxes(eval.crops, dataset.resize, dataset.resize, crop).len();
+    v.within_budget(
+        &["eval.batch_size", "eval.crops"],
+        eval.batch_size as u128 * crops as u128 * crop_bytes,
+        || {
+            format!(
+                "an eval batch of {} samples × {crops} crops of {crop}×{crop}×3 {}",
+                eval.batch_size,
+                dtype.as_str()
+            )
+        },
+    );
+    let side = dataset.resize;
+    v.within_budget(&["dataset.resize"], u128::from(side).pow(2) * 3, || {
+        format!("one stored image of {side}×{side}×3 bytes (at least)")
+    });
 }
 
 fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
@@ -184,13 +302,7 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
     if sources.is_empty() {
         v.error("dataset.sources", "needs at least one source");
     }
-    let quality = v.check(
-        "dataset.jpeg_quality",
-        raw.jpeg_quality,
-        90,
-        |q| (1..=100).contains(&q),
-        "1..=100",
-    );
+    let quality = v.within("dataset.jpeg_quality", raw.jpeg_quality, 90, 1..=100);
     let syn = raw.synthetic.unwrap_or_default();
     let min_per_class = v.at_least("dataset.synthetic.min_per_class", syn.min_per_class, 40, 2);
     let synthetic = SyntheticParams {
@@ -200,7 +312,7 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
             "dataset.synthetic.max_per_class",
             syn.max_per_class,
             120,
-            min_per_class,
+            min_per_class as i64,
         ),
         val_per_class: v.at_least("dataset.synthetic.val_per_class", syn.val_per_class, 20, 1),
         noise: v.check(
@@ -210,8 +322,14 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
             |n| (0.0..0.9).contains(&n),
             "[0, 0.9)",
         ),
-        image_size: v.at_least("dataset.synthetic.image_size", syn.image_size, 64, 16),
-        seed: syn.seed.unwrap_or(0),
+        // Written as JPEGs, whose sides are at most 65535.
+        image_size: v.within(
+            "dataset.synthetic.image_size",
+            syn.image_size,
+            64,
+            16..=65535,
+        ),
+        seed: v.at_least("dataset.synthetic.seed", syn.seed, 0, 0),
     };
     DatasetParams {
         format,
@@ -229,7 +347,7 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         val: raw.val.unwrap_or(true),
         max_per_class: raw
             .max_per_class
-            .map(|m| v.at_least("dataset.max_per_class", Some(m), m, 1)),
+            .and_then(|m| v.whole_in("dataset.max_per_class", m, 1..=largest::<usize>())),
         synthetic,
     }
 }
@@ -266,6 +384,7 @@ fn text(v: &mut Validator, raw: RawText) -> TextParams {
         stemming: raw.stemming.unwrap_or(true),
         min_count: v.at_least("text.min_count", raw.min_count, 5, 1),
         max_doc_freq,
+        max_words: v.at_least("text.max_words", raw.max_words, 100_000, 1),
     }
 }
 
@@ -298,7 +417,7 @@ fn lda(v: &mut Validator, raw: RawLda) -> LdaParams {
         ),
         e_step_iterations: v.at_least("lda.e_step_iterations", raw.e_step_iterations, 50, 1),
         e_step_tolerance: v.positive("lda.e_step_tolerance", raw.e_step_tolerance, 0.001),
-        seed: raw.seed.unwrap_or(0),
+        seed: v.at_least("lda.seed", raw.seed, 0, 0),
     }
 }
 
@@ -335,7 +454,7 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
             RawSimilarity::Cosine => Similarity::Cosine,
         },
         rule,
-        small_class: raw.small_class.unwrap_or(0),
+        small_class: v.at_least("clean.small_class", raw.small_class, 0, 0),
         small_class_factor: v.unit("clean.small_class_factor", raw.small_class_factor, 0.5),
         truth: raw.truth.as_deref().map(|t| v.path("clean.truth", t)),
     }
@@ -420,8 +539,12 @@ fn devices(v: &mut Validator, raw: Option<String>) -> Devices {
 
 fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
     let length = match (raw.iterations, raw.epochs) {
-        (Some(i), None) => TrainLength::Iterations(v.at_least("train.iterations", Some(i), i, 1)),
-        (None, Some(e)) => TrainLength::Epochs(v.at_least("train.epochs", Some(e), e, 1)),
+        (Some(i), None) => {
+            TrainLength::Iterations(v.whole_in("train.iterations", i, 1..=i64::MAX).unwrap_or(1))
+        }
+        (None, Some(e)) => {
+            TrainLength::Epochs(v.whole_in("train.epochs", e, 1..=i64::MAX).unwrap_or(1))
+        }
         (None, None) => TrainLength::Iterations(2_400_000),
         (Some(_), Some(_)) => {
             v.error(
@@ -452,11 +575,11 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
     let policy = match sched.policy.unwrap_or(RawPolicy::Poly) {
         RawPolicy::Fixed => LrPolicy::Fixed,
         RawPolicy::Step => match sched.step_size {
-            Some(s) if s > 0 => LrPolicy::Step {
-                gamma,
-                step_size: s,
+            Some(s) => match v.whole_in("train.schedule.step_size", s, 1..=i64::MAX) {
+                Some(step_size) => LrPolicy::Step { gamma, step_size },
+                None => LrPolicy::Fixed,
             },
-            _ => {
+            None => {
                 v.error(
                     "train.schedule.policy",
                     "policy = \"step\" needs `step_size` ≥ 1",
@@ -464,10 +587,17 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
                 LrPolicy::Fixed
             }
         },
-        RawPolicy::Multistep => match sched.steps {
-            Some(steps) if steps.windows(2).all(|w| w[0] < w[1]) && !steps.is_empty() => {
+        RawPolicy::Multistep => match sched.steps.map(|steps| {
+            steps
+                .into_iter()
+                .map(|s| v.whole_in("train.schedule.steps", s, 0..=i64::MAX))
+                .collect::<Option<Vec<u64>>>()
+        }) {
+            Some(Some(steps)) if steps.windows(2).all(|w| w[0] < w[1]) && !steps.is_empty() => {
                 LrPolicy::Multistep { gamma, steps }
             }
+            // A step out of range is reported already.
+            Some(None) => LrPolicy::Fixed,
             _ => {
                 v.error(
                     "train.schedule.policy",
@@ -485,7 +615,12 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
     };
     let schedule = Schedule {
         policy,
-        warmup_iterations: sched.warmup_iterations.unwrap_or(0),
+        warmup_iterations: v.at_least(
+            "train.schedule.warmup_iterations",
+            sched.warmup_iterations,
+            0,
+            0,
+        ),
         warmup_start_factor: v.unit(
             "train.schedule.warmup_start_factor",
             sched.warmup_start_factor,
@@ -535,7 +670,7 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
         init: raw.init,
         on_divergence,
         workers: v.at_least("train.workers", raw.workers, 4, 1),
-        seed: raw.seed.unwrap_or(0),
+        seed: v.at_least("train.seed", raw.seed, 0, 0),
     }
 }
 

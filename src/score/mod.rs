@@ -102,10 +102,12 @@ pub struct NoiseMetrics {
     pub noisy: usize,
     pub discarded: usize,
     pub noisy_discarded: usize,
-    /// Share of discarded samples that are noisy.
-    pub precision: f64,
-    /// Share of noisy samples discarded.
-    pub recall: f64,
+    /// Share of discarded samples that are noisy; `None` (undefined) when nothing was
+    /// discarded.
+    pub precision: Option<f64>,
+    /// Share of noisy samples discarded; `None` (undefined) when nothing was discarded, as
+    /// with rule "none", where there is no cleaning to judge, or when no sample is noisy.
+    pub recall: Option<f64>,
     /// Low score as a detector of noise, over all matched samples.
     pub auc: Option<f64>,
     /// Mean of the per-class AUCs (classes with both clean and noisy samples).
@@ -277,12 +279,18 @@ fn noise_metrics(
         noisy: noisy_count,
         discarded,
         noisy_discarded,
-        precision: noisy_discarded as f64 / discarded.max(1) as f64,
-        recall: noisy_discarded as f64 / noisy_count.max(1) as f64,
+        precision: (discarded > 0).then(|| noisy_discarded as f64 / discarded as f64),
+        recall: (discarded > 0 && noisy_count > 0)
+            .then(|| noisy_discarded as f64 / noisy_count as f64),
         auc: auc_low_is_positive(&s, &p),
         macro_auc: (!per_class.is_empty())
             .then(|| per_class.iter().sum::<f64>() / per_class.len() as f64),
     }
+}
+
+/// A metric that may be undefined, as logs and tables show it: its value, or "n/a".
+pub fn or_na(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| v.to_string())
 }
 
 fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError> {

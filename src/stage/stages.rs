@@ -360,8 +360,8 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
     if let Some(noise) = &summary.noise {
         tracing::info!(
             auc = noise.auc,
-            precision = noise.precision,
-            recall = noise.recall,
+            precision = %score::or_na(noise.precision),
+            recall = %score::or_na(noise.recall),
             "noise detection against the truth file"
         );
     }

@@ -181,6 +181,7 @@ mod tests {
             stemming: true,
             min_count: 1,
             max_doc_freq: 1.0,
+            max_words: 100_000,
         }
     }
 

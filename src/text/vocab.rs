@@ -1,5 +1,5 @@
-//! The vocabulary (token ↔ id, filtered by corpus count and document frequency) and sparse
-//! bag-of-words documents over it.
+//! The vocabulary (token ↔ id, filtered by corpus count and document frequency, capped in
+//! size) and sparse bag-of-words documents over it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -63,8 +63,9 @@ impl VocabBuilder {
     }
 
     /// Words seen at least `min_count` times and in at most `max_doc_freq` of the documents,
-    /// most frequent first (ties alphabetical, so the order is deterministic).
-    pub fn build(self, min_count: u32, max_doc_freq: f64) -> Vocabulary {
+    /// most frequent first (ties alphabetical, so the order is deterministic), the
+    /// `max_words` most frequent of them: LDA's memory grows with the vocabulary.
+    pub fn build(self, min_count: u32, max_doc_freq: f64, max_words: usize) -> Vocabulary {
         let max_docs = max_doc_freq * self.docs as f64;
         let mut kept: Vec<(String, u64)> = self
             .counts
@@ -73,6 +74,7 @@ impl VocabBuilder {
             .map(|(word, (count, _))| (word, count))
             .collect();
         kept.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        kept.truncate(max_words);
         Vocabulary::new(kept.into_iter().map(|(w, _)| w).collect())
     }
 }
@@ -165,11 +167,25 @@ mod tests {
         b.add_doc(&toks("common cat dog"));
         b.add_doc(&toks("common cat"));
         // common: in 3/3 docs (over 0.7); rare: count 1 (under 2).
-        let v = b.build(2, 0.7);
+        let v = b.build(2, 0.7, 10);
         assert_eq!(v.len(), 2);
         assert_eq!(v.word(0), "dog");
         assert_eq!(v.word(1), "cat");
         assert_eq!(v.id("common"), None);
+    }
+
+    #[test]
+    fn a_capped_vocabulary_keeps_the_most_frequent_words() {
+        let mut b = VocabBuilder::default();
+        b.add_doc(&toks("dog dog dog cat cat emu emu ant"));
+        b.add_doc(&toks("yak"));
+        let v = b.build(1, 1.0, 3);
+        // dog 3, then cat and emu 2 (ties alphabetical); ant and yak 1 are cut.
+        assert_eq!(
+            (v.len(), v.word(0), v.word(1), v.word(2)),
+            (3, "dog", "cat", "emu")
+        );
+        assert_eq!(v.id("ant"), None);
     }
 
     #[test]

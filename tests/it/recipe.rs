@@ -253,3 +253,97 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
         assert_eq!(&loaded, original, "{}", original.name);
     }
 }
+
+#[test]
+fn an_empty_recipe_is_reported_with_its_file_name() {
+    insta::assert_snapshot!(error(&format!("{FIXTURES}/empty.toml"), &[]));
+}
+
+/// Type errors say what a recipe may hold (a table, a whole number, true or false), never
+/// the Rust type the value was read into.
+#[test]
+fn type_errors_name_what_a_recipe_may_write() {
+    let errors: Vec<String> = [
+        "train=5",
+        "lda.topics=1.5",
+        "train.augmentation.mirror=1",
+        "clean.similarity=5",
+        "model.heads=5",
+        "model.task_weights=[1]",
+    ]
+    .iter()
+    .map(|set| error("recipes/quickstart.toml", &[set]))
+    .collect();
+    insta::assert_snapshot!(errors.join("\n\n"));
+}
+
+#[test]
+fn no_error_names_a_rust_type() {
+    let recipe = &load("recipes/quickstart.toml", &[]).unwrap()[0];
+    let mut keys: Vec<String> = recipe.settings().into_keys().collect();
+    // Their tables too.
+    for key in keys.clone() {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        while parts.pop().is_some() && !parts.is_empty() {
+            keys.push(parts.join("."));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let rust_words = [
+        "Raw", "struct", "enum", "variant", "usize", "u8", "u32", "u64", "i64", "f32", "f64",
+        "sequence", "map", "wanted", "Option",
+    ];
+    for key in keys.iter().filter(|k| k.as_str() != "name") {
+        for value in ["5", "1.5", "\"x\"", "true", "[true]", "{ a = 1 }"] {
+            let set = format!("{key}={value}");
+            let Err(e) = load("recipes/quickstart.toml", &[&set]) else {
+                continue;
+            };
+            // Without what is quoted: keys and values, such as "f32" for `train.precision`.
+            let message: String = e.to_string().split('`').step_by(2).collect();
+            for word in rust_words {
+                assert!(!message.contains(word), "--set {set}: {message}");
+            }
+        }
+    }
+}
+
+/// Raw integers are read as i64 and ranges checked in validation: a negative value and zero,
+/// both below `batch_per_device`'s range, get the same words.
+#[test]
+fn values_outside_a_range_get_the_same_words_on_either_side() {
+    let below_zero = error("recipes/quickstart.toml", &["train.batch_per_device=-32"]);
+    let zero = error("recipes/quickstart.toml", &["train.batch_per_device=0"]);
+    insta::assert_snapshot!(format!("{below_zero}\n\n{zero}"));
+    let expected = |m: &str| {
+        m.lines()
+            .next()
+            .unwrap()
+            .split("expected")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(expected(&below_zero), expected(&zero));
+}
+
+/// Every size that drives an allocation is held to the memory budget at validation, with
+/// what it would take: `lda.topics = 100000000` used to pass and then abort on a 53 GB
+/// allocation.
+#[test]
+fn sizes_past_the_memory_budget_are_refused_with_what_they_would_take() {
+    insta::assert_snapshot!(error(
+        "recipes/quickstart.toml",
+        &[
+            "lda.topics=100000000",
+            "train.batch_per_device=10000000",
+            "eval.batch_size=1000000",
+            "eval.crops=ten",
+            "dataset.resize=200000",
+        ]
+    ));
+    // Where only the vocabulary cap is set, the error is at it.
+    let msg = error("recipes/quickstart.toml", &["text.max_words=100000000000"]);
+    assert!(msg.contains("`--set text.max_words="), "{msg}");
+}

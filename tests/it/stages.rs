@@ -656,3 +656,48 @@ fn two_worker_processes_train_to_the_weights_of_one() {
     }
     assert!(worst < 1e-4, "largest weight difference {worst}");
 }
+
+/// Many errors show their source in their own message (`cannot read recipe X: <io error>`);
+/// the runner prints each cause once, not again after it.
+#[test]
+fn each_cause_of_an_error_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.toml");
+    let out = runner(tmp.path(), &["validate", missing.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let cause = std::fs::read(&missing).unwrap_err().to_string();
+    assert_eq!(
+        stderr.matches(&cause).count(),
+        1,
+        "the cause must be printed once: {stderr}"
+    );
+    assert!(stderr.starts_with("error: cannot read recipe "), "{stderr}");
+}
+
+/// Logs into a pipe or file carry no colour codes, and a metric that is undefined (precision
+/// and recall where rule = "none" discards nothing) reads "n/a" in the score stage's line.
+#[test]
+fn logs_off_a_terminal_are_plain_and_undefined_metrics_read_n_a() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "recipes/quickstart.toml",
+        "--until",
+        "score",
+        "--set",
+        "clean.rule=none",
+    ];
+    args.extend(TINY);
+    let out = runner(tmp.path(), &args, &[("WEBSIEVE_LOG", "info")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("scored"), "no log lines: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in logs: {stderr:?}"
+    );
+    assert!(
+        stderr.contains("precision=n/a recall=n/a"),
+        "the score stage's noise line: {stderr}"
+    );
+}

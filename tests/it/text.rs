@@ -27,6 +27,7 @@ fn text_params() -> TextParams {
         stemming: false,
         min_count: 2,
         max_doc_freq: 0.9,
+        max_words: 100_000,
     }
 }
 
@@ -215,7 +216,9 @@ fn lda_stage_recovers_planted_topics() {
         train[..10].to_vec()
     );
     // θ saved by the stage is what the saved model infers.
-    let again = model.infer(&[model.vocab().doc(&text_tokens(&source.train[3].1))]);
+    let again = model
+        .infer(&[model.vocab().doc(&text_tokens(&source.train[3].1))])
+        .unwrap();
     assert_eq!(again[0], train[3]);
 }
 
@@ -282,7 +285,7 @@ fn train_with_threads(
     pool.install(|| {
         // 20 topics for 3 planted ones: documents end with few live topics, so the E-step's
         // pruned (indexed) path runs as well as the dense one.
-        let mut lda = OnlineLda::new(settings(20, docs.len() as u64, true), v, 11);
+        let mut lda = OnlineLda::new(settings(20, docs.len() as u64, true), v, 11).unwrap();
         for _pass in 0..3 {
             for batch in docs.chunks(150) {
                 lda.update(batch);
@@ -301,7 +304,11 @@ fn train_with_threads(
             },
             updates,
         );
-        (lambda, alpha, model.inferencer().gamma(&docs[..50]))
+        (
+            lambda,
+            alpha,
+            model.inferencer().unwrap().gamma(&docs[..50]),
+        )
     })
 }
 
@@ -436,7 +443,7 @@ proptest! {
         let e_step = EStepSettings { iterations: 30, tolerance: 1e-3 };
         let model = LdaModel::new(vocab, lambda.clone(), vec![alpha; k], 0.1, e_step, 0);
         let docs: Vec<SparseDoc> = docs.into_iter().map(|d| SparseDoc::from_pairs(d.into_iter().map(|(w, c)| (w, c as f32)))).collect();
-        for theta in model.infer(&docs) {
+        for theta in model.infer(&docs).unwrap() {
             prop_assert_eq!(theta.len(), k);
             prop_assert!(theta.iter().all(|t| t.is_finite() && *t >= 0.0), "{:?}", theta);
             prop_assert!((theta.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{:?}", theta);
@@ -537,7 +544,8 @@ fn score_stage_detects_planted_noise_from_text() {
     assert!(noise.auc.unwrap() > 0.8, "AUC {:?}", noise.auc);
     // 10% discarded per class; with AUC well above chance most of them are noisy.
     assert_eq!(noise.discarded, 60);
-    assert!(noise.precision > 0.6, "precision {}", noise.precision);
+    let precision = noise.precision.expect("10% discarded");
+    assert!(precision > 0.6, "precision {precision}");
 
     let table = ScoreTable::load(&score_dir).unwrap();
     assert_eq!(table.len(), 600);
@@ -645,4 +653,86 @@ fn score_tables_on_hand_made_vectors() {
     let table = ScoreTable::load(dir.path()).unwrap();
     assert_eq!(table.kept_ids(), [0, 1, 2, 4, 5]);
     assert_eq!(table.get(1).unwrap().lambda, 1.0);
+}
+
+/// Precision and recall of the discarding are undefined where nothing is discarded (rule
+/// "none"): `None`, `null` in summary.json and "n/a" where shown, not a misleading 0.
+#[test]
+fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
+    let topics = vec![vec![0.9, 0.1], vec![1.0, 0.0], vec![0.1, 0.9]];
+    let labels = [0, 0, 0];
+    let paths: Vec<String> = (0..3).map(|i| format!("s/{i}.jpg")).collect();
+    let names = vec!["tench".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.tsv");
+    std::fs::write(
+        &truth,
+        "path\tgiven_label\ttrue_label\ns/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t-1\n",
+    )
+    .unwrap();
+    let inputs = ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &names,
+        image: None,
+    };
+    let noise = |rule| {
+        let clean = CleanParams {
+            similarity: Similarity::Cosine,
+            rule,
+            small_class: 0,
+            small_class_factor: 0.5,
+            truth: Some(truth.clone()),
+        };
+        let summary = score::run_stage(&inputs, &clean, &LabelParams::Hard, dir.path()).unwrap();
+        summary.noise.unwrap()
+    };
+    let kept_all = noise(CleanRule::None);
+    assert_eq!((kept_all.precision, kept_all.recall), (None, None));
+    assert_eq!(score::or_na(kept_all.precision), "n/a");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(score::SUMMARY_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert!(json["noise"]["precision"].is_null(), "{json}");
+    let cleaned = noise(CleanRule::Threshold(0.8));
+    assert_eq!((cleaned.precision, cleaned.recall), (Some(1.0), Some(1.0)));
+    assert_eq!(score::or_na(cleaned.precision), "1");
+}
+
+/// λ and the trainer's other [K, V] matrices are reserved up front: where they cannot be had
+/// (here 32 PiB each, past any address space), the stage gets an error, not an abort.
+#[test]
+fn lda_matrices_that_cannot_be_allocated_are_an_error_not_an_abort() {
+    let err = OnlineLda::new(settings(8, 1, false), 1 << 50, 0)
+        .err()
+        .expect("32 PiB cannot be reserved");
+    assert!(matches!(err, lda::LdaError::Memory { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(
+            "cannot allocate LDA's [8 topics, 1125899906842624 words] f32 matrices (32.0 PiB each): "
+        ),
+        "{err}"
+    );
+}
+
+/// `text.max_words` caps the vocabulary the stage builds, keeping the most frequent words.
+#[test]
+fn the_lda_stage_keeps_at_most_max_words_words() {
+    let source = MemorySource {
+        train: (0..6).map(|d| sample(&[0, 0, 1, 2, d % 2 + 3])).collect(),
+        val: vec![],
+    };
+    let text = TextParams {
+        max_words: 2,
+        max_doc_freq: 1.0,
+        ..text_params()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let summary = lda::run_stage(&source, &text, &lda_params(2), dir.path(), false).unwrap();
+    assert_eq!(summary.vocabulary, 2);
+    let vocab = std::fs::read_to_string(dir.path().join(lda::VOCAB_FILE)).unwrap();
+    // Word 0 twice per document; words 1 and 2 once each, the tie broken alphabetically.
+    assert_eq!(vocab, format!("{}\n{}\n", word(0), word(1)));
 }
