@@ -11,6 +11,7 @@ mod load;
 pub mod params;
 pub mod raw;
 mod resolved;
+mod schema;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use diag::{Diagnostic, Location, Origin, Place, RecipeError};
 pub use params::*;
+pub use schema::schema_json;
 pub use validate::{memory_text, MEMORY_BUDGET};
 
 /// One run's validated settings.
@@ -131,13 +133,4 @@ fn collect_all(
         1 => Err(errors.pop().expect("one error")),
         _ => Err(RecipeError::Many(errors)),
     }
-}
-
-/// The recipe's JSON Schema (draft 2020-12), as `runner schema` writes it to
-/// `schemas/recipe.schema.json`.
-pub fn schema_json() -> String {
-    let schema = schemars::schema_for!(raw::RawRecipe);
-    let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
-    text.push('\n');
-    text
 }

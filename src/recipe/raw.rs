@@ -14,8 +14,9 @@ use serde::Deserialize;
 /// A websieve recipe: the settings of one run (or, with `[sweep]`, of several).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "websieve recipe")]
 pub struct RawRecipe {
-    /// The run's name, and so its folder `runs/<name>/`. Default: the file's path below
+    /// The run's name, and so its folder `runs/<name>/`; by default the file's path below
     /// `recipes/` without `.toml`. Only the file named on the command line sets it: a name in
     /// an extended file is not inherited. Sweep points append `/<key>=<value>,...`.
     pub name: Option<String>,
@@ -96,19 +97,19 @@ pub enum RawEncoding {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSynthetic {
-    /// Default: 10.
+    /// Number of classes. Default: 10.
     pub classes: Option<i64>,
-    /// Default: 40.
+    /// Training images of the smallest class. Default: 40.
     pub min_per_class: Option<i64>,
-    /// Default: 120.
+    /// Training images of the largest class. Default: 120.
     pub max_per_class: Option<i64>,
-    /// Default: 20.
+    /// Validation images per class. Default: 20.
     pub val_per_class: Option<i64>,
     /// Share of wrongly labelled training images. Default: 0.3.
     pub noise: Option<f64>,
     /// Image side in pixels. Default: 64.
     pub image_size: Option<i64>,
-    /// Default: 0.
+    /// Seed of everything generated. Default: 0.
     pub seed: Option<i64>,
 }
 
@@ -124,17 +125,17 @@ pub enum RawTextField {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawText {
-    /// Default: ["title", "description"].
+    /// Fields of Google pages. Default: ["title", "description"].
     pub google_fields: Option<Vec<RawTextField>>,
-    /// Default: ["title", "description", "tags"].
+    /// Fields of Flickr pages. Default: ["title", "description", "tags"].
     pub flickr_fields: Option<Vec<RawTextField>>,
     /// Fields of sources without a search engine. Default: ["title", "description", "tags"].
     pub other_fields: Option<Vec<RawTextField>>,
-    /// Default: true.
+    /// Drop English stop words. Default: true.
     pub english_stop_words: Option<bool>,
     /// Drop web words (wikipedia, google, flickr, photo, image, ...). Default: true.
     pub web_stop_words: Option<bool>,
-    /// Default: [].
+    /// More words to drop. Default: [].
     pub extra_stop_words: Option<Vec<String>>,
     /// Porter stemming. Default: true.
     pub stemming: Option<bool>,
@@ -152,9 +153,9 @@ pub struct RawText {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLda {
-    /// Default: 500.
+    /// Number of topics. Default: 500.
     pub topics: Option<i64>,
-    /// Default: 1.
+    /// Passes over the training documents. Default: 1.
     pub passes: Option<i64>,
     /// Documents per update (gensim's chunksize). Default: 2000.
     pub batch_size: Option<i64>,
@@ -168,11 +169,11 @@ pub struct RawLda {
     pub tau0: Option<f64>,
     /// Learning-rate decay κ in [0.5, 1]. Default: 0.5 (gensim's).
     pub kappa: Option<f64>,
-    /// Default: 50.
+    /// Most E-step iterations per document. Default: 50.
     pub e_step_iterations: Option<i64>,
-    /// Default: 0.001.
+    /// The E-step stops when γ's mean change falls below this. Default: 0.001.
     pub e_step_tolerance: Option<f64>,
-    /// Default: 0.
+    /// Seed of λ's random start. Default: 0.
     pub seed: Option<i64>,
 }
 
@@ -291,7 +292,7 @@ pub enum RawHead {
 pub struct RawTrain {
     /// "cpu", "cuda" (all GPUs) or "cuda:0,1". Default: "cpu".
     pub devices: Option<String>,
-    /// Default: 80.
+    /// Images per device in each step. Default: 80.
     pub batch_per_device: Option<i64>,
     /// Training length in iterations (exclusive with `epochs`).
     pub iterations: Option<i64>,
@@ -310,7 +311,7 @@ pub struct RawTrain {
     pub init: Option<String>,
     /// Loader threads. Default: 4.
     pub workers: Option<i64>,
-    /// Default: 0.
+    /// Seed of the weights, sampling, augmentation and dropout. Default: 0.
     pub seed: Option<i64>,
     pub optimizer: Option<RawOptimizer>,
     pub schedule: Option<RawSchedule>,
@@ -344,9 +345,9 @@ pub struct RawOptimizer {
     pub kind: Option<RawOptimizerKind>,
     /// Base learning rate. Default: 0.01.
     pub lr: Option<f64>,
-    /// Default: 0.9.
+    /// Momentum. Default: 0.9.
     pub momentum: Option<f64>,
-    /// Default: 0.0002.
+    /// L2 weight decay (not on biases). Default: 0.0002.
     pub weight_decay: Option<f64>,
     /// Bias learning-rate multiplier (biases are not decayed). Default: 2.0.
     pub bias_lr_mult: Option<f64>,
@@ -400,8 +401,8 @@ pub struct RawAugmentation {
     pub crop: Option<i64>,
     /// Random horizontal mirror. Default: true.
     pub mirror: Option<bool>,
-    /// Mean subtracted per channel, in RGB order, 0..255. Default: ImageNet's
-    /// [123.68, 116.779, 103.939] (Caffe's BGR means reordered to RGB).
+    /// Mean subtracted per channel, in RGB order, 0..255. Default: [123.68, 116.779, 103.939],
+    /// ImageNet's (Caffe's BGR means reordered to RGB).
     pub mean_rgb: Option<[f32; 3]>,
 }
 
@@ -431,7 +432,7 @@ pub struct RawEval {
     /// "center", "four" (corners), "eight" (corners and mirrors) or "ten" (corners, center,
     /// and mirrors). Default: "center".
     pub crops: Option<RawCrops>,
-    /// Default: ["top1", "top5"].
+    /// What to report: "top1", "top5". Default: ["top1", "top5"].
     pub metrics: Option<Vec<RawMetric>>,
     /// Other runs (by name) whose probabilities are averaged with this run's.
     pub ensemble: Option<Vec<String>>,

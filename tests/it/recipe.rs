@@ -347,3 +347,81 @@ fn sizes_past_the_memory_budget_are_refused_with_what_they_would_take() {
     let msg = error("recipes/quickstart.toml", &["text.max_words=100000000000"]);
     assert!(msg.contains("`--set text.max_words="), "{msg}");
 }
+
+fn committed_schema() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string("schemas/recipe.schema.json").unwrap()).unwrap()
+}
+
+/// What an editor's schema check (Taplo) says about a recipe: every error's message.
+fn schema_errors(toml_text: &str) -> Vec<String> {
+    let schema = committed_schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let table: toml::Table = toml::from_str(toml_text).unwrap();
+    let instance = serde_json::to_value(table).unwrap();
+    validator
+        .iter_errors(&instance)
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn every_shipped_recipe_is_valid_under_the_schema() {
+    for entry in glob::glob("recipes/**/*.toml").unwrap() {
+        let path = entry.unwrap();
+        let errors = schema_errors(&std::fs::read_to_string(&path).unwrap());
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+}
+
+/// TOML has no null: optional fields are their plain type in the schema, so an editor names
+/// a misspelt key instead of "not valid under any of the schemas listed in the 'anyOf'".
+#[test]
+fn the_schema_names_a_misspelt_key() {
+    let errors = schema_errors("[train]\nbatch_per_devise = 80\n");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("'batch_per_devise'"), "{errors:#?}");
+    assert!(!errors.iter().any(|e| e.contains("anyOf")), "{errors:#?}");
+}
+
+/// Every `default` in the schema (from "Default: X" in the doc comments) is what validation
+/// fills in: a recipe that writes them all out is the recipe that leaves them all out.
+#[test]
+fn the_schema_defaults_are_the_validated_defaults() {
+    fn defaults(
+        schema: &serde_json::Value,
+        defs: &serde_json::Value,
+        out: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
+        let Some(properties) = schema["properties"].as_object() else {
+            return;
+        };
+        for (key, property) in properties {
+            if let Some(default) = property.get("default") {
+                out.insert(key.clone(), default.clone());
+            } else if let Some(name) = property["$ref"].as_str() {
+                let def = &defs[name.trim_start_matches("#/$defs/")];
+                let mut inner = serde_json::Map::new();
+                defaults(def, defs, &mut inner);
+                if !inner.is_empty() {
+                    out.insert(key.clone(), inner.into());
+                }
+            }
+        }
+    }
+    let schema = committed_schema();
+    let mut all = serde_json::Map::new();
+    defaults(&schema, &schema["$defs"], &mut all);
+    assert!(all["train"]["optimizer"]["lr"].is_number(), "{all:#?}");
+    // The one setting without a default that validation needs (for the default format).
+    all["dataset"]["root"] = "data".into();
+    let written: toml::Table = serde_json::from_value(all.into()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(&path, "[dataset]\nroot = \"data\"\n").unwrap();
+    let left_out = recipe::load_file(&path, &[]).unwrap();
+    let text = toml::to_string(&written).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let spelt_out = recipe::load_file(&path, &[]).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(spelt_out, left_out, "{text}");
+}
