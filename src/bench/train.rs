@@ -15,8 +15,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::model::GoogLeNet;
 use crate::recipe::params::{Arch, ModelParams, Precision, SgdParams};
-use crate::train::optim::Sgd;
-use crate::train::{forward_backward, set_tf32, Targets};
+use crate::runtime::SingleProcess;
+use crate::train::optim::{DivergenceGuard, Sgd};
+use crate::train::{set_tf32, train_step, StepInput, Targets, TrainError, SPIKE_FACTOR};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainBenchArgs {
@@ -161,18 +162,33 @@ fn measure(case: &Case, args: &TrainBenchArgs, device: &Device) -> anyhow::Resul
         Ok(())
     })?;
     let rng = ChaCha8Rng::seed_from_u64(0);
+    let mut guard = DivergenceGuard::new(SPIKE_FACTOR);
     let (mut backward_s, mut update_s, mut calls) = (0.0, 0.0, 0);
     let train = time(device, args.warmup, args.steps, || {
+        let input = StepInput {
+            images: &images,
+            targets: &targets,
+            rng: &rng,
+            first_row: 0,
+            global_rows: batch,
+            step: calls,
+            lr: sgd_params.lr,
+        };
         let started = Instant::now();
-        // forward_backward ends with a copy to the host, which waits for the device.
-        let computed = forward_backward(&net, &sgd, model, &images, &targets, &rng)?;
-        let fetched = Instant::now();
-        sgd.apply(&computed.grads, 1e-3, &computed.squares)?;
+        let outcome = train_step(
+            &net,
+            &mut sgd,
+            &mut guard,
+            model,
+            &input,
+            &mut SingleProcess,
+        )?;
+        outcome.update.map_err(TrainError::Diverged)?;
         device.synchronize()?;
         // The phases of the timed steps only: the warm-up steps pick cuDNN algorithms.
-        if calls >= args.warmup {
-            backward_s += (fetched - started).as_secs_f64();
-            update_s += fetched.elapsed().as_secs_f64();
+        if calls >= args.warmup as u64 {
+            backward_s += (outcome.fetched_at - started).as_secs_f64();
+            update_s += outcome.fetched_at.elapsed().as_secs_f64();
         }
         calls += 1;
         Ok(())

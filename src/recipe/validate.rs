@@ -6,7 +6,7 @@
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-use super::diag::{Diagnostic, RecipeError};
+use super::diag::{Diagnostic, Origin, RecipeError};
 use super::load::SourceMap;
 use super::params::*;
 use super::raw::*;
@@ -694,5 +694,36 @@ fn eval(v: &mut Validator, raw: RawEval) -> EvalParams {
         metrics,
         ensemble: raw.ensemble.unwrap_or_default(),
         batch_size: v.at_least("eval.batch_size", raw.batch_size, 50, 1),
+    }
+}
+
+/// The checks a recipe's `[train.optimizer]` gets, for settings built in code rather than
+/// loaded (`train::optim::Sgd::new`), so that one set of ranges and one wording hold for
+/// both: the first problem's message, if any. The base lr is left out: SGD takes an lr per
+/// step, and code may freeze weights with 0.
+pub fn check_optimizer(params: &SgdParams) -> Result<(), String> {
+    // No recipe text: the problem has no place to point at, only its message.
+    let sources = SourceMap::new(Origin::Set(String::new()));
+    let mut v = Validator {
+        sources: &sources,
+        errors: Vec::new(),
+    };
+    let optimizer = RawOptimizer {
+        kind: None,
+        lr: None,
+        momentum: Some(params.momentum),
+        weight_decay: Some(params.weight_decay),
+        bias_lr_mult: Some(params.bias_lr_mult),
+        clip_grad_norm: params.clip_grad_norm,
+    };
+    let raw = RawTrain {
+        optimizer: Some(optimizer),
+        ..RawTrain::default()
+    };
+    train(&mut v, raw);
+    match v.errors.into_iter().next() {
+        None => Ok(()),
+        Some(RecipeError::Invalid(diagnostic)) => Err(diagnostic.message),
+        Some(other) => Err(other.to_string()),
     }
 }
