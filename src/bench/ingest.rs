@@ -14,9 +14,8 @@ use anyhow::{bail, Context};
 
 use super::cores::on_cores;
 use crate::dataset::webvision;
-use crate::recipe::params::{
-    DatasetFormat, DatasetParams, ResizeMode, StoreEncoding, SyntheticParams,
-};
+use crate::recipe::params::{DatasetFormat, DatasetParams, ResizeMode, StoreEncoding};
+use crate::recipe::Recipe;
 use crate::sample::Source;
 use crate::store::{codec, ingest_with, IngestOptions};
 
@@ -237,16 +236,7 @@ pub fn webvision_params(
         resize_mode: ResizeMode::Squash,
         encoding,
         val: false,
-        max_per_class: None,
-        synthetic: SyntheticParams {
-            classes: 0,
-            min_per_class: 0,
-            max_per_class: 0,
-            val_per_class: 0,
-            noise: 0.0,
-            image_size: 0,
-            seed: 0,
-        },
+        ..Recipe::default().dataset
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::lda::{online_settings, OnlineLda};
-use crate::recipe::params::{Alpha, LdaParams};
+use crate::recipe::params::LdaParams;
+use crate::recipe::Recipe;
 use crate::text::{SparseDoc, Vocabulary};
 
 #[derive(Debug, clap::Args)]
@@ -134,13 +135,10 @@ fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
             topics: k,
             passes: args.passes,
             batch_size: args.batch,
-            alpha: Alpha::Symmetric(None),
-            eta: None,
-            tau0: 1.0,
-            kappa: 0.5,
             e_step_iterations: args.iterations,
             e_step_tolerance: args.tolerance,
             seed: 1,
+            ..Recipe::default().lda
         };
         // Best of `repeats` for both sides: the machine is shared, the minimum is the
         // least disturbed run. Training is deterministic, so every repeat gives the same λ.
@@ -395,16 +393,11 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
     use crate::score::{self, ScoreInputs};
     let data = read_webvision_text(&args.root)?;
     let text = TextParams {
-        google_fields: vec![TextField::Title, TextField::Description],
-        flickr_fields: vec![TextField::Title, TextField::Description, TextField::Tags],
         other_fields: vec![TextField::Title, TextField::Description],
-        english_stop_words: true,
-        web_stop_words: true,
-        extra_stop_words: vec![],
-        stemming: true,
         min_count: args.min_count,
         max_doc_freq: args.max_doc_freq,
         max_words: usize::MAX,
+        ..Recipe::default().text
     };
     println!(
         "{}: {} training samples, {} classes; {} passes, batch {}, discard {:.0}% per class",
@@ -428,13 +421,8 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
                 topics: k,
                 passes: args.passes,
                 batch_size: args.batch,
-                alpha: Alpha::Symmetric(None),
-                eta: None,
-                tau0: 1.0,
-                kappa: 0.5,
-                e_step_iterations: 50,
-                e_step_tolerance: 0.001,
                 seed,
+                ..Recipe::default().lda
             };
             let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
             seconds += summary.train_seconds / args.seeds as f64;
@@ -453,9 +441,9 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
                 let clean = CleanParams {
                     similarity,
                     rule: CleanRule::Fraction(args.discard),
-                    small_class: 0,
                     small_class_factor: 1.0,
                     truth: Some(args.truth.clone()),
+                    ..Recipe::default().clean
                 };
                 let dir = args
                     .work

@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::model::GoogLeNet;
 use crate::recipe::params::{Arch, ModelParams, Precision, SgdParams};
+use crate::recipe::Recipe;
 use crate::runtime::SingleProcess;
 use crate::train::optim::{DivergenceGuard, Sgd};
 use crate::train::{set_tf32, train_step, StepInput, Targets, TrainError, SPIKE_FACTOR};
@@ -133,10 +134,7 @@ fn measure(case: &Case, args: &TrainBenchArgs, device: &Device) -> anyhow::Resul
     let net = GoogLeNet::new(model, CLASSES, case.topics, 0, device)?;
     let sgd_params = SgdParams {
         lr: 1e-3,
-        momentum: 0.9,
-        weight_decay: 2e-4,
-        bias_lr_mult: 2.0,
-        clip_grad_norm: None,
+        ..Recipe::default().train.optimizer
     };
     let mut sgd = Sgd::new(net.vars().to_vec(), &sgd_params)?;
     let side = model.input_size as usize;
@@ -236,12 +234,10 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<()> {
     };
     let model = |width, input_size, topics| ModelParams {
         arch,
-        classification: true,
         regression: topics > 0,
-        task_weights: [0.75, 0.25],
-        aux_weights: [0.3, 0.3],
         input_size,
         width,
+        ..Recipe::default().model
     };
     println!(
         "bench train: {:?} on {}, {} timed steps after {} warm-up, {CLASSES} classes",

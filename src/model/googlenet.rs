@@ -461,12 +461,10 @@ mod tests {
     pub(crate) fn params(arch: Arch, width: f64, input_size: u32, regression: bool) -> ModelParams {
         ModelParams {
             arch,
-            classification: true,
             regression,
-            task_weights: [0.75, 0.25],
-            aux_weights: [0.3, 0.3],
             input_size,
             width,
+            ..crate::recipe::Recipe::default().model
         }
     }
 

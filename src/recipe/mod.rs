@@ -37,6 +37,15 @@ pub struct Recipe {
     pub eval: EvalParams,
 }
 
+impl Default for Recipe {
+    /// Every setting at its default, as an empty recipe would have it (`dataset.root` unset):
+    /// the base that code building settings by hand (benchmarks, tests) varies with
+    /// struct-update syntax, e.g. `LdaParams { topics: 50, ..Recipe::default().lda }`.
+    fn default() -> Self {
+        validate::defaults()
+    }
+}
+
 impl Recipe {
     /// Every setting with its value, as a recipe that loads back as this one from any folder
     /// (written to `recipe.resolved.toml`).

@@ -727,3 +727,30 @@ pub fn check_optimizer(params: &SgdParams) -> Result<(), String> {
         Some(other) => Err(other.to_string()),
     }
 }
+
+/// What an empty recipe means: every section's defaults, filled in by the code that fills
+/// them into every recipe. `dataset.root` has no default and stays `None` (a recipe must set
+/// it unless `format = "synthetic"`); the name and path are empty.
+pub fn defaults() -> Recipe {
+    // No recipe text: nothing to point at (the one error, the missing root, is dropped).
+    let sources = SourceMap::new(Origin::Set(String::new()));
+    let mut v = Validator {
+        sources: &sources,
+        errors: Vec::new(),
+    };
+    let recipe = Recipe {
+        name: String::new(),
+        path: PathBuf::new(),
+        dataset: dataset(&mut v, RawDataset::default()),
+        text: text(&mut v, RawText::default()),
+        lda: lda(&mut v, RawLda::default()),
+        clean: clean(&mut v, RawClean::default()),
+        labels: labels(&mut v, RawLabels::default()),
+        model: model(&mut v, RawModel::default()),
+        train: train(&mut v, RawTrain::default()),
+        eval: eval(&mut v, RawEval::default()),
+    };
+    // The missing root is an empty recipe's only problem.
+    debug_assert_eq!(v.errors.len(), 1, "{:?}", v.errors);
+    recipe
+}

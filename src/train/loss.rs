@@ -307,13 +307,8 @@ mod tests {
         };
         let [main, aux1, aux2] = &heads;
         let model = ModelParams {
-            arch: crate::recipe::params::Arch::Googlenet,
-            classification: true,
             regression: true,
-            task_weights: [0.75, 0.25],
-            aux_weights: [0.3, 0.3],
-            input_size: 64,
-            width: 0.125,
+            ..crate::recipe::Recipe::default().model
         };
         // 0.75·(main + 0.3·aux₁ + 0.3·aux₂) over classification + 0.25·(…) over regression.
         let both = step_loss(&model, &heads, &targets).unwrap();

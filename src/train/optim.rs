@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::recipe::params::SgdParams;
 use crate::recipe::check_optimizer;
+use crate::recipe::params::SgdParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -337,8 +337,8 @@ mod tests {
             lr: 0.1,
             momentum,
             weight_decay,
-            bias_lr_mult: 2.0,
             clip_grad_norm: clip,
+            ..crate::recipe::Recipe::default().train.optimizer
         }
     }
 

@@ -101,6 +101,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use websieve::model::ops::{avg_pool2d, lrn, max_pool2d};
 use websieve::recipe::params::{LrPolicy, Schedule, SgdParams};
+use websieve::recipe::Recipe;
 use websieve::train::loss::{sigmoid_cross_entropy, weighted_softmax_cross_entropy};
 use websieve::train::optim::Sgd;
 use websieve::train::schedule::learning_rate;
@@ -332,10 +333,9 @@ fn small_network_with_all_pieces_learns() {
         .collect();
     let settings = SgdParams {
         lr: 0.05,
-        momentum: 0.9,
         weight_decay: 1e-4,
-        bias_lr_mult: 2.0,
         clip_grad_norm: Some(10.0),
+        ..Recipe::default().train.optimizer
     };
     let mut sgd = Sgd::new(vars, &settings).unwrap();
     let loss_at = || weighted_softmax_cross_entropy(&forward(&images)?, &labels, &lambda);
@@ -359,11 +359,8 @@ fn error_messages() {
     let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     let ones = Tensor::ones(2, DType::F32, &dev).unwrap();
     let settings = SgdParams {
-        lr: 0.1,
-        momentum: 0.9,
         weight_decay: -1.0,
-        bias_lr_mult: 2.0,
-        clip_grad_norm: None,
+        ..Recipe::default().train.optimizer
     };
     let messages = [
         first_line(max_pool2d(&x, 0, 1, 0, false).unwrap_err()),

@@ -347,3 +347,22 @@ fn sizes_past_the_memory_budget_are_refused_with_what_they_would_take() {
     let msg = error("recipes/quickstart.toml", &["text.max_words=100000000000"]);
     assert!(msg.contains("`--set text.max_words="), "{msg}");
 }
+
+#[test]
+fn the_default_recipe_is_what_a_recipe_that_sets_only_the_root_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bare.toml");
+    std::fs::write(&file, "[dataset]\nroot = \"data\"\n").unwrap();
+    let mut bare = load(file.to_str().unwrap(), &[]).unwrap().remove(0);
+    assert!(bare.dataset.root.take().unwrap().ends_with("data"));
+    let defaults = Recipe::default();
+    assert_eq!(defaults.dataset.root, None);
+    assert_eq!(
+        Recipe {
+            name: bare.name.clone(),
+            path: bare.path.clone(),
+            ..defaults
+        },
+        bare
+    );
+}
