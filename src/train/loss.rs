@@ -355,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_inputs_name_the_operand_and_row() {
+    fn bad_inputs_name_the_operand() {
         let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
         let weights = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
         let short = Tensor::new(&[1u32], &Device::Cpu).unwrap();
