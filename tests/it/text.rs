@@ -672,9 +672,8 @@ fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
         let clean = CleanParams {
             similarity: Similarity::Cosine,
             rule,
-            small_class: 0,
-            small_class_factor: 0.5,
             truth: Some(truth.clone()),
+            ..Recipe::default().clean
         };
         let summary = score::run_stage(&inputs, &clean, &LabelParams::Hard, dir.path()).unwrap();
         summary.noise.unwrap()
