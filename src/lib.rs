@@ -22,5 +22,6 @@ pub mod sample;
 pub mod score;
 pub mod stage;
 pub mod store;
+pub mod table;
 pub mod text;
 pub mod train;

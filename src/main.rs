@@ -2,6 +2,8 @@
 //! the library. Errors print as `error: ` and their chain of causes, each once, and exit with
 //! status 2.
 
+mod cli;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,21 +57,7 @@ enum Command {
     Report(ReportArgs),
     /// Benchmarks that print throughput next to a reference measured in the same run.
     #[command(subcommand)]
-    Bench(Bench),
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Custom pooling and LRN ops against candle's own ops (forward, forward + backward).
-    Ops(websieve::bench::ops::OpsBenchArgs),
-    /// Ingest images/s and bytes per image against the reference PIL + lmdb script.
-    Ingest(websieve::bench::ingest::IngestBenchArgs),
-    /// Loader images/s (training crops + mirror) from raw and JPEG stores.
-    Loader(websieve::bench::loader::LoaderBenchArgs),
-    /// LDA tokens/s and quality against gensim on one corpus; noise detection on a dataset.
-    Lda(websieve::bench::lda::LdaBenchArgs),
-    /// Training images/s (forward + backward + update) of GoogLeNet on the CPU.
-    Train(websieve::bench::train::TrainBenchArgs),
+    Bench(cli::bench::Bench),
 }
 
 #[derive(Args)]
@@ -273,13 +261,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", websieve::report::report(&args.runs)?);
             Ok(())
         }
-        Some(Command::Bench(bench)) => match bench {
-            Bench::Ops(args) => websieve::bench::ops::run(&args),
-            Bench::Ingest(args) => websieve::bench::ingest::run(&args),
-            Bench::Loader(args) => websieve::bench::loader::run(&args),
-            Bench::Lda(args) => websieve::bench::lda::run(&args),
-            Bench::Train(args) => websieve::bench::train::run(&args),
-        },
+        Some(Command::Bench(bench)) => cli::bench::run(bench),
         None => run(cli.run),
     }
 }

@@ -1,9 +1,7 @@
 //! Types shared by every stage: where a sample came from, its page text, its split, and the
-//! batches the loader hands to training and evaluation.
+//! batches the loader hands to training and evaluation, with their precision.
 
 use serde::{Deserialize, Serialize};
-
-use crate::recipe::params::Precision;
 
 /// The search engine an image was found with. Text fields differ by source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -47,6 +45,27 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Val => "val",
+        }
+    }
+}
+
+/// The numeric precision of training (`train.precision`) and so of the loader's batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// f32 tensors; on CUDA, matrix products and convolutions in TensorFloat-32.
+    Tf32,
+    /// bf16 activations and batches; f32 weights, momentum and loss.
+    Bf16,
+}
+
+impl Precision {
+    /// The element type of batches and activations.
+    pub fn activations(self) -> candle_core::DType {
+        match self {
+            Precision::F32 | Precision::Tf32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
         }
     }
 }

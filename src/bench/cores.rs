@@ -3,22 +3,25 @@
 //! process (the reference script) all run on the cores given, since Linux threads and forked
 //! processes inherit the affinity of the thread that creates them.
 
-use anyhow::{bail, Context};
+use super::BenchError;
 
 /// The CPUs this thread may run on, in order.
-fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+fn allowed_cpus() -> Result<Vec<usize>, BenchError> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+        return Err(BenchError::Affinity {
+            call: "sched_getaffinity",
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok((0..libc::CPU_SETSIZE as usize)
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect())
 }
 
-fn set_cpus(cpus: &[usize]) -> anyhow::Result<()> {
+fn set_cpus(cpus: &[usize]) -> Result<(), BenchError> {
     // SAFETY: as above; CPU_SET writes inside the set for cpu < CPU_SETSIZE.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
@@ -26,28 +29,34 @@ fn set_cpus(cpus: &[usize]) -> anyhow::Result<()> {
     }
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        return Err(BenchError::Affinity {
+            call: "sched_setaffinity",
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
 
 /// How many cores this process may use.
-pub fn available() -> anyhow::Result<usize> {
+pub fn available() -> Result<usize, BenchError> {
     Ok(allowed_cpus()?.len())
 }
 
 /// Refuses core counts this process cannot pin to, before a benchmark starts any work.
-pub fn check(counts: &[usize]) -> anyhow::Result<()> {
+pub fn check(counts: &[usize]) -> Result<(), BenchError> {
     let available = available()?;
     match counts.iter().find(|&&n| n == 0 || n > available) {
-        Some(n) => bail!("cannot pin to {n} core(s): this process may use {available}"),
+        Some(&cores) => Err(BenchError::Cores { cores, available }),
         None => Ok(()),
     }
 }
 
 /// Runs `work` with the calling thread (and every thread or process it starts) confined to the
 /// first `cores` allowed CPUs, then restores the previous affinity.
-pub fn on_cores<T>(cores: usize, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub fn on_cores<T, E: From<BenchError>>(
+    cores: usize,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     check(&[cores])?;
     let allowed = allowed_cpus()?;
     set_cpus(&allowed[..cores])?;
@@ -64,14 +73,16 @@ mod tests {
     fn pinning_confines_new_threads_and_is_undone() {
         let before = allowed_cpus().unwrap();
         let inside = on_cores(1, || {
-            Ok(std::thread::spawn(|| allowed_cpus().unwrap())
-                .join()
-                .unwrap())
+            Ok::<_, BenchError>(
+                std::thread::spawn(|| allowed_cpus().unwrap())
+                    .join()
+                    .unwrap(),
+            )
         })
         .unwrap();
         assert_eq!(inside, before[..1]);
         assert_eq!(allowed_cpus().unwrap(), before);
-        assert!(on_cores(before.len() + 1, || Ok(())).is_err());
+        assert!(on_cores(before.len() + 1, || Ok::<_, BenchError>(())).is_err());
         assert!(check(&[1, before.len()]).is_ok());
         assert!(check(&[1, before.len() + 1]).is_err());
         assert!(check(&[0]).is_err());

@@ -1,248 +1,30 @@
-//! `runner bench lda`: our online LDA against gensim's `LdaModel` (the same algorithm) on
-//! the Debian corpus, side by side in one run, both scored by `lda_anchor.py`'s one
-//! evaluator; and `runner bench lda noise`: noise-detection AUC of topic scores on a
-//! WebVision-format dataset with a truth file (imagenette-web), read from its meta JSON.
+//! Our online LDA as the `lda` stage trains it (training seconds, λ, inference documents/s),
+//! for `runner bench lda gensim` to set beside gensim's `LdaModel`; and noise detection:
+//! the AUC of topic scores against a truth file on a WebVision-format dataset
+//! (`runner bench lda noise`). In: bag-of-words documents and [`LdaParams`]; or a dataset, a
+//! truth file and [`NoiseSettings`]. Out: timings and λ; noise metrics per similarity.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-
-use crate::lda::{online_settings, OnlineLda};
-use crate::recipe::params::{Alpha, LdaParams};
+use super::BenchError;
+use crate::lda::{online_settings, LdaError, OnlineLda};
+use crate::recipe::params::{
+    CleanParams, CleanRule, LabelParams, LdaParams, Similarity, TextField, TextParams,
+};
+use crate::recipe::Recipe;
+use crate::sample::Source;
+use crate::score::{self, ScoreInputs};
 use crate::text::{SparseDoc, Vocabulary};
 
-#[derive(Debug, clap::Args)]
-pub struct LdaBenchArgs {
-    #[command(subcommand)]
-    pub which: LdaBench,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum LdaBench {
-    /// Training tokens/s, inference docs/s and completion log-likelihood vs gensim.
-    Gensim(GensimArgs),
-    /// Noise-detection AUC (dot vs cosine, several K) on a dataset with a truth file.
-    Noise(NoiseArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct NoiseArgs {
-    /// WebVision-format dataset root (info/, meta/), e.g. ../shared/data/imagenette-web.
-    #[arg(long)]
-    pub root: PathBuf,
-    /// Truth TSV (path, given_label, true_label, ...).
-    #[arg(long)]
-    pub truth: PathBuf,
-    /// Folder for the stage outputs of every run.
-    #[arg(long)]
-    pub work: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "50,100,500")]
-    pub topics: Vec<usize>,
-    #[arg(long, default_value_t = 10)]
-    pub passes: usize,
-    #[arg(long, default_value_t = 256)]
-    pub batch: usize,
-    /// Share of each class discarded (the original's ~10%).
-    #[arg(long, default_value_t = 0.1)]
-    pub discard: f64,
-    #[arg(long, default_value_t = 3)]
-    pub min_count: u32,
-    #[arg(long, default_value_t = 0.5)]
-    pub max_doc_freq: f64,
-    /// LDA seeds 1..=N per K (topic models differ by seed; the table gives mean and range).
-    #[arg(long, default_value_t = 5)]
-    pub seeds: u64,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct GensimArgs {
-    /// The corpus from `make_debian_corpus.sh` (JSON lines with a "text" field).
-    #[arg(long)]
-    pub corpus: PathBuf,
-    /// Folder for the bag-of-words dump and our λ files.
-    #[arg(long)]
-    pub work: PathBuf,
-    #[arg(long, default_value = "../shared/bench/lda_anchor.py")]
-    pub anchor: PathBuf,
-    /// Python with gensim and numpy.
-    #[arg(long, default_value = "python3")]
-    pub python: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "100,500")]
-    pub topics: Vec<usize>,
-    /// Documents per update (gensim's chunksize in the anchor: 2000).
-    #[arg(long, default_value_t = 2000)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 50)]
-    pub iterations: usize,
-    #[arg(long, default_value_t = 0.001)]
-    pub tolerance: f64,
-    #[arg(long, default_value_t = 1)]
-    pub passes: usize,
-    /// Threads for our side (default: rayon's, one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Runs of each side per K; the table reports the fastest of each.
-    #[arg(long, default_value_t = 1)]
-    pub repeats: usize,
-    /// Only our side (no gensim training run; its numbers are then missing from the table).
-    #[arg(long)]
-    pub skip_gensim: bool,
-}
-
-pub fn run(args: &LdaBenchArgs) -> anyhow::Result<()> {
-    match &args.which {
-        LdaBench::Gensim(a) => run_gensim(a),
-        LdaBench::Noise(a) => run_noise(a),
-    }
-}
-
-fn run_gensim(args: &GensimArgs) -> anyhow::Result<()> {
-    let dump = args.work.join("dump");
-    if !dump.join("train.txt").exists() {
-        python(
-            args,
-            &[
-                args.anchor.as_os_str(),
-                args.corpus.as_os_str(),
-                "--dump".as_ref(),
-                dump.as_os_str(),
-            ],
-        )?;
-    }
-    let vocab = Vocabulary::load(&dump.join("vocab.txt"))?;
-    let train = read_bows(&dump.join("train.txt"))?;
-    let test = read_bows(&dump.join("test.txt"))?;
-    let tokens: f64 = train.iter().map(SparseDoc::tokens).sum();
-    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
-    println!(
-        "corpus: {} train docs, {} test docs, V={}, {tokens} train tokens; ours on {threads} threads; best of {} runs per side",
-        train.len(),
-        test.len(),
-        vocab.len(),
-        args.repeats
-    );
-    println!("load average at start: {}", load_average());
-    println!("| K | impl | train s | tokens/s | ratio | infer docs/s | ratio | completion ll/word | held-out bound |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for &k in &args.topics {
-        let params = LdaParams {
-            topics: k,
-            passes: args.passes,
-            batch_size: args.batch,
-            alpha: Alpha::Symmetric(None),
-            eta: None,
-            tau0: 1.0,
-            kappa: 0.5,
-            e_step_iterations: args.iterations,
-            e_step_tolerance: args.tolerance,
-            seed: 1,
-        };
-        // Best of `repeats` for both sides: the machine is shared, the minimum is the
-        // least disturbed run. Training is deterministic, so every repeat gives the same λ.
-        let mut best = (f64::INFINITY, Vec::new(), 0.0f64);
-        for _ in 0..args.repeats {
-            let (secs, lambda, infer_rate) =
-                pool.install(|| train_and_infer(&params, &vocab, &train, &test))?;
-            best = (best.0.min(secs), lambda, best.2.max(infer_rate));
-        }
-        let (ours_secs, lambda, infer_rate) = best;
-        let lambda_path = args.work.join(format!("lambda_k{k}.npy"));
-        crate::npy::write(&lambda_path, &[k, vocab.len()], &lambda)?;
-        let scored = python(
-            args,
-            &[
-                args.anchor.as_os_str(),
-                "x".as_ref(),
-                "--score-lambda".as_ref(),
-                lambda_path.as_os_str(),
-                "--dump-dir".as_ref(),
-                dump.as_os_str(),
-            ],
-        )?;
-        let ours = Measured {
-            secs: ours_secs,
-            completion: field(&scored, "completion_ll=")?,
-            bound: field(&scored, "heldout_bound=")?,
-        };
-        let mut gensim_infer = 0.0f64;
-        for _ in 0..args.repeats {
-            gensim_infer = gensim_infer.max(gensim_inference_rate(args, &lambda_path, &dump)?);
-        }
-        let gensim = if args.skip_gensim {
-            None
-        } else {
-            let mut best: Option<Measured> = None;
-            for _ in 0..args.repeats {
-                let out = python(
-                    args,
-                    &[
-                        args.anchor.as_os_str(),
-                        args.corpus.as_os_str(),
-                        "--topics".as_ref(),
-                        k.to_string().as_ref(),
-                        "--which".as_ref(),
-                        "gensim".as_ref(),
-                        "--passes".as_ref(),
-                        args.passes.to_string().as_ref(),
-                    ],
-                )?;
-                let run = Measured {
-                    secs: field(&out, "secs=")?,
-                    completion: field(&out, "completion_ll=")?,
-                    bound: field(&out, "heldout_bound=")?,
-                };
-                if best.as_ref().is_none_or(|b| run.secs < b.secs) {
-                    best = Some(run);
-                }
-            }
-            best
-        };
-        let passes_tokens = tokens * args.passes as f64;
-        if let Some(g) = &gensim {
-            println!(
-                "| {k} | gensim LdaModel | {:.2} | {:.0} | 1.0 | {gensim_infer:.0} | 1.0 | {:.4} | {:.4} |",
-                g.secs,
-                passes_tokens / g.secs,
-                g.completion,
-                g.bound
-            );
-        }
-        let ratio = gensim
-            .as_ref()
-            .map_or("-".to_string(), |g| format!("{:.1}", g.secs / ours.secs));
-        println!(
-            "| {k} | websieve | {:.2} | {:.0} | {ratio} | {infer_rate:.0} | {:.1} | {:.4} | {:.4} |",
-            ours.secs,
-            passes_tokens / ours.secs,
-            infer_rate / gensim_infer,
-            ours.completion,
-            ours.bound
-        );
-    }
-    println!("load average at end: {}", load_average());
-    Ok(())
-}
-
-/// The machine's load (other processes skew wall-clock ratios; the table should say so).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or("n/a".into(), |l| {
-        l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    })
-}
-
-/// Trains one model on the dump as the stage would (one batch after another), then infers
-/// θ for the test documents: (training seconds, λ, inference documents/s).
-fn train_and_infer(
+/// Trains one model on `train` as the stage would (one batch after another), then infers θ
+/// for the `test` documents: (training seconds, λ as K × V row-major, inference documents/s).
+pub fn train_and_infer(
     params: &LdaParams,
     vocab: &Vocabulary,
     train: &[SparseDoc],
     test: &[SparseDoc],
-) -> anyhow::Result<(f64, Vec<f32>, f64)> {
+) -> Result<(f64, Vec<f32>, f64), LdaError> {
     let started = Instant::now();
     let mut lda = OnlineLda::new(
         online_settings(params, train.len() as u64),
@@ -271,96 +53,6 @@ fn train_and_infer(
     Ok((secs, model.lambda().to_vec(), infer_rate))
 }
 
-struct Measured {
-    secs: f64,
-    completion: f64,
-    bound: f64,
-}
-
-/// gensim's `get_document_topics` speed on the test documents, with our λ loaded into it.
-fn gensim_inference_rate(args: &GensimArgs, lambda: &Path, dump: &Path) -> anyhow::Result<f64> {
-    const SCRIPT: &str = r#"
-import sys, time, numpy as np
-from gensim.corpora import Dictionary
-from gensim.models import LdaModel
-lam = np.load(sys.argv[1]).astype(np.float64); d = sys.argv[2]
-k, v = lam.shape
-vocab = [l.rstrip("\n") for l in open(d + "/vocab.txt")]
-dic = Dictionary([vocab]); dic.token2id = {t: i for i, t in enumerate(vocab)}
-m = LdaModel(id2word=dic, num_topics=k, alpha=np.full(k, 1.0 / k), eta=np.full(v, 1.0 / k),
-             iterations=int(sys.argv[3]), gamma_threshold=float(sys.argv[4]), random_state=1)
-m.state.sstats = (lam - 1.0 / k).astype(m.dtype); m.sync_state()
-test = [[(int(i), int(c)) for i, c in (t.split(":") for t in l.split())] for l in open(d + "/test.txt")]
-t0 = time.perf_counter()
-for doc in test: m.get_document_topics(doc, minimum_probability=0.0)
-print(f"docs_per_s={len(test) / (time.perf_counter() - t0)}")
-"#;
-    let out = python(
-        args,
-        &[
-            "-c".as_ref(),
-            SCRIPT.as_ref(),
-            lambda.as_os_str(),
-            dump.as_os_str(),
-            args.iterations.to_string().as_ref(),
-            args.tolerance.to_string().as_ref(),
-        ],
-    )?;
-    field(&out, "docs_per_s=")
-}
-
-fn python(args: &GensimArgs, argv: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
-    let out = Command::new(&args.python)
-        .args(argv)
-        .output()
-        .with_context(|| format!("running {}", args.python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {:?} failed: {}",
-            args.python.display(),
-            argv,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The number after `key` in the last line that has it.
-fn field(output: &str, key: &str) -> anyhow::Result<f64> {
-    let line = output
-        .lines()
-        .rev()
-        .find(|l| l.contains(key))
-        .with_context(|| format!("no {key} in output:\n{output}"))?;
-    let rest = line[line.find(key).expect("found above") + key.len()..].trim_start();
-    let number = rest.split_whitespace().next().unwrap_or("");
-    number
-        .parse()
-        .with_context(|| format!("bad number after {key} in {line:?}"))
-}
-
-/// `lda_anchor.py --dump` documents: one per line, space-separated `id:count`.
-pub fn read_bows(path: &Path) -> anyhow::Result<Vec<SparseDoc>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(n, line)| {
-            let pairs = line
-                .split_whitespace()
-                .map(|pair| {
-                    let (id, count) = pair.split_once(':')?;
-                    Some((id.parse().ok()?, count.parse().ok()?))
-                })
-                .collect::<Option<Vec<(u32, f32)>>>()
-                .with_context(|| {
-                    format!("{}:{}: expected id:count pairs", path.display(), n + 1)
-                })?;
-            Ok(SparseDoc::from_pairs(pairs))
-        })
-        .collect()
-}
-
 /// A WebVision-format dataset's training text, labels, paths and class names (through
 /// [`crate::dataset::webvision::read`], both sources, so the `_all` lists in their order).
 pub struct WebvisionText {
@@ -370,10 +62,8 @@ pub struct WebvisionText {
     pub class_names: Vec<String>,
 }
 
-pub fn read_webvision_text(root: &Path) -> anyhow::Result<WebvisionText> {
-    use crate::sample::Source;
-    let index = crate::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false)
-        .with_context(|| format!("reading {}", root.display()))?;
+pub fn read_webvision_text(root: &Path) -> Result<WebvisionText, BenchError> {
+    let index = crate::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false)?;
     let mut out = WebvisionText {
         docs: Default::default(),
         labels: Vec::with_capacity(index.train.len()),
@@ -388,111 +78,96 @@ pub fn read_webvision_text(root: &Path) -> anyhow::Result<WebvisionText> {
     Ok(out)
 }
 
-fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
-    use crate::recipe::params::{
-        CleanParams, CleanRule, LabelParams, Similarity, TextField, TextParams,
-    };
-    use crate::score::{self, ScoreInputs};
-    let data = read_webvision_text(&args.root)?;
+/// `runner bench lda noise`: topic models of K topics over a dataset's text, each scored
+/// against a truth file.
+#[derive(Debug, Clone)]
+pub struct NoiseSettings {
+    /// Truth TSV (path, given_label, true_label, ...).
+    pub truth: PathBuf,
+    /// Folder for the stage outputs of every run.
+    pub work: PathBuf,
+    pub passes: usize,
+    pub batch: usize,
+    /// Share of each class discarded.
+    pub discard: f64,
+    pub min_count: u32,
+    pub max_doc_freq: f64,
+    /// LDA seeds 1..=N per K.
+    pub seeds: u64,
+}
+
+/// The similarities a noise run compares, in the order of [`NoiseRuns::metrics`].
+pub const SIMILARITIES: [Similarity; 2] = [Similarity::Dot, Similarity::Cosine];
+
+/// Noise detection with K topics over every seed.
+#[derive(Debug, Clone)]
+pub struct NoiseRuns {
+    /// `metrics[similarity][seed]`: AUC, macro AUC, share of the noisy removed, precision of
+    /// the removal; `None` where undefined (e.g. nothing discarded).
+    pub metrics: [Vec<[Option<f64>; 4]>; 2],
+    /// LDA training seconds, the mean over seeds.
+    pub lda_seconds: f64,
+}
+
+/// Trains a K-topic model per seed on `data` as the `lda` stage does, and scores it with each
+/// of [`SIMILARITIES`], discarding `settings.discard` of each class, against the truth file.
+pub fn noise_runs(
+    data: &WebvisionText,
+    settings: &NoiseSettings,
+    topics: usize,
+) -> Result<NoiseRuns, BenchError> {
     let text = TextParams {
-        google_fields: vec![TextField::Title, TextField::Description],
-        flickr_fields: vec![TextField::Title, TextField::Description, TextField::Tags],
         other_fields: vec![TextField::Title, TextField::Description],
-        english_stop_words: true,
-        web_stop_words: true,
-        extra_stop_words: vec![],
-        stemming: true,
-        min_count: args.min_count,
-        max_doc_freq: args.max_doc_freq,
+        min_count: settings.min_count,
+        max_doc_freq: settings.max_doc_freq,
         max_words: usize::MAX,
+        ..Recipe::default().text
     };
-    println!(
-        "{}: {} training samples, {} classes; {} passes, batch {}, discard {:.0}% per class",
-        args.root.display(),
-        data.labels.len(),
-        data.class_names.len(),
-        args.passes,
-        args.batch,
-        args.discard * 100.0
-    );
-    println!("mean over seeds 1..={} [min, max]", args.seeds);
-    println!("| K | similarity | AUC | macro AUC | noisy removed | precision of removal | LDA s |");
-    println!("|---|---|---|---|---|---|---|");
-    for &k in &args.topics {
-        // metrics[similarity][seed] = (auc, macro auc, noisy removed, precision)
-        let mut metrics = [Vec::new(), Vec::new()];
-        let mut seconds = 0.0;
-        for seed in 1..=args.seeds {
-            let lda_dir = args.work.join(format!("lda_k{k}_s{seed}"));
-            let params = LdaParams {
-                topics: k,
-                passes: args.passes,
-                batch_size: args.batch,
-                alpha: Alpha::Symmetric(None),
-                eta: None,
-                tau0: 1.0,
-                kappa: 0.5,
-                e_step_iterations: 50,
-                e_step_tolerance: 0.001,
-                seed,
+    let k = topics;
+    let mut metrics = [Vec::new(), Vec::new()];
+    let mut seconds = 0.0;
+    for seed in 1..=settings.seeds {
+        let lda_dir = settings.work.join(format!("lda_k{k}_s{seed}"));
+        let params = LdaParams {
+            topics: k,
+            passes: settings.passes,
+            batch_size: settings.batch,
+            seed,
+            ..Recipe::default().lda
+        };
+        let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
+        seconds += summary.train_seconds / settings.seeds as f64;
+        let topics = crate::lda::read_topics(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?;
+        for (i, similarity) in SIMILARITIES.into_iter().enumerate() {
+            let inputs = ScoreInputs {
+                topics: &topics,
+                labels: &data.labels,
+                paths: &data.paths,
+                class_names: &data.class_names,
+                image: None,
             };
-            let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
-            seconds += summary.train_seconds / args.seeds as f64;
-            let topics = crate::lda::read_topics(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?;
-            for (i, similarity) in [Similarity::Dot, Similarity::Cosine]
-                .into_iter()
-                .enumerate()
-            {
-                let inputs = ScoreInputs {
-                    topics: &topics,
-                    labels: &data.labels,
-                    paths: &data.paths,
-                    class_names: &data.class_names,
-                    image: None,
-                };
-                let clean = CleanParams {
-                    similarity,
-                    rule: CleanRule::Fraction(args.discard),
-                    small_class: 0,
-                    small_class_factor: 1.0,
-                    truth: Some(args.truth.clone()),
-                };
-                let dir = args
-                    .work
-                    .join(format!("score_k{k}_s{seed}_{similarity:?}").to_lowercase());
-                let scored = score::run_stage(&inputs, &clean, &LabelParams::Hard, &dir)?;
-                let noise = scored
-                    .noise
-                    .context("no noise metrics despite a truth file")?;
-                metrics[i].push([noise.auc, noise.macro_auc, noise.recall, noise.precision]);
-            }
-        }
-        for (i, name) in ["dot", "cosine"].into_iter().enumerate() {
-            let cell = |j: usize| {
-                // Undefined for any seed (e.g. nothing discarded): no mean to show.
-                let Some(v) = metrics[i]
-                    .iter()
-                    .map(|m| m[j])
-                    .collect::<Option<Vec<f64>>>()
-                else {
-                    return "n/a".to_string();
-                };
-                let mean = v.iter().sum::<f64>() / v.len() as f64;
-                let (lo, hi) = v
-                    .iter()
-                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                        (a.min(x), b.max(x))
-                    });
-                format!("{mean:.3} [{lo:.3}, {hi:.3}]")
+            let clean = CleanParams {
+                similarity,
+                rule: CleanRule::Fraction(settings.discard),
+                small_class_factor: 1.0,
+                truth: Some(settings.truth.clone()),
+                ..Recipe::default().clean
             };
-            println!(
-                "| {k} | {name} | {} | {} | {} | {} | {seconds:.1} |",
-                cell(0),
-                cell(1),
-                cell(2),
-                cell(3)
-            );
+            let dir = settings
+                .work
+                .join(format!("score_k{k}_s{seed}_{similarity:?}").to_lowercase());
+            let scored = score::run_stage(&inputs, &clean, &LabelParams::Hard, &dir)?;
+            let noise = scored.noise.ok_or_else(|| {
+                BenchError::NoNoiseMetrics(format!(
+                    "{}: no noise metrics despite a truth file",
+                    dir.display()
+                ))
+            })?;
+            metrics[i].push([noise.auc, noise.macro_auc, noise.recall, noise.precision]);
         }
     }
-    Ok(())
+    Ok(NoiseRuns {
+        metrics,
+        lda_seconds: seconds,
+    })
 }

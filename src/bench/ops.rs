@@ -1,36 +1,38 @@
-//! `runner bench ops`: throughput of the custom ops (forward, and forward + backward) on the
-//! CPU or a GPU, each next to a reference measured in the same run: candle's own pooling where
-//! candle is right (kernel = stride, no padding), LRN written with candle ops (squares summed
-//! over shifted channel slices), and a convolution's bias + ReLU as candle's two ops, the
-//! approaches the custom ops replace.
+//! Throughput of the custom ops (forward, and forward + backward) on the CPU or a GPU, each
+//! next to a reference measured in the same run: candle's own pooling where candle is right
+//! (kernel = stride, no padding), LRN written with candle ops (squares summed over shifted
+//! channel slices), and a convolution's bias + ReLU as candle's two ops, the approaches the
+//! custom ops replace. In: the input's shape, element type and device. Out: median seconds
+//! per op and pass.
 
 use std::time::Instant;
 
-use anyhow::Result;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
+use super::BenchError;
 use crate::model::ops::{avg_pool2d, bias_relu, lrn, max_pool2d};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct OpsBenchArgs {
-    /// Batch size N of the NCHW input.
-    #[arg(long, default_value_t = 32)]
+/// The NCHW input every op runs on, and how often each is timed.
+#[derive(Debug, Clone)]
+pub struct OpsSettings {
     pub batch: usize,
-    /// Channels C.
-    #[arg(long, default_value_t = 64)]
     pub channels: usize,
     /// Height and width.
-    #[arg(long, default_value_t = 56)]
     pub size: usize,
     /// Timed repetitions per measurement (the median is reported, after one warm-up).
-    #[arg(long, default_value_t = 5)]
     pub iters: usize,
-    /// `cpu` or `cuda:<ordinal>`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Element type: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// One op's median seconds, forward and forward + backward, and its reference's.
+#[derive(Debug, Clone)]
+pub struct OpTiming {
+    pub name: &'static str,
+    pub forward: f64,
+    pub forward_backward: f64,
+    /// The reference's name, and its seconds (forward + backward only where it is right).
+    pub reference: Option<(&'static str, f64, Option<f64>)>,
 }
 
 type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
@@ -43,69 +45,46 @@ struct Case {
     reference: Option<(&'static str, Op, bool)>,
 }
 
-pub fn run(args: &OpsBenchArgs) -> Result<()> {
-    let dev = super::train::device(&args.device)?;
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => anyhow::bail!("--dtype {other}: expected f32 or bf16"),
-    };
-    let shape = (args.batch, args.channels, args.size, args.size);
-    let x = Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(dtype)?;
-    let elems = x.elem_count() as f64;
-    println!(
-        "ops bench: input {:?} {dtype:?} on {} ({} rayon threads), median of {} runs",
-        x.dims(),
-        args.device,
-        rayon::current_num_threads(),
-        args.iters
+/// Times every op on a random input of `settings`' shape.
+pub fn measure(settings: &OpsSettings) -> Result<Vec<OpTiming>, BenchError> {
+    let dev = &settings.device;
+    let shape = (
+        settings.batch,
+        settings.channels,
+        settings.size,
+        settings.size,
     );
+    let x = Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(settings.dtype)?;
     let median_secs = |f: &mut dyn FnMut() -> candle_core::Result<()>| {
-        median_secs(args.iters, || {
+        median_secs(settings.iters, || {
             f()?;
             dev.synchronize()
         })
     };
-    println!(
-        "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8}  reference",
-        "op", "fwd ms", "ref ms", "ratio", "fwd+bwd ms", "ref ms", "ratio"
-    );
-    for case in cases(&Tensor::randn(0f32, 1.0, args.channels, &dev)?.to_dtype(dtype)?) {
-        let fwd = median_secs(&mut || (case.ours)(&x).map(drop))?;
+    let bias = Tensor::randn(0f32, 1.0, settings.channels, dev)?.to_dtype(settings.dtype)?;
+    let mut timings = Vec::new();
+    for case in cases(&bias) {
+        let forward = median_secs(&mut || (case.ours)(&x).map(drop))?;
         let both = median_secs(&mut || forward_backward(&case.ours, &x))?;
-        let (ref_name, ref_fwd, ref_both) = match &case.reference {
-            Some((name, op, with_bwd)) => {
+        let reference = match &case.reference {
+            Some((name, op, with_backward)) => {
                 let f = median_secs(&mut || op(&x).map(drop))?;
-                let b = if *with_bwd {
-                    Some(median_secs(&mut || forward_backward(op, &x))?)
-                } else {
-                    None
+                let b = match with_backward {
+                    true => Some(median_secs(&mut || forward_backward(op, &x))?),
+                    false => None,
                 };
-                (*name, Some(f), b)
+                Some((*name, f, b))
             }
-            None => ("none", None, None),
+            None => None,
         };
-        let ms = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{:.2}", s * 1e3));
-        let ratio =
-            |ours: f64, r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}x", r / ours));
-        println!(
-            "{:<24} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8}  {ref_name}",
-            case.name,
-            ms(Some(fwd)),
-            ms(ref_fwd),
-            ratio(fwd, ref_fwd),
-            ms(Some(both)),
-            ms(ref_both),
-            ratio(both, ref_both),
-        );
-        println!(
-            "{:<24} forward {:.0} M input elements/s",
-            "",
-            elems / fwd / 1e6
-        );
+        timings.push(OpTiming {
+            name: case.name,
+            forward,
+            forward_backward: both,
+            reference,
+        });
     }
-    println!("ratio = reference time / our time (above 1: ours is faster)");
-    Ok(())
+    Ok(timings)
 }
 
 /// The ops at the input's shape; `bias` has one value per channel, and its gradient is part
@@ -189,7 +168,10 @@ fn forward_backward(op: &Op, x: &Tensor) -> candle_core::Result<()> {
     Ok(())
 }
 
-fn median_secs(iters: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
+fn median_secs(
+    iters: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
     f()?;
     let mut times = (0..iters.max(1))
         .map(|_| {

@@ -1,143 +1,141 @@
-//! `runner bench train`: training throughput (images/s for forward + backward + SGD update) of
-//! GoogLeNet on random images, per precision and with or without the topic-regression heads,
-//! with each step split into its phases (forward + backward, update). The reference is
-//! PyTorch eager on the same net (`../shared/bench/torch_googlenet.py --json`, run just
-//! before on the same machine) for the ratio, or, without one, the eval forward pass measured
-//! in the same run (what backward and the update cost on top of inference).
+//! Training throughput of GoogLeNet on random images: images/s of the trainer's own step
+//! ([`crate::train::train_step`]: forward + backward + SGD update) split into its phases
+//! (forward + backward, update), and of the eval forward pass, per precision and with or
+//! without the topic-regression heads. In: the cases to measure, a device, warm-up and timed
+//! steps. Out: seconds per phase.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::BenchError;
 use crate::model::GoogLeNet;
 use crate::recipe::params::{Arch, ModelParams, Precision, SgdParams};
-use crate::train::optim::Sgd;
-use crate::train::{forward_backward, set_tf32, Targets};
+use crate::recipe::Recipe;
+use crate::runtime::SingleProcess;
+use crate::train::optim::{DivergenceGuard, Sgd};
+use crate::train::{set_tf32, train_step, StepInput, Targets, TrainError, SPIKE_FACTOR};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct TrainBenchArgs {
-    /// `cpu` or `cuda:<ordinal>`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Batch size for the full GoogLeNet at 224 px.
-    #[arg(long, default_value_t = 4)]
-    pub full_batch: usize,
-    /// Batch size for the small GoogLeNet (width 1/8, 64 px); 0 skips it.
-    #[arg(long, default_value_t = 32)]
-    pub small_batch: usize,
-    /// Timed steps per measurement (after the warm-up steps).
-    #[arg(long, default_value_t = 3)]
-    pub steps: usize,
-    /// Untimed steps first (cuDNN algorithm choice, allocator warm-up).
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
-    /// Precisions to measure, comma-separated: f32, tf32, bf16.
-    #[arg(long, value_delimiter = ',', default_value = "f32")]
-    pub precision: Vec<String>,
-    /// Topic counts of the regression heads, comma-separated; 0 is the 3-head classifier.
-    #[arg(long, value_delimiter = ',', default_value = "0")]
+/// Classes of the benchmark's classifier (ImageNet's).
+pub const CLASSES: usize = 1000;
+
+/// One network, batch and precision to measure.
+#[derive(Debug, Clone)]
+pub struct TrainCase {
+    pub name: &'static str,
+    pub model: ModelParams,
+    pub batch: usize,
+    pub precision: Precision,
+    /// Topic count of the regression heads; 0 for the 3-head classifier.
+    pub topics: usize,
+}
+
+impl TrainCase {
+    /// The published network: width 1, 224 px.
+    pub fn is_full(&self) -> bool {
+        self.model.width == 1.0 && self.model.input_size == 224
+    }
+}
+
+/// Which cases [`cases`] lists.
+#[derive(Debug, Clone)]
+pub struct CaseSettings {
+    pub arch: Arch,
+    pub precisions: Vec<Precision>,
+    /// Topic counts for the full network; 0 is the 3-head classifier.
     pub topics: Vec<usize>,
-    #[arg(long, value_enum, default_value = "googlenet")]
-    pub arch: BenchArch,
-    /// PyTorch's figures (`torch_googlenet.py --json`) to print ratios against.
-    #[arg(long)]
-    pub reference: Option<PathBuf>,
-    /// Also write the rows as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    /// Batch of the full network (width 1, 224 px).
+    pub full_batch: usize,
+    /// Batch of the small network (width 1/8, 64 px, no regression heads); 0 skips it.
+    pub small_batch: usize,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum BenchArch {
-    Googlenet,
-    GooglenetBn,
-}
-
-const CLASSES: usize = 1000;
-
-pub(super) fn device(name: &str) -> anyhow::Result<Device> {
-    match name.strip_prefix("cuda:") {
-        None if name == "cpu" => Ok(Device::Cpu),
-        Some(ordinal) => Ok(Device::new_cuda(ordinal.parse().context("cuda ordinal")?)?),
-        None => anyhow::bail!("--device {name}: expected cpu or cuda:<ordinal>"),
+/// Per precision: the full network with each topic count, then the small one.
+pub fn cases(settings: &CaseSettings) -> Vec<TrainCase> {
+    let model = |width, input_size, topics| ModelParams {
+        arch: settings.arch,
+        regression: topics > 0,
+        input_size,
+        width,
+        ..Recipe::default().model
+    };
+    let mut cases = Vec::new();
+    for &precision in &settings.precisions {
+        for &topics in &settings.topics {
+            cases.push(TrainCase {
+                name: "width 1, 224 px",
+                model: model(1.0, 224, topics),
+                batch: settings.full_batch,
+                precision,
+                topics,
+            });
+        }
+        if settings.small_batch > 0 {
+            cases.push(TrainCase {
+                name: "width 1/8, 64 px",
+                model: model(0.125, 64, 0),
+                batch: settings.small_batch,
+                precision,
+                topics: 0,
+            });
+        }
     }
+    cases
 }
 
-fn precision(name: &str) -> anyhow::Result<Precision> {
-    match name {
-        "f32" | "fp32" => Ok(Precision::F32),
-        "tf32" => Ok(Precision::Tf32),
-        "bf16" => Ok(Precision::Bf16),
-        other => anyhow::bail!("--precision {other}: expected f32, tf32 or bf16"),
-    }
+/// Steps each measurement takes.
+#[derive(Debug, Clone, Copy)]
+pub struct StepCounts {
+    /// Untimed steps first (cuDNN algorithm choice, allocator warm-up).
+    pub warmup: usize,
+    pub timed: usize,
 }
 
-/// The name torch_googlenet.py gives a precision.
-fn torch_name(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "fp32",
-        Precision::Tf32 => "tf32",
-        Precision::Bf16 => "bf16",
-    }
+/// One case's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainTiming {
+    pub forward_img_per_s: f64,
+    pub train_img_per_s: f64,
+    /// Mean milliseconds per timed step of the forward and backward pass, and of the update.
+    pub forward_backward_ms: f64,
+    pub update_ms: f64,
 }
 
-/// Mean seconds per call of `step` over `steps` calls, after `warmup` calls.
+/// Mean seconds per call of `step` over `steps.timed` calls, after `steps.warmup` calls.
 fn time(
     device: &Device,
-    warmup: usize,
-    steps: usize,
-    mut step: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<f64> {
-    for _ in 0..warmup {
+    steps: StepCounts,
+    mut step: impl FnMut() -> Result<(), BenchError>,
+) -> Result<f64, BenchError> {
+    for _ in 0..steps.warmup {
         step()?;
     }
     device.synchronize()?;
     let started = Instant::now();
-    for _ in 0..steps {
+    for _ in 0..steps.timed {
         step()?;
     }
     device.synchronize()?;
-    Ok(started.elapsed().as_secs_f64() / steps.max(1) as f64)
+    Ok(started.elapsed().as_secs_f64() / steps.timed.max(1) as f64)
 }
 
-/// One configuration's figures, in seconds per step.
-#[derive(Debug, serde::Serialize)]
-struct Row {
-    network: String,
-    precision: &'static str,
-    topics: usize,
-    batch: usize,
-    forward_img_per_s: f64,
-    train_img_per_s: f64,
-    forward_backward_ms: f64,
-    update_ms: f64,
-    reference_img_per_s: Option<f64>,
-}
-
-struct Case<'a> {
-    name: &'a str,
-    model: ModelParams,
-    batch: usize,
-    precision: Precision,
-    topics: usize,
-}
-
-fn measure(case: &Case, args: &TrainBenchArgs, device: &Device) -> anyhow::Result<Row> {
+/// Times `case` on `device`: the eval forward pass, and the trainer's step on one random
+/// batch (lr 1e-3, the recipe's other SGD defaults).
+pub fn measure(
+    case: &TrainCase,
+    device: &Device,
+    steps: StepCounts,
+) -> Result<TrainTiming, BenchError> {
     set_tf32(case.precision == Precision::Tf32);
     let (model, batch) = (&case.model, case.batch);
     let net = GoogLeNet::new(model, CLASSES, case.topics, 0, device)?;
     let sgd_params = SgdParams {
         lr: 1e-3,
-        momentum: 0.9,
-        weight_decay: 2e-4,
-        bias_lr_mult: 2.0,
-        clip_grad_norm: None,
+        ..Recipe::default().train.optimizer
     };
-    let mut sgd = Sgd::new(net.vars().to_vec(), &sgd_params)?;
+    let mut sgd = Sgd::new(net.vars().to_vec(), &sgd_params).map_err(TrainError::from)?;
     let side = model.input_size as usize;
     let images = Tensor::randn(0f32, 50.0, (batch, 3, side, side), device)?
         .to_dtype(case.precision.activations())?;
@@ -156,163 +154,47 @@ fn measure(case: &Case, args: &TrainBenchArgs, device: &Device) -> anyhow::Resul
         lambdas: Tensor::ones(batch, DType::F32, device)?,
         topics,
     };
-    let forward = time(device, args.warmup, args.steps, || {
+    let forward = time(device, steps, || {
         net.forward_eval(&images)?;
         Ok(())
     })?;
     let rng = ChaCha8Rng::seed_from_u64(0);
+    let mut guard = DivergenceGuard::new(SPIKE_FACTOR);
     let (mut backward_s, mut update_s, mut calls) = (0.0, 0.0, 0);
-    let train = time(device, args.warmup, args.steps, || {
+    let train = time(device, steps, || {
+        let input = StepInput {
+            images: &images,
+            targets: &targets,
+            rng: &rng,
+            first_row: 0,
+            global_rows: batch,
+            step: calls,
+            lr: sgd_params.lr,
+        };
         let started = Instant::now();
-        // forward_backward ends with a copy to the host, which waits for the device.
-        let computed = forward_backward(&net, &sgd, model, &images, &targets, &rng)?;
-        let fetched = Instant::now();
-        sgd.apply(&computed.grads, 1e-3, &computed.squares)?;
+        let outcome = train_step(
+            &net,
+            &mut sgd,
+            &mut guard,
+            model,
+            &input,
+            &mut SingleProcess,
+        )?;
+        outcome.update.map_err(TrainError::Diverged)?;
         device.synchronize()?;
         // The phases of the timed steps only: the warm-up steps pick cuDNN algorithms.
-        if calls >= args.warmup {
-            backward_s += (fetched - started).as_secs_f64();
-            update_s += fetched.elapsed().as_secs_f64();
+        if calls >= steps.warmup as u64 {
+            backward_s += (outcome.fetched_at - started).as_secs_f64();
+            update_s += outcome.fetched_at.elapsed().as_secs_f64();
         }
         calls += 1;
         Ok(())
     })?;
-    let timed = args.steps.max(1) as f64;
-    Ok(Row {
-        network: case.name.to_string(),
-        precision: torch_name(case.precision),
-        topics: case.topics,
-        batch,
+    let timed = steps.timed.max(1) as f64;
+    Ok(TrainTiming {
         forward_img_per_s: batch as f64 / forward,
         train_img_per_s: batch as f64 / train,
         forward_backward_ms: 1e3 * backward_s / timed,
         update_ms: 1e3 * update_s / timed,
-        reference_img_per_s: None,
     })
-}
-
-/// PyTorch's img/s for the BVLC net ("caffe") at `precision` with `topics` regression heads.
-fn reference_rate(reference: &serde_json::Value, precision: &str, topics: usize) -> Option<f64> {
-    reference.as_array()?.iter().find_map(|row| {
-        let matches = row["model"] == "caffe"
-            && row["precision"] == precision
-            && row["topics"].as_u64() == Some(topics as u64);
-        matches.then(|| row["img_per_s"].as_f64()).flatten()
-    })
-}
-
-pub fn run(args: &TrainBenchArgs) -> anyhow::Result<()> {
-    let device = device(&args.device)?;
-    let precisions = args
-        .precision
-        .iter()
-        .map(|p| precision(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let reference: Option<serde_json::Value> = match &args.reference {
-        Some(path) => Some(serde_json::from_str(
-            &std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?,
-        )?),
-        None => None,
-    };
-    let arch = match args.arch {
-        BenchArch::Googlenet => Arch::Googlenet,
-        BenchArch::GooglenetBn => Arch::GooglenetBn,
-    };
-    let model = |width, input_size, topics| ModelParams {
-        arch,
-        classification: true,
-        regression: topics > 0,
-        task_weights: [0.75, 0.25],
-        aux_weights: [0.3, 0.3],
-        input_size,
-        width,
-    };
-    println!(
-        "bench train: {:?} on {}, {} timed steps after {} warm-up, {CLASSES} classes",
-        args.arch, args.device, args.steps, args.warmup
-    );
-    let mut cases = Vec::new();
-    for &precision in &precisions {
-        for &topics in &args.topics {
-            cases.push(Case {
-                name: "width 1, 224 px",
-                model: model(1.0, 224, topics),
-                batch: args.full_batch,
-                precision,
-                topics,
-            });
-        }
-        if args.small_batch > 0 {
-            cases.push(Case {
-                name: "width 1/8, 64 px",
-                model: model(0.125, 64, 0),
-                batch: args.small_batch,
-                precision,
-                topics: 0,
-            });
-        }
-    }
-    println!(
-        "{:<18} {:>5} {:>6} {:>6} {:>11} {:>11} {:>9} {:>9} {:>11} {:>7}",
-        "network",
-        "prec",
-        "topics",
-        "batch",
-        "fwd img/s",
-        "train img/s",
-        "f+b ms",
-        "update ms",
-        "torch img/s",
-        "ratio"
-    );
-    let mut rows = Vec::new();
-    for case in &cases {
-        let mut row = measure(case, args, &device)?;
-        let full = case.model.width == 1.0 && case.model.input_size == 224;
-        row.reference_img_per_s = reference
-            .as_ref()
-            .filter(|_| full && case.batch == 128)
-            .and_then(|r| reference_rate(r, row.precision, row.topics));
-        // Without PyTorch's figure, the ratio is against the forward pass alone.
-        let ratio = row.train_img_per_s / row.reference_img_per_s.unwrap_or(row.forward_img_per_s);
-        let torch = row
-            .reference_img_per_s
-            .map_or("—".to_string(), |r| format!("{r:.1}"));
-        println!(
-            "{:<18} {:>5} {:>6} {:>6} {:>11.1} {:>11.1} {:>9.2} {:>9.2} {:>11} {:>7.3}",
-            row.network,
-            row.precision,
-            row.topics,
-            row.batch,
-            row.forward_img_per_s,
-            row.train_img_per_s,
-            row.forward_backward_ms,
-            row.update_ms,
-            torch,
-            ratio
-        );
-        rows.push(row);
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("{}", path.display()))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reference_rows_match_by_precision_and_topics() {
-        let reference = serde_json::json!([
-            {"model": "caffe", "precision": "fp32", "topics": 0, "img_per_s": 2139.1},
-            {"model": "caffe", "precision": "bf16", "topics": 500, "img_per_s": 3513.7},
-            {"model": "tv", "precision": "bf16", "topics": 0, "img_per_s": 3605.4},
-        ]);
-        assert_eq!(reference_rate(&reference, "fp32", 0), Some(2139.1));
-        assert_eq!(reference_rate(&reference, "bf16", 500), Some(3513.7));
-        assert_eq!(reference_rate(&reference, "bf16", 0), None);
-    }
 }

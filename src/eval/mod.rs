@@ -18,7 +18,6 @@ mod confusion;
 mod files;
 mod metrics;
 mod predictions;
-pub(crate) mod table;
 
 use std::path::PathBuf;
 
@@ -26,9 +25,8 @@ pub use confusion::{confusion_png_size, write_confusion_png, ConfusionMatrix};
 pub use files::{
     load_predictions, write_outputs, METRICS_FILE, PROBABILITIES_FILE, PROBABILITIES_MAGIC,
 };
-pub use metrics::{metrics, ClassMetrics, EvalMetrics};
+pub use metrics::{metrics, render_table, ClassMetrics, EvalMetrics};
 pub use predictions::{ensemble, evaluate, Evaluation, Predictions};
-pub use table::render_table;
 
 /// Everything that can go wrong while evaluating, each naming what is at fault.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::conv::conv2d;
-use crate::model::ops::{avg_pool2d, lrn, max_pool2d, pooled_len};
+use super::layers::{
+    AuxBranch, AuxHead, BatchNorm, Conv, HeadOutput, Inception, Linear, MainHead, Pass,
+};
+use crate::model::ops::{lrn, max_pool2d, pooled_len};
 use crate::recipe::params::{Arch, ModelParams};
 
 /// Caffe's LRN settings in GoogLeNet (`local_size: 5, alpha: 1e-4, beta: 0.75`, k = 1).
@@ -26,11 +28,6 @@ const LRN_BETA: f64 = 0.75;
 const LRN_K: f64 = 1.0;
 /// Bias filler of every convolution and hidden fc layer (`constant 0.2`); classifiers use 0.
 const HIDDEN_BIAS: f32 = 0.2;
-const AUX_DROPOUT: f64 = 0.7;
-const MAIN_DROPOUT: f64 = 0.4;
-const BN_EPS: f64 = 1e-5;
-/// Share of the current batch in the running statistics after each training step.
-const BN_MOMENTUM: f64 = 0.1;
 
 /// Head names in output order: the main classifier, then the auxiliary heads after 4a and 4d.
 pub const HEAD_NAMES: [&str; 3] = ["loss3", "loss1", "loss2"];
@@ -78,59 +75,6 @@ pub enum ModelError {
     },
     #[error("model: {0}")]
     Candle(#[from] candle_core::Error),
-}
-
-/// Whether a forward pass trains (dropout on, batch statistics) or evaluates.
-enum Pass {
-    /// `rng`: the step's dropout stream; `first_row`: the global batch row of the images' first
-    /// row; `layer`: dropout layers drawn so far.
-    Train {
-        rng: Box<ChaCha8Rng>,
-        first_row: usize,
-        layer: u128,
-    },
-    Eval,
-}
-
-/// Words of the dropout stream each dropout layer owns (far more than a batch draws).
-const DROPOUT_LAYER_WORDS: u128 = 1 << 40;
-
-impl Pass {
-    fn is_train(&self) -> bool {
-        matches!(self, Pass::Train { .. })
-    }
-
-    /// Inverted dropout with a mask drawn from our own seeded RNG (candle's CPU RNG cannot be
-    /// seeded, and resume must replay the same masks). Each layer draws from its own stretch
-    /// of the stream and each row from its global row's place in it, so a data-parallel
-    /// shard draws exactly the masks one process draws for the same rows.
-    fn dropout(&mut self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
-        let Pass::Train {
-            rng,
-            first_row,
-            layer,
-        } = self
-        else {
-            return Ok(x.clone());
-        };
-        let per_row = (x.elem_count() / x.dim(0)?.max(1)) as u128;
-        let mut rng = (**rng).clone();
-        // Two 32-bit words per f64 draw.
-        rng.set_word_pos(*layer * DROPOUT_LAYER_WORDS + *first_row as u128 * per_row * 2);
-        *layer += 1;
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-            .collect();
-        x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
-    }
-}
-
-/// One head's outputs: logits over classes and/or logits of the topic vector (pre-sigmoid).
-#[derive(Debug, Clone)]
-pub struct HeadOutput {
-    pub classes: Option<Tensor>,
-    pub topics: Option<Tensor>,
 }
 
 /// Creates layers with Caffe's fillers and records every learnable tensor and buffer by name.
@@ -191,18 +135,18 @@ impl Builder<'_> {
             in_channels * kernel * kernel,
         )?;
         let (bias, bn) = if self.batch_norm {
-            let bn = BatchNorm {
-                gamma: self.constant(format!("{name}.bn.weight"), out, 1.0)?,
-                beta: self.constant(format!("{name}.bn.bias"), out, 0.0)?,
-                running_mean: self.buffer(
+            let bn = BatchNorm::new(
+                &self.constant(format!("{name}.bn.weight"), out, 1.0)?,
+                &self.constant(format!("{name}.bn.bias"), out, 0.0)?,
+                &self.buffer(
                     format!("{name}.bn.running_mean"),
                     Tensor::zeros(out, DType::F32, self.device)?,
                 )?,
-                running_var: self.buffer(
+                &self.buffer(
                     format!("{name}.bn.running_var"),
                     Tensor::ones(out, DType::F32, self.device)?,
                 )?,
-            };
+            )?;
             (None, Some(bn))
         } else {
             let bias = self.constant(format!("{name}.bias"), out, HIDDEN_BIAS)?;
@@ -250,207 +194,6 @@ impl Builder<'_> {
             b5r,
             b5,
             proj,
-        })
-    }
-}
-
-struct Conv {
-    weight: Var,
-    bias: Option<Var>,
-    bn: Option<BatchNorm>,
-    stride: usize,
-    pad: usize,
-}
-
-impl Conv {
-    fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y =
-            with_weight_in_dtype_of(x, &self.weight, |x, w| conv2d(x, w, self.pad, self.stride))?;
-        match (&self.bias, &self.bn) {
-            // Bias and ReLU fused: one pass forward, and a cheap backward.
-            (Some(bias), None) => crate::model::ops::bias_relu(&y, &bias.to_dtype(y.dtype())?),
-            (bias, bn) => {
-                let mut y = y;
-                if let Some(bias) = bias {
-                    y = y.broadcast_add(&bias.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?)?;
-                }
-                if let Some(bn) = bn {
-                    y = bn.forward(&y, train)?;
-                }
-                y.relu()
-            }
-        }
-    }
-}
-
-/// Batch norm over (n, h, w) per channel; running statistics are buffers, not learned.
-struct BatchNorm {
-    gamma: Var,
-    beta: Var,
-    running_mean: Var,
-    running_var: Var,
-}
-
-impl BatchNorm {
-    /// In f32 whatever the activations' dtype: the running statistics are f32, and bf16 sums
-    /// over a batch lose too much.
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let x = &x.to_dtype(DType::F32)?;
-        let channel = (1, (), 1, 1);
-        let (mean, var) = if train {
-            let (n, _, h, w) = x.dims4()?;
-            let count = (n * h * w) as f64;
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-            let unbiased = (count / (count - 1.0).max(1.0)) * BN_MOMENTUM;
-            let update = |running: &Var, batch: Tensor, scale: f64| {
-                running.set(&(running.affine(1.0 - BN_MOMENTUM, 0.0)? + batch.affine(scale, 0.0)?)?)
-            };
-            update(
-                &self.running_mean,
-                mean.detach().flatten_all()?,
-                BN_MOMENTUM,
-            )?;
-            update(&self.running_var, var.detach().flatten_all()?, unbiased)?;
-            (mean, var)
-        } else {
-            (
-                self.running_mean.reshape(channel)?,
-                self.running_var.reshape(channel)?,
-            )
-        };
-        let normalised = x
-            .broadcast_sub(&mean)?
-            .broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-        normalised
-            .broadcast_mul(&self.gamma.reshape(channel)?)?
-            .broadcast_add(&self.beta.reshape(channel)?)?
-            .to_dtype(dtype)
-    }
-}
-
-struct Linear {
-    weight: Var,
-    bias: Var,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = with_weight_in_dtype_of(x, &self.weight, |x, w| x.matmul(&w.t()?))?;
-        y.broadcast_add(&self.bias.to_dtype(y.dtype())?)
-    }
-}
-
-/// `op(x, w)` in the activations' dtype, the (f32 master) weight cast to it: mixed precision,
-/// whose cast passes the gradient back to the f32 weight. candle's CPU backend has no bf16
-/// matrix product or convolution, so there the op runs in f32 on the bf16-rounded operands
-/// and its result is rounded to bf16 (emulated bf16, for tests on machines without a GPU).
-fn with_weight_in_dtype_of(
-    x: &Tensor,
-    w: &Tensor,
-    op: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<Tensor> {
-    let dtype = x.dtype();
-    if w.dtype() == dtype {
-        return op(x, w);
-    }
-    let w = w.to_dtype(dtype)?;
-    if x.device().is_cpu() && dtype == DType::BF16 {
-        return op(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?)?.to_dtype(dtype);
-    }
-    op(x, &w)
-}
-
-struct Inception {
-    b1: Conv,
-    b3r: Conv,
-    b3: Conv,
-    b5r: Conv,
-    b5: Conv,
-    proj: Conv,
-}
-
-impl Inception {
-    fn out_channels(&self) -> usize {
-        self.b1.out_channels()
-            + self.b3.out_channels()
-            + self.b5.out_channels()
-            + self.proj.out_channels()
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let branch1 = self.b1.forward(x, train)?;
-        let branch3 = self.b3.forward(&self.b3r.forward(x, train)?, train)?;
-        let branch5 = self.b5.forward(&self.b5r.forward(x, train)?, train)?;
-        let pooled = max_pool2d(x, 3, 1, 1, true)?;
-        let branch_pool = self.proj.forward(&pooled, train)?;
-        Tensor::cat(&[branch1, branch3, branch5, branch_pool], 1)
-    }
-}
-
-/// A classifier (fc → ReLU → dropout 0.7 → fc) or topic regressor of the same shape.
-struct AuxBranch {
-    fc: Linear,
-    out: Linear,
-}
-
-impl AuxBranch {
-    fn forward(&self, features: &Tensor, pass: &mut Pass) -> candle_core::Result<Tensor> {
-        let hidden = self.fc.forward(features)?.relu()?;
-        self.out.forward(&pass.dropout(&hidden, AUX_DROPOUT)?)
-    }
-}
-
-/// avg-pool 5×5/3 → 1×1 conv 128 → ReLU, then each task's branch.
-struct AuxHead {
-    pool_kernel: usize,
-    conv: Conv,
-    classifier: Option<AuxBranch>,
-    regressor: Option<AuxBranch>,
-}
-
-impl AuxHead {
-    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<HeadOutput> {
-        let pooled = avg_pool2d(x, self.pool_kernel, 3, 0, true)?;
-        let features = self
-            .conv
-            .forward(&pooled, pass.is_train())?
-            .flatten_from(1)?;
-        let classes = match &self.classifier {
-            Some(branch) => Some(branch.forward(&features, pass)?),
-            None => None,
-        };
-        let topics = match &self.regressor {
-            Some(branch) => Some(branch.forward(&features, pass)?),
-            None => None,
-        };
-        Ok(HeadOutput { classes, topics })
-    }
-}
-
-/// Global average pool → dropout 0.4 → fc, per task.
-struct MainHead {
-    classifier: Option<Linear>,
-    regressor: Option<Linear>,
-}
-
-impl MainHead {
-    fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<HeadOutput> {
-        let features = x.mean_keepdim((2, 3))?.flatten_from(1)?;
-        let mut task = |layer: &Option<Linear>| -> candle_core::Result<Option<Tensor>> {
-            match layer {
-                Some(fc) => Ok(Some(fc.forward(&pass.dropout(&features, MAIN_DROPOUT)?)?)),
-                None => Ok(None),
-            }
-        };
-        Ok(HeadOutput {
-            classes: task(&self.classifier)?,
-            topics: task(&self.regressor)?,
         })
     }
 }
@@ -718,12 +461,10 @@ mod tests {
     pub(crate) fn params(arch: Arch, width: f64, input_size: u32, regression: bool) -> ModelParams {
         ModelParams {
             arch,
-            classification: true,
             regression,
-            task_weights: [0.75, 0.25],
-            aux_weights: [0.3, 0.3],
             input_size,
             width,
+            ..crate::recipe::Recipe::default().model
         }
     }
 
@@ -903,83 +644,5 @@ mod tests {
         );
         let after: Vec<f32> = net.vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(before, after);
-    }
-
-    /// A training step's loss and every gradient on CUDA equal the CPU's: in f32 every element
-    /// within 1e-4 of its tensor's largest value; in bf16 (mixed precision, emulated on the
-    /// CPU: f32 products of bf16-rounded operands, rounded) the loss within 1e-3 and each
-    /// gradient within 0.15 in L2 norm. Elementwise, a ReLU that flips on a rounded input
-    /// changes single elements completely, and the two devices round at different points (the
-    /// H200 gave 1.1e-4 and 7.2e-2 on 2026-12-04; bf16 against f32 differs by 1e-2 to 3e-1 per
-    /// layer at this width and batch). Same init (drawn on the host), same dropout masks, same
-    /// batch.
-    #[test]
-    fn cuda_training_step_matches_the_cpu() {
-        use crate::model::ops::gradcheck::{cuda_device, relative_error};
-        use crate::train::{step_loss, Targets};
-        let Some(cuda) = cuda_device() else { return };
-        let model = params(Arch::Googlenet, 0.25, 64, true);
-        let (classes, topics, batch) = (10, 6, 4);
-        let step = |device: &Device, dtype: DType| {
-            let net = GoogLeNet::new(&model, classes, topics, 3, device).unwrap();
-            let mut pixels = ChaCha8Rng::seed_from_u64(5);
-            let pixels: Vec<f32> = (0..batch * 3 * 64 * 64)
-                .map(|_| pixels.random_range(-100.0..100.0))
-                .collect();
-            let images = Tensor::from_vec(pixels, (batch, 3, 64, 64), device)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            let targets = Targets {
-                labels: Tensor::new(&[0u32, 3, 7, 9], device).unwrap(),
-                lambdas: Tensor::new(&[1f32, 0.5, 1.0, 0.25], device).unwrap(),
-                topics: Some(Tensor::full(1.0 / topics as f32, (batch, topics), device).unwrap()),
-            };
-            let rng = ChaCha8Rng::seed_from_u64(11);
-            let heads = net.forward_train(&images, &rng).unwrap();
-            let loss = step_loss(&model, &heads, &targets).unwrap().total;
-            let grads = loss.backward().unwrap();
-            let named: Vec<(String, Tensor)> = net
-                .vars()
-                .iter()
-                .map(|(name, var)| (name.clone(), grads.get(var).unwrap().clone()))
-                .collect();
-            (loss, named)
-        };
-        for (dtype, loss_tolerance, tolerance) in
-            [(DType::F32, 1e-4, 1e-4), (DType::BF16, 1e-3, 0.15)]
-        {
-            let (cpu_loss, cpu_grads) = step(&Device::Cpu, dtype);
-            let (loss, grads) = step(&cuda, dtype);
-            let loss_error = relative_error(&cpu_loss, &loss).unwrap();
-            let l2_error = |a: &Tensor, b: &Tensor| {
-                let a = a.to_dtype(DType::F64).unwrap();
-                let b = b
-                    .to_device(&Device::Cpu)
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap();
-                let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-                let error = norm(&(&a - &b).unwrap()).to_vec0::<f64>().unwrap();
-                error / norm(&a).to_vec0::<f64>().unwrap().max(1e-30)
-            };
-            let mut worst = (0.0, String::new());
-            for ((name, a), (_, b)) in cpu_grads.iter().zip(&grads) {
-                let error = match dtype {
-                    DType::F32 => relative_error(a, b).unwrap(),
-                    _ => l2_error(a, b),
-                };
-                if error > worst.0 {
-                    worst = (error, name.clone());
-                }
-            }
-            eprintln!(
-                "googlenet step {dtype:?}: loss rel. error {loss_error:.2e}, worst gradient \
-                 {} rel. error {:.2e}",
-                worst.1, worst.0
-            );
-            assert!(loss_error <= loss_tolerance, "{dtype:?} loss {loss_error}");
-            assert!(worst.0 <= tolerance, "{dtype:?} {}: {}", worst.1, worst.0);
-        }
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod conv;
 pub mod googlenet;
+mod layers;
 pub mod ops;
 
-pub use googlenet::{GoogLeNet, HeadOutput, ModelError, HEAD_NAMES};
+pub use googlenet::{GoogLeNet, ModelError, HEAD_NAMES};
+pub use layers::HeadOutput;

@@ -30,7 +30,7 @@ pub struct SourceMap {
 }
 
 impl SourceMap {
-    fn new(file: Origin) -> SourceMap {
+    pub(super) fn new(file: Origin) -> SourceMap {
         SourceMap {
             keys: HashMap::new(),
             layers: 0,

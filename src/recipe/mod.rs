@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use diag::{Diagnostic, Location, Origin, Place, RecipeError};
 pub use params::*;
 pub use schema::schema_json;
-pub use validate::{memory_text, MEMORY_BUDGET};
+pub use validate::{check_optimizer, memory_text, MEMORY_BUDGET};
 
 /// One run's validated settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -37,6 +37,15 @@ pub struct Recipe {
     pub model: ModelParams,
     pub train: TrainParams,
     pub eval: EvalParams,
+}
+
+impl Default for Recipe {
+    /// Every setting at its default, as an empty recipe would have it (`dataset.root` unset):
+    /// the base that code building settings by hand (benchmarks, tests) varies with
+    /// struct-update syntax, e.g. `LdaParams { topics: 50, ..Recipe::default().lda }`.
+    fn default() -> Self {
+        validate::defaults()
+    }
 }
 
 impl Recipe {

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+/// `train.precision`, defined beside the batches whose element type it sets.
+pub use crate::sample::Precision;
 use crate::sample::Source;
 
 /// `[dataset]`: where the images and their text come from and how they are stored.
@@ -324,26 +326,6 @@ pub enum SamplerKind {
     Balanced,
     /// Sampling probability proportional to the score stage's λ.
     Weighted,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    /// f32 tensors; on CUDA, matrix products and convolutions in TensorFloat-32.
-    Tf32,
-    /// bf16 activations and batches; f32 weights, momentum and loss.
-    Bf16,
-}
-
-impl Precision {
-    /// The element type of batches and activations.
-    pub fn activations(self) -> candle_core::DType {
-        match self {
-            Precision::F32 | Precision::Tf32 => candle_core::DType::F32,
-            Precision::Bf16 => candle_core::DType::BF16,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -6,7 +6,7 @@
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-use super::diag::{Diagnostic, RecipeError};
+use super::diag::{Diagnostic, Origin, RecipeError};
 use super::load::SourceMap;
 use super::params::*;
 use super::raw::*;
@@ -695,4 +695,62 @@ fn eval(v: &mut Validator, raw: RawEval) -> EvalParams {
         ensemble: raw.ensemble.unwrap_or_default(),
         batch_size: v.at_least("eval.batch_size", raw.batch_size, 50, 1),
     }
+}
+
+/// The checks a recipe's `[train.optimizer]` gets, for settings built in code rather than
+/// loaded (`train::optim::Sgd::new`), so that one set of ranges and one wording hold for
+/// both: the first problem's message, if any. The base lr is left out: SGD takes an lr per
+/// step, and code may freeze weights with 0.
+pub fn check_optimizer(params: &SgdParams) -> Result<(), String> {
+    // No recipe text: the problem has no place to point at, only its message.
+    let sources = SourceMap::new(Origin::Set(String::new()));
+    let mut v = Validator {
+        sources: &sources,
+        errors: Vec::new(),
+    };
+    let optimizer = RawOptimizer {
+        kind: None,
+        lr: None,
+        momentum: Some(params.momentum),
+        weight_decay: Some(params.weight_decay),
+        bias_lr_mult: Some(params.bias_lr_mult),
+        clip_grad_norm: params.clip_grad_norm,
+    };
+    let raw = RawTrain {
+        optimizer: Some(optimizer),
+        ..RawTrain::default()
+    };
+    train(&mut v, raw);
+    match v.errors.into_iter().next() {
+        None => Ok(()),
+        Some(RecipeError::Invalid(diagnostic)) => Err(diagnostic.message),
+        Some(other) => Err(other.to_string()),
+    }
+}
+
+/// What an empty recipe means: every section's defaults, filled in by the code that fills
+/// them into every recipe. `dataset.root` has no default and stays `None` (a recipe must set
+/// it unless `format = "synthetic"`); the name and path are empty.
+pub fn defaults() -> Recipe {
+    // No recipe text: nothing to point at (the one error, the missing root, is dropped).
+    let sources = SourceMap::new(Origin::Set(String::new()));
+    let mut v = Validator {
+        sources: &sources,
+        errors: Vec::new(),
+    };
+    let recipe = Recipe {
+        name: String::new(),
+        path: PathBuf::new(),
+        dataset: dataset(&mut v, RawDataset::default()),
+        text: text(&mut v, RawText::default()),
+        lda: lda(&mut v, RawLda::default()),
+        clean: clean(&mut v, RawClean::default()),
+        labels: labels(&mut v, RawLabels::default()),
+        model: model(&mut v, RawModel::default()),
+        train: train(&mut v, RawTrain::default()),
+        eval: eval(&mut v, RawEval::default()),
+    };
+    // The missing root is an empty recipe's only problem.
+    debug_assert_eq!(v.errors.len(), 1, "{:?}", v.errors);
+    recipe
 }

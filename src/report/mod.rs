@@ -5,16 +5,13 @@
 //! have no results yet with their state (failed, stopped early, running). A folder without a
 //! recipe stands for the runs below it, so a sweep's `runs/<recipe>/` reports all its points.
 
-pub mod table;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::eval::table::percent;
 use crate::eval::EvalMetrics;
 use crate::recipe::{self, Recipe, RecipeError};
 use crate::stage::{RunFolder, StageError};
-use table::{Align, TextTable};
+use crate::table::{percent, Align, TextTable};
 
 /// What a report could not read, naming the file.
 #[derive(Debug, thiserror::Error)]

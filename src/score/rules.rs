@@ -162,11 +162,10 @@ mod tests {
 
     fn clean(rule: CleanRule, small_class: usize, factor: f64) -> CleanParams {
         CleanParams {
-            similarity: Similarity::Dot,
             rule,
             small_class,
             small_class_factor: factor,
-            truth: None,
+            ..crate::recipe::Recipe::default().clean
         }
     }
 

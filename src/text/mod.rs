@@ -172,16 +172,11 @@ mod tests {
 
     pub(crate) fn params() -> TextParams {
         TextParams {
-            google_fields: vec![TextField::Title, TextField::Description],
-            flickr_fields: vec![TextField::Title, TextField::Description, TextField::Tags],
             other_fields: vec![TextField::Title],
-            english_stop_words: true,
-            web_stop_words: true,
             extra_stop_words: vec!["Tench#".into()],
-            stemming: true,
             min_count: 1,
             max_doc_freq: 1.0,
-            max_words: 100_000,
+            ..crate::recipe::Recipe::default().text
         }
     }
 

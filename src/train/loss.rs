@@ -1,8 +1,12 @@
-//! Losses for the classifier and topic-regression heads, and their weighted total. In: logits
-//! (N×K) and labels, λ weights or target vectors. Out: a scalar loss tensor whose gradient flows
-//! back through candle's autograd; all are built from candle ops, so they run on any device.
+//! Losses for the classifier and topic-regression heads, and a training step's weighted total
+//! over the network's heads ([`step_loss`]). In: logits (N×K) and labels, λ weights or target
+//! vectors. Out: scalar loss tensors whose gradient flows back through candle's autograd; all
+//! are built from candle ops, so they run on any device.
 
 use candle_core::{DType, Result, Tensor, D};
+
+use crate::model::{HeadOutput, HEAD_NAMES};
+use crate::recipe::params::ModelParams;
 
 /// Inputs a loss cannot use; wrapped into `candle_core::Error`.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -21,19 +25,8 @@ pub enum LossError {
         got: DType,
         expected: &'static str,
     },
-    #[error(
-        "total_loss: {task} has {got} head losses, expected 1 (main) or 3 (main, aux 4a, aux 4d)"
-    )]
-    HeadCount { task: &'static str, got: usize },
-    #[error("total_loss: neither classification nor regression losses given")]
+    #[error("step_loss: no head gives class logits or topic logits with targets")]
     NoTask,
-    #[error("{loss}: label {label} in row {row} is out of range for {classes} classes")]
-    LabelOutOfRange {
-        loss: &'static str,
-        row: usize,
-        label: u32,
-        classes: usize,
-    },
 }
 
 impl From<LossError> for candle_core::Error {
@@ -70,24 +63,19 @@ pub fn weighted_softmax_cross_entropy(
         }
         .into());
     }
-    // Labels on a GPU are not copied back to be checked (a copy stalls the stream): the
-    // trainer checks them on the host before they go up.
-    let host_labels = match labels.device().is_cpu() {
-        true => labels.to_vec1::<u32>()?,
-        false => Vec::new(),
-    };
-    if let Some((row, &label)) = host_labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= classes)
-    {
-        return Err(LossError::LabelOutOfRange {
-            loss: WEIGHTED_CE,
-            row,
-            label,
-            classes,
+    // Labels must be below K. The trainer checks them on the host before they go up (a copy
+    // back would stall the stream), so only a debug build looks again, on the CPU.
+    if cfg!(debug_assertions) && labels.device().is_cpu() {
+        if let Some((row, label)) = labels
+            .to_vec1::<u32>()?
+            .into_iter()
+            .enumerate()
+            .find(|&(_, l)| l as usize >= classes)
+        {
+            panic!(
+                "{WEIGHTED_CE}: label {label} in row {row} is out of range for {classes} classes"
+            );
         }
-        .into());
     }
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let log_p_label = log_p.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
@@ -117,42 +105,65 @@ pub fn sigmoid_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor
     per_element.sum_all()?.affine(1.0 / rows as f64, 0.0)
 }
 
-/// The training objective from per-head losses: `Σ_task w_task · Σ_head w_head · loss`, heads
-/// ordered (main, aux after 4a, aux after 4d) weighing `(1, aux_weights[0], aux_weights[1])`
-/// (GoogLeNet's 1, 0.3, 0.3), tasks (classification, regression) weighing `task_weights` (the
-/// original's 0.75, 0.25) when both are trained and 1 when only one is. Each slice holds the
-/// main head's loss alone, or all three.
-pub fn total_loss(
-    classification: Option<&[Tensor]>,
-    regression: Option<&[Tensor]>,
-    task_weights: [f64; 2],
-    aux_weights: [f64; 2],
-) -> Result<Tensor> {
-    let head_weights = [1.0, aux_weights[0], aux_weights[1]];
-    let both = classification.is_some() && regression.is_some();
+/// Losses of one step: the weighted total and each (head, task) term unweighted, named
+/// `<head>/<task>` (e.g. `loss1/regression`).
+pub struct StepLoss {
+    pub total: Tensor,
+    pub terms: Vec<(String, Tensor)>,
+}
+
+/// A batch's targets as tensors: labels `[n]` u32, λ `[n]` f32, topic vectors `[n, K]` f32.
+pub struct Targets {
+    pub labels: Tensor,
+    pub lambdas: Tensor,
+    pub topics: Option<Tensor>,
+}
+
+/// The training objective: per head and task, λ-weighted softmax cross-entropy or sigmoid
+/// cross-entropy, summed with head weights (1, aux₀, aux₁) for the heads in [`HEAD_NAMES`]
+/// order (GoogLeNet's 1, 0.3, 0.3) × task weights (the original's 0.75, 0.25). The task
+/// weights apply only when both tasks are on (one task alone weighs 1, so the lr keeps its
+/// meaning). A head without a task's output adds no term for it.
+pub fn step_loss(
+    model: &ModelParams,
+    heads: &[HeadOutput; 3],
+    targets: &Targets,
+) -> Result<StepLoss> {
+    let [class_weight, topic_weight] = match (model.classification, model.regression) {
+        (true, true) => model.task_weights,
+        _ => [1.0, 1.0],
+    };
+    let [aux0, aux1] = model.aux_weights;
     let mut total: Option<Tensor> = None;
-    for (task, losses, task_weight) in [
-        ("classification", classification, task_weights[0]),
-        ("regression", regression, task_weights[1]),
-    ] {
-        let Some(losses) = losses else { continue };
-        if losses.len() != 1 && losses.len() != 3 {
-            return Err(LossError::HeadCount {
-                task,
-                got: losses.len(),
-            }
-            .into());
+    let mut terms = Vec::new();
+    let mut add = |name: String, term: Tensor, weight: f64| -> Result<()> {
+        let weighted = term.affine(weight, 0.0)?;
+        total = Some(match total.take() {
+            Some(sum) => (sum + weighted)?,
+            None => weighted,
+        });
+        terms.push((name, term));
+        Ok(())
+    };
+    // The loss in f32 whatever the activations' dtype (mixed precision).
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    for ((head, name), weight) in heads.iter().zip(HEAD_NAMES).zip([1.0, aux0, aux1]) {
+        if let Some(logits) = &head.classes {
+            let term =
+                weighted_softmax_cross_entropy(&f32(logits)?, &targets.labels, &targets.lambdas)?;
+            add(
+                format!("{name}/classification"),
+                term,
+                weight * class_weight,
+            )?;
         }
-        let task_weight = if both { task_weight } else { 1.0 };
-        for (loss, head_weight) in losses.iter().zip(head_weights) {
-            let term = loss.affine(task_weight * head_weight, 0.0)?;
-            total = Some(match total {
-                Some(t) => (t + term)?,
-                None => term,
-            });
+        if let (Some(logits), Some(topics)) = (&head.topics, &targets.topics) {
+            let term = sigmoid_cross_entropy(&f32(logits)?, topics)?;
+            add(format!("{name}/regression"), term, weight * topic_weight)?;
         }
     }
-    total.ok_or_else(|| LossError::NoTask.into())
+    let total = total.ok_or(LossError::NoTask)?;
+    Ok(StepLoss { total, terms })
 }
 
 fn expect_shape(
@@ -262,35 +273,91 @@ mod tests {
     }
 
     #[test]
-    fn total_loss_weighs_heads_and_tasks() {
-        let scalar = |v: f64| Tensor::new(v, &Device::Cpu).unwrap();
-        let cls = [scalar(2.0), scalar(4.0), scalar(8.0)];
-        let reg = [scalar(1.0), scalar(10.0), scalar(100.0)];
-        let value = |t: Tensor| t.to_vec0::<f64>().unwrap();
-        // 0.75·(2 + 0.3·4 + 0.3·8) + 0.25·(1 + 0.3·10 + 0.3·100)
-        let both = total_loss(Some(&cls), Some(&reg), [0.75, 0.25], [0.3, 0.3]).unwrap();
-        assert!((value(both) - (0.75 * 5.6 + 0.25 * 34.0)).abs() < 1e-12);
-        let alone = total_loss(Some(&cls[..1]), None, [0.75, 0.25], [0.3, 0.3]).unwrap();
-        assert_eq!(value(alone), 2.0);
-        let msg = total_loss(Some(&cls[..2]), None, [0.75, 0.25], [0.3, 0.3])
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("classification has 2 head losses"), "{msg}");
-        assert!(total_loss(None, None, [0.75, 0.25], [0.3, 0.3]).is_err());
+    fn step_loss_weighs_heads_and_tasks() {
+        let dev = Device::Cpu;
+        let logits = |shape: (usize, usize), seed, scale: f64| {
+            (random_values(shape, seed).unwrap() * scale)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let head = |seed, scale| HeadOutput {
+            classes: Some(logits((2, 3), seed, scale)),
+            topics: Some(logits((2, 4), seed + 10, scale)),
+        };
+        let heads = [head(1, 1.0), head(2, 3.0), head(3, 9.0)];
+        let targets = Targets {
+            labels: Tensor::new(&[2u32, 0], &dev).unwrap(),
+            lambdas: Tensor::new(&[1f32, 0.5], &dev).unwrap(),
+            topics: Some(Tensor::new(&[[0.1f32, 0.2, 0.3, 0.4], [0.25; 4]], &dev).unwrap()),
+        };
+        let value = |t: &Tensor| t.to_vec0::<f32>().unwrap();
+        let classification = |h: &HeadOutput| {
+            let loss = weighted_softmax_cross_entropy(
+                h.classes.as_ref().unwrap(),
+                &targets.labels,
+                &targets.lambdas,
+            );
+            value(&loss.unwrap())
+        };
+        let regression = |h: &HeadOutput| {
+            let loss =
+                sigmoid_cross_entropy(h.topics.as_ref().unwrap(), targets.topics.as_ref().unwrap());
+            value(&loss.unwrap())
+        };
+        let [main, aux1, aux2] = &heads;
+        let model = ModelParams {
+            regression: true,
+            ..crate::recipe::Recipe::default().model
+        };
+        // 0.75·(main + 0.3·aux₁ + 0.3·aux₂) over classification + 0.25·(…) over regression.
+        let both = step_loss(&model, &heads, &targets).unwrap();
+        let want = 0.75
+            * (classification(main) + 0.3 * classification(aux1) + 0.3 * classification(aux2))
+            + 0.25 * (regression(main) + 0.3 * regression(aux1) + 0.3 * regression(aux2));
+        assert!(
+            (value(&both.total) - want).abs() < 1e-5 * want.abs(),
+            "{} vs {want}",
+            value(&both.total)
+        );
+        let names: Vec<&str> = both.terms.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "loss3/classification",
+                "loss3/regression",
+                "loss1/classification",
+                "loss1/regression",
+                "loss2/classification",
+                "loss2/regression"
+            ]
+        );
+        // One task alone weighs 1, and a head without its output adds nothing.
+        let classes_only = ModelParams {
+            regression: false,
+            ..model.clone()
+        };
+        let none = || HeadOutput {
+            classes: None,
+            topics: None,
+        };
+        let main_alone = [
+            HeadOutput {
+                topics: None,
+                ..main.clone()
+            },
+            none(),
+            none(),
+        ];
+        let alone = step_loss(&classes_only, &main_alone, &targets).unwrap();
+        assert_eq!(value(&alone.total), classification(main));
+        assert!(step_loss(&model, &[none(), none(), none()], &targets).is_err());
     }
 
     #[test]
-    fn bad_inputs_name_the_operand_and_row() {
+    fn bad_inputs_name_the_operand() {
         let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
         let weights = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
-        let labels = Tensor::new(&[1u32, 3], &Device::Cpu).unwrap();
-        let msg = weighted_softmax_cross_entropy(&logits, &labels, &weights)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("label 3 in row 1 is out of range for 3 classes"),
-            "{msg}"
-        );
         let short = Tensor::new(&[1u32], &Device::Cpu).unwrap();
         let msg = weighted_softmax_cross_entropy(&logits, &short, &weights)
             .unwrap_err()
@@ -303,5 +370,16 @@ mod tests {
             msg.contains("targets has shape [2], expected [2, 3]"),
             "{msg}"
         );
+    }
+
+    /// The trainer checks labels before a step; a debug build checks direct calls on the CPU.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "label 3 in row 1 is out of range for 3 classes")]
+    fn a_label_beyond_the_classes_is_named_with_its_row() {
+        let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let weights = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[1u32, 3], &Device::Cpu).unwrap();
+        let _ = weighted_softmax_cross_entropy(&logits, &labels, &weights);
     }
 }

@@ -8,18 +8,15 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use crate::recipe::check_optimizer;
 use crate::recipe::params::SgdParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error("sgd: {field} must be {requirement}, got {value}")]
-    BadSetting {
-        field: &'static str,
-        requirement: &'static str,
-        value: f64,
-    },
+    #[error("sgd: {0}")]
+    BadSetting(String),
     #[error("sgd: parameter {name:?} is listed twice")]
     DuplicateParameter { name: String },
     #[error("sgd: no parameter named {name:?}")]
@@ -72,38 +69,8 @@ pub struct Sgd {
 impl Sgd {
     /// Momentum buffers start at zero. Multipliers follow [`Sgd::default_multipliers`].
     pub fn new(vars: Vec<(String, Var)>, params: &SgdParams) -> Result<Sgd> {
-        let check = |field, value: f64, ok: bool, requirement| {
-            if ok && value.is_finite() {
-                Ok(())
-            } else {
-                Err(OptimError::BadSetting {
-                    field,
-                    requirement,
-                    value,
-                })
-            }
-        };
-        check(
-            "momentum",
-            params.momentum,
-            (0.0..1.0).contains(&params.momentum),
-            "in [0, 1)",
-        )?;
-        check(
-            "weight_decay",
-            params.weight_decay,
-            params.weight_decay >= 0.0,
-            "≥ 0",
-        )?;
-        check(
-            "bias_lr_mult",
-            params.bias_lr_mult,
-            params.bias_lr_mult >= 0.0,
-            "≥ 0",
-        )?;
-        if let Some(clip) = params.clip_grad_norm {
-            check("clip_grad_norm", clip, clip > 0.0, "> 0")?;
-        }
+        // Recipes are checked when they load; settings built in code get the same checks.
+        check_optimizer(params).map_err(OptimError::BadSetting)?;
         let mut seen = std::collections::HashSet::new();
         let params_out = vars
             .into_iter()
@@ -370,8 +337,8 @@ mod tests {
             lr: 0.1,
             momentum,
             weight_decay,
-            bias_lr_mult: 2.0,
             clip_grad_norm: clip,
+            ..crate::recipe::Recipe::default().train.optimizer
         }
     }
 
@@ -518,7 +485,10 @@ mod tests {
     #[test]
     fn bad_settings_and_states_are_rejected() {
         let err = Sgd::new(vars(), &settings(1.0, 0.0, None)).err().unwrap();
-        assert_eq!(err.to_string(), "sgd: momentum must be in [0, 1), got 1");
+        assert_eq!(
+            err.to_string(),
+            "sgd: `train.optimizer.momentum`: 1 is out of range: expected [0, 1)"
+        );
         let mut twice = vars();
         twice.push(twice[0].clone());
         let err = Sgd::new(twice, &settings(0.9, 0.0, None)).err().unwrap();

@@ -46,8 +46,8 @@ mod tests {
     fn schedule(policy: LrPolicy) -> Schedule {
         Schedule {
             policy,
-            warmup_iterations: 0,
             warmup_start_factor: 1.0,
+            ..crate::recipe::Recipe::default().train.schedule
         }
     }
 

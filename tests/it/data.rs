@@ -12,6 +12,7 @@ use websieve::recipe::params::{
     CropSet, DatasetFormat, DatasetParams, Precision, ResizeMode, SamplerKind, StoreEncoding,
     SyntheticParams,
 };
+use websieve::recipe::Recipe;
 use websieve::sample::{Pixels, SampleText, Source, Split};
 use websieve::store::{self, IngestOptions, SkipReason, Store, StoreError};
 
@@ -21,12 +22,8 @@ fn params(format: DatasetFormat, root: Option<&Path>) -> DatasetParams {
     DatasetParams {
         format,
         root: root.map(Path::to_path_buf),
-        sources: vec![Source::Google, Source::Flickr],
         resize: 16,
         resize_mode: ResizeMode::ShorterSide,
-        encoding: StoreEncoding::Raw,
-        val: true,
-        max_per_class: None,
         synthetic: SyntheticParams {
             classes: 4,
             min_per_class: 12,
@@ -36,6 +33,7 @@ fn params(format: DatasetFormat, root: Option<&Path>) -> DatasetParams {
             image_size: 40,
             seed: 5,
         },
+        ..Recipe::default().dataset
     }
 }
 

@@ -425,3 +425,22 @@ fn the_schema_defaults_are_the_validated_defaults() {
     let spelt_out = recipe::load_file(&path, &[]).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(spelt_out, left_out, "{text}");
 }
+
+#[test]
+fn the_default_recipe_is_what_a_recipe_that_sets_only_the_root_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bare.toml");
+    std::fs::write(&file, "[dataset]\nroot = \"data\"\n").unwrap();
+    let mut bare = load(file.to_str().unwrap(), &[]).unwrap().remove(0);
+    assert!(bare.dataset.root.take().unwrap().ends_with("data"));
+    let defaults = Recipe::default();
+    assert_eq!(defaults.dataset.root, None);
+    assert_eq!(
+        Recipe {
+            name: bare.name.clone(),
+            path: bare.path.clone(),
+            ..defaults
+        },
+        bare
+    );
+}

@@ -9,25 +9,20 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use websieve::lda::{self, EStepSettings, LdaModel, OnlineLda, OnlineSettings};
 use websieve::recipe::params::{
-    Alpha, CleanParams, CleanRule, LabelParams, LambdaMap, LdaParams, Similarity, TextField,
-    TextParams,
+    CleanParams, CleanRule, LabelParams, LambdaMap, LdaParams, Similarity, TextField, TextParams,
 };
+use websieve::recipe::Recipe;
 use websieve::sample::{SampleText, Source};
 use websieve::score::{self, ScoreInputs, ScoreTable};
 use websieve::text::{MemorySource, SparseDoc, Vocabulary};
 
 fn text_params() -> TextParams {
     TextParams {
-        google_fields: vec![TextField::Title, TextField::Description],
-        flickr_fields: vec![TextField::Title, TextField::Description, TextField::Tags],
         other_fields: vec![TextField::Title, TextField::Description],
-        english_stop_words: true,
-        web_stop_words: true,
-        extra_stop_words: vec![],
         stemming: false,
         min_count: 2,
         max_doc_freq: 0.9,
-        max_words: 100_000,
+        ..Recipe::default().text
     }
 }
 
@@ -36,13 +31,9 @@ fn lda_params(topics: usize) -> LdaParams {
         topics,
         passes: 4,
         batch_size: 100,
-        alpha: Alpha::Symmetric(None),
-        eta: None,
-        tau0: 1.0,
-        kappa: 0.5,
         e_step_iterations: 100,
-        e_step_tolerance: 1e-3,
         seed: 7,
+        ..Recipe::default().lda
     }
 }
 
@@ -530,9 +521,9 @@ fn score_stage_detects_planted_noise_from_text() {
     let clean = CleanParams {
         similarity: Similarity::Cosine,
         rule: CleanRule::Fraction(0.1),
-        small_class: 0,
         small_class_factor: 1.0,
         truth: Some(truth_path),
+        ..Recipe::default().clean
     };
     let soft = LabelParams::Soft {
         lambda: LambdaMap::Ratio { s0: 0.5 },
@@ -681,9 +672,8 @@ fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
         let clean = CleanParams {
             similarity: Similarity::Cosine,
             rule,
-            small_class: 0,
-            small_class_factor: 0.5,
             truth: Some(truth.clone()),
+            ..Recipe::default().clean
         };
         let summary = score::run_stage(&inputs, &clean, &LabelParams::Hard, dir.path()).unwrap();
         summary.noise.unwrap()

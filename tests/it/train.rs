@@ -11,9 +11,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use websieve::model::GoogLeNet;
 use websieve::recipe::params::{
-    Arch, Augmentation, Devices, LrPolicy, ModelParams, OnDivergence, Precision, SamplerKind,
-    Schedule, SgdParams, TrainLength, TrainParams,
+    Arch, Augmentation, LrPolicy, ModelParams, OnDivergence, Precision, SamplerKind, Schedule,
+    SgdParams, TrainLength, TrainParams,
 };
+use websieve::recipe::Recipe;
 use websieve::runtime::ThreadGroupMember;
 use websieve::sample::{Batch, Pixels};
 use websieve::train::checkpoint::{self, MODEL_PREFIX};
@@ -33,30 +34,25 @@ fn model(regression: bool) -> ModelParams {
 fn model_with(arch: Arch, regression: bool) -> ModelParams {
     ModelParams {
         arch,
-        classification: true,
         regression,
-        task_weights: [0.75, 0.25],
-        aux_weights: [0.3, 0.3],
         input_size: SIZE as u32,
         width: 0.125,
+        ..Recipe::default().model
     }
 }
 
 fn params(lr: f64, batch: usize, checkpoint_every: u64) -> TrainParams {
+    let defaults = Recipe::default().train;
     TrainParams {
-        devices: Devices::Cpu,
         batch_per_device: batch,
         optimizer: SgdParams {
             lr,
-            momentum: 0.9,
-            weight_decay: 2e-4,
-            bias_lr_mult: 2.0,
-            clip_grad_norm: None,
+            ..defaults.optimizer
         },
         schedule: Schedule {
             policy: LrPolicy::Poly { power: 0.5 },
-            warmup_iterations: 0,
             warmup_start_factor: 1.0,
+            ..defaults.schedule
         },
         length: TrainLength::Iterations(0),
         augmentation: Augmentation {
@@ -67,10 +63,10 @@ fn params(lr: f64, batch: usize, checkpoint_every: u64) -> TrainParams {
         sampler: SamplerKind::Shuffle,
         precision: Precision::F32,
         checkpoint_every,
-        init: None,
         on_divergence: OnDivergence::Stop,
         workers: 1,
         seed: 17,
+        ..defaults
     }
 }
 

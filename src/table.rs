@@ -1,4 +1,6 @@
-//! Plain-text tables for a terminal: a header, a rule, aligned columns two spaces apart.
+//! Plain-text tables for a terminal: a header, a rule, aligned columns two spaces apart. In:
+//! column headers with their alignment, rows of cells. Out: the table as text. Used by
+//! `eval` (accuracy per class) and `report` (settings and results per run).
 
 /// How a column's cells line up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,11 @@ impl TextTable {
         }
         out
     }
+}
+
+/// `0.6167` → `61.67%`; no value → `-`.
+pub fn percent(value: Option<f64>) -> String {
+    value.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v))
 }
 
 #[cfg(test)]
