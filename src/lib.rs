@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod dataset;
+pub mod digest;
 pub mod eval;
 pub mod failpoint;
 pub mod launch;
@@ -25,3 +26,4 @@ pub mod store;
 pub mod table;
 pub mod text;
 pub mod train;
+pub mod units;

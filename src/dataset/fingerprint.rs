@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::DatasetError;
+use crate::digest;
 
 /// File extensions taken for images (compared case-insensitively).
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"];
@@ -97,7 +98,7 @@ fn scan(dir: &Path, rel: &str, depth: usize, out: &mut Fingerprint) -> Result<()
     };
     if !images.is_empty() {
         images.sort_unstable();
-        let hash = short_hash(images.concat().as_bytes());
+        let hash = digest::short_hash(images.concat().as_bytes());
         out.image_folders
             .insert(rel_or_dot(rel), format!("{}:{hash}", images.len()));
     }
@@ -136,14 +137,7 @@ fn is_image(name: &str) -> bool {
 }
 
 fn content_hash(path: &Path) -> Result<String, DatasetError> {
-    let mut hasher = blake3::Hasher::new();
-    let file = std::fs::File::open(path).map_err(DatasetError::io(path))?;
-    hasher.update_reader(file).map_err(DatasetError::io(path))?;
-    Ok(hasher.finalize().to_hex()[..16].to_string())
-}
-
-fn short_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex()[..16].to_string()
+    digest::file_hash(path).map_err(DatasetError::io(path))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         train,
         val,
         repaired: FieldRepairs::default(),
+        truth: None,
     })
 }
 

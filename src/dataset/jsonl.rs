@@ -77,6 +77,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         train,
         val,
         repaired: FieldRepairs::default(),
+        truth: None,
     })
 }
 

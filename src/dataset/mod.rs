@@ -59,6 +59,9 @@ pub struct DatasetIndex {
     pub val: Vec<DatasetSample>,
     /// Page-text fields of the wrong JSON type, repaired rather than fatal.
     pub repaired: FieldRepairs,
+    /// A TSV naming each training image's true label, for a dataset that knows its noise (the
+    /// generated one); the ingest stage keeps it beside the store.
+    pub truth: Option<PathBuf>,
 }
 
 impl DatasetIndex {
@@ -210,7 +213,15 @@ pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, Dat
         DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?,
         DatasetFormat::Synthetic => {
             let generated = synthetic::generate(&params.synthetic, work_dir)?;
-            webvision::read(&generated, &[Source::Google, Source::Flickr], params.val)?
+            let index = webvision::read(
+                &generated.root,
+                &[Source::Google, Source::Flickr],
+                params.val,
+            )?;
+            DatasetIndex {
+                truth: Some(generated.truth),
+                ..index
+            }
         }
     };
     if let Some(cap) = params.max_per_class {

@@ -60,17 +60,28 @@ struct Planned {
     text_class: usize,
 }
 
-/// The file of `dir` that says, per training image, its given and its true label.
-pub const TRUTH_FILE: &str = "truth.tsv";
+/// A generated dataset: its root in the WebVision layout and the truth file that says, per
+/// training image, its given and its true label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub root: PathBuf,
+    pub truth: PathBuf,
+}
 
-/// Generates the dataset into `dir/synthetic` (unless a complete one with the same settings is
-/// there) and returns that root; writes `dir/`[`TRUTH_FILE`].
-pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, DatasetError> {
+/// Generates the dataset into `dir/synthetic` and its truth file into `dir/truth.tsv`, unless
+/// a complete one with the same settings is there.
+pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<Generated, DatasetError> {
     let root = dir.join("synthetic");
+    let generated = Generated {
+        truth: dir.join("truth.tsv"),
+        root: root.clone(),
+    };
     let marker = root.join(".complete");
     let fingerprint = serde_json::to_string(params).expect("params serialize");
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(fingerprint.as_str()) {
-        return Ok(root);
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(fingerprint.as_str())
+        && generated.truth.is_file()
+    {
+        return Ok(generated);
     }
     let fail = |message: String| DatasetError::Synthetic {
         dir: root.clone(),
@@ -124,10 +135,9 @@ pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<PathBuf, Dataset
         labels
     };
     let truth = write_layout(params, &root, &vocab, &queries, &plan, &val_labels)?;
-    let truth_path = dir.join(TRUTH_FILE);
-    write_file(&truth_path, truth.as_bytes())?;
+    write_file(&generated.truth, truth.as_bytes())?;
     std::fs::write(&marker, fingerprint).map_err(DatasetError::io(&marker))?;
-    Ok(root)
+    Ok(generated)
 }
 
 fn plan_train(

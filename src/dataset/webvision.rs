@@ -81,6 +81,7 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
         train,
         val,
         repaired: pages.repaired,
+        truth: None,
     })
 }
 

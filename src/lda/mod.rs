@@ -72,7 +72,7 @@ pub enum LdaError {
     },
     #[error(
         "cannot allocate LDA's [{topics} topics, {words} words] f32 matrices ({} each): {source}",
-        crate::recipe::memory_text(matrix_bytes(*topics, *words))
+        crate::units::memory_text(matrix_bytes(*topics, *words))
     )]
     Memory {
         topics: usize,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::recipe::params::{CropSet, Precision, SamplerKind};
+use crate::recipe::params::{CropSet, Precision, SamplerKind, TrainParams};
 use crate::sample::{Batch, Pixels, Split};
 use crate::store::{RgbRecord, Store, StoreError, StoreReader};
 use pipeline::{BatchSource, Pipeline};
@@ -62,6 +62,22 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Element type of the batches.
     pub precision: Precision,
+}
+
+impl LoaderConfig {
+    /// The batches `train` asks for, `global_batch` images each (`batch_per_device` × ranks).
+    pub fn for_training(train: &TrainParams, global_batch: usize) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: global_batch,
+            crop: train.augmentation.crop,
+            mirror: train.augmentation.mirror,
+            mean_rgb: train.augmentation.mean_rgb,
+            sampler: train.sampler,
+            workers: train.workers,
+            seed: train.seed,
+            precision: train.precision,
+        }
+    }
 }
 
 /// How evaluation batches are made.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use diag::{Diagnostic, Location, Origin, Place, RecipeError};
 pub use params::*;
 pub use schema::schema_json;
-pub use validate::{check_optimizer, memory_text, MEMORY_BUDGET};
+pub use validate::{check_optimizer, MEMORY_BUDGET};
 
 /// One run's validated settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -12,24 +12,13 @@ use super::params::*;
 use super::raw::*;
 use super::Recipe;
 use crate::sample::Source;
+use crate::units::memory_text;
 
 /// The most memory one allocation a recipe sizes may need, whatever the machine: a fixed bound
 /// that turns a mistyped size (`lda.topics = 100000000`) into a recipe error instead of an
 /// abort mid-run. Real recipes stay far below it (the original's LDA matrices take 800 MB, a
 /// training batch of 80 at 224 px 48 MB).
 pub const MEMORY_BUDGET: u64 = 64 << 30;
-
-/// `bytes` for people: GiB (or TiB, PiB, ...) with one decimal.
-pub fn memory_text(bytes: u128) -> String {
-    let mut value = bytes as f64 / f64::from(1u32 << 30);
-    let mut units = ["GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"].iter().peekable();
-    let mut unit = units.next().expect("a unit");
-    while value >= 1024.0 && units.peek().is_some() {
-        value /= 1024.0;
-        unit = units.next().expect("peeked");
-    }
-    format!("{value:.1} {unit}")
-}
 
 struct Validator<'a> {
     sources: &'a SourceMap,

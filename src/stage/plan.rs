@@ -12,6 +12,7 @@ use super::error::StageError;
 use super::folder::RunFolder;
 use super::kind::StageKind;
 use super::stages::{spec, InitRef, FINAL_CHECKPOINT};
+use crate::digest;
 use crate::recipe::Recipe;
 
 /// One stage as it would run for a recipe.
@@ -87,16 +88,6 @@ impl Plan {
     }
 }
 
-/// The key of a stage: the [`short_hash`] of its inputs as JSON.
-pub fn key_of(inputs: &serde_json::Value) -> String {
-    short_hash(&serde_json::to_vec(inputs).expect("JSON values serialize"))
-}
-
-/// The first 16 hex digits of the BLAKE3 hash: stage keys and checkpoint content keys.
-pub fn short_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex()[..16].to_string()
-}
-
 /// The stages of `recipe` up to and including `until`; `runs` holds the run folders that
 /// `train.init` may name.
 pub fn plan(
@@ -130,7 +121,7 @@ pub fn plan(
                 failure: Box::new(failure),
             })?;
         }
-        let key = key_of(&inputs);
+        let key = digest::json_hash(&inputs);
         let cached = cache.is_complete(kind.name(), &key);
         let changed = match previous.get(&kind) {
             Some(dir) if !cached && !dir.ends_with(&key) => std::fs::read(dir.join(STAGE_MANIFEST))
@@ -251,7 +242,7 @@ fn resolve_init(runs: &Path, recipe: &Recipe) -> Result<Option<InitRef>, StageEr
     if as_file.is_file() {
         let bytes = std::fs::read(&as_file).map_err(|_| missing(as_file.clone()))?;
         return Ok(Some(InitRef {
-            key: short_hash(&bytes),
+            key: digest::short_hash(&bytes),
             checkpoint: as_file,
         }));
     }
@@ -270,17 +261,4 @@ fn resolve_init(runs: &Path, recipe: &Recipe) -> Result<Option<InitRef>, StageEr
         key,
         checkpoint: train.join(FINAL_CHECKPOINT),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_stable_and_sensitive() {
-        let a = json!({"a": 1, "b": [1, 2]});
-        assert_eq!(key_of(&a), key_of(&json!({"a": 1, "b": [1, 2]})));
-        assert_ne!(key_of(&a), key_of(&json!({"a": 1, "b": [2, 1]})));
-        assert_eq!(key_of(&a).len(), 16);
-    }
 }

@@ -12,9 +12,8 @@ use serde_json::json;
 
 use super::error::{StageError, StageFailure};
 use super::kind::StageKind;
-use crate::dataset::synthetic;
 use crate::loader::{self, LoaderConfig};
-use crate::recipe::{Devices, LabelParams, Recipe, SamplerKind};
+use crate::recipe::{DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
 use crate::runtime::{
     connect_collective, resolve_device, visible_gpu_count, Collective, DeviceChoice, RuntimeError,
     World,
@@ -137,7 +136,12 @@ const SPECS: [StageSpec; 5] = [
         reads: &[],
         resumes: true,
         outputs: &[store::STORE_DIR, store::REPORT_FILE],
-        settings: |r, _| json!({ "dataset": r.dataset }),
+        // A generated dataset's ingest also keeps its truth file (recorded in the store
+        // header since then): that enters its key, so that no older store lacking it is reused.
+        settings: |r, _| match r.dataset.format {
+            DatasetFormat::Synthetic => json!({ "dataset": r.dataset, "truth": store::TRUTH_FILE }),
+            _ => json!({ "dataset": r.dataset }),
+        },
         reads_outside: Some(dataset_fingerprint),
         build: build_ingest,
         format_version: 1,
@@ -329,8 +333,7 @@ fn build_lda(cx: &BuildContext) -> Result<(), StageFailure> {
 }
 
 fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
-    let ingest = cx.dir(StageKind::Ingest);
-    let store = Store::open(ingest)?;
+    let store = Store::open(cx.dir(StageKind::Ingest))?;
     let topics = lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?;
     let reader = store.reader()?;
     let (mut labels, mut paths) = (Vec::new(), Vec::new());
@@ -348,12 +351,11 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
         class_names: &class_names,
         image: Some(&image),
     };
-    // A generated dataset knows its noise: the ingest stage keeps the generator's truth file,
+    // A dataset that knows its noise (the generated one) left its truth file with the store;
     // used unless the recipe names one.
     let mut clean = cx.recipe.clean.clone();
-    let generated_truth = ingest.join(synthetic::TRUTH_FILE);
-    if clean.truth.is_none() && generated_truth.is_file() {
-        clean.truth = Some(generated_truth);
+    if clean.truth.is_none() {
+        clean.truth = store.truth_file();
     }
     let summary = score::run_stage(&inputs, &clean, &cx.recipe.labels, cx.out)?;
     tracing::info!(samples = summary.samples, kept = summary.kept, "scored");
@@ -387,17 +389,8 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
         topics: topics.first().map_or(0, Vec::len),
     };
     let world_size = cx.parallel.map_or(1, |p| p.world.world_size);
-    let cfg = LoaderConfig {
-        // Every rank streams the global batch and trains on its rows of it.
-        batch_size: recipe.train.batch_per_device * world_size,
-        crop: recipe.train.augmentation.crop,
-        mirror: recipe.train.augmentation.mirror,
-        mean_rgb: recipe.train.augmentation.mean_rgb,
-        sampler: recipe.train.sampler,
-        workers: recipe.train.workers,
-        seed: recipe.train.seed,
-        precision: recipe.train.precision,
-    };
+    // Every rank streams the global batch and trains on its rows of it.
+    let cfg = LoaderConfig::for_training(&recipe.train, recipe.train.batch_per_device * world_size);
     let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
         let loader =
             loader::train_batches(store.clone(), samples.clone(), weights.clone(), &cfg, start)?;

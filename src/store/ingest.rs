@@ -25,11 +25,15 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Skip, SkipReason};
-use super::{create_tables, open_env, SampleMeta, StoreHeader, Tables, FORMAT_VERSION, STORE_DIR};
+use super::{
+    create_tables, open_env, SampleMeta, StoreHeader, Tables, FORMAT_VERSION, STORE_DIR, TRUTH_FILE,
+};
 use crate::dataset::{self, DatasetError, DatasetSample, FieldRepairs};
+use crate::digest;
 use crate::failpoint;
 use crate::recipe::params::{DatasetParams, ResizeMode, StoreEncoding};
 use crate::sample::Split;
+use crate::units;
 
 /// The report's file name in the stage folder.
 pub const REPORT_FILE: &str = "ingest_report.json";
@@ -109,7 +113,7 @@ pub enum IngestError {
         /// The commonest skip reasons, commonest first.
         reasons: Vec<SkipCount>,
     },
-    #[error("no space left on {} ({} free; the store needs about {})", mount.display(), bytes_text(*.free), bytes_text(*.needed))]
+    #[error("no space left on {} ({} free; the store needs about {})", mount.display(), units::bytes_text(*.free), units::bytes_text(*.needed))]
     NoSpace {
         /// The mount point of the store's file system.
         mount: PathBuf,
@@ -144,26 +148,6 @@ fn skip_counts_text(counts: &[SkipCount]) -> String {
         })
         .collect();
     text.join("; ")
-}
-
-/// Bytes in decimal units, 3 significant digits: `512 B`, `1.23 MB`, `61.0 GB`.
-fn bytes_text(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    while value >= 999.5 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    let decimals = match value {
-        v if v < 9.995 => 2,
-        v if v < 99.95 => 1,
-        _ => 0,
-    };
-    format!("{value:.decimals$} {}", UNITS[unit])
 }
 
 /// Progress persisted with every commit.
@@ -227,54 +211,109 @@ pub fn ingest_with(
         .into_iter()
         .flat_map(|split| index.samples(split).iter().map(move |s| (split, s)))
         .collect();
-    let env_dir = dir.join(STORE_DIR);
-    let needed = store_bytes_estimate(work.len(), params);
-    // The next write's size: an `EIO` with less than this free is a full disk (see `out_of_space`).
-    let chunk_bytes = store_bytes_estimate(options.commit_every.max(1), params);
-    let lmdb = |source| match out_of_space(&source, || free_space(dir).0, chunk_bytes) {
-        true => no_space(dir, needed),
-        false => IngestError::Lmdb {
-            dir: env_dir.clone(),
-            source,
-        },
-    };
-    let fingerprint = serde_json::json!({
+    let fingerprint = digest::json_hash(&serde_json::json!({
         "format_version": FORMAT_VERSION,
         "params": params,
         "classes": index.classes,
         "work": work.iter().map(|(_, s)| s.path.as_str()).collect::<Vec<_>>(),
-    });
-    let fingerprint = blake3::hash(fingerprint.to_string().as_bytes())
-        .to_hex()
-        .to_string();
+    }));
     // A finished store may be open for reading in this process (heed then refuses a second,
     // writable handle): read its report through the reader.
     if let Ok(store) = super::Store::open(dir) {
-        let inner = &store.inner;
-        let lmdb = |source| IngestError::Lmdb {
-            dir: env_dir.clone(),
-            source,
-        };
-        let txn = inner.env.read_txn().map_err(lmdb)?;
-        let stored = inner.tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
-        if stored != Some(fingerprint.as_bytes()) {
-            return Err(IngestError::Changed { dir: env_dir });
-        }
-        drop(txn);
-        let report = build_report(&inner.env, &inner.tables, &env_dir, &index.repaired)?;
-        // A run killed between the header and the report leaves it to this one.
-        write_report(dir, &report)?;
-        return Ok(report);
+        return reopen_finished(&store, &fingerprint, dir, &index);
     }
-    let existing = std::fs::metadata(env_dir.join("data.mdb")).map_or(0, |m| m.len());
-    if free_space(dir).0 < needed.saturating_sub(existing) {
-        return Err(no_space(dir, needed));
+    let target = Target::new(dir, work.len(), params, options.commit_every);
+    let existing = std::fs::metadata(target.env_dir.join("data.mdb")).map_or(0, |m| m.len());
+    if free_space(dir).0 < target.needed.saturating_sub(existing) {
+        return Err(no_space(dir, target.needed));
     }
-    let map_size = initial_map_size(&env_dir, work.len(), params, options.map_size);
-    let env = open_env(&env_dir, Some(map_size)).map_err(lmdb)?;
-    let tables = create_tables(&env).map_err(lmdb)?;
-    let mut counts = start_or_resume(&env, &tables, &fingerprint, index.classes.len(), &env_dir)?;
+    let map_size = initial_map_size(&target.env_dir, work.len(), params, options.map_size);
+    let env = open_env(&target.env_dir, Some(map_size)).map_err(|e| target.lmdb(e))?;
+    let tables = create_tables(&env).map_err(|e| target.lmdb(e))?;
+    let mut counts = start_or_resume(
+        &env,
+        &tables,
+        &fingerprint,
+        index.classes.len(),
+        &target.env_dir,
+    )?;
+    write_images(&target, &env, &tables, &work, params, options, &mut counts)?;
+    finish(&target, &env, &tables, &index, params, &counts)
+}
 
+/// The store being written: where, and how its LMDB errors read.
+struct Target<'a> {
+    dir: &'a Path,
+    env_dir: PathBuf,
+    /// The whole store's estimated size.
+    needed: u64,
+    /// One commit's estimated size: an `EIO` with less than this free is a full disk.
+    chunk_bytes: u64,
+}
+
+impl<'a> Target<'a> {
+    fn new(dir: &'a Path, images: usize, params: &DatasetParams, commit_every: usize) -> Self {
+        Target {
+            dir,
+            env_dir: dir.join(STORE_DIR),
+            needed: store_bytes_estimate(images, params),
+            chunk_bytes: store_bytes_estimate(commit_every.max(1), params),
+        }
+    }
+
+    /// A full disk as [`IngestError::NoSpace`], anything else as LMDB's error.
+    fn lmdb(&self, source: heed::Error) -> IngestError {
+        match out_of_space(&source, || free_space(self.dir).0, self.chunk_bytes) {
+            true => no_space(self.dir, self.needed),
+            false => IngestError::Lmdb {
+                dir: self.env_dir.clone(),
+                source,
+            },
+        }
+    }
+}
+
+/// A store a finished ingest left: refused if it was built from other settings or data, else
+/// its report (rewritten: a run killed between the header and the report leaves it to this
+/// one).
+fn reopen_finished(
+    store: &super::Store,
+    fingerprint: &str,
+    dir: &Path,
+    index: &dataset::DatasetIndex,
+) -> Result<IngestReport, IngestError> {
+    let inner = &store.inner;
+    let lmdb = |source| IngestError::Lmdb {
+        dir: inner.dir.clone(),
+        source,
+    };
+    let txn = inner.env.read_txn().map_err(lmdb)?;
+    let stored = inner.tables.state.get(&txn, "fingerprint").map_err(lmdb)?;
+    if stored != Some(fingerprint.as_bytes()) {
+        return Err(IngestError::Changed {
+            dir: inner.dir.clone(),
+        });
+    }
+    drop(txn);
+    let report = build_report(&inner.env, &inner.tables, &inner.dir, &index.repaired)?;
+    write_report(dir, &report)?;
+    Ok(report)
+}
+
+/// Decodes, resizes and stores the images of `work` from `counts.next` on: workers take
+/// images in work-list order from a shared counter and send each result as it is done; the
+/// writer puts them back in order and commits every `commit_every`; the flusher syncs behind
+/// it. No worker waits for another at chunk ends (a chunk-at-a-time `par_iter` left 10% of 2
+/// cores idle).
+fn write_images(
+    target: &Target,
+    env: &heed::Env<heed::WithoutTls>,
+    tables: &Tables,
+    work: &[(Split, &DatasetSample)],
+    params: &DatasetParams,
+    options: &IngestOptions,
+    counts: &mut Counts,
+) -> Result<(), IngestError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads)
         .build()
@@ -288,13 +327,10 @@ pub fn ingest_with(
     let abort_after: Option<u64> = failpoint::value(failpoint::ABORT_AFTER_COMMITS_ENV);
     let disk_full_after: Option<u64> = failpoint::value(failpoint::DISK_FULL_AFTER_COMMITS_ENV);
     let commit_every = options.commit_every.max(1);
-
     let first = counts.next as usize;
-    // Workers take images in work-list order from a shared counter and send each result as it
-    // is done; the writer puts them back in order and commits every `commit_every`. No worker
-    // waits for another at chunk ends (a chunk-at-a-time `par_iter` left 10% of 2 cores idle).
     let next_image = AtomicUsize::new(first);
-    let written = std::thread::scope(|scope| {
+    let lmdb = |e| target.lmdb(e);
+    std::thread::scope(|scope| {
         let (sender, receiver) =
             sync_channel::<(usize, Vec<Prepared>)>((CHUNKS_AHEAD * commit_every / CLAIM).max(1));
         // Syncing each commit overlaps the disk writes with decoding (one sync at the end
@@ -303,7 +339,7 @@ pub fn ingest_with(
         // request while one is pending is dropped, since that sync covers both commits.
         let (flush_request, flush_requests) = sync_channel::<()>(1);
         let flusher = scope.spawn(|| -> Result<(), IngestError> {
-            let data_file = std::fs::File::open(env_dir.join("data.mdb")).ok();
+            let data_file = std::fs::File::open(target.env_dir.join("data.mdb")).ok();
             for () in flush_requests {
                 env.force_sync().map_err(lmdb)?;
                 if let Some(file) = &data_file {
@@ -313,8 +349,7 @@ pub fn ingest_with(
             Ok(())
         });
         // The writer owns the flush requests, so that the flusher ends with it.
-        let (env, tables, work, counts, bar, lmdb) =
-            (&env, &tables, &work, &mut counts, &bar, &lmdb);
+        let (bar, lmdb) = (&bar, &lmdb);
         let writer = scope.spawn(move || -> Result<(), IngestError> {
             let mut commits = 0u64;
             for chunk in in_order_chunks(receiver, first, work.len(), commit_every) {
@@ -366,16 +401,27 @@ pub fn ingest_with(
         let written = writer.join().expect("the ingest writer does not panic");
         let flushed = flusher.join().expect("the ingest flusher does not panic");
         written.and(flushed)
-    });
-    written?;
+    })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    Ok(())
+}
 
-    let report = build_report(&env, &tables, &env_dir, &index.repaired)?;
-    for split in [Split::Train, Split::Val] {
+/// Refuses a split of which nothing was stored, keeps the dataset's truth file beside the
+/// store, writes the header (which makes the store finished) and then the report.
+fn finish(
+    target: &Target,
+    env: &heed::Env<heed::WithoutTls>,
+    tables: &Tables,
+    index: &dataset::DatasetIndex,
+    params: &DatasetParams,
+    counts: &Counts,
+) -> Result<IngestReport, IngestError> {
+    let report = build_report(env, tables, &target.env_dir, &index.repaired)?;
+    for (split, stored) in [(Split::Train, &counts.train), (Split::Val, &counts.val)] {
         let listed = index.samples(split).len();
-        if listed > 0 && counts.of(split).iter().sum::<u64>() == 0 {
+        if listed > 0 && stored.iter().sum::<u64>() == 0 {
             return Err(IngestError::NothingStored {
                 split,
                 listed,
@@ -383,6 +429,10 @@ pub fn ingest_with(
             });
         }
     }
+    let truth_file = match &index.truth {
+        Some(truth) => Some(keep_truth(truth, target.dir)?),
+        None => None,
+    };
     let header = StoreHeader {
         format_version: FORMAT_VERSION,
         classes: index.classes.clone(),
@@ -392,7 +442,9 @@ pub fn ingest_with(
         resize: params.resize,
         resize_mode: params.resize_mode,
         queries: index.queries.clone(),
+        truth_file,
     };
+    let lmdb = |e| target.lmdb(e);
     let mut txn = env.write_txn().map_err(lmdb)?;
     let header_json = serde_json::to_vec(&header).expect("header serializes");
     tables
@@ -402,7 +454,7 @@ pub fn ingest_with(
     txn.commit().map_err(lmdb)?;
     env.force_sync().map_err(lmdb)?;
     failpoint::abort_if(failpoint::ABORT_AFTER_HEADER_ENV, "1");
-    write_report(dir, &report)?;
+    write_report(target.dir, &report)?;
     tracing::info!(
         train = report.train,
         val = report.val,
@@ -411,6 +463,22 @@ pub fn ingest_with(
         "ingest finished"
     );
     Ok(report)
+}
+
+/// Puts the truth file at `dir/`[`TRUTH_FILE`] (where the generator already writes it) and
+/// returns that name, so that the stage folder holds everything the later stages read.
+fn keep_truth(truth: &Path, dir: &Path) -> Result<String, IngestError> {
+    let kept = dir.join(TRUTH_FILE);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IngestError::Io { path, source }
+    };
+    let same =
+        truth.canonicalize().map_err(io(truth))? == kept.canonicalize().ok().unwrap_or_default();
+    if !same {
+        std::fs::copy(truth, &kept).map_err(io(truth))?;
+    }
+    Ok(TRUTH_FILE.to_string())
 }
 
 fn write_report(dir: &Path, report: &IngestReport) -> Result<(), IngestError> {
@@ -781,18 +849,6 @@ mod tests {
         assert!(!out_of_space(&os(libc::EACCES), || 0, 1000));
         let map_full = heed::Error::Mdb(heed::MdbError::MapFull);
         assert!(!out_of_space(&map_full, || 0, 1000));
-    }
-
-    #[test]
-    fn sizes_read_in_decimal_units() {
-        let texts: Vec<String> = [0, 999, 1000, 1234, 99_949, 999_499, 999_500, 61_000_000_000]
-            .into_iter()
-            .map(bytes_text)
-            .collect();
-        assert_eq!(
-            texts,
-            ["0 B", "999 B", "1.00 kB", "1.23 kB", "99.9 kB", "999 kB", "1.00 MB", "61.0 GB"]
-        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub use ingest::{
 pub const FORMAT_VERSION: u32 = 1;
 /// The environment's folder inside a stage folder.
 pub const STORE_DIR: &str = "store";
+/// The name of a dataset's truth file in the stage folder (see [`StoreHeader::truth_file`]).
+pub const TRUTH_FILE: &str = "truth.tsv";
 const MAX_READERS: u32 = 1024;
 /// Virtual address space reserved for the map; LMDB files grow only as data is written.
 const MAP_SIZE: usize = 1 << 40;
@@ -64,6 +66,10 @@ pub struct StoreHeader {
     pub resize_mode: ResizeMode,
     /// WebVision queries (empty for formats without).
     pub queries: Vec<QueryInfo>,
+    /// The truth file kept in the stage folder (a name in it), for a dataset that knows its
+    /// noise; absent in stores written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth_file: Option<String>,
 }
 
 impl StoreHeader {
@@ -244,6 +250,12 @@ impl Store {
     /// The environment folder.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The truth file the dataset came with (the generated dataset's), kept beside the store.
+    pub fn truth_file(&self) -> Option<PathBuf> {
+        let stage_dir = self.inner.dir.parent()?;
+        Some(stage_dir.join(self.header().truth_file.as_ref()?))
     }
 
     /// A reader with its own read transaction (one per thread).

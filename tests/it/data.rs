@@ -368,6 +368,11 @@ fn webvision_fixture_ingests_with_counts_skip_reasons_and_web_reality() {
     assert_eq!(header.train_counts, vec![3, 3, 2]);
     assert_eq!(header.val_counts, vec![1, 1, 1]);
     assert_eq!(header.queries[2].text, "gamma ray");
+    assert_eq!(
+        store.truth_file(),
+        None,
+        "web data comes without a truth file"
+    );
     let reader = store.reader().unwrap();
     // Ids follow the file list, skipped files get none; every record keeps its own text.
     for (id, image) in kept.iter().enumerate() {
@@ -843,7 +848,12 @@ fn synthetic_dataset_has_long_tail_noise_and_a_truth_file() {
     counts.sort();
     assert_eq!(counts, vec![12, 19, 30, 48]); // 48 · (12/48)^(c/3), rounded
     assert_eq!(header.val_counts, vec![3; 4]);
-    let truth = std::fs::read_to_string(stage.path().join("truth.tsv")).unwrap();
+    // The truth file is an output of the ingest, recorded in the store header.
+    let truth_file = store
+        .truth_file()
+        .expect("a generated dataset keeps its truth file");
+    assert_eq!(truth_file, stage.path().join(store::TRUTH_FILE));
+    let truth = std::fs::read_to_string(truth_file).unwrap();
     let rows: Vec<Vec<&str>> = truth
         .lines()
         .skip(1)
@@ -884,7 +894,7 @@ fn synthetic_dataset_has_long_tail_noise_and_a_truth_file() {
 fn synthetic_text_follows_the_true_class() {
     let stage = tempfile::tempdir().unwrap();
     let store = synthetic_store(stage.path());
-    let truth = std::fs::read_to_string(stage.path().join("truth.tsv")).unwrap();
+    let truth = std::fs::read_to_string(store.truth_file().unwrap()).unwrap();
     let true_labels: Vec<usize> = truth
         .lines()
         .skip(1)
@@ -1333,7 +1343,9 @@ fn a_full_map_grows_and_the_store_stays_complete() {
 fn synthetic_images_are_written_by_our_encoder() {
     let dir = tempfile::tempdir().unwrap();
     let synthetic = params(DatasetFormat::Synthetic, None).synthetic;
-    let root = dataset::synthetic::generate(&synthetic, dir.path()).unwrap();
+    let root = dataset::synthetic::generate(&synthetic, dir.path())
+        .unwrap()
+        .root;
     let file = glob::glob(&format!("{}/**/*.jpg", root.display()))
         .unwrap()
         .next()

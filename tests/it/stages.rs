@@ -444,7 +444,9 @@ fn webvision_data(dir: &std::path::Path, seed: u64, classes: usize) -> std::path
     params.min_per_class = 10;
     params.max_per_class = 12;
     params.val_per_class = 2;
-    websieve::dataset::synthetic::generate(&params, dir).unwrap()
+    websieve::dataset::synthetic::generate(&params, dir)
+        .unwrap()
+        .root
 }
 
 /// `runner` arguments running the quickstart recipe on the dataset at `root`.
