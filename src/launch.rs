@@ -4,6 +4,9 @@
 //! outcome: success when every worker succeeds; otherwise the first failure, after the other
 //! workers are stopped (none is left waiting for a dead peer).
 //!
+//! Also several runs at once ([`run_jobs`]: `runner --jobs N`): one `runner` process per run,
+//! at most N at a time, each ending on its own.
+//!
 //! Each worker gets torchrun's variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`,
 //! `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` on a free local port), so it reads its
 //! place through [`World::from_env`](crate::runtime::World::from_env) like any launched
@@ -104,6 +107,98 @@ pub fn run_local_workers(
     Ok(())
 }
 
+/// How one job of [`run_jobs`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    pub name: String,
+    /// Its error: what it printed from its first line starting with `error:` on, or its exit
+    /// status when it printed none.
+    pub result: Result<(), String>,
+}
+
+/// Runs `program args_for(name)` for each of `names`, at most `jobs` at once, with stdout
+/// and stdin closed and stderr kept for the error; one job failing does not stop the others.
+/// `ended` hears of each job as it ends; the ends come back in the order of `names`.
+pub fn run_jobs(
+    program: &Path,
+    names: &[String],
+    args_for: &dyn Fn(&str) -> Vec<OsString>,
+    jobs: usize,
+    ended: &mut dyn FnMut(&JobEnd),
+) -> Vec<JobEnd> {
+    let mut waiting = names.iter();
+    let mut running: Vec<(usize, Child, std::thread::JoinHandle<String>)> = Vec::new();
+    let mut ends: Vec<Option<JobEnd>> = vec![None; names.len()];
+    let mut finish = |index: usize, result: Result<(), String>, ends: &mut Vec<Option<JobEnd>>| {
+        let end = JobEnd {
+            name: names[index].clone(),
+            result,
+        };
+        ended(&end);
+        ends[index] = Some(end);
+    };
+    let mut next_index = 0;
+    loop {
+        while running.len() < jobs.max(1) {
+            let Some(name) = waiting.next() else { break };
+            let index = next_index;
+            next_index += 1;
+            let spawned = Command::new(program)
+                .args(args_for(name))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn();
+            match spawned {
+                Ok(mut child) => {
+                    let mut stderr = child.stderr.take().expect("stderr is piped");
+                    let reader = std::thread::spawn(move || {
+                        let mut text = String::new();
+                        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+                        text
+                    });
+                    running.push((index, child, reader));
+                }
+                Err(cause) => finish(
+                    index,
+                    Err(format!("cannot start {}: {cause}", program.display())),
+                    &mut ends,
+                ),
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        let mut still = Vec::with_capacity(running.len());
+        for (index, mut child, reader) in running {
+            match child.try_wait() {
+                Ok(None) => still.push((index, child, reader)),
+                Ok(Some(status)) => {
+                    let stderr = reader.join().unwrap_or_default();
+                    let result = match status.success() {
+                        true => Ok(()),
+                        false => Err(printed_error(&stderr).unwrap_or_else(|| status.to_string())),
+                    };
+                    finish(index, result, &mut ends);
+                }
+                Err(cause) => finish(index, Err(format!("waiting for it: {cause}")), &mut ends),
+            }
+        }
+        running = still;
+        std::thread::sleep(POLL);
+    }
+    ends.into_iter()
+        .map(|end| end.expect("every job ends"))
+        .collect()
+}
+
+/// What a `runner` printed from its first `error:` line on, without that prefix.
+fn printed_error(stderr: &str) -> Option<String> {
+    let start = stderr.find("error: ")?;
+    let text = stderr[start + "error: ".len()..].trim_end();
+    Some(text.to_string())
+}
+
 /// Kills and reaps every worker still running.
 fn stop_all(children: &mut [Child]) {
     for child in children.iter_mut() {
@@ -140,6 +235,48 @@ mod tests {
         for rank in 0..3 {
             let seen = std::fs::read_to_string(tmp.path().join(rank.to_string())).unwrap();
             assert_eq!(seen.trim(), format!("{rank} {rank} 3 127.0.0.1"));
+        }
+    }
+
+    #[test]
+    fn jobs_run_at_most_n_at_once_and_a_failure_stops_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "fail", "c"].map(String::from).to_vec();
+        // Each job notes how many jobs run beside it (files present while it runs).
+        let dir = tmp.path().display().to_string();
+        let args_for = |name: &str| {
+            sh(&format!(
+                "touch {dir}/running.{name}; sleep 0.3; ls {dir} | grep -c running > {dir}/seen.{name}; \
+                 rm {dir}/running.{name}; \
+                 if [ {name} = fail ]; then echo 'warn: x' >&2; echo 'error: it broke: disk' >&2; exit 2; fi"
+            ))
+        };
+        let mut heard = Vec::new();
+        let ends = run_jobs(Path::new("/bin/sh"), &names, &args_for, 2, &mut |end| {
+            heard.push(end.name.clone())
+        });
+        let results: Vec<(&str, Result<(), String>)> = ends
+            .iter()
+            .map(|e| (e.name.as_str(), e.result.clone()))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("a", Ok(())),
+                ("b", Ok(())),
+                ("fail", Err("it broke: disk".to_string())),
+                ("c", Ok(()))
+            ]
+        );
+        heard.sort();
+        assert_eq!(heard, ["a", "b", "c", "fail"]);
+        for name in &names {
+            let seen: usize = std::fs::read_to_string(tmp.path().join(format!("seen.{name}")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&seen), "{name} ran beside {seen} jobs");
         }
     }
 

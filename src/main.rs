@@ -15,12 +15,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 use websieve::recipe::{self, Recipe};
 use websieve::runtime::World;
-use websieve::stage::{RunContext, RunLog, StageKind, Workspace, RUN_LOG_ONLY};
+use websieve::stage::{RunContext, RunEnd, RunLog, StageKind, Workspace, RUN_LOG_ONLY};
 
 const EXAMPLES: &str = "\
 Examples:
   runner recipes/quickstart.toml                 run a recipe end to end
   runner 'recipes/ablation/*.toml'               run every recipe a glob matches, in sorted order
+  runner 'recipes/ablation/*.toml' --jobs 2      two runs at once; a failed run stops none
   runner recipes/softlabel.toml --set train.optimizer.lr=0.02 --until score
   runner plan recipes/softlabel.toml             which stages are cached, what would run and why
   runner validate recipes/*.toml                 check recipes without running anything
@@ -62,12 +63,26 @@ enum Command {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points"
+    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points\n  runner report runs/imagenette --group-by-seed --format md"
 )]
 struct ReportArgs {
     /// Run folders (with recipe.resolved.toml), or folders holding runs.
     #[arg(required = true, value_name = "RUNS")]
     runs: Vec<PathBuf>,
+    /// How to write the table.
+    #[arg(long, value_enum, default_value = "text")]
+    format: ReportFormatArg,
+    /// Fold runs that differ only in train.seed into one row: mean ± standard deviation.
+    #[arg(long)]
+    group_by_seed: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormatArg {
+    Text,
+    Md,
+    Csv,
+    Json,
 }
 
 /// `--until`: a stage name.
@@ -122,6 +137,14 @@ struct RunArgs {
     /// (torchrun, srun) started this process.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     nproc_per_node: Option<u16>,
+    /// Runs to go at once, each in its own process sharing this machine's cores (recipes
+    /// and sweep points; runs that share a stage wait for one another to build it).
+    #[arg(short, long, value_name = "N", default_value_t = 1, overrides_with = "jobs",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// Run only the recipe (or sweep point) of this name: how `--jobs` starts each run.
+    #[arg(long, value_name = "NAME", hide = true)]
+    only: Option<String>,
     #[command(flatten)]
     places: Places,
 }
@@ -258,7 +281,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Some(Command::Report(args)) => {
-            print!("{}", websieve::report::report(&args.runs)?);
+            use websieve::report::{report_with, ReportFormat, ReportOptions};
+            let format = match args.format {
+                ReportFormatArg::Text => ReportFormat::Text,
+                ReportFormatArg::Md => ReportFormat::Markdown,
+                ReportFormatArg::Csv => ReportFormat::Csv,
+                ReportFormatArg::Json => ReportFormat::Json,
+            };
+            let options = ReportOptions {
+                format,
+                group_by_seed: args.group_by_seed,
+            };
+            print!("{}", report_with(&args.runs, &options)?);
             Ok(())
         }
         Some(Command::Bench(bench)) => cli::bench::run(bench),
@@ -274,7 +308,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.recipes.is_empty() {
         bail!("no recipe given: try `runner recipes/quickstart.toml`, or `runner --help`");
     }
-    let recipes = recipe::load(&args.recipes, &args.sets)?;
+    let mut recipes = recipe::load(&args.recipes, &args.sets)?;
+    if let Some(only) = &args.only {
+        recipes.retain(|r| &r.name == only);
+        if recipes.is_empty() {
+            bail!("--only {only}: no recipe of that name");
+        }
+    }
     let ws = args.places.workspace();
     if args.dry_run {
         for r in &recipes {
@@ -308,15 +348,91 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: true,
         rebuild_from: args.rebuild,
     };
-    for r in &recipes {
-        let outcome = ws.run(r, args.until, &ctx)?;
-        if let Some(table) = &outcome.table {
-            println!("{}\n{table}", outcome.run);
+    if let [recipe] = recipes.as_slice() {
+        // One run of several, started by `--jobs`: skipped like the others when finished.
+        if args.only.is_some() && ws.is_finished(recipe, args.until) {
+            announce(&RunEnd::Skipped {
+                run: recipe.name.clone(),
+            });
+            return Ok(());
         }
-        if let Some(kept) = &outcome.kept_earlier_run {
-            tracing::info!(run = %outcome.run, kept = %kept.display(), "the earlier run of another recipe under this name was kept");
-        }
-        tracing::info!(run = %outcome.run, dir = %outcome.run_dir.display(), "run finished");
+        // One run: its error is the command's.
+        let outcome = ws.run(recipe, args.until, &ctx)?;
+        announce(&RunEnd::Finished(Box::new(outcome)));
+        return Ok(());
     }
-    Ok(())
+    let ends: Vec<(String, Result<(), String>)> = if args.jobs > 1 {
+        run_as_jobs(&recipes, usize::from(args.jobs))?
+    } else {
+        ws.run_each(&recipes, args.until, &ctx, &mut announce)
+            .into_iter()
+            .map(|end| match end {
+                RunEnd::Failed { run, error } => (run, Err(error)),
+                other => (other.run().to_string(), Ok(())),
+            })
+            .collect()
+    };
+    let failed: Vec<&(String, Result<(), String>)> =
+        ends.iter().filter(|(_, r)| r.is_err()).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let mut message = format!("{} of {} runs failed:", failed.len(), ends.len());
+    for (run, result) in failed {
+        if let Err(error) = result {
+            message.push_str(&format!("\n  {run}: {error}"));
+        }
+    }
+    bail!("{message}")
+}
+
+/// Says how a run ended: its table when it evaluated, where its folder is.
+fn announce(end: &RunEnd) {
+    match end {
+        RunEnd::Finished(outcome) => {
+            if let Some(table) = &outcome.table {
+                println!("{}\n{table}", outcome.run);
+            }
+            if let Some(kept) = &outcome.kept_earlier_run {
+                tracing::info!(run = %outcome.run, kept = %kept.display(), "the earlier run of another recipe under this name was kept");
+            }
+            tracing::info!(run = %outcome.run, dir = %outcome.run_dir.display(), "run finished");
+        }
+        RunEnd::Skipped { run } => {
+            tracing::info!(run = %run, "already finished, every stage cached: skipped")
+        }
+        RunEnd::Failed { run, error } => {
+            tracing::error!(run = %run, "run failed: {error}")
+        }
+    }
+}
+
+/// Each recipe in its own `runner` process (this command line with `--only NAME`), `jobs`
+/// at once; returns how each ended.
+fn run_as_jobs(
+    recipes: &[Recipe],
+    jobs: usize,
+) -> anyhow::Result<Vec<(String, Result<(), String>)>> {
+    if recipes
+        .iter()
+        .any(|r| websieve::stage::local_workers(r) > 1)
+    {
+        bail!("--jobs runs one process per run: it cannot be combined with runs on several GPUs (train.devices); run those one after another");
+    }
+    let program = std::env::current_exe().context("finding the runner binary")?;
+    let own: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let args_for = |name: &str| {
+        let mut args = own.clone();
+        args.extend(["--jobs".into(), "1".into(), "--only".into(), name.into()]);
+        args
+    };
+    let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
+    tracing::info!(runs = names.len(), jobs, "running several at once");
+    let ends = websieve::launch::run_jobs(&program, &names, &args_for, jobs, &mut |end| match &end
+        .result
+    {
+        Ok(()) => tracing::info!(run = %end.name, "run finished"),
+        Err(error) => tracing::error!(run = %end.name, "run failed: {error}"),
+    });
+    Ok(ends.into_iter().map(|end| (end.name, end.result)).collect())
 }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `train.precision`, defined beside the batches whose element type it sets.
 pub use crate::sample::Precision;
@@ -155,7 +155,7 @@ pub struct CleanParams {
     pub truth: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Similarity {
     /// Dot product with the class mean (what the original code computed).

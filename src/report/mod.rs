@@ -1,9 +1,12 @@
 //! Tables over runs: `runner report RUNS...`. In: run folders `runs/<name>/` (read through
-//! [`RunFolder`]: the resolved recipe, the status and the evaluation results). Out: one text
-//! table with a row per evaluated run, the settings whose values differ between the runs (as
-//! dotted keys, e.g. `train.optimizer.lr`) and the results (top-1/top-5), then the runs that
-//! have no results yet with their state (failed, stopped early, running). A folder without a
-//! recipe stands for the runs below it, so a sweep's `runs/<recipe>/` reports all its points.
+//! [`RunFolder`]: the resolved recipe, the status, the score summary, the training metrics and
+//! the evaluation results). Out: one table with a row per run: the settings whose values
+//! differ between the runs (as dotted keys, e.g. `train.optimizer.lr`), images seen, top-1,
+//! top-5, the noise-detection AUC (where a truth file is known), wall time and state (finished,
+//! failed, stopped early, running); as text, Markdown, CSV or JSON ([`ReportFormat`]). With
+//! [`ReportOptions::group_by_seed`], runs that differ only in `train.seed` fold into one row of
+//! mean ± standard deviation. A folder without a recipe stands for the runs below it, so a
+//! sweep's `runs/<recipe>/` reports all its points.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -47,12 +50,47 @@ pub struct RunSummary {
     pub settings: BTreeMap<String, String>,
     /// The evaluation results, when the run has them.
     pub results: Option<EvalMetrics>,
+    /// Noise-detection AUC of the scores against the truth file, when known.
+    pub noise_auc: Option<f64>,
+    /// Images the training saw, when it trained.
+    pub images: Option<u64>,
+    /// Seconds the run's stages took (reused stages take almost none).
+    pub seconds: Option<f64>,
     /// The run's state in words ("finished", "failed: …", …).
     pub state: String,
 }
 
-/// Finds the runs in `paths` (see [`find_runs`]), reads them and renders their table.
+/// How `report` writes its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReportFormat {
+    /// Aligned columns for a terminal.
+    #[default]
+    Text,
+    /// A Markdown table (for BENCHMARKS.md, issues, notebooks).
+    Markdown,
+    /// Comma-separated, numbers unformatted (accuracies as fractions, seconds).
+    Csv,
+    /// One JSON object per row, in an array.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReportOptions {
+    pub format: ReportFormat,
+    /// Fold runs that differ only in `train.seed` into one row: mean ± standard deviation.
+    pub group_by_seed: bool,
+}
+
+/// The setting that `group_by_seed` folds over.
+const SEED_KEY: &str = "train.seed";
+
+/// Finds the runs in `paths` (see [`find_runs`]), reads them and renders their table as text.
 pub fn report(paths: &[PathBuf]) -> Result<String, ReportError> {
+    report_with(paths, &ReportOptions::default())
+}
+
+/// [`report`] in the format and grouping of `options`.
+pub fn report_with(paths: &[PathBuf], options: &ReportOptions) -> Result<String, ReportError> {
     let runs = find_runs(paths)?
         .iter()
         .map(|dir| load_run(dir))
@@ -60,7 +98,7 @@ pub fn report(paths: &[PathBuf]) -> Result<String, ReportError> {
     if runs.is_empty() {
         return Err(ReportError::NoRuns);
     }
-    Ok(render_report(&runs))
+    Ok(render_report(&runs, options))
 }
 
 /// The run folders in `paths`, in the order given: a folder with `recipe.resolved.toml` is a
@@ -97,7 +135,7 @@ fn collect_runs(dir: &Path, runs: &mut Vec<PathBuf>) -> Result<(), ReportError> 
     below.iter().try_for_each(|sub| collect_runs(sub, runs))
 }
 
-/// Reads a run folder: its resolved recipe, status and evaluation results.
+/// Reads a run folder: its resolved recipe, status and results.
 pub fn load_run(dir: &Path) -> Result<RunSummary, ReportError> {
     let folder = RunFolder::new(dir);
     let mut loaded = recipe::load_file(&folder.file(RunFolder::RECIPE), &[])?;
@@ -106,11 +144,19 @@ pub fn load_run(dir: &Path) -> Result<RunSummary, ReportError> {
         _ => unreachable!("a resolved recipe has no sweep: it loads as one run"),
     };
     let results = folder.eval_metrics()?;
-    let state = match folder.status()? {
+    let status = folder.status()?;
+    let state = match &status {
         Some(status) => status.describe(),
         None if results.is_some() => "finished".to_string(),
         None => "no results and no status (not run by this version?)".to_string(),
     };
+    let seconds = status
+        .as_ref()
+        .filter(|s| !s.stages.is_empty())
+        .map(|s| s.stages.iter().map(|stage| stage.seconds).sum());
+    let noise_auc = folder
+        .score_summary()?
+        .and_then(|summary| summary.noise?.auc);
     let mut settings = recipe.settings();
     settings.remove("name");
     Ok(RunSummary {
@@ -118,6 +164,9 @@ pub fn load_run(dir: &Path) -> Result<RunSummary, ReportError> {
         recipe,
         settings,
         results,
+        noise_auc,
+        images: folder.images_seen()?,
+        seconds,
         state,
     })
 }
@@ -135,68 +184,322 @@ pub fn differing_settings(runs: &[RunSummary]) -> Vec<String> {
         .collect()
 }
 
-/// The table of the runs with results (see [`render_results`]), then the runs without
-/// results, each with its folder and state.
-pub fn render_report(all: &[RunSummary]) -> String {
-    let runs: Vec<RunSummary> = all
-        .iter()
-        .filter(|r| r.results.is_some())
-        .cloned()
-        .collect();
-    let pending: Vec<&RunSummary> = all.iter().filter(|r| r.results.is_none()).collect();
-    let mut out = String::new();
-    if !runs.is_empty() {
-        out.push_str(&render_results(&runs));
+/// A measured quantity of a row: one run's value, or the mean and standard deviation of a
+/// group's runs that have it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Measure {
+    mean: f64,
+    /// Sample standard deviation; `None` for a single value.
+    sd: Option<f64>,
+    runs: usize,
+}
+
+impl Measure {
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Measure> {
+        let values: Vec<f64> = values.into_iter().collect();
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let sd = (n > 1).then(|| {
+            let square_sum: f64 = values.iter().map(|v| (v - mean).powi(2)).sum();
+            (square_sum / (n - 1) as f64).sqrt()
+        });
+        Some(Measure { mean, sd, runs: n })
     }
-    if !pending.is_empty() {
-        if !out.is_empty() {
-            out.push('\n');
+
+    fn text(&self, one: impl Fn(f64) -> String) -> String {
+        match self.sd {
+            Some(sd) => format!("{} ± {}", one(self.mean), one(sd)),
+            None => one(self.mean),
         }
-        out.push_str("without results:\n");
-        let mut table = TextTable::new([
-            ("run".to_string(), Align::Left),
-            ("folder".to_string(), Align::Left),
-            ("state".to_string(), Align::Left),
-        ]);
-        for run in pending {
-            table.push_row(vec![
-                run.recipe.name.clone(),
-                run.dir.display().to_string(),
-                run.state.clone(),
-            ]);
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self.sd {
+            Some(sd) => serde_json::json!({ "mean": self.mean, "sd": sd, "runs": self.runs }),
+            None => serde_json::json!(self.mean),
         }
-        out.push_str(&table.render());
+    }
+}
+
+/// One row of the table: a run, or a group of runs that differ only in their seed.
+struct Row {
+    run: String,
+    seeds: Vec<String>,
+    settings: Vec<Option<String>>,
+    images: Option<Measure>,
+    top1: Option<Measure>,
+    top5: Option<Measure>,
+    noise_auc: Option<Measure>,
+    seconds: Option<Measure>,
+    state: String,
+}
+
+impl Row {
+    fn of(runs: &[&RunSummary], keys: &[String]) -> Row {
+        let measure =
+            |f: &dyn Fn(&RunSummary) -> Option<f64>| Measure::of(runs.iter().filter_map(|r| f(r)));
+        let state = match runs {
+            [one] => one.state.clone(),
+            _ => {
+                let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                for run in runs {
+                    let word = run.state.split(':').next().unwrap_or_default();
+                    *counts.entry(word).or_default() += 1;
+                }
+                let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                parts.join(", ")
+            }
+        };
+        Row {
+            run: match runs {
+                [one] => one.recipe.name.clone(),
+                _ => without_seed(&runs[0].recipe.name),
+            },
+            seeds: match runs {
+                [_] => Vec::new(),
+                _ => runs
+                    .iter()
+                    .filter_map(|r| r.settings.get(SEED_KEY).cloned())
+                    .collect(),
+            },
+            settings: keys
+                .iter()
+                .map(|k| runs[0].settings.get(k).cloned())
+                .collect(),
+            images: measure(&|r| r.images.map(|i| i as f64)),
+            top1: measure(&|r| r.results.as_ref().map(|m| m.top1)),
+            top5: measure(&|r| r.results.as_ref().map(|m| m.top5)),
+            noise_auc: measure(&|r| r.noise_auc),
+            seconds: measure(&|r| r.seconds),
+            state,
+        }
+    }
+}
+
+/// The table of `runs` in `options`' format: a row per run (or seed group), the settings
+/// that differ between them, then the results; in text and Markdown, how many settings all
+/// runs share.
+pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
+    let differing = differing_settings(runs);
+    let mut keys = differing.clone();
+    let groups: Vec<Vec<&RunSummary>> = if options.group_by_seed {
+        keys.retain(|k| k != SEED_KEY);
+        let mut groups: Vec<Vec<&RunSummary>> = Vec::new();
+        for run in runs {
+            let same = |other: &&RunSummary| {
+                keys.iter()
+                    .all(|k| other.settings.get(k) == run.settings.get(k))
+            };
+            match groups.iter_mut().find(|g| same(&g[0])) {
+                Some(group) => group.push(run),
+                None => groups.push(vec![run]),
+            }
+        }
+        groups
+    } else {
+        runs.iter().map(|r| vec![r]).collect()
+    };
+    let rows: Vec<Row> = groups.iter().map(|g| Row::of(g, &keys)).collect();
+    let grouped = rows.iter().any(|r| !r.seeds.is_empty());
+    let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
+    let shared = all_keys.len() - differing.len();
+    let footer = format!("{shared} other setting(s) are the same in every run\n");
+    match options.format {
+        ReportFormat::Text | ReportFormat::Markdown => {
+            let mut columns: Vec<(String, Align)> = vec![("run".into(), Align::Left)];
+            if grouped {
+                columns.push(("seeds".into(), Align::Left));
+            }
+            columns.extend(keys.iter().map(|k| (k.clone(), Align::Left)));
+            for (name, align) in [
+                ("images", Align::Right),
+                ("top-1", Align::Right),
+                ("top-5", Align::Right),
+                ("noise AUC", Align::Right),
+                ("time", Align::Right),
+                ("state", Align::Left),
+            ] {
+                columns.push((name.into(), align));
+            }
+            let cells = |m: &Option<Measure>, one: &dyn Fn(f64) -> String| {
+                m.map_or_else(|| "-".to_string(), |m| m.text(one))
+            };
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|row| {
+                    let mut cells_row = vec![row.run.clone()];
+                    if grouped {
+                        cells_row.push(if row.seeds.is_empty() {
+                            "-".into()
+                        } else {
+                            row.seeds.join(",")
+                        });
+                    }
+                    cells_row.extend(
+                        row.settings
+                            .iter()
+                            .map(|v| v.clone().unwrap_or_else(|| "-".into())),
+                    );
+                    cells_row.push(cells(&row.images, &|v| format!("{v:.0}")));
+                    cells_row.push(cells(&row.top1, &|v| percent(Some(v))));
+                    cells_row.push(cells(&row.top5, &|v| percent(Some(v))));
+                    cells_row.push(cells(&row.noise_auc, &|v| format!("{v:.3}")));
+                    cells_row.push(cells(&row.seconds, &seconds_text));
+                    cells_row.push(row.state.clone());
+                    cells_row
+                })
+                .collect();
+            let table = match options.format {
+                ReportFormat::Markdown => markdown(&columns, &body),
+                _ => {
+                    let mut table = TextTable::new(columns);
+                    body.into_iter().for_each(|r| table.push_row(r));
+                    table.render()
+                }
+            };
+            format!("{table}{footer}")
+        }
+        ReportFormat::Csv => {
+            let mut header = vec!["run".to_string()];
+            if grouped {
+                header.push("seeds".into());
+            }
+            header.extend(keys.iter().cloned());
+            header.extend(
+                ["images", "top1", "top5", "noise_auc", "seconds", "state"].map(String::from),
+            );
+            let mut out = csv_line(&header);
+            for row in &rows {
+                let number = |m: &Option<Measure>| m.map_or(String::new(), |m| m.mean.to_string());
+                let mut line = vec![row.run.clone()];
+                if grouped {
+                    line.push(row.seeds.join(" "));
+                }
+                line.extend(row.settings.iter().map(|v| v.clone().unwrap_or_default()));
+                for m in [
+                    &row.images,
+                    &row.top1,
+                    &row.top5,
+                    &row.noise_auc,
+                    &row.seconds,
+                ] {
+                    line.push(number(m));
+                }
+                line.push(row.state.clone());
+                out.push_str(&csv_line(&line));
+            }
+            out
+        }
+        ReportFormat::Json => {
+            let value = |m: &Option<Measure>| m.map_or(serde_json::Value::Null, |m| m.json());
+            let objects: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    let settings: serde_json::Map<String, serde_json::Value> = keys
+                        .iter()
+                        .zip(&row.settings)
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.clone().map_or(serde_json::Value::Null, Into::into),
+                            )
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "run": row.run,
+                        "seeds": row.seeds,
+                        "settings": settings,
+                        "images": value(&row.images),
+                        "top1": value(&row.top1),
+                        "top5": value(&row.top5),
+                        "noise_auc": value(&row.noise_auc),
+                        "seconds": value(&row.seconds),
+                        "state": row.state,
+                    })
+                })
+                .collect();
+            let mut text = serde_json::to_string_pretty(&objects).expect("JSON serializes");
+            text.push('\n');
+            text
+        }
+    }
+}
+
+/// A sweep point's name without its `train.seed=…` part: `clean/train.seed=0` → `clean`,
+/// `clean/lr=0.1,train.seed=2` → `clean/lr=0.1`.
+fn without_seed(name: &str) -> String {
+    let Some((recipe, point)) = name.rsplit_once('/') else {
+        return name.to_string();
+    };
+    let kept: Vec<&str> = point
+        .split(',')
+        .filter(|part| !part.starts_with(&format!("{SEED_KEY}=")))
+        .collect();
+    match kept.is_empty() {
+        true => recipe.to_string(),
+        false => format!("{recipe}/{}", kept.join(",")),
+    }
+}
+
+/// `95 s`, `12.3 min`, `2.1 h`.
+fn seconds_text(seconds: f64) -> String {
+    match seconds {
+        s if s < 100.0 => format!("{s:.0} s"),
+        s if s < 6000.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
+fn markdown(columns: &[(String, Align)], rows: &[Vec<String>]) -> String {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let cells: Vec<String> = cells.map(|c| c.replace('|', "\\|")).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = line(&mut columns.iter().map(|(h, _)| h.as_str()));
+    let rules: Vec<&str> = columns
+        .iter()
+        .map(|(_, a)| match a {
+            Align::Left => "---",
+            Align::Right => "---:",
+        })
+        .collect();
+    out.push_str(&line(&mut rules.into_iter()));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
     }
     out
 }
 
-/// One row per run: its name, its differing settings (`-` where a run lacks the key), top-1
-/// and top-5; then how many settings all runs share.
-fn render_results(runs: &[RunSummary]) -> String {
-    let keys = differing_settings(runs);
-    let columns = [("run".to_string(), Align::Left)]
-        .into_iter()
-        .chain(keys.iter().map(|k| (k.clone(), Align::Left)))
-        .chain([
-            ("top-1".to_string(), Align::Right),
-            ("top-5".to_string(), Align::Right),
-        ]);
-    let mut table = TextTable::new(columns);
-    for run in runs {
-        let mut row = vec![run.recipe.name.clone()];
-        row.extend(
-            keys.iter()
-                .map(|k| run.settings.get(k).cloned().unwrap_or_else(|| "-".into())),
-        );
-        let results = run.results.as_ref().expect("only runs with results");
-        row.push(percent(Some(results.top1)));
-        row.push(percent(Some(results.top5)));
-        table.push_row(row);
+/// One CSV record (RFC 4180: fields with a comma, quote or line break are quoted).
+fn csv_line(fields: &[String]) -> String {
+    let quoted: Vec<String> = fields
+        .iter()
+        .map(|f| match f.contains([',', '"', '\n', '\r']) {
+            true => format!("\"{}\"", f.replace('"', "\"\"")),
+            false => f.clone(),
+        })
+        .collect();
+    quoted.join(",") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_is_named_without_its_seed() {
+        assert_eq!(without_seed("clean/train.seed=0"), "clean");
+        assert_eq!(without_seed("clean/lr=0.1,train.seed=2"), "clean/lr=0.1");
+        assert_eq!(without_seed("clean/train.seed=2,lr=0.1"), "clean/lr=0.1");
+        assert_eq!(without_seed("clean"), "clean");
     }
-    let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
-    let shared = all_keys.len() - keys.len();
-    format!(
-        "{}{shared} other setting(s) are the same in every run\n",
-        table.render()
-    )
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let fields = ["a", "b,c", "say \"x\""].map(String::from);
+        assert_eq!(csv_line(&fields), "a,\"b,c\",\"say \"\"x\"\"\"\n");
+    }
 }

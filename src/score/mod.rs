@@ -12,7 +12,7 @@ mod truth;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use rules::{
     auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, scores, similarity,
@@ -78,7 +78,7 @@ pub struct ScoreInputs<'a> {
     pub image: Option<ImageFn<'a>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassSummary {
     pub label: u32,
     pub name: String,
@@ -94,7 +94,7 @@ pub struct ClassSummary {
 }
 
 /// Noise detection against the truth file (noisy = true label differs from the given one).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoiseMetrics {
     /// Samples found in the truth file (by path) and samples not found (left out).
     pub matched: usize,
@@ -114,7 +114,7 @@ pub struct NoiseMetrics {
     pub macro_auc: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreSummary {
     pub similarity: Similarity,
     pub samples: usize,

@@ -25,6 +25,7 @@ use super::error::StageError;
 use super::kind::StageKind;
 use crate::eval::{self, EvalMetrics};
 use crate::recipe::Recipe;
+use crate::score::ScoreSummary;
 
 /// One run's folder.
 #[derive(Debug, Clone)]
@@ -114,6 +115,8 @@ impl RunFolder {
     pub const STAGES: &'static str = "stages.json";
     pub const TRAIN_METRICS: &'static str = crate::train::STEP_METRICS_FILE;
     pub const EVAL_METRICS: &'static str = eval::METRICS_FILE;
+    /// The score stage's summary (noise detection against a truth file, when known).
+    pub const SCORE_SUMMARY: &'static str = "score_summary.json";
     pub const ENSEMBLE: &'static str = "ensemble";
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -280,21 +283,50 @@ impl RunFolder {
     }
 
     /// Copies a stage's output file into the run folder under the same name.
-    pub fn copy_in(&self, stage_dir: &Path, name: &str) -> Result<(), StageError> {
-        fs::copy(stage_dir.join(name), self.file(name))
+    /// Copies a stage's file `name` into the run folder as `as_name`.
+    pub fn copy_in(&self, stage_dir: &Path, name: &str, as_name: &str) -> Result<(), StageError> {
+        fs::copy(stage_dir.join(name), self.file(as_name))
             .map(drop)
-            .map_err(self.err(name))
+            .map_err(self.err(as_name))
     }
 
     /// The evaluation results, when the run evaluated.
     pub fn eval_metrics(&self) -> Result<Option<EvalMetrics>, StageError> {
-        let path = self.file(Self::EVAL_METRICS);
-        match fs::read_to_string(&path) {
+        self.read_json(Self::EVAL_METRICS)
+    }
+
+    /// The score stage's summary, when the run scored.
+    pub fn score_summary(&self) -> Result<Option<ScoreSummary>, StageError> {
+        self.read_json(Self::SCORE_SUMMARY)
+    }
+
+    /// Images the training saw (steps × global batch, from the last line of its metrics),
+    /// when the run trained.
+    pub fn images_seen(&self) -> Result<Option<u64>, StageError> {
+        let path = self.file(Self::TRAIN_METRICS);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(Self::TRAIN_METRICS)(e)),
+        };
+        let last = text.lines().rev().find_map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).ok()?;
+            record["images"].as_u64()
+        });
+        Ok(last)
+    }
+
+    /// The JSON file `name` of the folder, `None` when it is not there.
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StageError> {
+        match fs::read_to_string(self.file(name)) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|e| self.err(Self::EVAL_METRICS)(io::Error::other(e))),
+                .map_err(|e| self.err(name)(io::Error::other(e))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(Self::EVAL_METRICS)(e)),
+            Err(e) => Err(self.err(name)(e)),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`plan`]: a recipe's stages with their keys and cache state (`runner plan`).
 //! - [`cache`]: `<cache>/<stage>/<key>/`, built in a partial folder under a lock.
 //! - [`runs`]: executes a plan and fills the run folder, whose files [`folder`] owns.
+//! - [`Workspace::run_each`]: several runs (globs, sweeps), each ending on its own.
 //!
 //! Each stage's key hashes its own settings, the keys of the stages it reads and the stage's
 //! format version, so a sweep over `train.*` reuses one ingest and one LDA.
@@ -30,6 +31,29 @@ pub use stages::{local_workers, train_world_size, Parallel};
 
 use crate::recipe::Recipe;
 
+/// How one run of several ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    Finished(Box<RunOutcome>),
+    /// Already finished by an earlier call, with every stage still cached: not run again.
+    Skipped {
+        run: String,
+    },
+    Failed {
+        run: String,
+        error: String,
+    },
+}
+
+impl RunEnd {
+    pub fn run(&self) -> &str {
+        match self {
+            RunEnd::Finished(outcome) => &outcome.run,
+            RunEnd::Skipped { run } | RunEnd::Failed { run, .. } => run,
+        }
+    }
+}
+
 /// Where things live: the stage cache and the run folders.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -53,6 +77,52 @@ impl Workspace {
     /// The stages of `recipe` up to and including `until`.
     pub fn plan(&self, recipe: &Recipe, until: StageKind) -> Result<Plan, StageError> {
         plan::plan(&self.cache, &self.runs, recipe, until)
+    }
+
+    /// Whether `recipe`'s run folder already holds it, finished up to `until`, with every
+    /// stage still in the cache: running it again would only rewrite the folder.
+    pub fn is_finished(&self, recipe: &Recipe, until: StageKind) -> bool {
+        let folder = self.run_folder(&recipe.name);
+        let same_recipe = std::fs::read_to_string(folder.file(RunFolder::RECIPE))
+            .is_ok_and(|text| text == recipe.resolved_toml());
+        let finished = matches!(folder.status(), Ok(Some(status))
+            if status.state == RunState::Finished && status.until == until.name());
+        same_recipe
+            && finished
+            && self
+                .plan(recipe, until)
+                .is_ok_and(|plan| plan.stages.iter().all(|s| s.cached))
+    }
+
+    /// Runs each recipe in turn up to `until`, skipping those already finished; a run that
+    /// fails does not stop the others. `ended` hears of each run as it ends.
+    pub fn run_each(
+        &self,
+        recipes: &[Recipe],
+        until: StageKind,
+        ctx: &RunContext,
+        ended: &mut dyn FnMut(&RunEnd),
+    ) -> Vec<RunEnd> {
+        recipes
+            .iter()
+            .map(|recipe| {
+                let end = if self.is_finished(recipe, until) {
+                    RunEnd::Skipped {
+                        run: recipe.name.clone(),
+                    }
+                } else {
+                    match self.run(recipe, until, ctx) {
+                        Ok(outcome) => RunEnd::Finished(Box::new(outcome)),
+                        Err(error) => RunEnd::Failed {
+                            run: recipe.name.clone(),
+                            error: error.to_string(),
+                        },
+                    }
+                };
+                ended(&end);
+                end
+            })
+            .collect()
     }
 
     /// Checks what validation cannot (files exist, devices are usable) so that a call with

@@ -222,6 +222,10 @@ fn run_stages(
         );
         status.stages.push(record);
         folder.write_status(status)?;
+        if stage.kind == StageKind::Score {
+            // Noise detection is a result of its own: a run that fails later still has it.
+            folder.copy_in(&dir, crate::score::SUMMARY_FILE, RunFolder::SCORE_SUMMARY)?;
+        }
         dirs.insert(stage.kind, dir);
     }
     folder.write_stage_dirs(&status.stages)?;

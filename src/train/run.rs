@@ -252,7 +252,7 @@ pub(super) fn run_steps<'b>(
         trainer.append_metrics(json!({
             "step": trainer.state.step, "lr": lr, "loss": total, "losses": losses,
             "grad_norm": stats.grad_norm, "clipped": stats.clipped,
-            "images_per_s": n as f64 / seconds,
+            "images_per_s": n as f64 / seconds, "images": trainer.state.step * n as u64,
         }))?;
         let step = trainer.state.step;
         if step.is_multiple_of(job.train.checkpoint_every.max(1)) || step == end {

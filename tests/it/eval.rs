@@ -430,7 +430,7 @@ mod report {
 
     use websieve::eval::EvalMetrics;
     use websieve::recipe;
-    use websieve::report::{find_runs, load_run, report};
+    use websieve::report::{find_runs, load_run, report, report_with, ReportFormat, ReportOptions};
     use websieve::stage::{RunFolder, RunState, RunStatus, StageKind};
 
     /// A run folder as a run leaves it: the quickstart recipe with `sets`, resolved, and
@@ -524,6 +524,59 @@ mod report {
             .unwrap()
             .replace(&root.path().display().to_string(), "<runs>");
         insta::assert_snapshot!(text);
+    }
+
+    /// Three seeds of two settings: `--group-by-seed` folds each setting's seeds into one
+    /// row of mean ± standard deviation, in every format.
+    #[test]
+    fn seeds_fold_into_mean_and_spread_in_every_format() {
+        let root = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for (name, rule, top1s) in [
+            ("clean", "fraction", [0.60, 0.62, 0.64]),
+            ("noisy", "none", [0.50, 0.50, 0.56]),
+        ] {
+            for (seed, top1) in top1s.into_iter().enumerate() {
+                runs.push(write_run(
+                    root.path(),
+                    &format!("{name}-{seed}"),
+                    &[
+                        &format!("name={name}/train.seed={seed}"),
+                        &format!("clean.rule={rule}"),
+                        &format!("train.seed={seed}"),
+                    ],
+                    Some(top1),
+                ));
+            }
+        }
+        let options = |format, group_by_seed| ReportOptions {
+            format,
+            group_by_seed,
+        };
+        let text = report_with(&runs, &options(ReportFormat::Text, true)).unwrap();
+        insta::assert_snapshot!("grouped_text", text);
+        let md = report_with(&runs, &options(ReportFormat::Markdown, true)).unwrap();
+        insta::assert_snapshot!("grouped_markdown", md);
+        let csv = report_with(&runs, &options(ReportFormat::Csv, false)).unwrap();
+        insta::assert_snapshot!("ungrouped_csv", csv);
+
+        let json = report_with(&runs, &options(ReportFormat::Json, true)).unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(rows.len(), 2);
+        let noisy = &rows[1];
+        assert_eq!(noisy["seeds"], serde_json::json!(["0", "1", "2"]));
+        assert_eq!(noisy["settings"]["clean.rule"], "none");
+        let top1 = &noisy["top1"];
+        assert!(
+            (top1["mean"].as_f64().unwrap() - 0.52).abs() < 1e-12,
+            "{top1}"
+        );
+        // Sample standard deviation of 0.50, 0.50, 0.56: sqrt((2 · 0.02² + 0.04²) / 2).
+        assert!(
+            (top1["sd"].as_f64().unwrap() - 0.0012f64.sqrt()).abs() < 1e-12,
+            "{top1}"
+        );
+        assert_eq!(top1["runs"], 3);
     }
 
     #[test]

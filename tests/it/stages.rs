@@ -703,3 +703,99 @@ fn logs_off_a_terminal_are_plain_and_undefined_metrics_read_n_a() {
         "the score stage's noise line: {stderr}"
     );
 }
+
+/// Two recipes of one call (a glob), one made to fail in its score stage (a truth file
+/// without the `true_label` column): the other run finishes, the failure is listed with its
+/// error and the call exits non-zero; run again with `--jobs 2`, the finished run is skipped
+/// and the failure listed again; `runner report` shows the finished run's results and the
+/// failed run with its state.
+#[test]
+fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipes = tmp.path().join("recipes");
+    std::fs::create_dir(&recipes).unwrap();
+    let quickstart =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart.toml");
+    let bad_truth = tmp.path().join("truth.tsv");
+    std::fs::write(&bad_truth, "path\tgiven_label\nx.jpg\t0\n").unwrap();
+    std::fs::write(
+        recipes.join("good.toml"),
+        format!("extends = {:?}\n", quickstart.display().to_string()),
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("broken.toml"),
+        format!(
+            "extends = {:?}\n[clean]\ntruth = {:?}\n",
+            quickstart.display().to_string(),
+            bad_truth.display().to_string()
+        ),
+    )
+    .unwrap();
+    let glob = recipes.join("*.toml").display().to_string();
+    let mut args = vec![glob.as_str()];
+    args.extend(TINY);
+    args.extend(SMALL);
+
+    let check_failed = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("1 of 2 runs failed"), "{stderr}");
+        let listed = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with("broken:"))
+            .unwrap_or_else(|| panic!("the failure is listed: {stderr}"));
+        assert!(listed.contains("true_label"), "{listed}");
+    };
+    let first = runner(tmp.path(), &args, &[]);
+    check_failed(&first);
+    let good_status = tmp.path().join("runs/good/status.json");
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&good_status).unwrap()).unwrap();
+    assert_eq!(status["state"], "finished");
+    let written = std::fs::metadata(&good_status).unwrap().modified().unwrap();
+
+    args.extend(["--jobs", "2"]);
+    let second = runner(tmp.path(), &args, &[]);
+    check_failed(&second);
+    assert_eq!(
+        std::fs::metadata(&good_status).unwrap().modified().unwrap(),
+        written,
+        "the finished run was skipped, its folder untouched"
+    );
+
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["report", "--format", "csv"])
+        .arg(tmp.path().join("runs"))
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    // Accuracies and AUC depend on float rounding, times on the machine, folders on the
+    // temporary folder: masked. The state (last column) may hold commas.
+    let csv = String::from_utf8_lossy(&report.stdout);
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert_eq!(
+        header,
+        "run,clean.truth,images,top1,top5,noise_auc,seconds,state"
+    );
+    let mut text = format!("{header}\n");
+    for line in lines {
+        let fields: Vec<String> = line
+            .replace(&tmp.path().display().to_string(), "<tmp>")
+            .splitn(8, ',')
+            .enumerate()
+            .map(|(i, f)| match (3..=6).contains(&i) && !f.is_empty() {
+                true => "x".to_string(),
+                false => f.to_string(),
+            })
+            .collect();
+        text.push_str(&fields.join(","));
+        text.push('\n');
+    }
+    insta::assert_snapshot!(text);
+}
