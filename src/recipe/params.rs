@@ -173,6 +173,9 @@ pub enum CleanRule {
     Threshold(f64),
     /// Discard this share of each class, lowest scores first.
     Fraction(f64),
+    /// Keep only the samples the truth file says are labelled correctly: the upper bound of
+    /// any cleaning, for experiments (it reads the answer, so it is never a method).
+    Oracle,
 }
 
 /// `[labels]`: hard labels, or soft labels that weight each sample's loss by λ.

@@ -217,6 +217,9 @@ pub enum RawCleanRule {
     None,
     Threshold,
     Fraction,
+    /// Keep only what the truth file says is labelled correctly (an upper bound for
+    /// experiments; needs `clean.truth` or the synthetic dataset).
+    Oracle,
 }
 
 /// Hard labels, or soft labels that weight each sample's loss by λ.

@@ -75,6 +75,7 @@ fn clean(c: &CleanParams) -> toml::Table {
         CleanRule::None => ("none", None),
         CleanRule::Threshold(v) => ("threshold", Some(v)),
         CleanRule::Fraction(v) => ("fraction", Some(v)),
+        CleanRule::Oracle => ("oracle", None),
     };
     t.insert("rule".into(), kind.into());
     if let Some(value) = value {

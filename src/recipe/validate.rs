@@ -183,6 +183,16 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
         );
     }
     memory(&mut v, &dataset, &text, &lda, &train, &eval);
+    if clean.rule == CleanRule::Oracle
+        && clean.truth.is_none()
+        && dataset.format != DatasetFormat::Synthetic
+    {
+        v.error(
+            "clean.rule",
+            "\"oracle\" keeps what a truth file says is labelled correctly: set `clean.truth` \
+             (the generated dataset brings its own)",
+        );
+    }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
         v.error(
             "train.sampler",
@@ -436,6 +446,7 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
                 CleanRule::None
             }
         },
+        RawCleanRule::Oracle => CleanRule::Oracle,
     };
     CleanParams {
         similarity: match raw.similarity.unwrap_or(RawSimilarity::Dot) {

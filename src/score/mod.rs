@@ -15,13 +15,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use rules::{
-    auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, scores, similarity,
+    auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, oracle_kept, scores,
+    similarity,
 };
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
 
 use crate::plot::{self, PlotError};
-use crate::recipe::params::{CleanParams, LabelParams, Similarity};
+use crate::recipe::params::{CleanParams, CleanRule, LabelParams, Similarity};
 
 pub const CLASSES_FILE: &str = "classes.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -55,6 +56,8 @@ pub enum ScoreError {
     Plot(#[from] PlotError),
     #[error("inputs disagree: {0}")]
     Inputs(String),
+    #[error("clean.rule = \"oracle\" needs a truth file, and the dataset brought none: set `clean.truth`")]
+    OracleWithoutTruth,
 }
 
 impl ScoreError {
@@ -134,7 +137,15 @@ pub fn run_stage(
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
     let classes = inputs.class_names.len();
     let score = scores(inputs.topics, inputs.labels, classes, clean.similarity);
-    let keep = kept(&score, inputs.labels, classes, clean);
+    let noisy = match &clean.truth {
+        Some(path) => Some(read_truth(path)?.noisy_by_sample(inputs.paths, inputs.labels)),
+        None => None,
+    };
+    let keep = match (clean.rule, &noisy) {
+        (CleanRule::Oracle, Some(noisy)) => oracle_kept(noisy),
+        (CleanRule::Oracle, None) => return Err(ScoreError::OracleWithoutTruth),
+        _ => kept(&score, inputs.labels, classes, clean),
+    };
     let lambda = lambdas(&score, inputs.labels, classes, labels);
     let rows: Vec<ScoreRow> = (0..score.len())
         .map(|i| ScoreRow {
@@ -148,10 +159,6 @@ pub fn run_stage(
     let table = ScoreTable::new(rows);
     table.save(dir, inputs.paths)?;
 
-    let noisy = match &clean.truth {
-        Some(path) => Some(read_truth(path)?.noisy_by_sample(inputs.paths, inputs.labels)),
-        None => None,
-    };
     let class_summaries = summarise_classes(inputs, &score, &keep, noisy.as_deref());
     let summary = ScoreSummary {
         similarity: clean.similarity,

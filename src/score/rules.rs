@@ -68,12 +68,17 @@ pub fn by_class_ascending(scores: &[f64], labels: &[u32], classes: usize) -> Vec
 /// fewer than `small_class` samples discards `small_class_factor` times that many.
 pub fn kept(scores: &[f64], labels: &[u32], classes: usize, clean: &CleanParams) -> Vec<bool> {
     let mut keep = vec![true; scores.len()];
+    if clean.rule == CleanRule::Oracle {
+        // Not a rule on scores: [`oracle_kept`] decides from the truth file.
+        return keep;
+    }
     for members in by_class_ascending(scores, labels, classes) {
         let n = members.len();
         let by_rule = match clean.rule {
             CleanRule::None => 0.0,
             CleanRule::Threshold(t) => members.iter().filter(|&&i| scores[i] < t).count() as f64,
             CleanRule::Fraction(f) => f * n as f64,
+            CleanRule::Oracle => 0.0,
         };
         let factor = if n < clean.small_class {
             clean.small_class_factor
@@ -86,6 +91,12 @@ pub fn kept(scores: &[f64], labels: &[u32], classes: usize, clean: &CleanParams)
         }
     }
     keep
+}
+
+/// The oracle's choice: the samples the truth file says are labelled correctly (`noisy` is
+/// `Some(false)`); a sample the truth file does not list is discarded with the noisy ones.
+pub fn oracle_kept(noisy: &[Option<bool>]) -> Vec<bool> {
+    noisy.iter().map(|n| *n == Some(false)).collect()
 }
 
 /// Loss weight λ ∈ [0, 1] of every sample (1 everywhere for hard labels).

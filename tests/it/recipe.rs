@@ -328,6 +328,30 @@ fn values_outside_a_range_get_the_same_words_on_either_side() {
     assert_eq!(expected(&below_zero), expected(&zero));
 }
 
+/// The oracle reads the truth file: refused at `clean.rule` where there is none (web data
+/// without `clean.truth`); the generated dataset brings its own.
+#[test]
+fn the_oracle_needs_a_truth_file() {
+    let msg = error(
+        "recipes/quickstart.toml",
+        &[
+            "dataset.format=\"webvision\"",
+            "dataset.root=\".\"",
+            "clean.rule=\"oracle\"",
+        ],
+    );
+    assert!(
+        msg.contains("clean.rule") && msg.contains("clean.truth"),
+        "{msg}"
+    );
+    let recipes = recipe::load(
+        &["recipes/quickstart.toml".into()],
+        &["clean.rule=\"oracle\"".into()],
+    )
+    .unwrap();
+    assert_eq!(recipes[0].clean.rule, recipe::CleanRule::Oracle);
+}
+
 /// Every size that drives an allocation is held to the memory budget at validation, with
 /// what it would take: `lda.topics = 100000000` used to pass and then abort on a 53 GB
 /// allocation.

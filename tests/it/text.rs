@@ -691,6 +691,54 @@ fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
     assert_eq!(score::or_na(cleaned.precision), "1");
 }
 
+/// The oracle keeps exactly what the truth file says is labelled correctly, whatever the
+/// scores say (here the best-scored sample is the mislabelled one), and discards a sample the
+/// truth file does not list; without a truth file it is an error, not a silent "keep all".
+#[test]
+fn the_oracle_keeps_exactly_the_correctly_labelled_samples() {
+    let topics = vec![
+        vec![0.9, 0.1],
+        vec![0.5, 0.5],
+        vec![1.0, 0.0],
+        vec![0.8, 0.2],
+    ];
+    let labels = [0, 0, 0, 0];
+    let paths: Vec<String> = (0..4).map(|i| format!("s/{i}.jpg")).collect();
+    let names = vec!["tench".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.tsv");
+    // s/2.jpg (the best score) is mislabelled; s/3.jpg is not listed.
+    std::fs::write(
+        &truth,
+        "path\tgiven_label\ttrue_label\ns/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t4\n",
+    )
+    .unwrap();
+    let inputs = ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &names,
+        image: None,
+    };
+    let oracle = CleanParams {
+        rule: CleanRule::Oracle,
+        truth: Some(truth.clone()),
+        ..Recipe::default().clean
+    };
+    let summary = score::run_stage(&inputs, &oracle, &LabelParams::Hard, dir.path()).unwrap();
+    assert_eq!(ScoreTable::load(dir.path()).unwrap().kept_ids(), [0, 1]);
+    let noise = summary.noise.unwrap();
+    assert_eq!(noise.unmatched, 1);
+    assert_eq!((noise.precision, noise.recall), (Some(1.0), Some(1.0)));
+
+    let blind = CleanParams {
+        truth: None,
+        ..oracle
+    };
+    let err = score::run_stage(&inputs, &blind, &LabelParams::Hard, dir.path()).unwrap_err();
+    assert!(err.to_string().contains("needs a truth file"), "{err}");
+}
+
 /// λ and the trainer's other [K, V] matrices are reserved up front: where they cannot be had
 /// (here 32 PiB each, past any address space), the stage gets an error, not an abort.
 #[test]
