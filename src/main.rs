@@ -15,7 +15,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 use websieve::recipe::{self, Recipe};
 use websieve::runtime::World;
-use websieve::stage::{RunContext, RunEnd, RunLog, StageKind, Workspace, RUN_LOG_ONLY};
+use websieve::stage::{RunContext, RunEnd, RunFolder, RunLog, StageKind, Workspace, RUN_LOG_ONLY};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -372,6 +372,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .collect()
     };
+    print_comparison(&ws, &recipes);
     let failed: Vec<&(String, Result<(), String>)> =
         ends.iter().filter(|(_, r)| r.is_err()).collect();
     if failed.is_empty() {
@@ -384,6 +385,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     bail!("{message}")
+}
+
+/// The report of the runs of this call, side by side (as `runner report` prints it).
+fn print_comparison(ws: &Workspace, recipes: &[Recipe]) {
+    let runs: Vec<websieve::report::RunSummary> = recipes
+        .iter()
+        .map(|r| ws.run_folder(&r.name))
+        .filter(|folder| RunFolder::is_run(folder.dir()))
+        .filter_map(|folder| websieve::report::load_run(folder.dir()).ok())
+        .collect();
+    if runs.len() > 1 {
+        let options = websieve::report::ReportOptions::default();
+        println!("\n{}", websieve::report::render_report(&runs, &options));
+    }
 }
 
 /// Says how a run ended: its table when it evaluated, where its folder is.
