@@ -646,45 +646,69 @@ fn score_tables_on_hand_made_vectors() {
     assert_eq!(table.get(1).unwrap().lambda, 1.0);
 }
 
+/// One class ("tench") of samples `s/<i>.jpg` with the given topic vectors, and a truth file
+/// with the given rows (path, given label, true label) in a temporary folder.
+struct OneClass {
+    topics: Vec<Vec<f32>>,
+    labels: Vec<u32>,
+    paths: Vec<String>,
+    names: Vec<String>,
+    dir: tempfile::TempDir,
+    truth: std::path::PathBuf,
+}
+
+impl OneClass {
+    fn new(topics: Vec<Vec<f32>>, truth_rows: &str) -> OneClass {
+        let dir = tempfile::tempdir().unwrap();
+        let truth = dir.path().join("truth.tsv");
+        let text = format!("path\tgiven_label\ttrue_label\n{truth_rows}");
+        std::fs::write(&truth, text).unwrap();
+        OneClass {
+            labels: vec![0; topics.len()],
+            paths: (0..topics.len()).map(|i| format!("s/{i}.jpg")).collect(),
+            names: vec!["tench".to_string()],
+            topics,
+            dir,
+            truth,
+        }
+    }
+
+    fn inputs(&self) -> ScoreInputs<'_> {
+        ScoreInputs {
+            topics: &self.topics,
+            labels: &self.labels,
+            paths: &self.paths,
+            class_names: &self.names,
+            image: None,
+        }
+    }
+}
+
 /// Precision and recall of the discarding are undefined where nothing is discarded (rule
 /// "none"): `None`, `null` in summary.json and "n/a" where shown, not a misleading 0.
 #[test]
 fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
-    let topics = vec![vec![0.9, 0.1], vec![1.0, 0.0], vec![0.1, 0.9]];
-    let labels = [0, 0, 0];
-    let paths: Vec<String> = (0..3).map(|i| format!("s/{i}.jpg")).collect();
-    let names = vec!["tench".to_string()];
-    let dir = tempfile::tempdir().unwrap();
-    let truth = dir.path().join("truth.tsv");
-    std::fs::write(
-        &truth,
-        "path\tgiven_label\ttrue_label\ns/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t-1\n",
-    )
-    .unwrap();
-    let inputs = ScoreInputs {
-        topics: &topics,
-        labels: &labels,
-        paths: &paths,
-        class_names: &names,
-        image: None,
-    };
+    let class = OneClass::new(
+        vec![vec![0.9, 0.1], vec![1.0, 0.0], vec![0.1, 0.9]],
+        "s/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t-1\n",
+    );
+    let (inputs, dir) = (class.inputs(), class.dir.path());
     let noise = |rule| {
         let clean = CleanParams {
             similarity: Similarity::Cosine,
             rule,
-            truth: Some(truth.clone()),
+            truth: Some(class.truth.clone()),
             ..Recipe::default().clean
         };
-        let summary = score::run_stage(&inputs, &clean, &LabelParams::Hard, dir.path()).unwrap();
+        let summary = score::run_stage(&inputs, &clean, &LabelParams::Hard, dir).unwrap();
         summary.noise.unwrap()
     };
     let kept_all = noise(CleanRule::None);
     assert_eq!((kept_all.precision, kept_all.recall), (None, None));
     assert_eq!(score::or_na(kept_all.precision), "n/a");
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join(score::SUMMARY_FILE)).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(score::SUMMARY_FILE)).unwrap())
+            .unwrap();
     assert!(json["noise"]["precision"].is_null(), "{json}");
     let cleaned = noise(CleanRule::Threshold(0.8));
     assert_eq!((cleaned.precision, cleaned.recall), (Some(1.0), Some(1.0)));
@@ -696,37 +720,24 @@ fn noise_precision_and_recall_are_undefined_when_nothing_is_discarded() {
 /// truth file does not list; without a truth file it is an error, not a silent "keep all".
 #[test]
 fn the_oracle_keeps_exactly_the_correctly_labelled_samples() {
-    let topics = vec![
-        vec![0.9, 0.1],
-        vec![0.5, 0.5],
-        vec![1.0, 0.0],
-        vec![0.8, 0.2],
-    ];
-    let labels = [0, 0, 0, 0];
-    let paths: Vec<String> = (0..4).map(|i| format!("s/{i}.jpg")).collect();
-    let names = vec!["tench".to_string()];
-    let dir = tempfile::tempdir().unwrap();
-    let truth = dir.path().join("truth.tsv");
     // s/2.jpg (the best score) is mislabelled; s/3.jpg is not listed.
-    std::fs::write(
-        &truth,
-        "path\tgiven_label\ttrue_label\ns/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t4\n",
-    )
-    .unwrap();
-    let inputs = ScoreInputs {
-        topics: &topics,
-        labels: &labels,
-        paths: &paths,
-        class_names: &names,
-        image: None,
-    };
+    let class = OneClass::new(
+        vec![
+            vec![0.9, 0.1],
+            vec![0.5, 0.5],
+            vec![1.0, 0.0],
+            vec![0.8, 0.2],
+        ],
+        "s/0.jpg\t0\t0\ns/1.jpg\t0\t0\ns/2.jpg\t0\t4\n",
+    );
+    let (inputs, dir) = (class.inputs(), class.dir.path());
     let oracle = CleanParams {
         rule: CleanRule::Oracle,
-        truth: Some(truth.clone()),
+        truth: Some(class.truth.clone()),
         ..Recipe::default().clean
     };
-    let summary = score::run_stage(&inputs, &oracle, &LabelParams::Hard, dir.path()).unwrap();
-    assert_eq!(ScoreTable::load(dir.path()).unwrap().kept_ids(), [0, 1]);
+    let summary = score::run_stage(&inputs, &oracle, &LabelParams::Hard, dir).unwrap();
+    assert_eq!(ScoreTable::load(dir).unwrap().kept_ids(), [0, 1]);
     let noise = summary.noise.unwrap();
     assert_eq!(noise.unmatched, 1);
     assert_eq!((noise.precision, noise.recall), (Some(1.0), Some(1.0)));
@@ -735,7 +746,7 @@ fn the_oracle_keeps_exactly_the_correctly_labelled_samples() {
         truth: None,
         ..oracle
     };
-    let err = score::run_stage(&inputs, &blind, &LabelParams::Hard, dir.path()).unwrap_err();
+    let err = score::run_stage(&inputs, &blind, &LabelParams::Hard, dir).unwrap_err();
     assert!(err.to_string().contains("needs a truth file"), "{err}");
 }
 
