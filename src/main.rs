@@ -63,7 +63,7 @@ enum Command {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points\n  runner report runs/imagenette --group-by-seed --format md"
+    after_help = "Examples:\n  runner report runs/clean runs/softlabel\n  runner report runs/ablation   # every run below it, e.g. a sweep's points\n  runner report runs/imagenette --group-by-seed --format md\n  runner report runs/imagenette --html report   # then open report/index.html"
 )]
 struct ReportArgs {
     /// Run folders (with recipe.resolved.toml), or folders holding runs.
@@ -75,6 +75,11 @@ struct ReportArgs {
     /// Fold runs that differ only in train.seed into one row: mean ± standard deviation.
     #[arg(long)]
     group_by_seed: bool,
+    /// Also write one static page (index.html and its PNGs) into this folder: the table,
+    /// training curves, score histograms, the lowest-scored images with their page text,
+    /// confusion matrices and per-class tables.
+    #[arg(long, value_name = "DIR")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -293,6 +298,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 group_by_seed: args.group_by_seed,
             };
             print!("{}", report_with(&args.runs, &options)?);
+            if let Some(dir) = &args.html {
+                let runs = websieve::report::find_runs(&args.runs)?
+                    .iter()
+                    .map(|dir| websieve::report::load_run(dir))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let page = websieve::report::write_html(&runs, &options, dir)?;
+                println!("report page: {}", page.display());
+            }
             Ok(())
         }
         Some(Command::Bench(bench)) => cli::bench::run(bench),
@@ -387,7 +400,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     bail!("{message}")
 }
 
-/// The report of the runs of this call, side by side (as `runner report` prints it).
+/// The report of the runs of this call, side by side (as `runner report` prints it), and its
+/// page in `<runs>/report/`.
 fn print_comparison(ws: &Workspace, recipes: &[Recipe]) {
     let runs: Vec<websieve::report::RunSummary> = recipes
         .iter()
@@ -398,6 +412,10 @@ fn print_comparison(ws: &Workspace, recipes: &[Recipe]) {
     if runs.len() > 1 {
         let options = websieve::report::ReportOptions::default();
         println!("\n{}", websieve::report::render_report(&runs, &options));
+        match websieve::report::write_html(&runs, &options, &ws.runs.join("report")) {
+            Ok(page) => println!("report page: {}", page.display()),
+            Err(e) => eprintln!("warning: the report page was not written: {e:#}"),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Shared PNG helpers: an overlaid histogram and an image contact sheet (grid with
-//! captions). Text uses DejaVu Sans from /usr/share/fonts when it is installed; without it
+//! Shared PNG helpers: an overlaid histogram (with an optional cut line), line charts, image
+//! thumbnails and a contact sheet (grid with captions), all written with PNG's best
+//! compression. Text uses DejaVu Sans from /usr/share/fonts when it is installed; without it
 //! the same pictures are drawn without any text.
 
 use std::path::{Path, PathBuf};
@@ -58,12 +59,20 @@ pub fn font_available() -> bool {
     })
 }
 
-/// Histograms of several series over one shared range, overlaid semi-transparently.
+/// A vertical line across a histogram at `at`, named in the legend by `label`.
+pub struct Cut {
+    pub at: f64,
+    pub label: String,
+}
+
+/// Histograms of several series over one shared range, overlaid semi-transparently, with
+/// `cut` drawn as a dashed vertical line.
 pub fn histogram(
     path: &Path,
     title: &str,
     series: &[(&str, &[f64])],
     bins: usize,
+    cut: Option<&Cut>,
 ) -> Result<(), PlotError> {
     let err = draw_error(path);
     let values = series
@@ -91,54 +100,201 @@ pub fn histogram(
         .collect();
     let top = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
     let with_text = font_available();
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(16);
-    if with_text {
-        builder
-            .caption(title, (FONT, 22))
-            .x_label_area_size(36)
-            .y_label_area_size(56);
-    }
-    let mut chart = builder
-        .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
-        .map_err(|e| err(e.to_string()))?;
-    if with_text {
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_desc("score")
-            .y_desc("samples")
-            .label_style((FONT, 14))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-    }
-    for (i, ((name, _), c)) in series.iter().zip(&counts).enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let bars = c.iter().enumerate().map(move |(b, &n)| {
-            let x0 = lo + b as f64 * width;
-            Rectangle::new([(x0, 0), (x0 + width, n)], colour.mix(0.5).filled())
-        });
-        let drawn = chart.draw_series(bars).map_err(|e| err(e.to_string()))?;
+    let (canvas_w, canvas_h) = (900, 540);
+    let mut raw = vec![255u8; (canvas_w * canvas_h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut raw, (canvas_w, canvas_h)).into_drawing_area();
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(16);
         if with_text {
-            drawn
-                .label(format!("{name} ({})", c.iter().sum::<u32>()))
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
-                });
+            builder
+                .caption(title, (FONT, 22))
+                .x_label_area_size(36)
+                .y_label_area_size(56);
         }
-    }
-    if with_text {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font((FONT, 14))
-            .draw()
+        let mut chart = builder
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
             .map_err(|e| err(e.to_string()))?;
+        if with_text {
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_desc("score")
+                .y_desc("samples")
+                .label_style((FONT, 14))
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }
+        for (i, ((name, _), c)) in series.iter().zip(&counts).enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let bars = c.iter().enumerate().map(move |(b, &n)| {
+                let x0 = lo + b as f64 * width;
+                Rectangle::new([(x0, 0), (x0 + width, n)], colour.mix(0.5).filled())
+            });
+            let drawn = chart.draw_series(bars).map_err(|e| err(e.to_string()))?;
+            if with_text {
+                drawn
+                    .label(format!("{name} ({})", c.iter().sum::<u32>()))
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
+                    });
+            }
+        }
+        if let Some(cut) = cut.filter(|c| c.at.is_finite()) {
+            let at = cut.at.clamp(lo, hi);
+            let y_top = top + top / 10;
+            let dashes = (0..20u32).map(|k| {
+                let (a, b) = (y_top * k / 20, (y_top * k / 20 + y_top / 40).min(y_top));
+                PathElement::new(vec![(at, a), (at, b)], BLACK.stroke_width(2))
+            });
+            let drawn = chart.draw_series(dashes).map_err(|e| err(e.to_string()))?;
+            if with_text {
+                drawn.label(cut.label.clone()).legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(2))
+                });
+            }
+        }
+        if with_text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 14))
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
     }
-    root.present().map_err(|e| err(e.to_string()))
+    save_png(
+        path,
+        &RgbImage::from_raw(canvas_w, canvas_h, raw).expect("buffer keeps its size"),
+    )
+}
+
+/// One line of a [`lines`] chart: its name and its (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Line charts of `series` over shared axes (`log_y`: a logarithmic y axis, for losses;
+/// points with y ≤ 0 are then left out).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[Series],
+    log_y: bool,
+) -> Result<(), PlotError> {
+    let err = draw_error(path);
+    let usable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0);
+    let points = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().filter(|p| usable(p)))
+    };
+    let bounds = |f: fn(&(f64, f64)) -> f64| {
+        points()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
+    };
+    let widen = |(lo, hi): (f64, f64)| match (lo.is_finite(), hi > lo) {
+        (true, true) => (lo, hi),
+        (true, false) => (lo - 0.5 * lo.abs().max(1e-3), hi + 0.5 * hi.abs().max(1e-3)),
+        _ => (0.0, 1.0),
+    };
+    let (x0, x1) = widen(bounds(|p| p.0));
+    let (y0, y1) = widen(bounds(|p| p.1));
+    let with_text = font_available();
+    let (width, height) = (640, 360);
+    let mut raw = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut raw, (width, height)).into_drawing_area();
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(12);
+        if with_text {
+            builder
+                .caption(title, (FONT, 18))
+                .x_label_area_size(32)
+                .y_label_area_size(60);
+        }
+        // One drawing routine for both axis kinds: plotters types them differently.
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart.map_err(|e| err(e.to_string()))?;
+                if with_text {
+                    chart
+                        .configure_mesh()
+                        .x_desc(x_desc)
+                        .y_desc(y_desc)
+                        .label_style((FONT, 12))
+                        .draw()
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                for (i, s) in series.iter().enumerate() {
+                    let colour = COLOURS[i % COLOURS.len()];
+                    let line = LineSeries::new(
+                        s.points.iter().copied().filter(|p| usable(p)),
+                        colour.stroke_width(2),
+                    );
+                    let drawn = chart.draw_series(line).map_err(|e| err(e.to_string()))?;
+                    if with_text {
+                        drawn.label(s.name.clone()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 14, y)], colour.stroke_width(2))
+                        });
+                    }
+                }
+                if with_text && !series.is_empty() {
+                    chart
+                        .configure_series_labels()
+                        .background_style(WHITE.mix(0.8))
+                        .border_style(BLACK)
+                        .label_font((FONT, 12))
+                        .draw()
+                        .map_err(|e| err(e.to_string()))?;
+                }
+            }};
+        }
+        if log_y {
+            draw!(builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()));
+        } else {
+            draw!(builder.build_cartesian_2d(x0..x1, y0..y1));
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    save_png(
+        path,
+        &RgbImage::from_raw(width, height, raw).expect("buffer keeps its size"),
+    )
+}
+
+/// `image` scaled (aspect kept) to fit a `side`×`side` square.
+pub fn thumbnail(image: &RgbImage, side: u32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let scale = side as f64 / w.max(h).max(1) as f64;
+    let (tw, th) = (
+        ((w as f64 * scale) as u32).clamp(1, side),
+        ((h as f64 * scale) as u32).clamp(1, side),
+    );
+    imageops::resize(image, tw, th, imageops::FilterType::Triangle)
+}
+
+/// Writes `image` as a PNG with the best compression and adaptive filtering: photos come out
+/// at about half the size of the default encoding.
+pub fn save_png(path: &Path, image: &RgbImage) -> Result<(), PlotError> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let save = || -> image::ImageResult<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let encoder =
+            PngEncoder::new_with_quality(file, CompressionType::Best, FilterType::Adaptive);
+        image.write_with_encoder(encoder)
+    };
+    save().map_err(|source| PlotError::Save {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// One image of a contact sheet and the line printed under it.
@@ -170,13 +326,8 @@ pub fn contact_sheet(
         )
     };
     for (i, c) in cells.iter().enumerate() {
-        let (w, h) = c.image.dimensions();
-        let scale = cell as f64 / w.max(h).max(1) as f64;
-        let (tw, th) = (
-            ((w as f64 * scale) as u32).max(1),
-            ((h as f64 * scale) as u32).max(1),
-        );
-        let thumb = imageops::resize(&c.image, tw, th, imageops::FilterType::Triangle);
+        let thumb = thumbnail(&c.image, cell);
+        let (tw, th) = thumb.dimensions();
         let (x, y) = origin(i);
         imageops::replace(
             &mut canvas,
@@ -206,10 +357,7 @@ pub fn contact_sheet(
         }
         canvas = RgbImage::from_raw(width, height, raw).expect("buffer keeps its size");
     }
-    canvas.save(path).map_err(|source| PlotError::Save {
-        path: path.to_path_buf(),
-        source,
-    })
+    save_png(path, &canvas)
 }
 
 #[cfg(test)]
@@ -225,6 +373,10 @@ mod tests {
             "scores",
             &[("a", &[0.1, 0.2, 0.2, 0.9]), ("b", &[0.5])],
             10,
+            Some(&Cut {
+                at: 0.3,
+                label: "cut".into(),
+            }),
         )
         .unwrap();
         assert_eq!(
@@ -249,5 +401,48 @@ mod tests {
         );
         // The first image's centre is red: images land in their cells.
         assert_eq!(img.get_pixel(4 + 16, title_h + 4 + 16), &Rgb([255, 0, 0]));
+    }
+
+    #[test]
+    fn the_cut_is_drawn_and_line_charts_take_a_log_axis() {
+        let dir = tempfile::tempdir().unwrap();
+        let draw = |cut: Option<&Cut>| {
+            let path = dir.path().join("h.png");
+            histogram(&path, "s", &[("a", &[0.0, 1.0])], 4, cut).unwrap();
+            image::open(&path).unwrap().to_rgb8()
+        };
+        let cut = Cut {
+            at: 0.6,
+            label: "cut".into(),
+        };
+        let (with, without) = (draw(Some(&cut)), draw(None));
+        let changed: Vec<u32> = (0..with.width())
+            .filter(|&x| {
+                (0..with.height()).any(|y| with.get_pixel(x, y) != without.get_pixel(x, y))
+            })
+            .collect();
+        // A line (2 px wide), not a smear, when there is no legend to draw.
+        if !font_available() {
+            assert!(!changed.is_empty() && changed.len() <= 3, "{changed:?}");
+        } else {
+            assert!(!changed.is_empty());
+        }
+
+        let path = dir.path().join("l.png");
+        let series = [
+            Series {
+                name: "loss".into(),
+                points: vec![(1.0, 2.0), (2.0, 0.5), (3.0, 0.0), (4.0, f64::NAN)],
+            },
+            Series {
+                name: "empty".into(),
+                points: vec![],
+            },
+        ];
+        lines(&path, "t", ("step", "loss"), &series, true).unwrap();
+        assert_eq!(
+            image::open(&path).unwrap().to_rgb8().dimensions(),
+            (640, 360)
+        );
     }
 }

@@ -32,6 +32,20 @@ pub struct SampleText {
     pub tags: Vec<String>,
 }
 
+impl SampleText {
+    /// Title, description and tags as one line, in that order, the missing ones left out.
+    pub fn joined(&self) -> String {
+        let mut parts: Vec<&str> = [&self.title, &self.description]
+            .into_iter()
+            .flatten()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        parts.extend(self.tags.iter().map(|t| t.as_str()));
+        parts.join(" · ")
+    }
+}
+
 /// Which part of a dataset a sample belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -8,6 +8,10 @@
 //! mean ± standard deviation. A folder without a recipe stands for the runs below it, so a
 //! sweep's `runs/<recipe>/` reports all its points.
 
+mod html;
+
+pub use html::{write_html, INDEX_FILE};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +36,12 @@ pub enum ReportError {
     Recipe(#[from] RecipeError),
     #[error("{0}")]
     Folder(Box<StageError>),
+    #[error("{0}")]
+    Score(#[from] crate::score::ScoreError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Plot(#[from] crate::plot::PlotError),
 }
 
 impl From<StageError> for ReportError {
@@ -283,75 +293,15 @@ impl Row {
 /// that differ between them, then the results; in text and Markdown, how many settings all
 /// runs share.
 pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
-    let differing = differing_settings(runs);
-    let mut keys = differing.clone();
-    let groups: Vec<Vec<&RunSummary>> = if options.group_by_seed {
-        keys.retain(|k| k != SEED_KEY);
-        let mut groups: Vec<Vec<&RunSummary>> = Vec::new();
-        for run in runs {
-            let same = |other: &&RunSummary| {
-                keys.iter()
-                    .all(|k| other.settings.get(k) == run.settings.get(k))
-            };
-            match groups.iter_mut().find(|g| same(&g[0])) {
-                Some(group) => group.push(run),
-                None => groups.push(vec![run]),
-            }
-        }
-        groups
-    } else {
-        runs.iter().map(|r| vec![r]).collect()
-    };
-    let rows: Vec<Row> = groups.iter().map(|g| Row::of(g, &keys)).collect();
-    let grouped = rows.iter().any(|r| !r.seeds.is_empty());
-    let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
-    let shared = all_keys.len() - differing.len();
-    let footer = format!("{shared} other setting(s) are the same in every run\n");
+    let Grouped {
+        rows,
+        keys,
+        grouped,
+        footer,
+    } = group_rows(runs, options);
     match options.format {
         ReportFormat::Text | ReportFormat::Markdown => {
-            let mut columns: Vec<(String, Align)> = vec![("run".into(), Align::Left)];
-            if grouped {
-                columns.push(("seeds".into(), Align::Left));
-            }
-            columns.extend(keys.iter().map(|k| (k.clone(), Align::Left)));
-            for (name, align) in [
-                ("images", Align::Right),
-                ("top-1", Align::Right),
-                ("top-5", Align::Right),
-                ("noise AUC", Align::Right),
-                ("time", Align::Right),
-                ("state", Align::Left),
-            ] {
-                columns.push((name.into(), align));
-            }
-            let cells = |m: &Option<Measure>, one: &dyn Fn(f64) -> String| {
-                m.map_or_else(|| "-".to_string(), |m| m.text(one))
-            };
-            let body: Vec<Vec<String>> = rows
-                .iter()
-                .map(|row| {
-                    let mut cells_row = vec![row.run.clone()];
-                    if grouped {
-                        cells_row.push(if row.seeds.is_empty() {
-                            "-".into()
-                        } else {
-                            row.seeds.join(",")
-                        });
-                    }
-                    cells_row.extend(
-                        row.settings
-                            .iter()
-                            .map(|v| v.clone().unwrap_or_else(|| "-".into())),
-                    );
-                    cells_row.push(cells(&row.images, &|v| format!("{v:.0}")));
-                    cells_row.push(cells(&row.top1, &|v| percent(Some(v))));
-                    cells_row.push(cells(&row.top5, &|v| percent(Some(v))));
-                    cells_row.push(cells(&row.noise_auc, &|v| format!("{v:.3}")));
-                    cells_row.push(cells(&row.seconds, &seconds_text));
-                    cells_row.push(row.state.clone());
-                    cells_row
-                })
-                .collect();
+            let (columns, body) = display_cells(&rows, &keys, grouped);
             let table = match options.format {
                 ReportFormat::Markdown => markdown(&columns, &body),
                 _ => {
@@ -426,6 +376,100 @@ pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
             text
         }
     }
+}
+
+/// The rows of a report, with the setting keys they show, whether some fold several seeds,
+/// and the footer saying how many settings all runs share.
+struct Grouped {
+    rows: Vec<Row>,
+    keys: Vec<String>,
+    grouped: bool,
+    footer: String,
+}
+
+fn group_rows(runs: &[RunSummary], options: &ReportOptions) -> Grouped {
+    let differing = differing_settings(runs);
+    let mut keys = differing.clone();
+    let groups: Vec<Vec<&RunSummary>> = if options.group_by_seed {
+        keys.retain(|k| k != SEED_KEY);
+        let mut groups: Vec<Vec<&RunSummary>> = Vec::new();
+        for run in runs {
+            let same = |other: &&RunSummary| {
+                keys.iter()
+                    .all(|k| other.settings.get(k) == run.settings.get(k))
+            };
+            match groups.iter_mut().find(|g| same(&g[0])) {
+                Some(group) => group.push(run),
+                None => groups.push(vec![run]),
+            }
+        }
+        groups
+    } else {
+        runs.iter().map(|r| vec![r]).collect()
+    };
+    let rows: Vec<Row> = groups.iter().map(|g| Row::of(g, &keys)).collect();
+    let grouped = rows.iter().any(|r| !r.seeds.is_empty());
+    let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
+    let shared = all_keys.len() - differing.len();
+    let footer = format!("{shared} other setting(s) are the same in every run\n");
+    Grouped {
+        rows,
+        keys,
+        grouped,
+        footer,
+    }
+}
+
+/// Column headers and formatted cells of the text, Markdown and HTML tables.
+fn display_cells(
+    rows: &[Row],
+    keys: &[String],
+    grouped: bool,
+) -> (Vec<(String, Align)>, Vec<Vec<String>>) {
+    let mut columns: Vec<(String, Align)> = vec![("run".into(), Align::Left)];
+    if grouped {
+        columns.push(("seeds".into(), Align::Left));
+    }
+    columns.extend(keys.iter().map(|k| (k.clone(), Align::Left)));
+    for (name, align) in [
+        ("images", Align::Right),
+        ("top-1", Align::Right),
+        ("top-5", Align::Right),
+        ("noise AUC", Align::Right),
+        ("time", Align::Right),
+        ("state", Align::Left),
+    ] {
+        columns.push((name.into(), align));
+    }
+    let cells = |m: &Option<Measure>, one: &dyn Fn(f64) -> String| {
+        m.map_or_else(|| "-".to_string(), |m| m.text(one))
+    };
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let mut cells_row = vec![row.run.clone()];
+            if grouped {
+                cells_row.push(if row.seeds.is_empty() {
+                    "-".into()
+                } else {
+                    row.seeds.join(",")
+                });
+            }
+            cells_row.extend(
+                row.settings
+                    .iter()
+                    .map(|v| v.clone().unwrap_or_else(|| "-".into())),
+            );
+            cells_row.push(cells(&row.images, &|v| format!("{v:.0}")));
+            cells_row.push(cells(&row.top1, &|v| percent(Some(v))));
+            cells_row.push(cells(&row.top5, &|v| percent(Some(v))));
+            cells_row.push(cells(&row.noise_auc, &|v| format!("{v:.3}")));
+            cells_row.push(cells(&row.seconds, &seconds_text));
+            cells_row.push(row.state.clone());
+            cells_row
+        })
+        .collect();
+    (columns, body)
 }
 
 /// A sweep point's name without its `train.seed=…` part: `clean/train.seed=0` → `clean`,

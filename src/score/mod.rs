@@ -2,8 +2,9 @@
 //! labels, reports: the `score` stage. In: topic vectors, labels, paths (and optionally the
 //! images and a truth file). Out, in the stage folder: `scores.tsv` (id, path, label, score,
 //! λ, kept: what training reads back through [`ScoreTable`]), `classes.tsv`, `summary.json`,
-//! `score_histogram.png`, and `lowest/<class>.png` contact sheets of each class's
-//! lowest-scored images.
+//! `score_histogram.png` (the discard cut drawn, the noise AUC in its title), and
+//! `lowest/<class>.png` contact sheets of the lowest-scored images of each class (of the
+//! [`SHEET_CLASSES`] lowest-scored classes, when there are more).
 
 mod rules;
 mod table;
@@ -28,8 +29,11 @@ pub const CLASSES_FILE: &str = "classes.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const HISTOGRAM_FILE: &str = "score_histogram.png";
 pub const LOWEST_DIR: &str = "lowest";
-/// Images per contact sheet.
-pub const SHEET_IMAGES: usize = 30;
+/// Images per contact sheet, and their side in pixels: a sheet is about 0.3 MB.
+pub const SHEET_IMAGES: usize = 24;
+const SHEET_CELL: u32 = 96;
+/// Contact sheets written at most: WebVision's 1000 classes would take 300 MB.
+pub const SHEET_CLASSES: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
@@ -180,7 +184,8 @@ pub fn run_stage(
         &dir.join(HISTOGRAM_FILE),
         &score,
         noisy.as_deref(),
-        clean.similarity,
+        &summary,
+        discard_cut(&score, &keep, inputs.labels, clean.rule).as_ref(),
     )?;
     if let Some(image) = inputs.image {
         write_contact_sheets(
@@ -189,6 +194,7 @@ pub fn run_stage(
             image,
             &score,
             noisy.as_deref(),
+            &summary.classes,
         )?;
     }
     Ok(summary)
@@ -322,20 +328,48 @@ fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError
     std::fs::write(path, out).map_err(|s| ScoreError::io(path, s))
 }
 
+/// Where the rule cuts, for the histogram: the threshold; for a share of each class, the
+/// median over classes of the highest discarded score; none for rules without a score cut.
+fn discard_cut(score: &[f64], keep: &[bool], labels: &[u32], rule: CleanRule) -> Option<plot::Cut> {
+    match rule {
+        CleanRule::Threshold(at) => Some(plot::Cut {
+            at,
+            label: format!("discard below {at}"),
+        }),
+        CleanRule::Fraction(share) => {
+            let mut highest: std::collections::BTreeMap<u32, f64> = Default::default();
+            for i in (0..score.len()).filter(|&i| !keep[i]) {
+                let h = highest.entry(labels[i]).or_insert(f64::NEG_INFINITY);
+                *h = h.max(score[i]);
+            }
+            let mut cuts: Vec<f64> = highest.into_values().collect();
+            cuts.sort_by(f64::total_cmp);
+            let at = *cuts.get(cuts.len() / 2)?;
+            Some(plot::Cut {
+                at,
+                label: format!("median class cut (lowest {}% of each class)", share * 100.0),
+            })
+        }
+        CleanRule::None | CleanRule::Oracle => None,
+    }
+}
+
 fn write_histogram(
     path: &Path,
     score: &[f64],
     noisy: Option<&[Option<bool>]>,
-    kind: Similarity,
+    summary: &ScoreSummary,
+    cut: Option<&plot::Cut>,
 ) -> Result<(), ScoreError> {
-    let title = format!(
-        "{} similarity to the class mean",
-        if kind == Similarity::Dot {
-            "dot"
-        } else {
-            "cosine"
-        }
-    );
+    let kind = match summary.similarity {
+        Similarity::Dot => "dot",
+        Similarity::Cosine => "cosine",
+    };
+    let auc = summary.noise.as_ref().and_then(|n| n.auc);
+    let title = match auc {
+        Some(auc) => format!("{kind} similarity to the class mean · noise AUC {auc:.3}"),
+        None => format!("{kind} similarity to the class mean"),
+    };
     let series: Vec<(String, Vec<f64>)> = match noisy {
         None => vec![("all samples".into(), score.to_vec())],
         Some(noisy) => [(false, "clean (truth)"), (true, "noisy (truth)")]
@@ -355,7 +389,7 @@ fn write_histogram(
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_slice()))
         .collect();
-    Ok(plot::histogram(path, &title, &borrowed, 40)?)
+    Ok(plot::histogram(path, &title, &borrowed, 40, cut)?)
 }
 
 fn write_contact_sheets(
@@ -364,11 +398,17 @@ fn write_contact_sheets(
     image: ImageFn,
     score: &[f64],
     noisy: Option<&[Option<bool>]>,
+    classes: &[ClassSummary],
 ) -> Result<(), ScoreError> {
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
+    let mut shown: Vec<&ClassSummary> = classes.iter().collect();
+    shown.sort_by(|a, b| a.mean_score.total_cmp(&b.mean_score));
+    shown.truncate(SHEET_CLASSES);
+    let shown: std::collections::BTreeSet<usize> = shown.iter().map(|c| c.label as usize).collect();
     for (label, members) in by_class_ascending(score, inputs.labels, inputs.class_names.len())
         .into_iter()
         .enumerate()
+        .filter(|(label, _)| shown.contains(label))
     {
         let cells: Vec<plot::Cell> = members
             .par_iter()
@@ -392,7 +432,7 @@ fn write_contact_sheets(
             &title,
             &cells,
             6,
-            128,
+            SHEET_CELL,
         )?;
     }
     Ok(())

@@ -8,6 +8,7 @@ mod eval;
 mod faults;
 mod ops;
 mod recipe;
+mod report;
 mod stages;
 mod text;
 mod train;

@@ -708,7 +708,7 @@ fn logs_off_a_terminal_are_plain_and_undefined_metrics_read_n_a() {
 /// without the `true_label` column): the other run finishes, the failure is listed with its
 /// error and the call exits non-zero; run again with `--jobs 2`, the finished run is skipped
 /// and the failure listed again; `runner report` shows the finished run's results and the
-/// failed run with its state.
+/// failed run with its state, and its page (`--html`) every section.
 #[test]
 fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -798,4 +798,5 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
         text.push('\n');
     }
     insta::assert_snapshot!(text);
+    crate::report::check_report_page(&tmp.path().join("runs"), &tmp.path().join("page"), "good");
 }
