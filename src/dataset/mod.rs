@@ -12,6 +12,7 @@ mod lines;
 pub mod synthetic;
 pub mod webvision;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -200,13 +201,42 @@ impl DatasetError {
     }
 }
 
+/// A list of a cleaned training set in the dataset's own format, as `runner export` writes
+/// it: the file name and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanList {
+    pub name: &'static str,
+    pub text: String,
+}
+
+/// The training lists of the dataset `params` describe, cut to the images (paths as listed)
+/// that `keep` holds, in the dataset's own format: WebVision's file and meta lists, jsonl's
+/// records, a file list for imagefolder. `work_dir` is where `synthetic` generated its files.
+pub fn clean_lists(
+    params: &DatasetParams,
+    work_dir: &Path,
+    keep: &HashSet<&str>,
+) -> Result<Vec<CleanList>, DatasetError> {
+    match params.format {
+        DatasetFormat::Webvision => webvision::clean_lists(root(params)?, &params.sources, keep),
+        DatasetFormat::Synthetic => {
+            webvision::clean_lists(&work_dir.join(synthetic::DIR), &params.sources, keep)
+        }
+        DatasetFormat::Imagefolder => imagefolder::clean_lists(root(params)?, keep),
+        DatasetFormat::Jsonl => jsonl::clean_lists(root(params)?, keep),
+    }
+}
+
+/// The root a dataset format other than `synthetic` needs.
+fn root(params: &DatasetParams) -> Result<&Path, DatasetError> {
+    params.root.as_deref().ok_or(DatasetError::NoRoot {
+        format: format_name(params.format),
+    })
+}
+
 /// Reads the dataset `params` describe. `work_dir` is where `synthetic` generates its files.
 pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, DatasetError> {
-    let root = || {
-        params.root.as_deref().ok_or(DatasetError::NoRoot {
-            format: format_name(params.format),
-        })
-    };
+    let root = || root(params);
     let mut index = match params.format {
         DatasetFormat::Webvision => webvision::read(root()?, &params.sources, params.val)?,
         DatasetFormat::Imagefolder => imagefolder::read(root()?, params.val)?,

@@ -19,15 +19,15 @@
 //! lengths (compared before any line is read), a path that leaves the root (`..` climbing out,
 //! an absolute path), a label beyond `synsets.txt`, a meta row out of range.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::lines::{Line, ListFile};
 use super::{
-    ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepair, FieldRepairs, QueryInfo,
-    Repair,
+    ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepair, FieldRepairs,
+    QueryInfo, Repair,
 };
 use crate::sample::{SampleText, Source};
 
@@ -40,29 +40,12 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
     let info = root.join("info");
     let classes = read_classes(&info.join("synsets.txt"))?;
     let queries = read_queries(&info)?;
-    let google = sources.contains(&Source::Google);
-    let flickr = sources.contains(&Source::Flickr);
-    let list = match (google, flickr) {
-        (true, true) | (false, false) => "all",
-        (true, false) => "google",
-        (false, true) => "flickr",
-    };
-    let files = ListFile::read(info.join(format!("train_filelist_{list}.txt")))?;
-    let metas = ListFile::read(info.join(format!("train_meta_list_{list}.txt")))?;
+    let (files, metas) = train_lists(root, sources)?;
     let mut pages = MetaCache {
         root,
         files: HashMap::new(),
         repaired: FieldRepairs::default(),
     };
-    let (file_lines, meta_lines) = (files.lines().count(), metas.lines().count());
-    if file_lines != meta_lines {
-        return Err(DatasetError::Misaligned {
-            files: files.path.clone(),
-            file_lines,
-            metas: metas.path.clone(),
-            meta_lines,
-        });
-    }
     let train = files
         .lines()
         .zip(metas.lines())
@@ -83,6 +66,62 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
         repaired: pages.repaired,
         truth: None,
     })
+}
+
+/// The training file list and meta list of `sources` (the `all` lists when both are asked
+/// for), checked to have as many lines.
+fn train_lists(root: &Path, sources: &[Source]) -> Result<(ListFile, ListFile), DatasetError> {
+    let info = root.join("info");
+    let google = sources.contains(&Source::Google);
+    let flickr = sources.contains(&Source::Flickr);
+    let list = match (google, flickr) {
+        (true, true) | (false, false) => "all",
+        (true, false) => "google",
+        (false, true) => "flickr",
+    };
+    let files = ListFile::read(info.join(format!("train_filelist_{list}.txt")))?;
+    let metas = ListFile::read(info.join(format!("train_meta_list_{list}.txt")))?;
+    let (file_lines, meta_lines) = (files.lines().count(), metas.lines().count());
+    if file_lines != meta_lines {
+        return Err(DatasetError::Misaligned {
+            files: files.path.clone(),
+            file_lines,
+            metas: metas.path.clone(),
+            meta_lines,
+        });
+    }
+    Ok((files, metas))
+}
+
+/// The lines of the training lists of `sources` whose image `keep` holds, as
+/// `train_filelist_clean.txt` and its line-aligned `train_meta_list_clean.txt`: lists in
+/// this layout that other tools (and websieve, in place of the originals) read.
+pub fn clean_lists(
+    root: &Path,
+    sources: &[Source],
+    keep: &HashSet<&str>,
+) -> Result<Vec<CleanList>, DatasetError> {
+    let (files, metas) = train_lists(root, sources)?;
+    let (mut file_list, mut meta_list) = (String::new(), String::new());
+    for (file_line, meta_line) in files.lines().zip(metas.lines()) {
+        let (path, _) = file_line.head_rest("path")?;
+        if keep.contains(path) {
+            file_list.push_str(file_line.text.trim_end());
+            file_list.push('\n');
+            meta_list.push_str(meta_line.text.trim_end());
+            meta_list.push('\n');
+        }
+    }
+    Ok(vec![
+        CleanList {
+            name: "train_filelist_clean.txt",
+            text: file_list,
+        },
+        CleanList {
+            name: "train_meta_list_clean.txt",
+            text: meta_list,
+        },
+    ])
 }
 
 fn read_classes(path: &Path) -> Result<Vec<ClassInfo>, DatasetError> {

@@ -11,6 +11,7 @@
 //! | `metrics.jsonl`        | training metrics per logged step (a copy of the train stage's)  |
 //! | `metrics.json`         | evaluation results (a copy of the eval stage's)                 |
 //! | `ensemble/`            | the ensemble's evaluation, when the recipe names one            |
+//! | `export/`              | per-sample verdicts and the cleaned lists (`runner export`)     |
 //!
 //! A run folder is locked (`.<name>.lock` beside it) while a runner writes it.
 
@@ -118,6 +119,8 @@ impl RunFolder {
     /// The score stage's summary (noise detection against a truth file, when known).
     pub const SCORE_SUMMARY: &'static str = "score_summary.json";
     pub const ENSEMBLE: &'static str = "ensemble";
+    /// What `runner export` writes by default (see [`crate::export`]).
+    pub const EXPORT: &'static str = "export";
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         RunFolder { dir: dir.into() }

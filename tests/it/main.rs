@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod docs;
 mod eval;
+mod export;
 mod faults;
 mod ops;
 mod recipe;
