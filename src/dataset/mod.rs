@@ -2,7 +2,9 @@
 //!
 //! In: a dataset root (or, for `synthetic`, the settings and a folder to generate into).
 //! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
-//! page text, in file-list order. No image is opened here; the ingest stage decodes them.
+//! page text, in file-list order, cut to the recipe's classes (`dataset.classes`, relabelled
+//! 0.. by [`LabelMap`]) and, for WebVision, to its sources. No image is opened here; the
+//! ingest stage decodes them, and every later stage sees only what the store holds.
 //! [`fingerprint`] summarises a root's files for the ingest stage's cache key.
 
 pub mod fingerprint;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::params::{DatasetFormat, DatasetParams};
+use crate::recipe::params::{ClassSubset, DatasetFormat, DatasetParams};
 use crate::sample::{SampleText, Source, Split};
 
 /// One class: its id (WordNet id or folder name) and a readable name.
@@ -71,6 +73,97 @@ impl DatasetIndex {
             Split::Train => &self.train,
             Split::Val => &self.val,
         }
+    }
+}
+
+/// The new label of each class under a [`ClassSubset`]: `None` for a class left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMap(Vec<Option<u32>>);
+
+impl LabelMap {
+    /// The classes `subset` keeps of `classes` (listed in `listed_in`), in the dataset's
+    /// order, and the map from their old labels; an error names the file and the class
+    /// asked for that is not there.
+    pub fn new(
+        classes: &[ClassInfo],
+        subset: &ClassSubset,
+        listed_in: &Path,
+    ) -> Result<(Vec<ClassInfo>, LabelMap), DatasetError> {
+        let fail = |message: String| DatasetError::Classes {
+            path: listed_in.to_path_buf(),
+            message,
+        };
+        let keep: Vec<bool> = match subset {
+            ClassSubset::All => vec![true; classes.len()],
+            ClassSubset::First(n) if *n > classes.len() => {
+                return Err(fail(format!(
+                    "\"first:{n}\" but the dataset has {} classes",
+                    classes.len()
+                )))
+            }
+            ClassSubset::First(n) => (0..classes.len()).map(|c| c < *n).collect(),
+            ClassSubset::Ids(ids) => {
+                if let Some(missing) = ids.iter().find(|id| !classes.iter().any(|c| &c.id == *id)) {
+                    return Err(fail(format!("{missing:?} is not one of its classes")));
+                }
+                classes.iter().map(|c| ids.contains(&c.id)).collect()
+            }
+        };
+        let mut next = 0u32;
+        let map = keep
+            .iter()
+            .map(|&k| {
+                k.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let kept = classes
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(c, _)| c.clone())
+            .collect();
+        Ok((kept, LabelMap(map)))
+    }
+
+    /// The new label of `label`; `None` when its class is left out (or unknown).
+    pub fn get(&self, label: u32) -> Option<u32> {
+        self.0.get(label as usize).copied().flatten()
+    }
+
+    /// The samples of kept classes, relabelled.
+    fn samples(&self, samples: Vec<DatasetSample>) -> Vec<DatasetSample> {
+        samples
+            .into_iter()
+            .filter_map(|s| {
+                let label = self.get(s.label)?;
+                Some(DatasetSample { label, ..s })
+            })
+            .collect()
+    }
+}
+
+impl DatasetIndex {
+    /// This index cut to the classes of `subset` (`listed_in`: where its classes come from,
+    /// for messages): every split and the queries, relabelled.
+    fn restrict(self, subset: &ClassSubset, listed_in: &Path) -> Result<Self, DatasetError> {
+        let (classes, map) = LabelMap::new(&self.classes, subset, listed_in)?;
+        Ok(DatasetIndex {
+            classes,
+            queries: self
+                .queries
+                .into_iter()
+                .filter_map(|q| {
+                    let label = map.get(q.label)?;
+                    Some(QueryInfo { label, ..q })
+                })
+                .collect(),
+            train: map.samples(self.train),
+            val: map.samples(self.val),
+            ..self
+        })
     }
 }
 
@@ -190,6 +283,8 @@ pub enum DatasetError {
     NoRoot { format: &'static str },
     #[error("synthetic dataset in {}: {message}", dir.display())]
     Synthetic { dir: PathBuf, message: String },
+    #[error("{}: dataset.classes: {message}", path.display())]
+    Classes { path: PathBuf, message: String },
 }
 
 impl DatasetError {
@@ -237,17 +332,18 @@ fn root(params: &DatasetParams) -> Result<&Path, DatasetError> {
 /// Reads the dataset `params` describe. `work_dir` is where `synthetic` generates its files.
 pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, DatasetError> {
     let root = || root(params);
+    let subset = &params.classes;
     let mut index = match params.format {
-        DatasetFormat::Webvision => webvision::read(root()?, &params.sources, params.val)?,
-        DatasetFormat::Imagefolder => imagefolder::read(root()?, params.val)?,
-        DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?,
+        DatasetFormat::Webvision => {
+            webvision::read_with(root()?, &params.sources, params.val, subset)?
+        }
+        DatasetFormat::Imagefolder => {
+            imagefolder::read(root()?, params.val)?.restrict(subset, root()?)?
+        }
+        DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?.restrict(subset, root()?)?,
         DatasetFormat::Synthetic => {
             let generated = synthetic::generate(&params.synthetic, work_dir)?;
-            let index = webvision::read(
-                &generated.root,
-                &[Source::Google, Source::Flickr],
-                params.val,
-            )?;
+            let index = webvision::read_with(&generated.root, &params.sources, params.val, subset)?;
             DatasetIndex {
                 truth: Some(generated.truth),
                 ..index

@@ -28,7 +28,39 @@ pub struct DatasetParams {
     pub val: bool,
     /// Keep at most this many training images per class (first in file-list order).
     pub max_per_class: Option<usize>,
+    /// The classes kept (every split), relabelled 0.. in the dataset's class order. Left out
+    /// of the serialized settings when it is every class, so that stage keys made before the
+    /// setting existed still hold.
+    #[serde(skip_serializing_if = "ClassSubset::is_all")]
+    pub classes: ClassSubset,
     pub synthetic: SyntheticParams,
+}
+
+/// `dataset.classes`: which of a dataset's classes a run keeps. Serialized as a recipe
+/// writes it: `"all"`, `"first:N"`, or the list of class ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassSubset {
+    All,
+    /// The first N classes of the dataset's class list (WebVision's `synsets.txt`).
+    First(usize),
+    /// These class ids (WordNet ids, folder names), in any order.
+    Ids(Vec<String>),
+}
+
+impl ClassSubset {
+    pub fn is_all(&self) -> bool {
+        *self == ClassSubset::All
+    }
+}
+
+impl Serialize for ClassSubset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClassSubset::All => s.serialize_str("all"),
+            ClassSubset::First(n) => s.serialize_str(&format!("first:{n}")),
+            ClassSubset::Ids(ids) => ids.serialize(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

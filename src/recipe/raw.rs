@@ -60,6 +60,11 @@ pub struct RawDataset {
     pub val: Option<bool>,
     /// Keep at most this many training images per class.
     pub max_per_class: Option<i64>,
+    /// The classes to keep, in every split: "all", "first:N" (the first N classes of the
+    /// dataset's class list, e.g. WebVision's synsets.txt: mini-WebVision is "first:50"), or a
+    /// list of class ids (WordNet ids, folder names). Kept classes are labelled 0.. in the
+    /// dataset's class order. Default: "all".
+    pub classes: Option<RawClasses>,
     pub synthetic: Option<RawSynthetic>,
 }
 
@@ -70,6 +75,14 @@ pub enum RawDatasetFormat {
     Imagefolder,
     Jsonl,
     Synthetic,
+}
+
+/// "all", "first:N", or a list of class ids.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawClasses {
+    Spec(String),
+    Ids(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

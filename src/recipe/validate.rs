@@ -347,7 +347,39 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         max_per_class: raw
             .max_per_class
             .and_then(|m| v.whole_in("dataset.max_per_class", m, 1..=largest::<usize>())),
+        classes: classes(v, raw.classes),
         synthetic,
+    }
+}
+
+fn classes(v: &mut Validator, raw: Option<RawClasses>) -> ClassSubset {
+    const KEY: &str = "dataset.classes";
+    match raw {
+        None => ClassSubset::All,
+        Some(RawClasses::Spec(spec)) if spec == "all" => ClassSubset::All,
+        Some(RawClasses::Spec(spec)) => {
+            match spec.strip_prefix("first:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 1 => ClassSubset::First(n),
+                _ => {
+                    v.error(
+                        KEY,
+                        format!(
+                            "{spec:?}: expected \"all\", \"first:N\" (N ≥ 1) or a list of class ids"
+                        ),
+                    );
+                    ClassSubset::All
+                }
+            }
+        }
+        Some(RawClasses::Ids(ids)) => {
+            let mut seen = std::collections::HashSet::new();
+            if ids.is_empty() {
+                v.error(KEY, "an empty list keeps no class");
+            } else if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+                v.error(KEY, format!("{twice:?} is listed twice"));
+            }
+            ClassSubset::Ids(ids)
+        }
     }
 }
 

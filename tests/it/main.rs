@@ -8,6 +8,7 @@ mod eval;
 mod export;
 mod faults;
 mod ops;
+mod protocol;
 mod recipe;
 mod stages;
 mod text;
