@@ -9,6 +9,7 @@
 
 pub mod fingerprint;
 pub mod imagefolder;
+pub mod imagenet_val;
 pub mod jsonl;
 mod lines;
 pub mod synthetic;
@@ -285,6 +286,14 @@ pub enum DatasetError {
     Synthetic { dir: PathBuf, message: String },
     #[error("{}: dataset.classes: {message}", path.display())]
     Classes { path: PathBuf, message: String },
+    #[error("{}: dataset.second_val has no image of the {classes} class(es) the run keeps (matched by class id: a label file of `<image> <wnid>` lines, or `<wnid>/` folders)", root.display())]
+    NoSecondVal { root: PathBuf, classes: usize },
+    #[error("{dataset}: not the counts dataset.expect asks for: {}; another release of the dataset (WebVision 2.0 read as 1.0), other lists or another validation set?", .problems.join("; "))]
+    Counts {
+        dataset: String,
+        /// One per count that differs: `train: 65944 expected, 981 listed`.
+        problems: Vec<String>,
+    },
 }
 
 impl DatasetError {
@@ -320,6 +329,57 @@ pub fn clean_lists(
         DatasetFormat::Imagefolder => imagefolder::clean_lists(root(params)?, keep),
         DatasetFormat::Jsonl => jsonl::clean_lists(root(params)?, keep),
     }
+}
+
+/// The second validation set of `params` (none without `dataset.second_val`), mapped to the
+/// classes `classes` (the run's, after `dataset.classes`) by class id.
+pub fn read_second_val(
+    params: &DatasetParams,
+    classes: &[ClassInfo],
+) -> Result<Vec<DatasetSample>, DatasetError> {
+    let Some(second) = &params.second_val else {
+        return Ok(Vec::new());
+    };
+    let samples = imagenet_val::read(&second.root, second.labels.as_deref(), classes)?;
+    if samples.is_empty() {
+        return Err(DatasetError::NoSecondVal {
+            root: second.root.clone(),
+            classes: classes.len(),
+        });
+    }
+    Ok(samples)
+}
+
+/// Refuses a dataset that lists other counts than `params.expect` asks for: `index` (after
+/// the class subset, the sources and the cap) and `second_val` images.
+pub fn check_expected(
+    params: &DatasetParams,
+    index: &DatasetIndex,
+    second_val: usize,
+) -> Result<(), DatasetError> {
+    let Some(expect) = &params.expect else {
+        return Ok(());
+    };
+    let problems: Vec<String> = [
+        ("classes", expect.classes, index.classes.len()),
+        ("train", expect.train, index.train.len()),
+        ("val", expect.val, index.val.len()),
+        ("second_val", expect.second_val, second_val),
+    ]
+    .into_iter()
+    .filter_map(|(what, expected, found)| {
+        let expected = expected?;
+        (expected != found).then(|| format!("{what}: {expected} expected, {found} listed"))
+    })
+    .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let dataset = match &params.root {
+        Some(root) => root.display().to_string(),
+        None => format!("the {} dataset", format_name(params.format)),
+    };
+    Err(DatasetError::Counts { dataset, problems })
 }
 
 /// The root a dataset format other than `synthetic` needs.

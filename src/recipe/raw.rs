@@ -65,6 +65,8 @@ pub struct RawDataset {
     /// list of class ids (WordNet ids, folder names). Kept classes are labelled 0.. in the
     /// dataset's class order. Default: "all".
     pub classes: Option<RawClasses>,
+    pub second_val: Option<RawSecondVal>,
+    pub expect: Option<RawExpect>,
     pub synthetic: Option<RawSynthetic>,
 }
 
@@ -75,6 +77,37 @@ pub enum RawDatasetFormat {
     Imagefolder,
     Jsonl,
     Synthetic,
+}
+
+/// A second validation set, ImageNet-style (e.g. ILSVRC2012 val for mini-WebVision),
+/// mapped to the dataset's classes by class id and evaluated beside the first. Images of
+/// classes the run does not keep are passed over.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecondVal {
+    /// How tables name it, e.g. "ILSVRC2012 val" ("second val" when unset).
+    pub name: Option<String>,
+    /// The images' folder, relative to the recipe's folder: the images `labels` lists, or
+    /// without `labels` one folder per class id (`<root>/<wnid>/*.JPEG`).
+    pub root: Option<String>,
+    /// A label file, relative to the recipe's folder: `<image path below root> <class id>`
+    /// per line.
+    pub labels: Option<String>,
+}
+
+/// Counts the dataset must list once cut to `classes` and `sources`; checked before any
+/// image is ingested (a WebVision 2.0 download read as 1.0 is caught here).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    /// Classes.
+    pub classes: Option<i64>,
+    /// Training images listed.
+    pub train: Option<i64>,
+    /// Validation images listed.
+    pub val: Option<i64>,
+    /// Images of the second validation set.
+    pub second_val: Option<i64>,
 }
 
 /// "all", "first:N", or a list of class ids.

@@ -348,8 +348,35 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
             .max_per_class
             .and_then(|m| v.whole_in("dataset.max_per_class", m, 1..=largest::<usize>())),
         classes: classes(v, raw.classes),
+        second_val: raw.second_val.and_then(|sv| second_val(v, sv)),
+        expect: raw.expect.map(|e| ExpectedCounts {
+            classes: e
+                .classes
+                .and_then(|n| v.whole_in("dataset.expect.classes", n, 1..=i64::MAX)),
+            train: e
+                .train
+                .and_then(|n| v.whole_in("dataset.expect.train", n, 0..=i64::MAX)),
+            val: e
+                .val
+                .and_then(|n| v.whole_in("dataset.expect.val", n, 0..=i64::MAX)),
+            second_val: e
+                .second_val
+                .and_then(|n| v.whole_in("dataset.expect.second_val", n, 0..=i64::MAX)),
+        }),
         synthetic,
     }
+}
+
+fn second_val(v: &mut Validator, raw: RawSecondVal) -> Option<SecondVal> {
+    let Some(root) = raw.root else {
+        v.error("dataset.second_val", "`root` is required");
+        return None;
+    };
+    Some(SecondVal {
+        name: raw.name.unwrap_or_else(|| "second val".into()),
+        root: v.path("dataset.second_val.root", &root),
+        labels: raw.labels.map(|l| v.path("dataset.second_val.labels", &l)),
+    })
 }
 
 fn classes(v: &mut Validator, raw: Option<RawClasses>) -> ClassSubset {

@@ -42,20 +42,28 @@ fn listed(root: &Path, list: &str, keep: impl Fn(u32) -> bool) -> Vec<(String, u
 fn a_class_subset_and_a_source_filter_hold_from_ingest_to_eval() {
     let tmp = tempfile::tempdir().unwrap();
     let root = generated(tmp.path(), 60);
-    let root_set = format!("dataset.root={:?}", root.display().to_string());
-    let mut args = vec![
-        "recipes/quickstart.toml",
-        "--set",
-        "dataset.format=\"webvision\"",
-        "--set",
-        &root_set,
-        "--set",
-        "dataset.classes=\"first:50\"",
-        "--set",
-        "dataset.sources=[\"google\"]",
-        "--set",
-        "text.min_count=1",
+    let labels = imagenet_labels(&root, &tmp.path().join("val_labels.txt"));
+    let expected = listed(&root, "train_filelist_google.txt", |l| l < 50);
+    let sets = [
+        "dataset.format=\"webvision\"".to_string(),
+        format!("dataset.root={:?}", root.display().to_string()),
+        "dataset.classes=\"first:50\"".into(),
+        "dataset.sources=[\"google\"]".into(),
+        "text.min_count=1".into(),
+        format!(
+            "dataset.second_val={{ name = \"ImageNet-style\", root = {:?}, labels = {:?} }}",
+            root.join("val_images_256").display().to_string(),
+            labels.display().to_string()
+        ),
+        format!(
+            "dataset.expect={{ classes = 50, train = {}, val = 50, second_val = 50 }}",
+            expected.len()
+        ),
     ];
+    let mut args = vec!["recipes/quickstart.toml"];
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
     args.extend(SMALL);
     let out = runner(tmp.path(), &args, &[]);
     assert!(
@@ -63,13 +71,14 @@ fn a_class_subset_and_a_source_filter_hold_from_ingest_to_eval() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\nImageNet-style:\n"), "{stdout}");
 
     let ingest = stage_dir(tmp.path(), "quickstart", "ingest");
     let store = Store::open(&ingest).unwrap();
     let header = store.header();
     assert_eq!(header.classes.len(), 50);
     assert_eq!(header.classes[49].id, "s0049");
-    let expected = listed(&root, "train_filelist_google.txt", |l| l < 50);
     assert!(expected.len() < listed(&root, "train_filelist_all.txt", |_| true).len());
     let reader = store.reader().unwrap();
     let stored: Vec<(String, u32)> = (0..store.len(Split::Train))
@@ -98,6 +107,92 @@ fn a_class_subset_and_a_source_filter_hold_from_ingest_to_eval() {
     assert_eq!(metrics.samples, 50);
     assert_eq!(metrics.per_class.len(), 50);
     assert!(metrics.per_class.iter().all(|c| c.samples == 1));
+    // The second validation set: its 60 images mapped by wnid, the 50 kept classes' scored.
+    let second: websieve::eval::EvalMetrics = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("runs/quickstart/metrics_second_val.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(second.samples, 50);
+    assert!(second.per_class.iter().all(|c| c.samples == 1));
+
+    // Counts other than the expected ones stop the run before any image is ingested.
+    let mut args = vec!["recipes/quickstart.toml", "--until", "ingest"];
+    let sets = [
+        sets[1].clone(),
+        sets[0].clone(),
+        "dataset.classes=\"first:50\"".into(),
+        "dataset.expect={ classes = 50, train = 65944, val = 2500 }".into(),
+    ];
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    let out = runner(tmp.path(), &args, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap()
+        .replace(&root.display().to_string(), "<root>");
+    insta::assert_snapshot!(error, @"error: stage `ingest` of run quickstart: <root>: not the counts dataset.expect asks for: train: 65944 expected, 145 listed; val: 2500 expected, 50 listed; another release of the dataset (WebVision 2.0 read as 1.0), other lists or another validation set?");
+    let refused = std::fs::read_dir(tmp.path().join("cache/ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "partial"))
+        .expect("the refused ingest's partial folder");
+    assert!(
+        !refused.join("store").exists(),
+        "the counts are checked before the store is opened"
+    );
+}
+
+/// An ILSVRC2012-style label file (`<image> <wnid>`) for the generated validation images.
+fn imagenet_labels(root: &Path, to: &Path) -> std::path::PathBuf {
+    let lines: String = listed(root, "val_filelist.txt", |_| true)
+        .into_iter()
+        .map(|(name, label)| format!("{name} s{label:04}\n"))
+        .collect();
+    std::fs::write(to, lines).unwrap();
+    to.to_path_buf()
+}
+
+/// Without a label file, the second validation set is one folder per wnid; folders of
+/// classes the run leaves out are passed over, and a set with none of its classes is named.
+#[test]
+fn a_second_val_set_in_wnid_folders_is_mapped_by_class_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = generated(tmp.path(), 6);
+    let folders = tmp.path().join("val");
+    for (name, label) in listed(&root, "val_filelist.txt", |_| true) {
+        let dir = folders.join(format!("s{label:04}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(root.join("val_images_256").join(&name), dir.join(&name)).unwrap();
+    }
+    let mut params = recipe::DatasetParams {
+        format: DatasetFormat::Webvision,
+        root: Some(root.clone()),
+        classes: ClassSubset::Ids(vec!["s0002".into(), "s0005".into()]),
+        second_val: Some(recipe::SecondVal {
+            name: "folders".into(),
+            root: folders.clone(),
+            labels: None,
+        }),
+        ..Recipe::default().dataset
+    };
+    let index = dataset::read(&params, tmp.path()).unwrap();
+    let second = dataset::read_second_val(&params, &index.classes).unwrap();
+    let read: Vec<(&str, u32)> = second.iter().map(|s| (&s.path[..5], s.label)).collect();
+    assert_eq!(read, [("s0002", 0), ("s0005", 1)]);
+
+    params.classes = ClassSubset::First(1);
+    std::fs::remove_dir_all(folders.join("s0000")).unwrap();
+    let index = dataset::read(&params, tmp.path()).unwrap();
+    let error = dataset::read_second_val(&params, &index.classes)
+        .unwrap_err()
+        .to_string()
+        .replace(&folders.display().to_string(), "<val>");
+    insta::assert_snapshot!(error, @"<val>: dataset.second_val has no image of the 1 class(es) the run keeps (matched by class id: a label file of `<image> <wnid>` lines, or `<wnid>/` folders)");
 }
 
 /// A list of class ids keeps those classes in the dataset's order, relabelled 0..; a class
