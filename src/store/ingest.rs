@@ -249,7 +249,7 @@ fn ingest_index(
     // A finished store may be open for reading in this process (heed then refuses a second,
     // writable handle): read its report through the reader.
     if let Ok(store) = super::Store::open(dir) {
-        return reopen_finished(&store, &fingerprint, dir, &index);
+        return reopen_finished(&store, &fingerprint, dir, index);
     }
     let target = Target::new(dir, work.len(), params, options.commit_every);
     let existing = std::fs::metadata(target.env_dir.join("data.mdb")).map_or(0, |m| m.len());
@@ -267,7 +267,7 @@ fn ingest_index(
         &target.env_dir,
     )?;
     write_images(&target, &env, &tables, &work, params, options, &mut counts)?;
-    finish(&target, &env, &tables, &index, params, &counts)
+    finish(&target, &env, &tables, index, params, &counts)
 }
 
 /// The store being written: where, and how its LMDB errors read.
