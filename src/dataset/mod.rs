@@ -1,4 +1,5 @@
-//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl and a generated synthetic dataset.
+//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl, Clothing1M and a generated
+//! synthetic dataset.
 //!
 //! In: a dataset root (or, for `synthetic`, the settings and a folder to generate into).
 //! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
@@ -7,6 +8,7 @@
 //! ingest stage decodes them, and every later stage sees only what the store holds.
 //! [`fingerprint`] summarises a root's files for the ingest stage's cache key.
 
+pub mod clothing1m;
 pub mod fingerprint;
 pub mod imagefolder;
 pub mod imagenet_val;
@@ -328,6 +330,7 @@ pub fn clean_lists(
         }
         DatasetFormat::Imagefolder => imagefolder::clean_lists(root(params)?, keep),
         DatasetFormat::Jsonl => jsonl::clean_lists(root(params)?, keep),
+        DatasetFormat::Clothing1m => clothing1m::clean_lists(root(params)?, keep),
     }
 }
 
@@ -401,6 +404,9 @@ pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, Dat
             imagefolder::read(root()?, params.val)?.restrict(subset, root()?)?
         }
         DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?.restrict(subset, root()?)?,
+        DatasetFormat::Clothing1m => {
+            clothing1m::read(root()?, params.val, work_dir)?.restrict(subset, root()?)?
+        }
         DatasetFormat::Synthetic => {
             let generated = synthetic::generate(&params.synthetic, work_dir)?;
             let index = webvision::read_with(&generated.root, &params.sources, params.val, subset)?;
@@ -422,6 +428,7 @@ fn format_name(format: DatasetFormat) -> &'static str {
         DatasetFormat::Imagefolder => "imagefolder",
         DatasetFormat::Jsonl => "jsonl",
         DatasetFormat::Synthetic => "synthetic",
+        DatasetFormat::Clothing1m => "clothing1m",
     }
 }
 

@@ -104,6 +104,8 @@ pub enum DatasetFormat {
     Imagefolder,
     Jsonl,
     Synthetic,
+    /// Clothing1M's key and label lists; its clean labels are the noise truth.
+    Clothing1m,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -77,6 +77,8 @@ pub enum RawDatasetFormat {
     Imagefolder,
     Jsonl,
     Synthetic,
+    /// Clothing1M's lists (noisy_label_kv.txt, clean_label_kv.txt, the key lists).
+    Clothing1m,
 }
 
 /// A second validation set, ImageNet-style (e.g. ILSVRC2012 val for mini-WebVision),

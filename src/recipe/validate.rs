@@ -185,12 +185,15 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
     memory(&mut v, &dataset, &text, &lda, &train, &eval);
     if clean.rule == CleanRule::Oracle
         && clean.truth.is_none()
-        && dataset.format != DatasetFormat::Synthetic
+        && !matches!(
+            dataset.format,
+            DatasetFormat::Synthetic | DatasetFormat::Clothing1m
+        )
     {
         v.error(
             "clean.rule",
             "\"oracle\" keeps what a truth file says is labelled correctly: set `clean.truth` \
-             (the generated dataset brings its own)",
+             (the generated dataset and Clothing1M bring their own)",
         );
     }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
@@ -277,6 +280,7 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         RawDatasetFormat::Imagefolder => DatasetFormat::Imagefolder,
         RawDatasetFormat::Jsonl => DatasetFormat::Jsonl,
         RawDatasetFormat::Synthetic => DatasetFormat::Synthetic,
+        RawDatasetFormat::Clothing1m => DatasetFormat::Clothing1m,
     };
     // A generated dataset has no root: one inherited from a base recipe is ignored.
     let root = match format {

@@ -234,3 +234,79 @@ fn a_list_of_class_ids_relabels_in_dataset_order_and_unknown_ones_are_named() {
     insta::assert_snapshot!(error(ids(&["s0001", "n01440764"])), @r#"<root>/info/synsets.txt: dataset.classes: "n01440764" is not one of its classes"#);
     insta::assert_snapshot!(error(ClassSubset::First(7)), @r#"<root>/info/synsets.txt: dataset.classes: "first:7" but the dataset has 6 classes"#);
 }
+
+/// A Clothing1M-layout dataset in `root`: 3 classes, 12 training images (noisy labels, every
+/// third one wrong), the first 6 also with a clean label, and 3 clean test images.
+fn clothing1m(root: &Path) {
+    let names = "T-Shirt\nShirt\nKnitwear\n";
+    std::fs::write(root.join("category_names_eng.txt"), names).unwrap();
+    let (mut noisy, mut clean, mut train, mut test) = Default::default();
+    let image = |i: usize, class: usize| {
+        let path = format!("images/{}/{i:02}/{i}.jpg", i % 2);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(i as u64);
+        let pixels = synthetic::class_image(class, 3, 32, &mut rng);
+        let mut bytes = Vec::new();
+        websieve::store::jpeg::encode_rgb(pixels.as_raw(), 32, 32, 90, &mut bytes);
+        let file = root.join(&path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+        path
+    };
+    let add = |list: &mut String, line: String| list.push_str(&(line + "\n"));
+    for i in 0..12 {
+        let truth = i % 3;
+        let given = if i % 3 == 2 { (truth + 1) % 3 } else { truth };
+        let path = image(i, truth);
+        add(&mut noisy, format!("{path} {given}"));
+        add(&mut train, path.clone());
+        if i < 6 {
+            add(&mut clean, format!("{path} {truth}"));
+        }
+    }
+    for i in 12..15 {
+        let path = image(i, i % 3);
+        add(&mut clean, format!("{path} {}", i % 3));
+        add(&mut test, path);
+    }
+    for (name, text) in [
+        ("noisy_label_kv.txt", noisy),
+        ("clean_label_kv.txt", clean),
+        ("noisy_train_key_list.txt", train),
+        ("clean_test_key_list.txt", test),
+    ] {
+        std::fs::write(root.join(name), text).unwrap();
+    }
+}
+
+/// Clothing1M: noisy labels to train on, the clean test list to validate on, and the training
+/// images with a clean label as the truth file the ingest keeps for the score stage's AUC.
+#[test]
+fn clothing1m_reads_noisy_labels_and_its_clean_labels_become_the_truth_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("clothing1m");
+    std::fs::create_dir_all(&root).unwrap();
+    clothing1m(&root);
+    let params = recipe::DatasetParams {
+        format: DatasetFormat::Clothing1m,
+        root: Some(root.clone()),
+        ..Recipe::default().dataset
+    };
+    let work = tmp.path().join("ingest");
+    let index = dataset::read(&params, &work).unwrap();
+    assert_eq!(index.classes[2].name, "Knitwear");
+    let given: Vec<u32> = index.train.iter().map(|s| s.label).collect();
+    assert_eq!(given, [0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0]);
+    let val: Vec<u32> = index.val.iter().map(|s| s.label).collect();
+    assert_eq!(val, [0, 1, 2]);
+    let truth = websieve::score::read_truth(index.truth.as_ref().unwrap()).unwrap();
+    let paths: Vec<String> = index.train.iter().map(|s| s.path.clone()).collect();
+    let noisy = truth.noisy_by_sample(&paths);
+    let expected: Vec<Option<bool>> = (0..12).map(|i| (i < 6).then_some(i % 3 == 2)).collect();
+    assert_eq!(noisy, expected);
+
+    websieve::store::ingest(&params, &work, false).unwrap();
+    let store = Store::open(&work).unwrap();
+    assert_eq!(store.len(Split::Train), 12);
+    assert_eq!(store.len(Split::Val), 3);
+    assert!(store.truth_file().unwrap().is_file());
+}
