@@ -353,21 +353,20 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
             .and_then(|m| v.whole_in("dataset.max_per_class", m, 1..=largest::<usize>())),
         classes: classes(v, raw.classes),
         second_val: raw.second_val.and_then(|sv| second_val(v, sv)),
-        expect: raw.expect.map(|e| ExpectedCounts {
-            classes: e
-                .classes
-                .and_then(|n| v.whole_in("dataset.expect.classes", n, 1..=i64::MAX)),
-            train: e
-                .train
-                .and_then(|n| v.whole_in("dataset.expect.train", n, 0..=i64::MAX)),
-            val: e
-                .val
-                .and_then(|n| v.whole_in("dataset.expect.val", n, 0..=i64::MAX)),
-            second_val: e
-                .second_val
-                .and_then(|n| v.whole_in("dataset.expect.second_val", n, 0..=i64::MAX)),
-        }),
+        expect: raw.expect.map(|e| expected_counts(v, e)),
         synthetic,
+    }
+}
+
+fn expected_counts(v: &mut Validator, raw: RawExpect) -> ExpectedCounts {
+    let mut count = |key: &str, value: Option<i64>, min: i64| {
+        value.and_then(|n| v.whole_in(&format!("dataset.expect.{key}"), n, min..=i64::MAX))
+    };
+    ExpectedCounts {
+        classes: count("classes", raw.classes, 1),
+        train: count("train", raw.train, 0),
+        val: count("val", raw.val, 0),
+        second_val: count("second_val", raw.second_val, 0),
     }
 }
 
