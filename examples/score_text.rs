@@ -66,7 +66,7 @@ fn score_dataset(root: Option<PathBuf>, format: DatasetFormat) -> anyhow::Result
     let score_dir = work.path().join("score");
     let summary = score::run_stage(&inputs, &clean, &recipe.labels, &score_dir)?;
     let mislabelled = match &index.truth {
-        Some(truth) => score::read_truth(truth)?.noisy_by_sample(&paths, &labels),
+        Some(truth) => score::read_truth(truth)?.noisy_by_sample(&paths),
         None => vec![None; labels.len()],
     };
     let mut rows = score::ScoreTable::load(&score_dir)?.rows().to_vec();

@@ -2,12 +2,14 @@
 //!
 //! The pipeline, one module per stage (see ARCHITECTURE.md):
 //! `recipe` → `dataset`/`store` (ingest) → `text`/`lda` → `score` → `loader`/`model`/`train` →
-//! `eval` → `report`, driven by `stage`.
+//! `eval` → `report`, driven by `stage`; `export` writes a run's per-sample verdicts for other
+//! tools.
 
 pub mod bench;
 pub mod dataset;
 pub mod digest;
 pub mod eval;
+pub mod export;
 pub mod failpoint;
 pub mod launch;
 pub mod lda;

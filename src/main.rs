@@ -26,6 +26,7 @@ Examples:
   runner plan recipes/softlabel.toml             which stages are cached, what would run and why
   runner validate recipes/*.toml                 check recipes without running anything
   runner report runs/clean runs/softlabel        one table of settings and results
+  runner export runs/clean                       per-sample verdicts and the cleaned file list
   runner schema -o schemas/recipe.schema.json    write the recipe JSON Schema";
 
 /// Train image classifiers on noisy web data, declared in TOML recipes.
@@ -56,6 +57,9 @@ enum Command {
     },
     /// A table of runs' settings and results; runs without results are listed with their state.
     Report(ReportArgs),
+    /// Write a run's per-sample verdicts (scores, rank in class, kept, λ) as CSV and JSON
+    /// lines, a per-class summary, and the cleaned training list in the dataset's own format.
+    Export(ExportArgs),
     /// Benchmarks that print throughput next to a reference measured in the same run.
     #[command(subcommand)]
     Bench(cli::bench::Bench),
@@ -80,6 +84,19 @@ struct ReportArgs {
     /// confusion matrices and per-class tables.
     #[arg(long, value_name = "DIR")]
     html: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  runner export runs/clean               # into runs/clean/export/\n  runner export runs/clean -o verdicts/"
+)]
+struct ExportArgs {
+    /// The run folder (it must have got through the score stage).
+    #[arg(value_name = "RUN")]
+    run: PathBuf,
+    /// Write here instead of RUN/export/.
+    #[arg(short, long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -306,6 +323,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let page = websieve::report::write_html(&runs, &options, dir)?;
                 println!("report page: {}", page.display());
             }
+            Ok(())
+        }
+        Some(Command::Export(args)) => {
+            let done = websieve::export::export(&args.run, args.out.as_deref())?;
+            println!(
+                "{} samples, {} kept: {} in {}",
+                done.samples,
+                done.kept,
+                done.files.join(", "),
+                done.dir.display()
+            );
             Ok(())
         }
         Some(Command::Bench(bench)) => cli::bench::run(bench),

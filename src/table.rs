@@ -1,6 +1,7 @@
 //! Plain-text tables for a terminal: a header, a rule, aligned columns two spaces apart. In:
 //! column headers with their alignment, rows of cells. Out: the table as text. Used by
-//! `eval` (accuracy per class) and `report` (settings and results per run).
+//! `eval` (accuracy per class) and `report` (settings and results per run); and one CSV
+//! record ([`csv_line`]) for `report` and `export`.
 
 /// How a column's cells line up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,18 @@ pub fn percent(value: Option<f64>) -> String {
     value.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v))
 }
 
+/// One CSV record (RFC 4180: fields with a comma, quote or line break are quoted).
+pub fn csv_line(fields: &[String]) -> String {
+    let quoted: Vec<String> = fields
+        .iter()
+        .map(|f| match f.contains([',', '"', '\n', '\r']) {
+            true => format!("\"{}\"", f.replace('"', "\"\"")),
+            false => f.clone(),
+        })
+        .collect();
+    quoted.join(",") + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +98,11 @@ mod tests {
             t.render(),
             "name        n\n-------  ----\na        1000\nünïcode     2\n"
         );
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let fields = ["a", "b,c", "say \"x\""].map(String::from);
+        assert_eq!(csv_line(&fields), "a,\"b,c\",\"say \"\"x\"\"\"\n");
     }
 }

@@ -3,9 +3,10 @@
 //! folders in name order. A sidecar `<image stem>.txt` beside an image is its page text
 //! (the description); `.txt` and `.json` files are never taken for images.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
+use super::{ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
 use crate::sample::{SampleText, Source};
 
 pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
@@ -40,6 +41,22 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         repaired: FieldRepairs::default(),
         truth: None,
     })
+}
+
+/// The training images `keep` holds as `train_filelist_clean.txt`, one `<path> <label>` a
+/// line (paths relative to the root, labels the 0-based class folders in name order): the
+/// layout has no list of its own.
+pub fn clean_lists(root: &Path, keep: &HashSet<&str>) -> Result<Vec<CleanList>, DatasetError> {
+    let text = read(root, false)?
+        .train
+        .iter()
+        .filter(|s| keep.contains(s.path.as_str()))
+        .map(|s| format!("{} {}\n", s.path, s.label))
+        .collect();
+    Ok(vec![CleanList {
+        name: "train_filelist_clean.txt",
+        text,
+    }])
 }
 
 fn read_split(

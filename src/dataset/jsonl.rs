@@ -4,12 +4,13 @@
 //! Classes: `root/classes.txt` (`<id> [name]` per line) when present, else the distinct training
 //! labels sorted (numerically when all are numbers).
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::lines::{file_in_root, ListFile};
-use super::{ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
+use super::{ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
 use crate::sample::{SampleText, Source};
 
 #[derive(Deserialize)]
@@ -79,6 +80,22 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         repaired: FieldRepairs::default(),
         truth: None,
     })
+}
+
+/// The lines of `train.jsonl` whose image `keep` holds, as `train_clean.jsonl`.
+pub fn clean_lists(root: &Path, keep: &HashSet<&str>) -> Result<Vec<CleanList>, DatasetError> {
+    let file = ListFile::read(root.join("train.jsonl"))?;
+    let mut text = String::new();
+    for (line, (_, record)) in file.lines().zip(read_records(&file)?) {
+        if keep.contains(record.path.as_str()) {
+            text.push_str(line.text.trim_end());
+            text.push('\n');
+        }
+    }
+    Ok(vec![CleanList {
+        name: "train_clean.jsonl",
+        text,
+    }])
 }
 
 fn read_records(file: &ListFile) -> Result<Vec<(usize, Record)>, DatasetError> {

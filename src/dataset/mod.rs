@@ -1,22 +1,28 @@
-//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl and a generated synthetic dataset.
+//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl, Clothing1M and a generated
+//! synthetic dataset.
 //!
 //! In: a dataset root (or, for `synthetic`, the settings and a folder to generate into).
 //! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
-//! page text, in file-list order. No image is opened here; the ingest stage decodes them.
+//! page text, in file-list order, cut to the recipe's classes (`dataset.classes`, relabelled
+//! 0.. by [`LabelMap`]) and, for WebVision, to its sources. No image is opened here; the
+//! ingest stage decodes them, and every later stage sees only what the store holds.
 //! [`fingerprint`] summarises a root's files for the ingest stage's cache key.
 
+pub mod clothing1m;
 pub mod fingerprint;
 pub mod imagefolder;
+pub mod imagenet_val;
 pub mod jsonl;
 mod lines;
 pub mod synthetic;
 pub mod webvision;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::params::{DatasetFormat, DatasetParams};
+use crate::recipe::params::{ClassSubset, DatasetFormat, DatasetParams};
 use crate::sample::{SampleText, Source, Split};
 
 /// One class: its id (WordNet id or folder name) and a readable name.
@@ -70,6 +76,97 @@ impl DatasetIndex {
             Split::Train => &self.train,
             Split::Val => &self.val,
         }
+    }
+}
+
+/// The new label of each class under a [`ClassSubset`]: `None` for a class left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMap(Vec<Option<u32>>);
+
+impl LabelMap {
+    /// The classes `subset` keeps of `classes` (listed in `listed_in`), in the dataset's
+    /// order, and the map from their old labels; an error names the file and the class
+    /// asked for that is not there.
+    pub fn new(
+        classes: &[ClassInfo],
+        subset: &ClassSubset,
+        listed_in: &Path,
+    ) -> Result<(Vec<ClassInfo>, LabelMap), DatasetError> {
+        let fail = |message: String| DatasetError::Classes {
+            path: listed_in.to_path_buf(),
+            message,
+        };
+        let keep: Vec<bool> = match subset {
+            ClassSubset::All => vec![true; classes.len()],
+            ClassSubset::First(n) if *n > classes.len() => {
+                return Err(fail(format!(
+                    "\"first:{n}\" but the dataset has {} classes",
+                    classes.len()
+                )))
+            }
+            ClassSubset::First(n) => (0..classes.len()).map(|c| c < *n).collect(),
+            ClassSubset::Ids(ids) => {
+                if let Some(missing) = ids.iter().find(|id| !classes.iter().any(|c| &c.id == *id)) {
+                    return Err(fail(format!("{missing:?} is not one of its classes")));
+                }
+                classes.iter().map(|c| ids.contains(&c.id)).collect()
+            }
+        };
+        let mut next = 0u32;
+        let map = keep
+            .iter()
+            .map(|&k| {
+                k.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let kept = classes
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(c, _)| c.clone())
+            .collect();
+        Ok((kept, LabelMap(map)))
+    }
+
+    /// The new label of `label`; `None` when its class is left out (or unknown).
+    pub fn get(&self, label: u32) -> Option<u32> {
+        self.0.get(label as usize).copied().flatten()
+    }
+
+    /// The samples of kept classes, relabelled.
+    fn samples(&self, samples: Vec<DatasetSample>) -> Vec<DatasetSample> {
+        samples
+            .into_iter()
+            .filter_map(|s| {
+                let label = self.get(s.label)?;
+                Some(DatasetSample { label, ..s })
+            })
+            .collect()
+    }
+}
+
+impl DatasetIndex {
+    /// This index cut to the classes of `subset` (`listed_in`: where its classes come from,
+    /// for messages): every split and the queries, relabelled.
+    fn restrict(self, subset: &ClassSubset, listed_in: &Path) -> Result<Self, DatasetError> {
+        let (classes, map) = LabelMap::new(&self.classes, subset, listed_in)?;
+        Ok(DatasetIndex {
+            classes,
+            queries: self
+                .queries
+                .into_iter()
+                .filter_map(|q| {
+                    let label = map.get(q.label)?;
+                    Some(QueryInfo { label, ..q })
+                })
+                .collect(),
+            train: map.samples(self.train),
+            val: map.samples(self.val),
+            ..self
+        })
     }
 }
 
@@ -189,6 +286,16 @@ pub enum DatasetError {
     NoRoot { format: &'static str },
     #[error("synthetic dataset in {}: {message}", dir.display())]
     Synthetic { dir: PathBuf, message: String },
+    #[error("{}: dataset.classes: {message}", path.display())]
+    Classes { path: PathBuf, message: String },
+    #[error("{}: dataset.second_val has no image of the {classes} class(es) the run keeps (matched by class id: a label file of `<image> <wnid>` lines, or `<wnid>/` folders)", root.display())]
+    NoSecondVal { root: PathBuf, classes: usize },
+    #[error("{dataset}: not the counts dataset.expect asks for: {}; another release of the dataset (WebVision 2.0 read as 1.0), other lists or another validation set?", .problems.join("; "))]
+    Counts {
+        dataset: String,
+        /// One per count that differs: `train: 65944 expected, 981 listed`.
+        problems: Vec<String>,
+    },
 }
 
 impl DatasetError {
@@ -200,24 +307,109 @@ impl DatasetError {
     }
 }
 
+/// A list of a cleaned training set in the dataset's own format, as `runner export` writes
+/// it: the file name and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanList {
+    pub name: &'static str,
+    pub text: String,
+}
+
+/// The training lists of the dataset `params` describe, cut to the images (paths as listed)
+/// that `keep` holds, in the dataset's own format: WebVision's file and meta lists, jsonl's
+/// records, a file list for imagefolder. `work_dir` is where `synthetic` generated its files.
+pub fn clean_lists(
+    params: &DatasetParams,
+    work_dir: &Path,
+    keep: &HashSet<&str>,
+) -> Result<Vec<CleanList>, DatasetError> {
+    match params.format {
+        DatasetFormat::Webvision => webvision::clean_lists(root(params)?, &params.sources, keep),
+        DatasetFormat::Synthetic => {
+            webvision::clean_lists(&work_dir.join(synthetic::DIR), &params.sources, keep)
+        }
+        DatasetFormat::Imagefolder => imagefolder::clean_lists(root(params)?, keep),
+        DatasetFormat::Jsonl => jsonl::clean_lists(root(params)?, keep),
+        DatasetFormat::Clothing1m => clothing1m::clean_lists(root(params)?, keep),
+    }
+}
+
+/// The second validation set of `params` (none without `dataset.second_val`), mapped to the
+/// classes `classes` (the run's, after `dataset.classes`) by class id.
+pub fn read_second_val(
+    params: &DatasetParams,
+    classes: &[ClassInfo],
+) -> Result<Vec<DatasetSample>, DatasetError> {
+    let Some(second) = &params.second_val else {
+        return Ok(Vec::new());
+    };
+    let samples = imagenet_val::read(&second.root, second.labels.as_deref(), classes)?;
+    if samples.is_empty() {
+        return Err(DatasetError::NoSecondVal {
+            root: second.root.clone(),
+            classes: classes.len(),
+        });
+    }
+    Ok(samples)
+}
+
+/// Refuses a dataset that lists other counts than `params.expect` asks for: `index` (after
+/// the class subset, the sources and the cap) and `second_val` images.
+pub fn check_expected(
+    params: &DatasetParams,
+    index: &DatasetIndex,
+    second_val: usize,
+) -> Result<(), DatasetError> {
+    let Some(expect) = &params.expect else {
+        return Ok(());
+    };
+    let problems: Vec<String> = [
+        ("classes", expect.classes, index.classes.len()),
+        ("train", expect.train, index.train.len()),
+        ("val", expect.val, index.val.len()),
+        ("second_val", expect.second_val, second_val),
+    ]
+    .into_iter()
+    .filter_map(|(what, expected, found)| {
+        let expected = expected?;
+        (expected != found).then(|| format!("{what}: {expected} expected, {found} listed"))
+    })
+    .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let dataset = match &params.root {
+        Some(root) => root.display().to_string(),
+        None => format!("the {} dataset", format_name(params.format)),
+    };
+    Err(DatasetError::Counts { dataset, problems })
+}
+
+/// The root a dataset format other than `synthetic` needs.
+fn root(params: &DatasetParams) -> Result<&Path, DatasetError> {
+    params.root.as_deref().ok_or(DatasetError::NoRoot {
+        format: format_name(params.format),
+    })
+}
+
 /// Reads the dataset `params` describe. `work_dir` is where `synthetic` generates its files.
 pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, DatasetError> {
-    let root = || {
-        params.root.as_deref().ok_or(DatasetError::NoRoot {
-            format: format_name(params.format),
-        })
-    };
+    let root = || root(params);
+    let subset = &params.classes;
     let mut index = match params.format {
-        DatasetFormat::Webvision => webvision::read(root()?, &params.sources, params.val)?,
-        DatasetFormat::Imagefolder => imagefolder::read(root()?, params.val)?,
-        DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?,
+        DatasetFormat::Webvision => {
+            webvision::read_with(root()?, &params.sources, params.val, subset)?
+        }
+        DatasetFormat::Imagefolder => {
+            imagefolder::read(root()?, params.val)?.restrict(subset, root()?)?
+        }
+        DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?.restrict(subset, root()?)?,
+        DatasetFormat::Clothing1m => {
+            clothing1m::read(root()?, params.val, work_dir)?.restrict(subset, root()?)?
+        }
         DatasetFormat::Synthetic => {
             let generated = synthetic::generate(&params.synthetic, work_dir)?;
-            let index = webvision::read(
-                &generated.root,
-                &[Source::Google, Source::Flickr],
-                params.val,
-            )?;
+            let index = webvision::read_with(&generated.root, &params.sources, params.val, subset)?;
             DatasetIndex {
                 truth: Some(generated.truth),
                 ..index
@@ -236,6 +428,7 @@ fn format_name(format: DatasetFormat) -> &'static str {
         DatasetFormat::Imagefolder => "imagefolder",
         DatasetFormat::Jsonl => "jsonl",
         DatasetFormat::Synthetic => "synthetic",
+        DatasetFormat::Clothing1m => "clothing1m",
     }
 }
 

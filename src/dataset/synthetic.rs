@@ -68,10 +68,13 @@ pub struct Generated {
     pub truth: PathBuf,
 }
 
+/// The folder below the work folder that holds the generated dataset.
+pub const DIR: &str = "synthetic";
+
 /// Generates the dataset into `dir/synthetic` and its truth file into `dir/truth.tsv`, unless
 /// a complete one with the same settings is there.
 pub fn generate(params: &SyntheticParams, dir: &Path) -> Result<Generated, DatasetError> {
-    let root = dir.join("synthetic");
+    let root = dir.join(DIR);
     let generated = Generated {
         truth: dir.join("truth.tsv"),
         root: root.clone(),

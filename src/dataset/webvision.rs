@@ -19,59 +19,65 @@
 //! lengths (compared before any line is read), a path that leaves the root (`..` climbing out,
 //! an absolute path), a label beyond `synsets.txt`, a meta row out of range.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::lines::{Line, ListFile};
 use super::{
-    ClassInfo, DatasetError, DatasetIndex, DatasetSample, FieldRepair, FieldRepairs, QueryInfo,
-    Repair,
+    ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepair, FieldRepairs,
+    LabelMap, QueryInfo, Repair,
 };
+use crate::recipe::params::ClassSubset;
 use crate::sample::{SampleText, Source};
 
 /// The folder of the validation images.
 pub const VAL_IMAGES: &str = "val_images_256";
 
 /// Reads the training lists of `sources` (the `all` lists when both are asked for, keeping
-/// their order) and, if `val`, the validation list.
+/// their order) and, if `val`, the validation list: every class.
 pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, DatasetError> {
+    read_with(root, sources, val, &ClassSubset::All)
+}
+
+/// [`read`] of the classes `subset` keeps, relabelled 0.. in `synsets.txt` order. The lines
+/// of other classes are passed over before their pages are read (mini-WebVision reads the
+/// pages of 50 classes, not 1000).
+pub fn read_with(
+    root: &Path,
+    sources: &[Source],
+    val: bool,
+    subset: &ClassSubset,
+) -> Result<DatasetIndex, DatasetError> {
     let info = root.join("info");
-    let classes = read_classes(&info.join("synsets.txt"))?;
-    let queries = read_queries(&info)?;
-    let google = sources.contains(&Source::Google);
-    let flickr = sources.contains(&Source::Flickr);
-    let list = match (google, flickr) {
-        (true, true) | (false, false) => "all",
-        (true, false) => "google",
-        (false, true) => "flickr",
-    };
-    let files = ListFile::read(info.join(format!("train_filelist_{list}.txt")))?;
-    let metas = ListFile::read(info.join(format!("train_meta_list_{list}.txt")))?;
+    let synsets = info.join("synsets.txt");
+    let all_classes = read_classes(&synsets)?;
+    let (classes, map) = LabelMap::new(&all_classes, subset, &synsets)?;
+    let queries = read_queries(&info)?
+        .into_iter()
+        .filter_map(|q| {
+            let label = map.get(q.label)?;
+            Some(QueryInfo { label, ..q })
+        })
+        .collect();
+    let (files, metas) = train_lists(root, sources)?;
     let mut pages = MetaCache {
         root,
         files: HashMap::new(),
         repaired: FieldRepairs::default(),
     };
-    let (file_lines, meta_lines) = (files.lines().count(), metas.lines().count());
-    if file_lines != meta_lines {
-        return Err(DatasetError::Misaligned {
-            files: files.path.clone(),
-            file_lines,
-            metas: metas.path.clone(),
-            meta_lines,
-        });
+    let mut train = Vec::new();
+    for (file_line, meta_line) in files.lines().zip(metas.lines()) {
+        let (_, label) = file_line.pair::<u32>("path", "label")?;
+        check_label(&file_line, label, all_classes.len())?;
+        if let Some(label) = map.get(label) {
+            let sample = train_sample(root, &file_line, &meta_line, &mut pages)?;
+            train.push(DatasetSample { label, ..sample });
+        }
     }
-    let train = files
-        .lines()
-        .zip(metas.lines())
-        .map(|(file_line, meta_line)| {
-            train_sample(root, &file_line, &meta_line, classes.len(), &mut pages)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let val = if val {
-        read_val(root, classes.len())?
+        read_val(root, all_classes.len(), &map)?
     } else {
         Vec::new()
     };
@@ -83,6 +89,62 @@ pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, 
         repaired: pages.repaired,
         truth: None,
     })
+}
+
+/// The training file list and meta list of `sources` (the `all` lists when both are asked
+/// for), checked to have as many lines.
+fn train_lists(root: &Path, sources: &[Source]) -> Result<(ListFile, ListFile), DatasetError> {
+    let info = root.join("info");
+    let google = sources.contains(&Source::Google);
+    let flickr = sources.contains(&Source::Flickr);
+    let list = match (google, flickr) {
+        (true, true) | (false, false) => "all",
+        (true, false) => "google",
+        (false, true) => "flickr",
+    };
+    let files = ListFile::read(info.join(format!("train_filelist_{list}.txt")))?;
+    let metas = ListFile::read(info.join(format!("train_meta_list_{list}.txt")))?;
+    let (file_lines, meta_lines) = (files.lines().count(), metas.lines().count());
+    if file_lines != meta_lines {
+        return Err(DatasetError::Misaligned {
+            files: files.path.clone(),
+            file_lines,
+            metas: metas.path.clone(),
+            meta_lines,
+        });
+    }
+    Ok((files, metas))
+}
+
+/// The lines of the training lists of `sources` whose image `keep` holds, as
+/// `train_filelist_clean.txt` and its line-aligned `train_meta_list_clean.txt`: lists in
+/// this layout that other tools (and websieve, in place of the originals) read.
+pub fn clean_lists(
+    root: &Path,
+    sources: &[Source],
+    keep: &HashSet<&str>,
+) -> Result<Vec<CleanList>, DatasetError> {
+    let (files, metas) = train_lists(root, sources)?;
+    let (mut file_list, mut meta_list) = (String::new(), String::new());
+    for (file_line, meta_line) in files.lines().zip(metas.lines()) {
+        let (path, _) = file_line.head_rest("path")?;
+        if keep.contains(path) {
+            file_list.push_str(file_line.text.trim_end());
+            file_list.push('\n');
+            meta_list.push_str(meta_line.text.trim_end());
+            meta_list.push('\n');
+        }
+    }
+    Ok(vec![
+        CleanList {
+            name: "train_filelist_clean.txt",
+            text: file_list,
+        },
+        CleanList {
+            name: "train_meta_list_clean.txt",
+            text: meta_list,
+        },
+    ])
 }
 
 fn read_classes(path: &Path) -> Result<Vec<ClassInfo>, DatasetError> {
@@ -138,16 +200,16 @@ fn read_queries(info: &Path) -> Result<Vec<QueryInfo>, DatasetError> {
         .collect()
 }
 
+/// The sample of a file-list line (its label as listed; checked by the caller) and its
+/// meta-list line.
 fn train_sample(
     root: &Path,
     file_line: &Line<'_>,
     meta_line: &Line<'_>,
-    classes: usize,
     pages: &mut MetaCache<'_>,
 ) -> Result<DatasetSample, DatasetError> {
     let (path, label) = file_line.pair::<u32>("path", "label")?;
     let file = file_line.file_in_root(root, "", path)?;
-    check_label(file_line, label, classes)?;
     let (source, query) = source_and_query(path, file_line)?;
     let (meta_path, row) = meta_line.pair::<usize>("meta file", "row")?;
     let meta_stem = meta_path.strip_suffix(".json").unwrap_or(meta_path);
@@ -202,23 +264,30 @@ fn source_and_query(path: &str, line: &Line<'_>) -> Result<(Source, u32), Datase
     Ok((source, query))
 }
 
-fn read_val(root: &Path, classes: usize) -> Result<Vec<DatasetSample>, DatasetError> {
+/// The validation images of the classes `map` keeps, relabelled.
+fn read_val(
+    root: &Path,
+    classes: usize,
+    map: &LabelMap,
+) -> Result<Vec<DatasetSample>, DatasetError> {
     let list = ListFile::read(root.join("info").join("val_filelist.txt"))?;
-    list.lines()
-        .map(|line| {
-            let (name, label) = line.pair::<u32>("path", "label")?;
-            let file = line.file_in_root(root, VAL_IMAGES, name)?;
-            check_label(&line, label, classes)?;
-            Ok(DatasetSample {
+    let mut val = Vec::new();
+    for line in list.lines() {
+        let (name, label) = line.pair::<u32>("path", "label")?;
+        let file = line.file_in_root(root, VAL_IMAGES, name)?;
+        check_label(&line, label, classes)?;
+        if let Some(label) = map.get(label) {
+            val.push(DatasetSample {
                 path: name.to_string(),
                 file,
                 label,
                 source: Source::Other,
                 query: 0,
                 text: SampleText::default(),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(val)
 }
 
 /// The meta JSON files, each parsed once, and the fields repaired so far.

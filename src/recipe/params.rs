@@ -28,7 +28,73 @@ pub struct DatasetParams {
     pub val: bool,
     /// Keep at most this many training images per class (first in file-list order).
     pub max_per_class: Option<usize>,
+    /// The classes kept (every split), relabelled 0.. in the dataset's class order. Left out
+    /// of the serialized settings when it is every class, so that stage keys made before the
+    /// setting existed still hold.
+    #[serde(skip_serializing_if = "ClassSubset::is_all")]
+    pub classes: ClassSubset,
+    /// A second validation set (ILSVRC2012 val beside WebVision val), evaluated beside the
+    /// first. Like every new setting, left out of the serialized settings when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_val: Option<SecondVal>,
+    /// Counts the dataset must have, checked before any image is ingested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<ExpectedCounts>,
     pub synthetic: SyntheticParams,
+}
+
+/// `[dataset.second_val]`: an ImageNet-style validation folder whose images are mapped to the
+/// dataset's classes by class id (wnid).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecondVal {
+    /// How tables name it, e.g. "ILSVRC2012 val".
+    pub name: String,
+    /// The images: listed by `labels`, or in one folder per class id (`root/<wnid>/…`).
+    pub root: PathBuf,
+    /// `<image path below root> <class id>` per line (ILSVRC2012's labels as wnids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PathBuf>,
+}
+
+/// `[dataset.expect]`: what a dataset must list once cut to the recipe's classes and sources
+/// (mini-WebVision: 50 classes, 65,944 training images, 2,500 + 2,500 validation images).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedCounts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_val: Option<usize>,
+}
+
+/// `dataset.classes`: which of a dataset's classes a run keeps. Serialized as a recipe
+/// writes it: `"all"`, `"first:N"`, or the list of class ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassSubset {
+    All,
+    /// The first N classes of the dataset's class list (WebVision's `synsets.txt`).
+    First(usize),
+    /// These class ids (WordNet ids, folder names), in any order.
+    Ids(Vec<String>),
+}
+
+impl ClassSubset {
+    pub fn is_all(&self) -> bool {
+        *self == ClassSubset::All
+    }
+}
+
+impl Serialize for ClassSubset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClassSubset::All => s.serialize_str("all"),
+            ClassSubset::First(n) => s.serialize_str(&format!("first:{n}")),
+            ClassSubset::Ids(ids) => ids.serialize(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +104,8 @@ pub enum DatasetFormat {
     Imagefolder,
     Jsonl,
     Synthetic,
+    /// Clothing1M's key and label lists; its clean labels are the noise truth.
+    Clothing1m,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -60,6 +60,13 @@ pub struct RawDataset {
     pub val: Option<bool>,
     /// Keep at most this many training images per class.
     pub max_per_class: Option<i64>,
+    /// The classes to keep, in every split: "all", "first:N" (the first N classes of the
+    /// dataset's class list, e.g. WebVision's synsets.txt: mini-WebVision is "first:50"), or a
+    /// list of class ids (WordNet ids, folder names). Kept classes are labelled 0.. in the
+    /// dataset's class order. Default: "all".
+    pub classes: Option<RawClasses>,
+    pub second_val: Option<RawSecondVal>,
+    pub expect: Option<RawExpect>,
     pub synthetic: Option<RawSynthetic>,
 }
 
@@ -70,6 +77,47 @@ pub enum RawDatasetFormat {
     Imagefolder,
     Jsonl,
     Synthetic,
+    /// Clothing1M's lists (noisy_label_kv.txt, clean_label_kv.txt, the key lists).
+    Clothing1m,
+}
+
+/// A second validation set, ImageNet-style (e.g. ILSVRC2012 val for mini-WebVision),
+/// mapped to the dataset's classes by class id and evaluated beside the first. Images of
+/// classes the run does not keep are passed over.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecondVal {
+    /// How tables name it, e.g. "ILSVRC2012 val" ("second val" when unset).
+    pub name: Option<String>,
+    /// The images' folder, relative to the recipe's folder: the images `labels` lists, or
+    /// without `labels` one folder per class id (`<root>/<wnid>/*.JPEG`).
+    pub root: Option<String>,
+    /// A label file, relative to the recipe's folder: `<image path below root> <class id>`
+    /// per line.
+    pub labels: Option<String>,
+}
+
+/// Counts the dataset must list once cut to `classes` and `sources`; checked before any
+/// image is ingested (a WebVision 2.0 download read as 1.0 is caught here).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    /// Classes.
+    pub classes: Option<i64>,
+    /// Training images listed.
+    pub train: Option<i64>,
+    /// Validation images listed.
+    pub val: Option<i64>,
+    /// Images of the second validation set.
+    pub second_val: Option<i64>,
+}
+
+/// "all", "first:N", or a list of class ids.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawClasses {
+    Spec(String),
+    Ids(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

@@ -185,12 +185,15 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
     memory(&mut v, &dataset, &text, &lda, &train, &eval);
     if clean.rule == CleanRule::Oracle
         && clean.truth.is_none()
-        && dataset.format != DatasetFormat::Synthetic
+        && !matches!(
+            dataset.format,
+            DatasetFormat::Synthetic | DatasetFormat::Clothing1m
+        )
     {
         v.error(
             "clean.rule",
             "\"oracle\" keeps what a truth file says is labelled correctly: set `clean.truth` \
-             (the generated dataset brings its own)",
+             (the generated dataset and Clothing1M bring their own)",
         );
     }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
@@ -277,6 +280,7 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         RawDatasetFormat::Imagefolder => DatasetFormat::Imagefolder,
         RawDatasetFormat::Jsonl => DatasetFormat::Jsonl,
         RawDatasetFormat::Synthetic => DatasetFormat::Synthetic,
+        RawDatasetFormat::Clothing1m => DatasetFormat::Clothing1m,
     };
     // A generated dataset has no root: one inherited from a base recipe is ignored.
     let root = match format {
@@ -347,7 +351,65 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         max_per_class: raw
             .max_per_class
             .and_then(|m| v.whole_in("dataset.max_per_class", m, 1..=largest::<usize>())),
+        classes: classes(v, raw.classes),
+        second_val: raw.second_val.and_then(|sv| second_val(v, sv)),
+        expect: raw.expect.map(|e| expected_counts(v, e)),
         synthetic,
+    }
+}
+
+fn expected_counts(v: &mut Validator, raw: RawExpect) -> ExpectedCounts {
+    let mut count = |key: &str, value: Option<i64>, min: i64| {
+        value.and_then(|n| v.whole_in(&format!("dataset.expect.{key}"), n, min..=i64::MAX))
+    };
+    ExpectedCounts {
+        classes: count("classes", raw.classes, 1),
+        train: count("train", raw.train, 0),
+        val: count("val", raw.val, 0),
+        second_val: count("second_val", raw.second_val, 0),
+    }
+}
+
+fn second_val(v: &mut Validator, raw: RawSecondVal) -> Option<SecondVal> {
+    let Some(root) = raw.root else {
+        v.error("dataset.second_val", "`root` is required");
+        return None;
+    };
+    Some(SecondVal {
+        name: raw.name.unwrap_or_else(|| "second val".into()),
+        root: v.path("dataset.second_val.root", &root),
+        labels: raw.labels.map(|l| v.path("dataset.second_val.labels", &l)),
+    })
+}
+
+fn classes(v: &mut Validator, raw: Option<RawClasses>) -> ClassSubset {
+    const KEY: &str = "dataset.classes";
+    match raw {
+        None => ClassSubset::All,
+        Some(RawClasses::Spec(spec)) if spec == "all" => ClassSubset::All,
+        Some(RawClasses::Spec(spec)) => {
+            match spec.strip_prefix("first:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 1 => ClassSubset::First(n),
+                _ => {
+                    v.error(
+                        KEY,
+                        format!(
+                            "{spec:?}: expected \"all\", \"first:N\" (N ≥ 1) or a list of class ids"
+                        ),
+                    );
+                    ClassSubset::All
+                }
+            }
+        }
+        Some(RawClasses::Ids(ids)) => {
+            let mut seen = std::collections::HashSet::new();
+            if ids.is_empty() {
+                v.error(KEY, "an empty list keeps no class");
+            } else if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+                v.error(KEY, format!("{twice:?} is listed twice"));
+            }
+            ClassSubset::Ids(ids)
+        }
     }
 }
 

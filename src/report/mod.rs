@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::eval::EvalMetrics;
 use crate::recipe::{self, Recipe, RecipeError};
 use crate::stage::{RunFolder, StageError};
-use crate::table::{percent, Align, TextTable};
+use crate::table::{csv_line, percent, Align, TextTable};
 
 /// What a report could not read, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -517,18 +517,6 @@ fn markdown(columns: &[(String, Align)], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// One CSV record (RFC 4180: fields with a comma, quote or line break are quoted).
-fn csv_line(fields: &[String]) -> String {
-    let quoted: Vec<String> = fields
-        .iter()
-        .map(|f| match f.contains([',', '"', '\n', '\r']) {
-            true => format!("\"{}\"", f.replace('"', "\"\"")),
-            false => f.clone(),
-        })
-        .collect();
-    quoted.join(",") + "\n"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,11 +527,5 @@ mod tests {
         assert_eq!(without_seed("clean/lr=0.1,train.seed=2"), "clean/lr=0.1");
         assert_eq!(without_seed("clean/train.seed=2,lr=0.1"), "clean/lr=0.1");
         assert_eq!(without_seed("clean"), "clean");
-    }
-
-    #[test]
-    fn csv_quotes_what_needs_it() {
-        let fields = ["a", "b,c", "say \"x\""].map(String::from);
-        assert_eq!(csv_line(&fields), "a,\"b,c\",\"say \"\"x\"\"\"\n");
     }
 }

@@ -142,7 +142,7 @@ pub fn run_stage(
     let classes = inputs.class_names.len();
     let score = scores(inputs.topics, inputs.labels, classes, clean.similarity);
     let noisy = match &clean.truth {
-        Some(path) => Some(read_truth(path)?.noisy_by_sample(inputs.paths, inputs.labels)),
+        Some(path) => Some(read_truth(path)?.noisy_by_sample(inputs.paths)),
         None => None,
     };
     let keep = match (clean.rule, &noisy) {

@@ -1,35 +1,36 @@
 //! The truth file of a dataset with known noise: a TSV with a header naming at least
-//! `path`, `given_label` and `true_label` (-1 = out-of-set), matched to samples by path.
+//! `path`, `given_label` and `true_label` (-1 = out-of-set), matched to samples by path. A
+//! sample is noisy when the file's two labels differ: both are in the file's own numbering,
+//! so a run that keeps a subset of the classes (relabelled) reads the same file.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::ScoreError;
 
-/// True label by sample path.
+/// Whether each listed sample is noisy (given label ≠ true label), by path.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Truth {
-    true_label: HashMap<String, i64>,
+    noisy: HashMap<String, bool>,
 }
 
 impl Truth {
     pub fn len(&self) -> usize {
-        self.true_label.len()
+        self.noisy.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.true_label.is_empty()
+        self.noisy.is_empty()
     }
 
-    /// For each sample: `Some(true)` when its label differs from the true one, `None`
+    /// For each sample: `Some(true)` when its given label differs from its true one, `None`
     /// when the truth file does not list its path.
-    pub fn noisy_by_sample(&self, paths: &[String], labels: &[u32]) -> Vec<Option<bool>> {
+    pub fn noisy_by_sample(&self, paths: &[String]) -> Vec<Option<bool>> {
         paths
             .iter()
-            .zip(labels)
-            .map(|(path, &label)| {
+            .map(|path| {
                 let key = path.strip_prefix("./").unwrap_or(path);
-                self.true_label.get(key).map(|&t| t != label as i64)
+                self.noisy.get(key).copied()
             })
             .collect()
     }
@@ -74,11 +75,11 @@ pub fn read_truth(path: &Path) -> Result<Truth, ScoreError> {
             raw.parse()
                 .map_err(|_| bad(line_no, name, format!("not an integer: {raw:?}")))
         };
-        number(given_col, "given_label")?;
+        let given = number(given_col, "given_label")?;
         let true_label = number(true_col, "true_label")?;
         truth
-            .true_label
-            .insert(get(path_col, "path")?.to_string(), true_label);
+            .noisy
+            .insert(get(path_col, "path")?.to_string(), given != true_label);
     }
     Ok(truth)
 }
@@ -101,7 +102,7 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(
-            truth.noisy_by_sample(&paths, &[0, 0, 1, 1]),
+            truth.noisy_by_sample(&paths),
             [Some(false), Some(true), Some(true), None]
         );
 

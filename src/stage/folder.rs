@@ -10,7 +10,9 @@
 //! | `stages.json`          | the stage folders a finished run used (read by `train.init` and ensembles) |
 //! | `metrics.jsonl`        | training metrics per logged step (a copy of the train stage's)  |
 //! | `metrics.json`         | evaluation results (a copy of the eval stage's)                 |
+//! | `metrics_second_val.json` | evaluation on the second validation set, when there is one   |
 //! | `ensemble/`            | the ensemble's evaluation, when the recipe names one            |
+//! | `export/`              | per-sample verdicts and the cleaned lists (`runner export`)     |
 //!
 //! A run folder is locked (`.<name>.lock` beside it) while a runner writes it.
 
@@ -118,6 +120,10 @@ impl RunFolder {
     /// The score stage's summary (noise detection against a truth file, when known).
     pub const SCORE_SUMMARY: &'static str = "score_summary.json";
     pub const ENSEMBLE: &'static str = "ensemble";
+    /// The evaluation on `dataset.second_val`, when the recipe has one.
+    pub const SECOND_VAL_METRICS: &'static str = "metrics_second_val.json";
+    /// What `runner export` writes by default (see [`crate::export`]).
+    pub const EXPORT: &'static str = "export";
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         RunFolder { dir: dir.into() }

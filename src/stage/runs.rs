@@ -15,7 +15,7 @@ use super::error::{StageError, StageFailure};
 use super::folder::{RunFolder, RunState, RunStatus, StageRecord};
 use super::kind::StageKind;
 use super::plan::{Plan, PlannedStage};
-use super::stages::{spec, BuildContext, Parallel};
+use super::stages::{spec, BuildContext, Parallel, SECOND_VAL_EVAL_DIR};
 use crate::eval;
 use crate::recipe::Recipe;
 use crate::runtime::{RuntimeError, World};
@@ -381,6 +381,17 @@ fn collect_results(
     let class_names = crate::store::Store::open(ingest)?.header().class_names();
     let own = eval::load_predictions(eval_dir)?;
     let mut table = eval::render_table(&eval::metrics(&own, &class_names)?, true);
+    if let Some(second) = &recipe.dataset.second_val {
+        let dir = eval_dir.join(SECOND_VAL_EVAL_DIR);
+        let copy = folder.file(RunFolder::SECOND_VAL_METRICS);
+        fs::copy(dir.join(eval::METRICS_FILE), &copy).map_err(StageFailure::io(&copy))?;
+        let metrics = eval::metrics(&eval::load_predictions(&dir)?, &class_names)?;
+        table.push_str(&format!(
+            "\n{}:\n{}",
+            second.name,
+            eval::render_table(&metrics, false)
+        ));
+    }
     if !recipe.eval.ensemble.is_empty() {
         let mut members = vec![own];
         for member in &recipe.eval.ensemble {

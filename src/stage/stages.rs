@@ -198,11 +198,27 @@ pub fn spec(kind: StageKind) -> &'static StageSpec {
 /// a machine without the data), under a key no build can have made; `preflight` refuses to
 /// run it.
 fn dataset_fingerprint(recipe: &Recipe) -> Result<serde_json::Value, StageFailure> {
-    Ok(match &recipe.dataset.root {
-        Some(root) if !root.exists() => json!("the dataset root does not exist"),
-        Some(root) => json!(crate::dataset::fingerprint::fingerprint(root)?),
+    let of = |root: &Path| -> Result<serde_json::Value, StageFailure> {
+        Ok(match root.exists() {
+            false => json!("the dataset root does not exist"),
+            true => json!(crate::dataset::fingerprint::fingerprint(root)?),
+        })
+    };
+    let mut data = match &recipe.dataset.root {
+        Some(root) => of(root)?,
         None => serde_json::Value::Null,
-    })
+    };
+    // The second validation set's images and label file, beside the dataset's (only when
+    // there is one: the keys of recipes without it stay as they were).
+    if let Some(second) = &recipe.dataset.second_val {
+        let labels = match &second.labels {
+            Some(labels) => of(labels)?,
+            None => serde_json::Value::Null,
+        };
+        let second = json!({ "images": of(&second.root)?, "labels": labels });
+        data = json!({ "dataset": data, "second_val": second });
+    }
+    Ok(data)
 }
 
 fn train_settings(recipe: &Recipe, init: Option<&InitRef>) -> serde_json::Value {
@@ -235,6 +251,19 @@ pub fn preflight(recipe: &Recipe, until: StageKind) -> Result<(), StageError> {
     if let Some(root) = &recipe.dataset.root {
         if !root.exists() {
             problems.push(format!("dataset.root {} does not exist", root.display()));
+        }
+    }
+    if let Some(second) = &recipe.dataset.second_val {
+        let labels = second.labels.iter();
+        for (key, path) in
+            std::iter::once(("root", &second.root)).chain(labels.map(|l| ("labels", l)))
+        {
+            if !path.exists() {
+                problems.push(format!(
+                    "dataset.second_val.{key} {} does not exist",
+                    path.display()
+                ));
+            }
         }
     }
     if let Some(truth) = &recipe.clean.truth {
@@ -450,17 +479,15 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     Ok(())
 }
 
+/// The eval stage's folder for the second validation set (the same files as the first's).
+pub const SECOND_VAL_EVAL_DIR: &str = "second_val";
+
+/// Evaluates the final weights on the validation split, and on the second validation set
+/// when the recipe has one (into [`SECOND_VAL_EVAL_DIR`]).
 fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
     let recipe = cx.recipe;
     let ingest = cx.dir(StageKind::Ingest);
     let train_dir = cx.dir(StageKind::Train);
-    let store = Arc::new(Store::open(ingest)?);
-    let val = store.len(Split::Val);
-    if val == 0 {
-        return Err(StageFailure::NoValidationSamples {
-            store: ingest.to_path_buf(),
-        });
-    }
     let shape_path = train_dir.join(MODEL_SHAPE_FILE);
     let text = std::fs::read_to_string(&shape_path).map_err(StageFailure::io(&shape_path))?;
     let shape: ModelShape = serde_json::from_str(&text).map_err(|cause| StageFailure::Json {
@@ -475,6 +502,39 @@ fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
         shape.topics,
         &device,
     )?;
+    let mut sets = vec![(ingest.to_path_buf(), cx.out.to_path_buf())];
+    if recipe.dataset.second_val.is_some() {
+        sets.push((
+            ingest.join(store::SECOND_VAL_DIR),
+            cx.out.join(SECOND_VAL_EVAL_DIR),
+        ));
+    }
+    for (store_dir, out) in sets {
+        let store = Arc::new(Store::open(&store_dir)?);
+        let predictions = predict(cx, &store, &store_dir, &model, &device, shape.num_classes)?;
+        let class_names = store.header().class_names();
+        let metrics = eval::metrics(&predictions, &class_names)?;
+        eval::write_outputs(&out, &predictions, &metrics, &class_names)?;
+    }
+    Ok(())
+}
+
+/// The predictions of `model` for every validation image of `store` (in `store_dir`).
+fn predict(
+    cx: &BuildContext,
+    store: &Arc<Store>,
+    store_dir: &Path,
+    model: &crate::model::GoogLeNet,
+    device: &Device,
+    num_classes: usize,
+) -> Result<eval::Predictions, StageFailure> {
+    let recipe = cx.recipe;
+    let val = store.len(Split::Val);
+    if val == 0 {
+        return Err(StageFailure::NoValidationSamples {
+            store: store_dir.to_path_buf(),
+        });
+    }
     let crop = recipe.train.augmentation.crop;
     let resize = store.header().resize;
     let crops = loader::crop_boxes(recipe.eval.crops, resize, resize, crop).len();
@@ -492,12 +552,12 @@ fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
     )?;
     let predictions = eval::evaluate(
         batches,
-        shape.num_classes,
+        num_classes,
         crops,
         val,
         cx.progress,
         |batch: &Batch| {
-            let images = batch.images(&device)?;
+            let images = batch.images(device)?;
             let logits = model
                 .forward_eval(&images)?
                 .classes
@@ -510,10 +570,7 @@ fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
             )
         },
     )?;
-    let class_names = store.header().class_names();
-    let metrics = eval::metrics(&predictions, &class_names)?;
-    eval::write_outputs(cx.out, &predictions, &metrics, &class_names)?;
-    Ok(())
+    Ok(predictions)
 }
 
 #[cfg(test)]

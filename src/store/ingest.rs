@@ -200,13 +200,42 @@ struct Chunk {
     results: Vec<Prepared>,
 }
 
-/// [`ingest`] with explicit threads and commit size.
+/// Where the second validation set's store goes in the stage folder (`<dir>/second_val/store`,
+/// a store whose training split is empty), when the recipe has one.
+pub const SECOND_VAL_DIR: &str = "second_val";
+
+/// [`ingest`] with explicit threads and commit size: the dataset's counts checked against
+/// `dataset.expect` before any image is read, its store, and the second validation set's.
 pub fn ingest_with(
     params: &DatasetParams,
     dir: &Path,
     options: &IngestOptions,
 ) -> Result<IngestReport, IngestError> {
     let index = dataset::read(params, dir)?;
+    let second_val = dataset::read_second_val(params, &index.classes)?;
+    dataset::check_expected(params, &index, second_val.len())?;
+    let report = ingest_index(&index, params, dir, options)?;
+    if params.second_val.is_some() {
+        let second = dataset::DatasetIndex {
+            classes: index.classes.clone(),
+            queries: Vec::new(),
+            train: Vec::new(),
+            val: second_val,
+            repaired: FieldRepairs::default(),
+            truth: None,
+        };
+        ingest_index(&second, params, &dir.join(SECOND_VAL_DIR), options)?;
+    }
+    Ok(report)
+}
+
+/// The store of `index` in `dir`, built or resumed.
+fn ingest_index(
+    index: &dataset::DatasetIndex,
+    params: &DatasetParams,
+    dir: &Path,
+    options: &IngestOptions,
+) -> Result<IngestReport, IngestError> {
     let work: Vec<(Split, &DatasetSample)> = [Split::Train, Split::Val]
         .into_iter()
         .flat_map(|split| index.samples(split).iter().map(move |s| (split, s)))
@@ -220,7 +249,7 @@ pub fn ingest_with(
     // A finished store may be open for reading in this process (heed then refuses a second,
     // writable handle): read its report through the reader.
     if let Ok(store) = super::Store::open(dir) {
-        return reopen_finished(&store, &fingerprint, dir, &index);
+        return reopen_finished(&store, &fingerprint, dir, index);
     }
     let target = Target::new(dir, work.len(), params, options.commit_every);
     let existing = std::fs::metadata(target.env_dir.join("data.mdb")).map_or(0, |m| m.len());
@@ -238,7 +267,7 @@ pub fn ingest_with(
         &target.env_dir,
     )?;
     write_images(&target, &env, &tables, &work, params, options, &mut counts)?;
-    finish(&target, &env, &tables, &index, params, &counts)
+    finish(&target, &env, &tables, index, params, &counts)
 }
 
 /// The store being written: where, and how its LMDB errors read.

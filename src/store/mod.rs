@@ -36,7 +36,7 @@ use crate::sample::{SampleText, Source, Split};
 pub use codec::SkipReason;
 pub use ingest::{
     ingest, ingest_with, IngestError, IngestOptions, IngestReport, SkipCount, SkippedFile,
-    REPORT_FILE,
+    REPORT_FILE, SECOND_VAL_DIR,
 };
 
 /// Bumped whenever the layout above changes.

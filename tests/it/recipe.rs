@@ -468,3 +468,33 @@ fn the_default_recipe_is_what_a_recipe_that_sets_only_the_root_means() {
         bare
     );
 }
+
+/// `dataset.classes`: "all", "first:N" or a list of distinct class ids, else an error at
+/// the key saying what is allowed.
+#[test]
+fn a_class_subset_is_all_first_n_or_distinct_ids() {
+    for (set, message) in [
+        (
+            "dataset.classes=\"first:0\"",
+            "\"first:0\": expected \"all\", \"first:N\" (N ≥ 1) or a list of class ids",
+        ),
+        ("dataset.classes=\"top:50\"", "\"top:50\": expected"),
+        ("dataset.classes=[]", "an empty list keeps no class"),
+        (
+            "dataset.classes=[\"n01\", \"n02\", \"n01\"]",
+            "\"n01\" is listed twice",
+        ),
+    ] {
+        let msg = error("recipes/quickstart.toml", &[set]);
+        assert!(
+            msg.contains("dataset.classes") && msg.contains(message),
+            "{set}: {msg}"
+        );
+    }
+    let ok = recipe::load(
+        &["recipes/quickstart.toml".into()],
+        &["dataset.classes=\"first:5\"".into()],
+    )
+    .unwrap();
+    assert_eq!(ok[0].dataset.classes, recipe::ClassSubset::First(5));
+}

@@ -70,6 +70,18 @@ fn a_dataset_setting_rebuilds_everything() {
 }
 
 #[test]
+fn a_class_subset_or_a_source_filter_rebuilds_everything() {
+    for set in [
+        "dataset.classes=\"first:50\"",
+        "dataset.sources=[\"google\"]",
+    ] {
+        assert_eq!(rekeyed(&[set]).len(), 5, "{set}");
+    }
+    // Every class, spelt out, is the default: no stage is rebuilt.
+    assert!(rekeyed(&["dataset.classes=\"all\""]).is_empty());
+}
+
+#[test]
 fn settings_that_cannot_change_results_keep_every_key() {
     assert!(rekeyed(&[
         "train.workers=3",
