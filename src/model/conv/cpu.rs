@@ -18,7 +18,12 @@
 //! One product over the whole batch keeps the small late layers' matrices wide enough for the
 //! gemm to run near its peak (GoogLeNet's 5b is 7×7 at 224 px, 2×2 at 64 px). Every pass runs
 //! on rayon's pool (the product through the `gemm` crate, on as many threads as the pool
-//! has), and gives the same bits on every run.
+//! has), and gives the same bits on every run. The matrices that live only inside one pass
+//! (`cols`, `prod`, `dz`, `dcols`) are scratch buffers the calling thread keeps between calls
+//! ([`Scratch`]): no fresh zeroed pages every layer.
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
@@ -119,13 +124,63 @@ impl Geometry {
     }
 }
 
+thread_local! {
+    /// This thread's scratch buffers not in use, each as long as the longest use it has had.
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `len` elements of one of this thread's scratch buffers, back in the pool when dropped. Its
+/// elements hold whatever an earlier pass left: every user writes each element before
+/// reading it.
+struct Scratch {
+    buffer: Vec<f32>,
+    len: usize,
+}
+
+impl Scratch {
+    fn new(len: usize) -> Self {
+        let mut buffer = SCRATCH
+            .with(|pool| pool.borrow_mut().pop())
+            .unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        Self { buffer, len }
+    }
+}
+
+impl Deref for Scratch {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buffer[..self.len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        // A thread being torn down has no pool left; the buffer is then simply freed.
+        let _ = SCRATCH.try_with(|pool| pool.borrow_mut().push(buffer));
+    }
+}
+
 /// `cols[(c, i, j), (n, oy, ox)] = x[n, c, oy·s + i − pad, ox·s + j − pad]`, 0 in the padding.
-fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
+fn im2col(g: &Geometry, x: &[f32]) -> Scratch {
     let (p, plane) = (g.p(), g.h * g.w);
-    let mut cols = vec![0f32; g.k() * g.np()];
+    let mut cols = Scratch::new(g.k() * g.np());
     cols.par_chunks_mut(g.np())
         .enumerate()
         .for_each(|(row, out)| {
+            if !g.is_pointwise() {
+                out.fill(0.0);
+            }
             let (c, i, j) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
             let Some((lo, hi, first)) = g.columns_inside(j) else {
                 return;
@@ -244,7 +299,7 @@ fn matmul(dst: &mut [f32], (m, n, k): (usize, usize, usize), lhs: Matrix, rhs: M
 fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (k, p, np) = (g.k(), g.p(), g.np());
     let cols = im2col(g, x);
-    let mut prod = vec![0f32; g.o * np];
+    let mut prod = Scratch::new(g.o * np);
     let kernel = Matrix {
         data: w,
         row_stride: k,
@@ -284,9 +339,9 @@ struct Wanted {
 
 /// `dz` (O × N·P) from `dy` (NCHW): `dy` where `y` > 0 with `y` given (the fused op's ReLU),
 /// all of it without; and each channel's sum (planes summed first, then in image order).
-fn output_grad(g: &Geometry, dy: &[f32], y: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+fn output_grad(g: &Geometry, dy: &[f32], y: Option<&[f32]>) -> (Scratch, Vec<f32>) {
     let (p, np) = (g.p(), g.np());
-    let mut dz = vec![0f32; g.o * np];
+    let mut dz = Scratch::new(g.o * np);
     let sums = dz
         .par_chunks_mut(np.max(1))
         .enumerate()
@@ -298,9 +353,7 @@ fn output_grad(g: &Geometry, dy: &[f32], y: Option<&[f32]>) -> (Vec<f32>, Vec<f3
                 match y {
                     Some(y) => {
                         for ((d, &v), &grad) in dz.iter_mut().zip(&y[at..at + p]).zip(dy) {
-                            if v > 0.0 {
-                                *d = grad;
-                            }
+                            *d = if v > 0.0 { grad } else { 0.0 };
                         }
                     }
                     None => dz.copy_from_slice(dy),
@@ -341,7 +394,7 @@ fn backward(
         dw
     });
     let input_grad = wanted.input.then(|| {
-        let mut dcols = vec![0f32; k * np];
+        let mut dcols = Scratch::new(k * np);
         let kernel_t = Matrix {
             data: w,
             row_stride: 1,
