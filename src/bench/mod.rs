@@ -1,8 +1,8 @@
 //! The measurements behind `runner bench …`. In: a plain settings struct per benchmark (the
 //! `runner` binary turns its command line into one). Out: timings, throughput and sizes per
 //! configuration. The binary holds the rest of each benchmark: its arguments, the reference
-//! implementations it runs in Python (`../shared/bench`: PIL + lmdb, gensim, PyTorch
-//! figures), and the tables it prints. Measurements that name a core count are pinned to
+//! implementations it runs in Python (`../shared/bench`, `scripts/bench`: PIL + lmdb, gensim,
+//! PyTorch), and the tables it prints. Measurements that name a core count are pinned to
 //! those cores ([`cores`]).
 
 pub mod cores;

@@ -2,7 +2,8 @@
 //! ([`crate::train::train_step`]: forward + backward + SGD update) split into its phases
 //! (forward + backward, update), and of the eval forward pass, per precision and with or
 //! without the topic-regression heads. In: the cases to measure, a device, warm-up and timed
-//! steps. Out: seconds per phase.
+//! steps. Out: seconds per phase, and the network's parameter count (to check that a reference
+//! implementation measured beside it trains the same network).
 
 use std::time::Instant;
 
@@ -18,8 +19,10 @@ use crate::runtime::SingleProcess;
 use crate::train::optim::{DivergenceGuard, Sgd};
 use crate::train::{set_tf32, train_step, StepInput, Targets, TrainError, SPIKE_FACTOR};
 
-/// Classes of the benchmark's classifier (ImageNet's).
-pub const CLASSES: usize = 1000;
+/// Classes of the full network's classifier (ImageNet's).
+pub const FULL_CLASSES: usize = 1000;
+/// Classes of the small network's classifier: the experiments' (imagenette, 10 classes).
+pub const SMALL_CLASSES: usize = 10;
 
 /// One network, batch and precision to measure.
 #[derive(Debug, Clone)]
@@ -27,6 +30,7 @@ pub struct TrainCase {
     pub name: &'static str,
     pub model: ModelParams,
     pub batch: usize,
+    pub classes: usize,
     pub precision: Precision,
     /// Topic count of the regression heads; 0 for the 3-head classifier.
     pub topics: usize,
@@ -48,7 +52,8 @@ pub struct CaseSettings {
     pub topics: Vec<usize>,
     /// Batch of the full network (width 1, 224 px).
     pub full_batch: usize,
-    /// Batch of the small network (width 1/8, 64 px, no regression heads); 0 skips it.
+    /// Batch of the small network (width 1/8, 64 px, [`SMALL_CLASSES`], no regression heads,
+    /// as `recipes/imagenette/noisy.toml`); 0 skips it.
     pub small_batch: usize,
 }
 
@@ -68,6 +73,7 @@ pub fn cases(settings: &CaseSettings) -> Vec<TrainCase> {
                 name: "width 1, 224 px",
                 model: model(1.0, 224, topics),
                 batch: settings.full_batch,
+                classes: FULL_CLASSES,
                 precision,
                 topics,
             });
@@ -77,6 +83,7 @@ pub fn cases(settings: &CaseSettings) -> Vec<TrainCase> {
                 name: "width 1/8, 64 px",
                 model: model(0.125, 64, 0),
                 batch: settings.small_batch,
+                classes: SMALL_CLASSES,
                 precision,
                 topics: 0,
             });
@@ -101,6 +108,8 @@ pub struct TrainTiming {
     /// Mean milliseconds per timed step of the forward and backward pass, and of the update.
     pub forward_backward_ms: f64,
     pub update_ms: f64,
+    /// Learnable values of the network.
+    pub params: usize,
 }
 
 /// Mean seconds per call of `step` over `steps.timed` calls, after `steps.warmup` calls.
@@ -130,7 +139,7 @@ pub fn measure(
 ) -> Result<TrainTiming, BenchError> {
     set_tf32(case.precision == Precision::Tf32);
     let (model, batch) = (&case.model, case.batch);
-    let net = GoogLeNet::new(model, CLASSES, case.topics, 0, device)?;
+    let net = GoogLeNet::new(model, case.classes, case.topics, 0, device)?;
     let sgd_params = SgdParams {
         lr: 1e-3,
         ..Recipe::default().train.optimizer
@@ -139,7 +148,7 @@ pub fn measure(
     let side = model.input_size as usize;
     let images = Tensor::randn(0f32, 50.0, (batch, 3, side, side), device)?
         .to_dtype(case.precision.activations())?;
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i % CLASSES as u32).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % case.classes as u32).collect();
     let topics = match case.topics {
         0 => None,
         k => Some(candle_nn::ops::softmax_last_dim(&Tensor::randn(
@@ -196,5 +205,6 @@ pub fn measure(
         train_img_per_s: batch as f64 / train,
         forward_backward_ms: 1e3 * backward_s / timed,
         update_ms: 1e3 * update_s / timed,
+        params: net.vars().iter().map(|(_, v)| v.elem_count()).sum(),
     })
 }

@@ -9,7 +9,7 @@ use candle_core::{DType, ModuleT, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::conv::conv2d;
+use crate::model::conv::{conv2d, conv2d_bias_relu};
 use crate::model::ops::{avg_pool2d, max_pool2d};
 
 const AUX_DROPOUT: f64 = 0.7;
@@ -85,6 +85,11 @@ impl Conv {
     }
 
     pub(super) fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if let (Some(bias), None, DType::F32) = (&self.bias, &self.bn, x.dtype()) {
+            // In f32, convolution, bias and ReLU as one op (on the CPU one pass over the
+            // output), with a cheap backward.
+            return conv2d_bias_relu(x, &self.weight, bias, self.pad, self.stride);
+        }
         let y =
             with_weight_in_dtype_of(x, &self.weight, |x, w| conv2d(x, w, self.pad, self.stride))?;
         match (&self.bias, &self.bn) {

@@ -1,5 +1,6 @@
 //! The custom ops, losses and SGD against reference values from an independent numpy
-//! implementation of Caffe's layer definitions (script below), and all of them together
+//! implementation of Caffe's layer definitions (script below), against PyTorch where it has
+//! the same layer (`ops_match_pytorch`, its script beside it), and all of them together
 //! training a small network on the CPU.
 //!
 //! Reference values: `python3 ref.py` with numpy 2.4.6, float64. The script:
@@ -99,6 +100,7 @@
 use candle_core::{DType, Device, Module, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use websieve::model::conv::conv2d_bias_relu;
 use websieve::model::ops::{avg_pool2d, lrn, max_pool2d};
 use websieve::recipe::params::{LrPolicy, Schedule, SgdParams};
 use websieve::recipe::Recipe;
@@ -292,6 +294,126 @@ fn sgd_matches_reference_over_five_steps() {
     assert!(clipped > 0, "the reference run clips at least once");
     assert_close("sgd w", w.as_tensor(), SGD_W, 1e-12);
     assert_close("sgd b", b.as_tensor(), SGD_B, 1e-12);
+}
+
+/// Reference values from PyTorch 2.15 (CPU, float64), stronger than the numpy ones where
+/// PyTorch has Caffe's layer: ceil-mode max and average pooling (no padding, GoogLeNet's
+/// pool1–4; with padding Caffe and PyTorch divide differently), LRN, convolution + bias + ReLU
+/// with stride and padding (our CPU op), both losses, and one SGD step with Caffe's multipliers
+/// (from zero momentum PyTorch's and Caffe's momentum forms take the same step).
+/// `python3 torch_ref.py` with torch 2.15.0, numpy 2.4.6; the script:
+// import numpy as np, torch, torch.nn.functional as F
+// torch.set_default_dtype(torch.float64)
+// def pattern(shape, a, b):
+//     return torch.sin(a * torch.arange(int(np.prod(shape)), dtype=torch.float64) + b).reshape(shape)
+// def show(name, v):
+//     v = v.detach().reshape(-1).tolist() if torch.is_tensor(v) else [v]
+//     print(f"const TORCH_{name.upper()}: &[f64] = &[{', '.join(repr(float(e)) for e in v)}];")
+// def fwd_bwd(f, x, a=0.11, b=0.5):
+//     x = x.clone().requires_grad_(True); y = f(x)
+//     (y * pattern(y.shape, a, b)).sum().backward()
+//     return y, x.grad
+// x = pattern((1, 2, 5, 6), 0.37, 0.1)
+// y, dx = fwd_bwd(lambda t: F.max_pool2d(t, 3, 2, ceil_mode=True), x); show("max_k3s2_y", y); show("max_k3s2_dx", dx)
+// y, dx = fwd_bwd(lambda t: F.avg_pool2d(t, 3, 2, ceil_mode=True), x); show("avg_k3s2_y", y); show("avg_k3s2_dx", dx)
+// xl = 2 * pattern((1, 6, 2, 2), 0.37, 0.1)
+// y, dx = fwd_bwd(lambda t: F.local_response_norm(t, 5, alpha=0.5, beta=0.75, k=1.0), xl); show("lrn_y", y); show("lrn_dx", dx)
+// xc = pattern((1, 2, 5, 5), 0.37, 0.1).requires_grad_(True)
+// wc = (0.5 * pattern((3, 2, 3, 3), 0.23, 0.7)).requires_grad_(True)
+// bc = torch.tensor([0.1, -0.2, 0.05], requires_grad=True)
+// yc = F.relu(F.conv2d(xc, wc, bc, stride=2, padding=1))
+// (yc * pattern(yc.shape, 0.11, 0.5)).sum().backward()
+// show("conv_y", yc); show("conv_dx", xc.grad); show("conv_dw", wc.grad); show("conv_db", bc.grad)
+// logits = (3 * pattern((3, 4), 0.37, 0.1)).requires_grad_(True)
+// labels = torch.tensor([2, 0, 3]); lam = torch.tensor([0.5, 1.0, 0.25])
+// loss = (F.cross_entropy(logits, labels, reduction="none") * lam).mean(); loss.backward()
+// show("wce_loss", loss.item()); show("wce_grad", logits.grad)
+// sl = (4 * pattern((2, 3), 0.37, 0.1)).requires_grad_(True); t = (pattern((2, 3), 0.11, 0.5) + 1) / 2
+// loss = F.binary_cross_entropy_with_logits(sl, t, reduction="sum") / 2; loss.backward()
+// show("sce_loss", loss.item()); show("sce_grad", sl.grad)
+// # One SGD step with Caffe's multipliers (bias: 2x lr, no decay) on 1/2|w - 3|^2 + 1/2|b + 1|^2.
+// w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True); b = torch.tensor([0.25], requires_grad=True)
+// opt = torch.optim.SGD([{"params": [w], "lr": 0.1, "weight_decay": 5e-3},
+//                        {"params": [b], "lr": 0.2, "weight_decay": 0.0}], lr=0.1, momentum=0.9)
+// (0.5 * ((w - 3) ** 2).sum() + 0.5 * ((b + 1) ** 2).sum()).backward(); opt.step()
+// show("sgd_w", w); show("sgd_b", b)
+#[test]
+fn ops_match_pytorch() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+        let x = pattern(&[1, 2, 5, 6], 0.37, 0.1, dtype);
+        let dy = |dims: &[usize]| pattern(dims, 0.11, 0.5, dtype);
+        let (y, dx) = forward_backward(|x| max_pool2d(x, 3, 2, 0, true), &x, dy);
+        assert_close("max 3/2 ceil", &y, TORCH_MAX_K3S2_Y, tol);
+        assert_close("max 3/2 ceil dx", &dx, TORCH_MAX_K3S2_DX, tol);
+        let (y, dx) = forward_backward(|x| avg_pool2d(x, 3, 2, 0, true), &x, dy);
+        assert_close("avg 3/2 ceil", &y, TORCH_AVG_K3S2_Y, tol);
+        assert_close("avg 3/2 ceil dx", &dx, TORCH_AVG_K3S2_DX, tol);
+        let xl = (pattern(&[1, 6, 2, 2], 0.37, 0.1, dtype) * 2.0).unwrap();
+        let (y, dx) = forward_backward(|x| lrn(x, 5, 0.5, 0.75, 1.0), &xl, dy);
+        assert_close("lrn", &y, TORCH_LRN_Y, tol * 10.0);
+        assert_close("lrn dx", &dx, TORCH_LRN_DX, tol * 10.0);
+    }
+    // The CPU convolution runs in f32.
+    let f32_var = |t: Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+    let x = f32_var(pattern(&[1, 2, 5, 5], 0.37, 0.1, DType::F32));
+    let w = f32_var((pattern(&[3, 2, 3, 3], 0.23, 0.7, DType::F32) * 0.5).unwrap());
+    let b = f32_var(Tensor::new(&[0.1f32, -0.2, 0.05], &Device::Cpu).unwrap());
+    let y = conv2d_bias_relu(&x, &w, &b, 1, 2).unwrap();
+    let grads = (&y * pattern(y.dims(), 0.11, 0.5, DType::F32))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_close("conv", &y, TORCH_CONV_Y, 1e-6);
+    for (what, var, want) in [
+        ("conv dx", &x, TORCH_CONV_DX),
+        ("conv dw", &w, TORCH_CONV_DW),
+        ("conv db", &b, TORCH_CONV_DB),
+    ] {
+        assert_close(what, grads.get(var).unwrap(), want, 1e-6);
+    }
+
+    let logits =
+        Var::from_tensor(&(pattern(&[3, 4], 0.37, 0.1, DType::F64) * 3.0).unwrap()).unwrap();
+    let labels = Tensor::new(&[2u32, 0, 3], &Device::Cpu).unwrap();
+    let lambda = Tensor::new(&[0.5f64, 1.0, 0.25], &Device::Cpu).unwrap();
+    let loss = weighted_softmax_cross_entropy(logits.as_tensor(), &labels, &lambda).unwrap();
+    assert_close("wce loss", &loss, TORCH_WCE_LOSS, 1e-12);
+    let grad = loss.backward().unwrap();
+    let grad = grad.get(logits.as_tensor()).unwrap();
+    assert_close("wce grad", grad, TORCH_WCE_GRAD, 1e-12);
+    let logits =
+        Var::from_tensor(&(pattern(&[2, 3], 0.37, 0.1, DType::F64) * 4.0).unwrap()).unwrap();
+    let targets = ((pattern(&[2, 3], 0.11, 0.5, DType::F64) + 1.0).unwrap() / 2.0).unwrap();
+    let loss = sigmoid_cross_entropy(logits.as_tensor(), &targets).unwrap();
+    assert_close("sce loss", &loss, TORCH_SCE_LOSS, 1e-12);
+    let grad = loss.backward().unwrap();
+    let grad = grad.get(logits.as_tensor()).unwrap();
+    assert_close("sce grad", grad, TORCH_SCE_GRAD, 1e-12);
+
+    let w = Var::new(&[1.0f64, -2.0, 0.5], &Device::Cpu).unwrap();
+    let b = Var::new(&[0.25f64], &Device::Cpu).unwrap();
+    let settings = SgdParams {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 5e-3,
+        bias_lr_mult: 2.0,
+        clip_grad_norm: None,
+    };
+    let vars = vec![
+        ("fc.weight".to_string(), w.clone()),
+        ("fc.bias".to_string(), b.clone()),
+    ];
+    let mut sgd = Sgd::new(vars, &settings).unwrap();
+    let half_square = |t: Tensor| t.sqr().unwrap().sum_all().unwrap();
+    let loss = (half_square((w.as_tensor() - 3.0).unwrap())
+        + half_square((b.as_tensor() + 1.0).unwrap()))
+    .unwrap();
+    let grads = (loss * 0.5).unwrap().backward().unwrap();
+    sgd.step(&grads, settings.lr).unwrap();
+    assert_close("sgd w", w.as_tensor(), TORCH_SGD_W, 1e-12);
+    assert_close("sgd b", b.as_tensor(), TORCH_SGD_B, 1e-12);
 }
 
 /// conv → LRN → ceil max-pool → conv → padded avg-pool → fc, trained with the weighted loss
@@ -984,3 +1106,373 @@ const SCE_GRAD: &[f64] = &[
 ];
 const SGD_W: &[f64] = &[1.6613523963936205, -0.32512746594191294, 1.3302724193376982];
 const SGD_B: &[f64] = &[-0.5402458400487298];
+
+// ---- PyTorch's reference values, printed by ops_match_pytorch's script ----
+const TORCH_MAX_K3S2_Y: &[f64] = &[
+    0.7446431199708593,
+    0.9999576464987401,
+    0.9999576464987401,
+    0.9379999767747389,
+    0.999871708718139,
+    0.9264154954967662,
+    0.999739337036853,
+    0.999739337036853,
+    0.722881349511976,
+    0.9995605376022044,
+    0.92119810882011,
+    0.758132221587245,
+];
+const TORCH_MAX_K3S2_DX: &[f64] = &[
+    0.0,
+    0.0,
+    0.479425538604203,
+    0.0,
+    1.2322521320719544,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.7379313711099628,
+    0.8075581004051142,
+    0.867423225594017,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    1.8719039643564592,
+    0.0,
+    0.9818535303723597,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.990326804156158,
+    0.0,
+    0.9967377520431434,
+    0.9995736030415051,
+    0.0,
+    0.0,
+    0.0,
+];
+const TORCH_AVG_K3S2_Y: &[f64] = &[
+    -0.02904538013410475,
+    0.01893050026513076,
+    0.05117261645760712,
+    -0.04986273945926789,
+    -0.06654838438546265,
+    -0.057642761309867264,
+    -0.06258616307981003,
+    -0.06148716597976608,
+    -0.03997302355347495,
+    0.038647853266429326,
+    -0.007997019327535944,
+    -0.04283680409949861,
+];
+const TORCH_AVG_K3S2_DX: &[f64] = &[
+    0.05326950428935589,
+    0.05326950428935589,
+    0.11692144430052048,
+    0.06365194001116459,
+    0.17354938533974346,
+    0.10989744532857885,
+    0.05326950428935589,
+    0.05326950428935589,
+    0.11692144430052048,
+    0.06365194001116459,
+    0.17354938533974346,
+    0.10989744532857885,
+    0.13526187885712954,
+    0.13526187885712954,
+    0.2886424966910846,
+    0.15338061783395507,
+    0.40784860076153673,
+    0.25446798292758166,
+    0.08199237456777364,
+    0.08199237456777364,
+    0.17172105239056412,
+    0.08972867782279047,
+    0.23429921542179327,
+    0.14457053759900282,
+    0.08199237456777364,
+    0.08199237456777364,
+    0.17172105239056412,
+    0.08972867782279047,
+    0.23429921542179327,
+    0.14457053759900282,
+    0.10186701208575188,
+    0.10186701208575188,
+    0.2079893293729399,
+    0.10612231728718803,
+    0.269764572349248,
+    0.16364225506205995,
+    0.10186701208575188,
+    0.10186701208575188,
+    0.2079893293729399,
+    0.10612231728718803,
+    0.269764572349248,
+    0.16364225506205995,
+    0.2126156512016567,
+    0.2126156512016567,
+    0.4298017021601231,
+    0.21718605095846638,
+    0.545882773379886,
+    0.3286967224214196,
+    0.11074863911590482,
+    0.11074863911590482,
+    0.2218123727871832,
+    0.11106373367127835,
+    0.276118201030638,
+    0.16505446735935966,
+    0.11074863911590482,
+    0.11074863911590482,
+    0.2218123727871832,
+    0.11106373367127835,
+    0.276118201030638,
+    0.16505446735935966,
+];
+const TORCH_LRN_Y: &[f64] = &[
+    0.15458796888774837,
+    0.6820974730475811,
+    1.0537767825042064,
+    1.24603021459141,
+    1.2897107096688427,
+    1.1740216729062254,
+    0.915646971983447,
+    0.548042084814552,
+    0.1039449501651209,
+    -0.35879474916656195,
+    -0.7402502846082633,
+    -0.9874725987748693,
+    -1.1020981579854294,
+    -1.0981579398217045,
+    -0.9750118144435481,
+    -0.7182944950638882,
+    -0.3390823980369587,
+    0.135998301600934,
+    0.5759260953008221,
+    0.9370871447724132,
+    1.2239427094531046,
+    1.2927417772839436,
+    1.2379969544389486,
+    1.0343735015138007,
+];
+const TORCH_LRN_DX: &[f64] = &[
+    0.35055015402842393,
+    0.3462838445192984,
+    0.35299439666993215,
+    0.39400251503031203,
+    0.46175202706402096,
+    0.5057746164086415,
+    0.5535645227920132,
+    0.5947461796333455,
+    0.6249145784922814,
+    0.6460872738650688,
+    0.6559784262862207,
+    0.6481454378823748,
+    0.6284268143897933,
+    0.5747032268685668,
+    0.5157862466957224,
+    0.4793941597894603,
+    0.4804581628376642,
+    0.45691289329122625,
+    0.44722241335618734,
+    0.42717189335212086,
+    0.3756571976229612,
+    0.26660851524578816,
+    0.16627112844300418,
+    0.07331110893185631,
+];
+const TORCH_CONV_Y: &[f64] = &[
+    1.881006152750617,
+    2.9149308415744817,
+    1.4354201608077524,
+    0.0,
+    0.0,
+    0.0,
+    1.2965950051139643,
+    2.371217570619381,
+    1.3050839157674698,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.8551284561412134,
+    1.0209880923393793,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.4213174749235076,
+    1.6319125314813099,
+    0.7478873159681779,
+    0.0,
+    0.0,
+    0.10534079976274457,
+    0.9595347537603175,
+];
+const TORCH_CONV_DX: &[f64] = &[
+    0.23942265535785484,
+    0.5121950346065038,
+    0.28608707175818515,
+    0.5477823856591091,
+    0.23152250594120405,
+    0.21184124729452275,
+    -0.03371661118986244,
+    -0.20337791305799685,
+    -0.5555743285382004,
+    -0.37046089089871714,
+    -0.07447525286822644,
+    -0.4523462527632269,
+    -0.28415607840336843,
+    -0.5115356253852622,
+    -0.22282245538413215,
+    0.2178940973847833,
+    0.4263723136205666,
+    0.34802956952246167,
+    0.7528398405483963,
+    0.4444955065574162,
+    0.457846770911566,
+    0.9235501520198118,
+    0.5017240480586435,
+    1.003349936234487,
+    0.5399009311450584,
+    -0.12496916805276959,
+    -0.25798275911320556,
+    -0.1493261500037927,
+    -0.4614940677429054,
+    -0.29189562982830364,
+    -0.382827076532704,
+    -0.45764660274294067,
+    -0.022469782780432324,
+    -0.012651269742670779,
+    0.04537386825085654,
+    -0.09142130125709358,
+    0.3139385301209294,
+    0.40623393274533304,
+    0.8504811189637683,
+    0.4458360903959941,
+    0.07990786536915857,
+    0.6480613214548563,
+    0.49764246714935384,
+    1.0229774365836573,
+    0.5239208384491189,
+    -0.23897792784457253,
+    -0.43157666965633884,
+    -0.21857725065965458,
+    -0.38993790836487124,
+    -0.19508720307117922,
+];
+const TORCH_CONV_DW: &[f64] = &[
+    0.20214649451756905,
+    0.294917714888459,
+    0.19983176039748,
+    2.5457233951115756,
+    3.3010325750780907,
+    2.3647005773667127,
+    0.47321283715073215,
+    0.5078198903334818,
+    0.39774038510876597,
+    0.11298689477825463,
+    0.1163182010833348,
+    0.10470297338856649,
+    -2.4974372710000554,
+    -3.2637484321383914,
+    -2.335671900605057,
+    -0.6481259370404333,
+    -0.7304980919916868,
+    -0.5477427290591395,
+    0.7581923791548875,
+    0.15485936429110775,
+    0.07630044419236498,
+    -1.6763853155800845,
+    -1.6743641365902215,
+    -0.9179575469298051,
+    0.16579850663252066,
+    0.7680174870629147,
+    0.4296598496732534,
+    -1.0120924852148838,
+    -0.4476633550099451,
+    -0.23738778618247086,
+    1.5972654522392549,
+    1.7043139835584804,
+    0.9359330256318191,
+    0.13171092476111512,
+    -0.49172126778075703,
+    -0.27848024090770407,
+    0.08963689633332388,
+    0.2244733049619363,
+    0.20663397882344456,
+    -0.05420462361105337,
+    -0.18181379927245658,
+    -0.573051995608144,
+    -0.022345973355910126,
+    -0.2907589372926768,
+    0.016175917307228352,
+    -0.16594110447007718,
+    -0.32005944120625773,
+    -0.2968466734268403,
+    0.0860358502159559,
+    0.16812301147194522,
+    0.5555109166605035,
+    -0.015162025125226145,
+    0.2987177344923285,
+    0.07268610986072281,
+];
+const TORCH_CONV_DB: &[f64] = &[4.565435165404976, 1.8281057032696857, 0.6478426120590187];
+const TORCH_WCE_LOSS: &[f64] = &[0.7674305922688406];
+const TORCH_WCE_GRAD: &[f64] = &[
+    0.007222394267256221,
+    0.020828976539336838,
+    -0.1166870315962503,
+    0.08863566078965723,
+    -0.1967470071171678,
+    0.11038376277746055,
+    0.061177424075927134,
+    0.025185820263780072,
+    0.054878786313458855,
+    0.018308094326939434,
+    0.006855469081559099,
+    -0.08004234972195738,
+];
+const TORCH_SCE_LOSS: &[f64] = &[1.449768195648437];
+const TORCH_SCE_GRAD: &[f64] = &[
+    -0.07059260673732487,
+    0.03655739243446793,
+    0.060952162719801695,
+    0.05394357818006623,
+    0.03911587364059366,
+    0.021265746400252916,
+];
+const TORCH_SGD_W: &[f64] = &[1.1995, -1.4989999999999999, 0.74975];
+const TORCH_SGD_B: &[f64] = &[-1.3877787807814457e-17];

@@ -1,6 +1,6 @@
 //! `runner bench …`: each benchmark's arguments, the reference it is compared with (run in
-//! Python from `../shared/bench`, or read from its output), and the table it prints. The
-//! measurements themselves are the library's ([`websieve::bench`]).
+//! Python from `../shared/bench` or `scripts/bench`, or read from its output), and the table
+//! it prints. The measurements themselves are the library's ([`websieve::bench`]).
 
 mod ingest;
 mod lda;
@@ -26,7 +26,7 @@ pub enum Bench {
     Loader(loader::LoaderBenchArgs),
     /// LDA tokens/s and quality against gensim on one corpus; noise detection on a dataset.
     Lda(lda::LdaBenchArgs),
-    /// Training images/s (forward + backward + update) of GoogLeNet on the CPU.
+    /// Training images/s (forward + backward + update) of GoogLeNet, against PyTorch on the CPU.
     Train(train::TrainBenchArgs),
 }
 

@@ -1,23 +1,51 @@
-//! 2-D convolution (NCHW input, OIHW kernel, one padding and stride for both axes) with a fast
-//! backward that computes only the gradients needed (none for an input that does not track,
-//! such as the images).
+//! 2-D convolution (NCHW input, OIHW kernel, one padding and stride for both axes), alone or
+//! fused with the bias and ReLU that follow it in GoogLeNet, with a fast backward that
+//! computes only the gradients needed (none for an input that does not track, such as the
+//! images).
 //!
-//! In: input, kernel, padding, stride. Out: the value of candle's `conv2d`, differentiable.
+//! In: input, kernel, (bias), padding, stride. Out: the value of candle's `conv2d` (to float
+//! rounding: the sums run in another order), or `max(conv2d + bias, 0)`, differentiable.
 //! Why: candle's backward is slow: on CPU a direct `conv_transpose2d` loop 5–10× slower than the
 //! forward (BENCHMARKS.md, "Why `model::conv` exists"); on CUDA a naive kernel (GoogLeNet's
 //! conv1 at batch 64 on an H200: 182 ms a step against 1.9 ms for the forward).
 //!
-//! - CPU f32: the value of `conv2d` on detached operands plus a zero-valued op that carries the
-//!   gradients: input grad = output grad convolved with the kernel flipped and transposed
-//!   (stride 1), kernel grad = candle's formula.
+//! - CPU f32: our own op (module `cpu`): im2col and one gemm over the whole batch per pass,
+//!   bias and ReLU applied as the product is written out (BENCHMARKS.md, "GoogLeNet training
+//!   speed").
 //! - CUDA f32 and bf16 with the `cudnn` feature: forward, backward-data and backward-filter
 //!   through cuDNN, planned once per shape (module `cudnn`); f32 in strict FP32 unless
-//!   [`set_tf32`], bf16 computing in f32 on tensor cores.
-//! - Elsewhere (other dtypes, CUDA without `cudnn`): candle's `conv2d`.
+//!   [`set_tf32`], bf16 computing in f32 on tensor cores. Bias and ReLU: `ops::bias_relu`.
+//! - Elsewhere (other dtypes, CUDA without `cudnn`): candle's `conv2d`, then `ops::bias_relu`.
+
+mod cpu;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+/// Operands the CPU convolution cannot take; wrapped into `candle_core::Error`.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConvError {
+    #[error(
+        "conv2d: input {input:?} and kernel {kernel:?} (padding {pad}, stride {stride}) do not \
+         fit: expected NCHW and OIHW with the same C, a kernel no larger than the padded input, \
+         a stride of at least 1"
+    )]
+    Shapes {
+        input: Vec<usize>,
+        kernel: Vec<usize>,
+        pad: usize,
+        stride: usize,
+    },
+    #[error("conv2d: the CPU convolution takes contiguous f32 operands on the CPU")]
+    NotCpuF32,
+}
+
+impl From<ConvError> for candle_core::Error {
+    fn from(e: ConvError) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
 
 /// Whether f32 convolutions on CUDA may use TF32 tensor cores (about 10 mantissa bits).
 static TF32: AtomicBool = AtomicBool::new(false);
@@ -38,59 +66,49 @@ pub fn set_deterministic(on: bool) {
     DETERMINISTIC.store(on, Ordering::Relaxed);
 }
 
-/// Zeros of the convolution's output shape; its backward is the convolution's backward.
-struct ConvGrad {
-    pad: usize,
-    stride: usize,
-    out_shape: Shape,
+/// Whether operands run through the CPU op (module `cpu`).
+fn on_cpu_in_f32(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
-impl CustomOp2 for ConvGrad {
-    fn name(&self) -> &'static str {
-        "conv2d-grad"
-    }
+/// The CPU op's geometry for these operands.
+fn cpu_op(input: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<cpu::Conv> {
+    Ok(cpu::Conv(cpu::Geometry::new(
+        input.dims(),
+        kernel.dims(),
+        pad,
+        stride,
+    )?))
+}
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let zeros = vec![0f32; self.out_shape.elem_count()];
-        Ok((CpuStorage::F32(zeros), self.out_shape.clone()))
+/// `max(input.conv2d(kernel, pad, stride, 1, 1) + bias[o], 0)`, `bias` of shape `[O]` and the
+/// operands' dtype: on the CPU in f32 one op (bias and ReLU applied as the output is written),
+/// elsewhere [`conv2d`] then `ops::bias_relu`.
+pub fn conv2d_bias_relu(
+    input: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    pad: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    if !on_cpu_in_f32(&[input, kernel, bias]) {
+        return crate::model::ops::bias_relu(&conv2d(input, kernel, pad, stride)?, bias);
     }
-
-    fn bwd(
-        &self,
-        input: &Tensor,
-        kernel: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, kh, kw) = kernel.dims4()?;
-        let input_grad = match (input.track_op(), self.stride) {
-            (false, _) => None,
-            (true, 1) => {
-                let flipped = kernel.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-                Some(grad.conv2d(&flipped, kh - 1 - self.pad, 1, 1, 1)?)
-            }
-            // Strided convolutions (only conv1 in GoogLeNet, whose input is the images) keep
-            // candle's formula.
-            (true, stride) => {
-                let (_, _, h, _) = input.dims4()?;
-                let covered = (grad.dim(2)? - 1) * stride + kh - 2 * self.pad;
-                Some(grad.conv_transpose2d(kernel, self.pad, h - covered, stride, 1)?)
-            }
-        };
-        let kernel_grad = input
-            .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, self.pad, 1, self.stride, 1)?
-            .transpose(0, 1)?
-            .narrow(2, 0, kh)?
-            .narrow(3, 0, kw)?;
-        Ok((input_grad, Some(kernel_grad)))
+    let op = cpu_op(input, kernel, pad, stride)?;
+    if bias.dims() != [kernel.dim(0)?] {
+        return Err(crate::model::ops::OpError::BadArgument {
+            op: "conv2d_bias_relu",
+            field: "bias",
+            requirement: "of shape [O], O being the kernel's output channels",
+            value: format!("{:?}", bias.dims()),
+        }
+        .into());
     }
+    input
+        .contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
 }
 
 /// How convolutions run on CUDA with `cudnn`: see [`set_tf32`] and [`set_deterministic`].
@@ -101,7 +119,8 @@ struct Mode {
     deterministic: bool,
 }
 
-/// `input.conv2d(kernel, pad, stride, 1, 1)` with the faster backward.
+/// `input.conv2d(kernel, pad, stride, 1, 1)` with the faster backward (on the CPU in f32, our
+/// own op).
 pub fn conv2d(input: &Tensor, kernel: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
     let mode = Mode {
         tf32: TF32.load(Ordering::Relaxed),
@@ -124,20 +143,11 @@ fn conv2d_with(
     }
     #[cfg(not(feature = "cudnn"))]
     let _ = mode; // only cuDNN has the switches
-    let tracked = input.track_op() || kernel.track_op();
-    if tracked && (!input.device().is_cpu() || input.dtype() != DType::F32) {
+    if !on_cpu_in_f32(&[input, kernel]) {
         return input.conv2d(kernel, pad, stride, 1, 1);
     }
-    let value = input.detach().conv2d(&kernel.detach(), pad, stride, 1, 1)?;
-    if !tracked {
-        return Ok(value);
-    }
-    let grad = ConvGrad {
-        pad,
-        stride,
-        out_shape: value.shape().clone(),
-    };
-    value + input.apply_op2(kernel, grad)?
+    let op = cpu_op(input, kernel, pad, stride)?;
+    input.contiguous()?.apply_op2(&kernel.contiguous()?, op)
 }
 
 /// cuDNN forward, backward-data and backward-filter on candle's CUDA storage.
@@ -709,43 +719,63 @@ mod tests {
     use super::*;
     use crate::model::ops::gradcheck::{cuda_device, relative_error};
 
-    /// Gradients of a weighted sum of the output, ours against candle's own conv backward.
+    /// The largest absolute difference between `a` and `b`, against the largest |a| (at least 1).
+    fn worst_relative(a: &Tensor, b: &Tensor) -> (f32, f32) {
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (a, b) = (values(a), values(b));
+        assert_eq!(a.len(), b.len());
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        (worst, scale)
+    }
+
+    /// Value and gradients of a weighted sum of the output, ours against candle's own conv
+    /// (and its `broadcast_add` + `relu` for the fused op), within 1e-5 of the largest value:
+    /// the plain convolution and the fused one, with a bias of both signs so that the ReLU
+    /// cuts.
     fn compare(c: usize, o: usize, k: usize, pad: usize, stride: usize, side: usize) {
         let dev = Device::Cpu;
         let x =
             Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, side, side), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (o, c, k, k), &dev).unwrap()).unwrap();
-        let reference = x.conv2d(&w, pad, stride, 1, 1).unwrap();
-        let ours = conv2d(&x, &w, pad, stride).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, reference.shape(), &dev).unwrap();
-        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(values(&reference), values(&ours));
-        let g_ref = (reference * &probe)
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, o, &dev).unwrap()).unwrap();
+        let plain = x.conv2d(&w, pad, stride, 1, 1).unwrap();
+        let fused = plain
+            .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
             .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
+            .relu()
             .unwrap();
-        let g_ours = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for var in [&x, &w] {
-            let (a, b) = (
-                values(g_ref.get(var).unwrap()),
-                values(g_ours.get(var).unwrap()),
-            );
-            let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = a
-                .iter()
-                .zip(&b)
-                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(
-                worst <= 1e-5 * scale,
-                "c{c} o{o} k{k} p{pad} s{stride}: {worst} vs {scale}"
-            );
+        let cases = [
+            ("conv2d", plain, conv2d(&x, &w, pad, stride).unwrap()),
+            (
+                "conv2d_bias_relu",
+                fused,
+                conv2d_bias_relu(&x, &w, &b, pad, stride).unwrap(),
+            ),
+        ];
+        for (name, reference, ours) in cases {
+            let at = format!("{name} c{c} o{o} k{k} p{pad} s{stride} side{side}");
+            let (worst, scale) = worst_relative(&reference, &ours);
+            assert!(worst <= 1e-5 * scale, "value of {at}: {worst} vs {scale}");
+            let probe = Tensor::randn(0f32, 1.0, reference.shape(), &dev).unwrap();
+            let grads = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g_ref, g_ours) = (grads(reference), grads(ours));
+            for (var, operand) in [(&x, "input"), (&w, "kernel"), (&b, "bias")] {
+                match (g_ref.get(var), g_ours.get(var)) {
+                    (Some(expected), Some(got)) => {
+                        let (worst, scale) = worst_relative(expected, got);
+                        assert!(
+                            worst <= 1e-5 * scale,
+                            "{operand} grad of {at}: {worst} vs {scale}"
+                        );
+                    }
+                    (None, None) => {}
+                    (expected, got) => panic!("{operand} grad of {at}: {expected:?} vs {got:?}"),
+                }
+            }
         }
     }
 
@@ -756,6 +786,30 @@ mod tests {
         compare(4, 6, 1, 0, 1, 5);
         compare(3, 4, 7, 3, 2, 16);
         compare(3, 4, 7, 3, 2, 15);
+        // 1×1 with a stride and with padding, 3×3 with stride 2 and 3, a kernel as large as
+        // the padded input.
+        compare(4, 3, 1, 0, 2, 7);
+        compare(2, 3, 1, 1, 1, 4);
+        compare(3, 5, 3, 1, 2, 8);
+        compare(3, 2, 3, 0, 3, 10);
+        compare(2, 3, 5, 1, 1, 3);
+    }
+
+    #[test]
+    fn bad_shapes_are_typed_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev).unwrap();
+        let err = conv2d(&x, &w, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+        let w = Tensor::zeros((2, 3, 7, 7), DType::F32, &dev).unwrap();
+        assert!(conv2d(&x, &w, 1, 1).is_err());
+        let w = Tensor::zeros((2, 3, 3, 3), DType::F32, &dev).unwrap();
+        let bias = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        let err = conv2d_bias_relu(&x, &w, &bias, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bias"), "{err}");
     }
 
     #[test]
