@@ -359,9 +359,9 @@ impl Page {
             for (rank, &i) in members.iter().enumerate().take(LOWEST_SHOWN) {
                 let row = &table.rows()[i];
                 let meta: SampleMeta = reader.meta(Split::Train, row.id)?;
-                let verdict = truth.as_ref().and_then(|t| {
-                    t.noisy_by_sample(std::slice::from_ref(&meta.path), &[row.label])[0]
-                });
+                let verdict = truth
+                    .as_ref()
+                    .and_then(|t| t.noisy_by_sample(std::slice::from_ref(&meta.path))[0]);
                 let thumb = images.join(format!("{}.png", row.id));
                 let shown = match reader.image(Split::Train, row.id) {
                     Ok(image) => {
