@@ -581,27 +581,24 @@ fn run_ranks(
     (weights, losses(dir.path()))
 }
 
-/// The largest relative L2 difference over tensors between `a` and `b`.
-fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
+/// How far `a`'s training moved from `b`'s, both from `init`: the L2 norm over all weights of
+/// `a − b` over that of `b − init`. A difference in what the gradient is (a shard dropped or
+/// weighted wrongly, a dropout mask drawn for the wrong sample) is a fraction of the update
+/// itself; f32 summation order alone is a few parts in a million of it.
+fn update_difference(a: &Weights, b: &Weights, init: &Weights) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .map(|(name, x)| {
-            let y = &b[name];
-            let diff: f64 = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
-                .sum();
-            let norm: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
-            (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
-        })
-        .fold(0.0, f64::max)
+    let (mut apart, mut moved) = (0f64, 0f64);
+    for (name, x) in a {
+        for ((p, q), i) in x.iter().zip(&b[name]).zip(&init[name]) {
+            apart += (*p as f64 - *q as f64).powi(2);
+            moved += (*q as f64 - *i as f64).powi(2);
+        }
+    }
+    (apart / moved).sqrt()
 }
 
 /// The data-parallel tests' lr: small, so that the runs stay in the regime where f32 summation
-/// order (shards summed, then all-reduced) cannot flip a ReLU or a max-pool's choice; at 0.01
-/// the 1-way and N-way runs agree to 1e-7 after one step and drift apart through such flips
-/// (2.5e-2 after 20 steps).
+/// order (shards summed, then all-reduced) seldom flips a ReLU or a max-pool's choice.
 const DATA_PARALLEL_LR: f64 = 1e-3;
 
 /// The final weights of a one-process run at `global_batch`.
@@ -623,25 +620,36 @@ fn single_process_weights(data: &Images, global_batch: usize, steps: u64) -> Wei
 }
 
 /// 2- and 4-way training (threads as ranks, an uneven split included) equals 1-way training at
-/// the same global batch over 20 steps of the 2-headed net with dropout: every rank ends with
-/// bitwise-equal weights, within 1e-5 (relative L2 per tensor) of the one process's (measured
-/// 1.8e-7 to 4.4e-7).
+/// the same global batch, on the 2-headed net with dropout: every rank ends with bitwise-equal
+/// weights, and they moved as the one process's did.
+///
+/// After one step the only difference is the order of the gradient's f32 sums (the forward is
+/// the same per image at any batch): measured 1e-6 to 7e-6 of the update ([`update_difference`]),
+/// bound 1e-4. Over 20 steps the sums' rounding now and then flips a ReLU or a max-pool's
+/// choice, and the runs jump apart by that one pixel's share: 4 ranks at batch 8 measured
+/// 1.4e-6 of the update after 11 steps, 4.9e-4 after 12, 2.8e-3 after 20; bound 1e-2. Training
+/// at another global batch, what a gradient averaged wrongly over shards amounts to, differs
+/// by 0.4 to 0.5.
 #[test]
 fn data_parallel_ranks_agree_bitwise_and_equal_the_single_process() {
     let data = images(32);
-    let steps = 20;
     for (world, global_batch) in [(2, 8), (4, 8), (4, 6)] {
-        let reference = single_process_weights(&data, global_batch, steps);
-        let (ranks, losses) = run_ranks(&data, world, global_batch, steps);
-        assert_eq!(losses.len(), steps as usize);
-        for other in &ranks[1..] {
-            assert!(ranks[0] == *other, "{world} ranks differ");
+        let init = single_process_weights(&data, global_batch, 0);
+        for (steps, bound) in [(1, 1e-4), (20, 1e-2)] {
+            let reference = single_process_weights(&data, global_batch, steps);
+            let (ranks, losses) = run_ranks(&data, world, global_batch, steps);
+            assert_eq!(losses.len(), steps as usize);
+            for other in &ranks[1..] {
+                assert!(ranks[0] == *other, "{world} ranks differ");
+            }
+            let difference = update_difference(&ranks[0], &reference, &init);
+            eprintln!(
+                "{world} ranks, batch {global_batch}, {steps} steps: {difference:.2e} of the update"
+            );
+            assert!(
+                difference <= bound,
+                "{world} ranks, batch {global_batch}, {steps} steps: {difference:.2e} of the update"
+            );
         }
-        let difference = max_relative_difference(&ranks[0], &reference);
-        eprintln!("{world} ranks, batch {global_batch}: max relative difference to 1 rank {difference:.2e}");
-        assert!(
-            difference <= 1e-5,
-            "{world} ranks, batch {global_batch}: {difference}"
-        );
     }
 }
