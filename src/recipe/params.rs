@@ -397,6 +397,10 @@ pub enum SamplerKind {
     Balanced,
     /// Sampling probability proportional to the score stage's λ.
     Weighted,
+    /// A curriculum by text score: each batch draws uniformly from the most plausible `start`
+    /// share of every class, a share that grows linearly to all of it over `ramp_epochs`
+    /// epochs' worth of images.
+    Curriculum { start: f64, ramp_epochs: f64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

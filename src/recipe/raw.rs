@@ -349,9 +349,11 @@ pub struct RawTrain {
     pub iterations: Option<i64>,
     /// Training length in epochs over the kept samples (exclusive with `iterations`).
     pub epochs: Option<i64>,
-    /// "shuffle", "replacement" (the original), "half-balanced", "balanced" or "weighted".
-    /// Default: "replacement".
+    /// "shuffle", "replacement" (the original), "half-balanced", "balanced", "weighted" or
+    /// "curriculum". Default: "replacement".
     pub sampler: Option<RawSampler>,
+    /// The curriculum's schedule (with sampler = "curriculum").
+    pub curriculum: Option<RawCurriculum>,
     /// "f32", "tf32" (f32 tensors, TensorFloat-32 matrix products and convolutions on CUDA;
     /// plain f32 on the CPU) or "bf16" (bf16 activations, f32 weights, momentum and loss).
     /// Default: "f32".
@@ -378,6 +380,20 @@ pub enum RawSampler {
     HalfBalanced,
     Balanced,
     Weighted,
+    Curriculum,
+}
+
+/// `sampler = "curriculum"`: batches draw from each class's most plausible samples by text
+/// score first, then from more of them.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCurriculum {
+    /// The share of every class drawn from at the start, in (0, 1]; without it, 0.5 (no
+    /// schema default: the table is only read with its sampler).
+    pub start: Option<f64>,
+    /// Epochs (of the kept samples' worth of images) over which the share grows linearly to
+    /// 1; without it, half of `train.epochs`.
+    pub ramp_epochs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

@@ -138,6 +138,14 @@ fn train(tp: &TrainParams) -> toml::Table {
         TrainLength::Epochs(n) => t.insert("epochs".into(), toml_int(n)),
     };
     t.insert("schedule".into(), schedule(&tp.schedule).into());
+    // The curriculum's settings sit in their own table beside `sampler`, as in a recipe.
+    if let SamplerKind::Curriculum { start, ramp_epochs } = tp.sampler {
+        t.insert("sampler".into(), "curriculum".into());
+        let mut curriculum = toml::Table::new();
+        curriculum.insert("start".into(), start.into());
+        curriculum.insert("ramp_epochs".into(), ramp_epochs.into());
+        t.insert("curriculum".into(), curriculum.into());
+    }
     t.remove("on_divergence");
     let mut divergence = toml::Table::new();
     match tp.on_divergence {

@@ -70,6 +70,17 @@ impl Validator<'_> {
         )
     }
 
+    /// A share of something that cannot be empty: in (0, 1].
+    fn share(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        self.check(
+            key,
+            value,
+            default,
+            |v| v > 0.0 && v <= 1.0,
+            "a share in (0, 1]",
+        )
+    }
+
     fn unit(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
         self.check(
             key,
@@ -428,13 +439,7 @@ fn fields(raw: Option<Vec<RawTextField>>, default: &[TextField]) -> Vec<TextFiel
 
 fn text(v: &mut Validator, raw: RawText) -> TextParams {
     use TextField::*;
-    let max_doc_freq = v.check(
-        "text.max_doc_freq",
-        raw.max_doc_freq,
-        0.5,
-        |x| x > 0.0 && x <= 1.0,
-        "a share in (0, 1]",
-    );
+    let max_doc_freq = v.share("text.max_doc_freq", raw.max_doc_freq, 0.5);
     TextParams {
         google_fields: fields(raw.google_fields, &[Title, Description]),
         flickr_fields: fields(raw.flickr_fields, &[Title, Description, Tags]),
@@ -599,6 +604,44 @@ fn devices(v: &mut Validator, raw: Option<String>) -> Devices {
     }
 }
 
+fn sampler(
+    v: &mut Validator,
+    raw: Option<RawSampler>,
+    curriculum: Option<RawCurriculum>,
+    length: TrainLength,
+) -> SamplerKind {
+    let raw = raw.unwrap_or(RawSampler::Replacement);
+    if curriculum.is_some() && !matches!(raw, RawSampler::Curriculum) {
+        v.error(
+            "train.curriculum",
+            "a curriculum is read only with sampler = \"curriculum\"",
+        );
+    }
+    match raw {
+        RawSampler::Shuffle => SamplerKind::Shuffle,
+        RawSampler::Replacement => SamplerKind::Replacement,
+        RawSampler::HalfBalanced => SamplerKind::HalfBalanced,
+        RawSampler::Balanced => SamplerKind::Balanced,
+        RawSampler::Weighted => SamplerKind::Weighted,
+        RawSampler::Curriculum => {
+            let c = curriculum.unwrap_or_default();
+            let start = v.share("train.curriculum.start", c.start, 0.5);
+            let ramp_epochs = match (c.ramp_epochs, length) {
+                (None, TrainLength::Epochs(epochs)) => epochs as f64 / 2.0,
+                (None, TrainLength::Iterations(_)) => {
+                    v.error(
+                        "train.curriculum",
+                        "`ramp_epochs` has no default when training is set in iterations",
+                    );
+                    1.0
+                }
+                (Some(r), _) => v.positive("train.curriculum.ramp_epochs", Some(r), 1.0),
+            };
+            SamplerKind::Curriculum { start, ramp_epochs }
+        }
+    }
+}
+
 fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
     let length = match (raw.iterations, raw.epochs) {
         (Some(i), None) => {
@@ -716,13 +759,7 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
         schedule,
         length,
         augmentation,
-        sampler: match raw.sampler.unwrap_or(RawSampler::Replacement) {
-            RawSampler::Shuffle => SamplerKind::Shuffle,
-            RawSampler::Replacement => SamplerKind::Replacement,
-            RawSampler::HalfBalanced => SamplerKind::HalfBalanced,
-            RawSampler::Balanced => SamplerKind::Balanced,
-            RawSampler::Weighted => SamplerKind::Weighted,
-        },
+        sampler: sampler(v, raw.sampler, raw.curriculum, length),
         precision: match raw.precision.unwrap_or(RawPrecision::F32) {
             RawPrecision::F32 => Precision::F32,
             RawPrecision::Tf32 => Precision::Tf32,

@@ -406,8 +406,11 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     let kept: Vec<&score::ScoreRow> = table.rows().iter().filter(|r| r.kept).collect();
     let samples: Vec<(u64, u32)> = kept.iter().map(|r| (r.id, r.label)).collect();
     let soft = matches!(recipe.labels, LabelParams::Soft { .. });
-    let weights = (recipe.train.sampler == SamplerKind::Weighted)
-        .then(|| kept.iter().map(|r| r.lambda as f32).collect::<Vec<_>>());
+    let weights = match recipe.train.sampler {
+        SamplerKind::Weighted => Some(kept.iter().map(|r| r.lambda as f32).collect::<Vec<_>>()),
+        SamplerKind::Curriculum { .. } => Some(kept.iter().map(|r| r.score as f32).collect()),
+        _ => None,
+    };
     let topics = if recipe.model.regression {
         lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?
     } else {

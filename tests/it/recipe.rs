@@ -95,6 +95,39 @@ fn every_range_error_is_reported_at_its_key() {
     insta::assert_snapshot!(error(&format!("{FIXTURES}/out-of-range.toml"), &[]));
 }
 
+/// A curriculum table needs its sampler and a share in (0, 1]; its ramp is half the
+/// training by default.
+#[test]
+fn curriculum_settings_are_checked_at_their_keys() {
+    insta::assert_snapshot!(
+        "curriculum_without_its_sampler",
+        error("recipes/quickstart.toml", &["train.curriculum.start=0.3"])
+    );
+    insta::assert_snapshot!(
+        "curriculum_out_of_range",
+        error(
+            "recipes/quickstart.toml",
+            &[
+                "train.sampler=curriculum",
+                "train.curriculum.start=0",
+                "train.curriculum.ramp_epochs=-1"
+            ]
+        )
+    );
+    let r = &load(
+        "recipes/quickstart.toml",
+        &["train.sampler=curriculum", "train.epochs=9"],
+    )
+    .unwrap()[0];
+    assert_eq!(
+        r.train.sampler,
+        recipe::SamplerKind::Curriculum {
+            start: 0.5,
+            ramp_epochs: 4.5
+        }
+    );
+}
+
 #[test]
 fn extends_merges_deeply_and_resolves_paths_against_the_file_that_set_them() {
     let r = &load(&format!("{FIXTURES}/chain/child.toml"), &[]).unwrap()[0];
