@@ -229,6 +229,7 @@ pub fn lines(
                         .configure_mesh()
                         .x_desc(x_desc)
                         .y_desc(y_desc)
+                        .x_label_formatter(&|x| format!("{x}"))
                         .label_style((FONT, 12))
                         .draw()
                         .map_err(|e| err(e.to_string()))?;

@@ -452,6 +452,22 @@ struct Chart {
 
 /// The charts of a `metrics.jsonl`: the loss and each of its terms (log scale), the learning
 /// rate, and every accuracy logged during training (keys with `top1`/`top5` in their name).
+/// Each point's y replaced by the mean of the `window` points up to and including it.
+fn trailing_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let mut sum = 0.0;
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, y))| {
+            sum += y;
+            if i >= window {
+                sum -= points[i - window].1;
+            }
+            (x, sum / (i + 1).min(window) as f64)
+        })
+        .collect()
+}
+
 fn curves(metrics: &str) -> Vec<(&'static str, Chart)> {
     let mut loss: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut lr = Vec::new();
@@ -487,11 +503,21 @@ fn curves(metrics: &str) -> Vec<(&'static str, Chart)> {
             .map(|(name, points)| Series { name, points })
             .collect()
     };
+    // About 50 windows over the run: per-step losses are too jagged to show a trend.
+    let window = (loss.values().map(Vec::len).max().unwrap_or(0) / 50).max(1);
+    let loss_title = match window {
+        1 => "training loss, total and per head/task".to_string(),
+        n => format!("training loss, total and per head/task (mean of the last {n} steps)"),
+    };
+    let loss = loss
+        .into_iter()
+        .map(|(name, points)| (name, trailing_mean(&points, window)))
+        .collect();
     let mut charts = vec![
         (
             "loss",
             Chart {
-                title: "training loss, total and per head/task".into(),
+                title: loss_title,
                 y: "loss",
                 series: series(loss),
                 log_y: true,
@@ -547,6 +573,20 @@ mod tests {
         assert_eq!(loss.len(), 3);
         assert_eq!(charts[1].1.series[0].points, [(1.0, 0.01), (3.0, 0.005)]);
         assert_eq!(charts[2].1.series[0].points, [(3.0, 0.4)]);
+    }
+
+    #[test]
+    fn the_trailing_mean_averages_the_window_up_to_each_point() {
+        let points: Vec<(f64, f64)> = [4.0, 2.0, 6.0, 1.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| (i as f64, y))
+            .collect();
+        assert_eq!(
+            trailing_mean(&points, 2),
+            [(0.0, 4.0), (1.0, 3.0), (2.0, 4.0), (3.0, 3.5)]
+        );
+        assert_eq!(trailing_mean(&points, 1), points);
     }
 
     #[test]
