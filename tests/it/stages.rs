@@ -793,7 +793,7 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
     let header = lines.next().unwrap();
     assert_eq!(
         header,
-        "run,clean.truth,images,top1,top5,noise_auc,seconds,state"
+        "run,clean.truth,images,top1_last,top5_last,noise_auc,seconds,state"
     );
     let mut text = format!("{header}\n");
     for line in lines {
