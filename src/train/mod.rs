@@ -158,8 +158,8 @@ pub fn train<'b>(
 /// `collective.world_size()`. Returns the summary and the trained network.
 ///
 /// - Sharding: `batches(k)` yields the GLOBAL batch k (what one process would train on), the
-///   same on every rank; rank r trains on its rows of it, [`crate::runtime::shard_rows`]: `n / W` rows each,
-///   the first `n mod W` ranks one more. A batch needs at least `W` rows.
+///   same on every rank; rank r trains on its rows of it, [`crate::runtime::shard_rows`]:
+///   `n / W` rows each, the first `n mod W` ranks one more. A batch needs at least `W` rows.
 /// - Scaling: each loss is a mean over its rows, so a rank scales its loss and loss terms by
 ///   `n_rank / n_global` before the backward pass; the sum over ranks is the global mean.
 /// - One `all_reduce_sum` per step of one flat f32 bucket: the gradients in the order of

@@ -88,6 +88,13 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// The network's tensors under their checkpoint names.
+    fn model_tensors(&self) -> impl Iterator<Item = (String, &Tensor)> {
+        self.net
+            .named_tensors()
+            .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor()))
+    }
+
     /// Writes the checkpoint of this step on rank 0; the other ranks only name its path.
     pub(super) fn save_checkpoint(&mut self) -> Result<(), TrainError> {
         let path = checkpoint::path_for(self.job.out_dir, self.state.step);
@@ -95,11 +102,8 @@ impl<'a> Trainer<'a> {
         if self.rank != 0 {
             return Ok(());
         }
-        let model = self
-            .net
-            .named_tensors()
-            .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor()));
         let sgd = self.sgd.state();
+        let model = self.model_tensors();
         let momentum = sgd
             .momentum
             .iter()
@@ -142,11 +146,8 @@ impl<'a> Trainer<'a> {
                 top5,
             });
             if self.rank == 0 {
-                let model = self
-                    .net
-                    .named_tensors()
-                    .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor()));
-                checkpoint::save(&self.job.out_dir.join(BEST_CHECKPOINT), model, &self.state)?;
+                let path = self.job.out_dir.join(BEST_CHECKPOINT);
+                checkpoint::save(&path, self.model_tensors(), &self.state)?;
             }
         }
         tracing::info!(epoch, top1, top5, best, "holdout");
