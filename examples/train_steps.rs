@@ -55,6 +55,7 @@ fn train_losses(steps: u64) -> anyhow::Result<Vec<f64>> {
         resume: false,
         stop_after: None,
         progress: false,
+        holdout: None,
     };
     train::train(&job, &mut batches, &targets, &Device::Cpu)?;
 

@@ -568,6 +568,17 @@ pub fn visible_gpu_count() -> usize {
 // ---------------------------------------------------------------------------------------------
 // Collectives.
 
+/// Rows `[r·n/W, (r+1)·n/W)` of `n` rows (a batch, a list of samples to evaluate) for rank
+/// `r` of `W`, rounded so that the first `n mod W` ranks take one row more: `(start, len)`.
+/// The shards are disjoint and cover the rows: nothing is padded, some may be empty.
+pub fn shard_rows(n: usize, rank: usize, world_size: usize) -> (usize, usize) {
+    let (base, extra) = (n / world_size, n % world_size);
+    (
+        rank * base + rank.min(extra),
+        base + usize::from(rank < extra),
+    )
+}
+
 /// What one collective call does with the ranks' tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CollectiveOp {
@@ -1456,6 +1467,19 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
+
+    #[test]
+    fn shards_cover_the_rows_the_first_ranks_taking_the_remainder() {
+        let shards: Vec<_> = (0..4).map(|r| shard_rows(6, r, 4)).collect();
+        assert_eq!(shards, [(0, 2), (2, 2), (4, 1), (5, 1)]);
+        assert_eq!(shard_rows(8, 1, 2), (4, 4));
+        assert_eq!(shard_rows(5, 0, 1), (0, 5));
+        assert_eq!(
+            shard_rows(2, 3, 4),
+            (2, 0),
+            "more ranks than rows: empty shards"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

@@ -15,11 +15,10 @@
 //! noise truth for the score stage's AUC). There is no page text.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::path::Path;
 
 use super::lines::ListFile;
-use super::{ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
+use super::{index_with_truth, ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample};
 use crate::sample::{SampleText, Source};
 
 /// Reads the training list (noisy labels) and, if `val`, the clean test list; writes the truth
@@ -40,24 +39,15 @@ pub fn read(root: &Path, val: bool, work_dir: &Path) -> Result<DatasetIndex, Dat
         true => keyed(root, "clean_test_key_list.txt", &clean)?,
         false => Vec::new(),
     };
-    let mut truth = String::from("path\tgiven_label\ttrue_label\n");
-    for sample in &train {
-        if let Some(&true_label) = clean.get(&sample.path) {
-            writeln!(truth, "{}\t{}\t{true_label}", sample.path, sample.label)
-                .expect("write to String");
-        }
-    }
-    let truth_path = work_dir.join(crate::store::TRUTH_FILE);
-    std::fs::create_dir_all(work_dir).map_err(DatasetError::io(work_dir))?;
-    std::fs::write(&truth_path, truth).map_err(DatasetError::io(&truth_path))?;
-    Ok(DatasetIndex {
-        classes,
-        queries: Vec::new(),
-        train,
-        val,
-        repaired: FieldRepairs::default(),
-        truth: Some(truth_path),
-    })
+    // The training images with a clean label too: their noise is known.
+    let truth = train
+        .iter()
+        .filter_map(|sample| {
+            let &true_label = clean.get(&sample.path)?;
+            Some((sample.path.clone(), sample.label, i64::from(true_label)))
+        })
+        .collect();
+    index_with_truth(classes, train, val, truth, work_dir)
 }
 
 /// `<image path> <label>` lines: label by path.

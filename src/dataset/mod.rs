@@ -1,5 +1,5 @@
-//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl, Clothing1M and a generated
-//! synthetic dataset.
+//! Dataset readers: WebVision 2017 layout, imagefolder, jsonl, Clothing1M, Food-101N and a
+//! generated synthetic dataset.
 //!
 //! In: a dataset root (or, for `synthetic`, the settings and a folder to generate into).
 //! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
@@ -10,6 +10,7 @@
 
 pub mod clothing1m;
 pub mod fingerprint;
+pub mod food101n;
 pub mod imagefolder;
 pub mod imagenet_val;
 pub mod jsonl;
@@ -307,6 +308,33 @@ impl DatasetError {
     }
 }
 
+/// The index of a dataset that knows the noise of some of its training images: `truth`
+/// gives their path, given label and true label (-1: wrong, the right one not known), written
+/// as the truth file into `work_dir` (the ingest keeps it beside the store). No page text.
+fn index_with_truth(
+    classes: Vec<ClassInfo>,
+    train: Vec<DatasetSample>,
+    val: Vec<DatasetSample>,
+    truth: Vec<(String, u32, i64)>,
+    work_dir: &Path,
+) -> Result<DatasetIndex, DatasetError> {
+    let mut text = String::from("path\tgiven_label\ttrue_label\n");
+    for (path, given, true_label) in truth {
+        text.push_str(&format!("{path}\t{given}\t{true_label}\n"));
+    }
+    let truth_path = work_dir.join(crate::store::TRUTH_FILE);
+    std::fs::create_dir_all(work_dir).map_err(DatasetError::io(work_dir))?;
+    std::fs::write(&truth_path, text).map_err(DatasetError::io(&truth_path))?;
+    Ok(DatasetIndex {
+        classes,
+        queries: Vec::new(),
+        train,
+        val,
+        repaired: FieldRepairs::default(),
+        truth: Some(truth_path),
+    })
+}
+
 /// A list of a cleaned training set in the dataset's own format, as `runner export` writes
 /// it: the file name and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +359,7 @@ pub fn clean_lists(
         DatasetFormat::Imagefolder => imagefolder::clean_lists(root(params)?, keep),
         DatasetFormat::Jsonl => jsonl::clean_lists(root(params)?, keep),
         DatasetFormat::Clothing1m => clothing1m::clean_lists(root(params)?, keep),
+        DatasetFormat::Food101n => food101n::clean_lists(root(params)?, keep),
     }
 }
 
@@ -407,6 +436,9 @@ pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, Dat
         DatasetFormat::Clothing1m => {
             clothing1m::read(root()?, params.val, work_dir)?.restrict(subset, root()?)?
         }
+        DatasetFormat::Food101n => {
+            food101n::read(root()?, params.val, work_dir)?.restrict(subset, root()?)?
+        }
         DatasetFormat::Synthetic => {
             let generated = synthetic::generate(&params.synthetic, work_dir)?;
             let index = webvision::read_with(&generated.root, &params.sources, params.val, subset)?;
@@ -429,6 +461,7 @@ fn format_name(format: DatasetFormat) -> &'static str {
         DatasetFormat::Jsonl => "jsonl",
         DatasetFormat::Synthetic => "synthetic",
         DatasetFormat::Clothing1m => "clothing1m",
+        DatasetFormat::Food101n => "food101n",
     }
 }
 

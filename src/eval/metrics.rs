@@ -30,51 +30,107 @@ pub struct ClassMetrics {
     pub top5: Option<f64>,
 }
 
+/// Per class: its samples, top-1 hits and top-5 hits. [`EvalMetrics`] are computed from
+/// these, and ranks that each evaluated a share of the samples sum them
+/// ([`super::evaluate_sharded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassHits(Vec<[u64; 3]>);
+
+impl ClassHits {
+    /// No samples of `classes` classes.
+    pub fn zero(classes: usize) -> ClassHits {
+        ClassHits(vec![[0; 3]; classes])
+    }
+
+    /// The hits of `p`'s samples, by their labels.
+    pub fn of(p: &Predictions) -> ClassHits {
+        let mut hits = ClassHits::zero(p.num_classes());
+        for (i, &label) in p.labels().iter().enumerate() {
+            let ranked = p.top_k(i, 5);
+            let count = &mut hits.0[label as usize];
+            count[0] += 1;
+            count[1] += u64::from(ranked[0] == label as usize);
+            count[2] += u64::from(ranked.contains(&(label as usize)));
+        }
+        hits
+    }
+
+    /// Per class `[samples, top-1 hits, top-5 hits]`.
+    pub fn per_class(&self) -> &[[u64; 3]] {
+        &self.0
+    }
+
+    /// From per-class `[samples, top-1 hits, top-5 hits]`.
+    pub fn from_per_class(per_class: Vec<[u64; 3]>) -> ClassHits {
+        ClassHits(per_class)
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.total(0)
+    }
+
+    /// Top-1 accuracy over all samples (0 without samples).
+    pub fn top1(&self) -> f64 {
+        share(self.total(1), self.samples())
+    }
+
+    pub fn top5(&self) -> f64 {
+        share(self.total(2), self.samples())
+    }
+
+    fn total(&self, k: usize) -> u64 {
+        self.0.iter().map(|c| c[k]).sum()
+    }
+
+    /// Top-1/top-5 overall and per class; `class_names[c]` names class `c`.
+    pub fn metrics(&self, class_names: &[String]) -> Result<EvalMetrics, EvalError> {
+        let classes = self.0.len();
+        if class_names.len() != classes {
+            return Err(EvalError::ClassNames {
+                expected: classes,
+                found: class_names.len(),
+            });
+        }
+        if self.samples() == 0 {
+            return Err(EvalError::NoSamples);
+        }
+        let present: Vec<&[u64; 3]> = self.0.iter().filter(|c| c[0] > 0).collect();
+        let class_mean = |k: usize| {
+            present.iter().map(|c| share(c[k], c[0])).sum::<f64>() / present.len() as f64
+        };
+        Ok(EvalMetrics {
+            samples: self.samples() as usize,
+            top1: self.top1(),
+            top5: self.top5(),
+            mean_class_top1: class_mean(1),
+            mean_class_top5: class_mean(2),
+            per_class: self
+                .0
+                .iter()
+                .zip(class_names)
+                .enumerate()
+                .map(|(class, (c, name))| ClassMetrics {
+                    class,
+                    name: name.clone(),
+                    samples: c[0] as usize,
+                    top1: (c[0] > 0).then(|| share(c[1], c[0])),
+                    top5: (c[0] > 0).then(|| share(c[2], c[0])),
+                })
+                .collect(),
+        })
+    }
+}
+
+fn share(hits: u64, of: u64) -> f64 {
+    match of {
+        0 => 0.0,
+        of => hits as f64 / of as f64,
+    }
+}
+
 /// Top-1/top-5 of `p` overall and per class; `class_names[c]` names class `c`.
 pub fn metrics(p: &Predictions, class_names: &[String]) -> Result<EvalMetrics, EvalError> {
-    let classes = p.num_classes();
-    if class_names.len() != classes {
-        return Err(EvalError::ClassNames {
-            expected: classes,
-            found: class_names.len(),
-        });
-    }
-    if p.is_empty() {
-        return Err(EvalError::NoSamples);
-    }
-    // Per class: samples, top-1 hits, top-5 hits.
-    let mut counts = vec![[0usize; 3]; classes];
-    for (i, &label) in p.labels().iter().enumerate() {
-        let ranked = p.top_k(i, 5);
-        let count = &mut counts[label as usize];
-        count[0] += 1;
-        count[1] += usize::from(ranked[0] == label as usize);
-        count[2] += usize::from(ranked.contains(&(label as usize)));
-    }
-    let share = |hits: usize, of: usize| hits as f64 / of as f64;
-    let total = |k: usize| counts.iter().map(|c| c[k]).sum::<usize>();
-    let present: Vec<&[usize; 3]> = counts.iter().filter(|c| c[0] > 0).collect();
-    let class_mean =
-        |k: usize| present.iter().map(|c| share(c[k], c[0])).sum::<f64>() / present.len() as f64;
-    Ok(EvalMetrics {
-        samples: p.len(),
-        top1: share(total(1), p.len()),
-        top5: share(total(2), p.len()),
-        mean_class_top1: class_mean(1),
-        mean_class_top5: class_mean(2),
-        per_class: counts
-            .iter()
-            .zip(class_names)
-            .enumerate()
-            .map(|(class, (c, name))| ClassMetrics {
-                class,
-                name: name.clone(),
-                samples: c[0],
-                top1: (c[0] > 0).then(|| share(c[1], c[0])),
-                top5: (c[0] > 0).then(|| share(c[2], c[0])),
-            })
-            .collect(),
-    })
+    ClassHits::of(p).metrics(class_names)
 }
 
 /// Renders `m`: one row per class when `per_class` is set, then the overall accuracy and the

@@ -5,6 +5,9 @@
 //! ([`write_outputs`]): `predictions.tsv`, `probabilities.bin`, `metrics.json`,
 //! `per_class.tsv`, `confusion.png`.
 //!
+//! Split over the ranks of a data-parallel run, [`evaluate_sharded`] scores each sample once,
+//! on one rank, and sums the ranks' hits.
+//!
 //! A sample's probabilities are the mean over its crops of the softmax of each crop's logits
 //! (Caffe's multi-crop testing averages probabilities, not logits); an ensemble is the mean
 //! of its members' probabilities.
@@ -18,6 +21,7 @@ mod confusion;
 mod files;
 mod metrics;
 mod predictions;
+mod sharded;
 
 use std::path::PathBuf;
 
@@ -25,8 +29,9 @@ pub use confusion::{confusion_png_size, write_confusion_png, ConfusionMatrix};
 pub use files::{
     load_predictions, write_outputs, METRICS_FILE, PROBABILITIES_FILE, PROBABILITIES_MAGIC,
 };
-pub use metrics::{metrics, render_table, ClassMetrics, EvalMetrics};
+pub use metrics::{metrics, render_table, ClassHits, ClassMetrics, EvalMetrics};
 pub use predictions::{ensemble, evaluate, Evaluation, Predictions};
+pub use sharded::evaluate_sharded;
 
 /// Everything that can go wrong while evaluating, each naming what is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +117,17 @@ pub enum EvalError {
         batch: usize,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("rank {rank}: its share of the samples: {source}")]
+    Rank {
+        rank: usize,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the ranks scored {found} samples of {expected}: each must be scored exactly once")]
+    ShardCoverage { expected: usize, found: u64 },
+    #[error("{samples} samples: the ranks sum their counts as f32, exact below 2^24")]
+    TooManyToShard { samples: usize },
+    #[error("collective: {0}")]
+    Collective(#[from] crate::runtime::RuntimeError),
 }
 
 impl EvalError {

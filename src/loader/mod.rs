@@ -380,12 +380,13 @@ impl Iterator for EvalLoader {
     }
 }
 
-/// Eval batches over a split: every sample's crops (`cfg.crops`) consecutively, sample-major,
-/// whole samples per batch (`cfg.samples_per_batch` of them; the last batch may have fewer).
-/// Labels are the stored ones.
+/// Eval batches over the samples `ids` of a split, in the order given: every sample's crops
+/// (`cfg.crops`) consecutively, sample-major, whole samples per batch (`cfg.samples_per_batch`
+/// of them; the last batch may have fewer). Labels are the stored ones.
 pub fn eval_batches(
     store: Arc<Store>,
     split: Split,
+    ids: Vec<u64>,
     cfg: &EvalConfig,
 ) -> Result<EvalLoader, LoaderError> {
     if cfg.samples_per_batch == 0 || cfg.crop == 0 {
@@ -395,20 +396,39 @@ pub fn eval_batches(
         )));
     }
     let len = store.len(split);
-    let batches = len.div_ceil(cfg.samples_per_batch as u64);
+    if let Some(&id) = ids.iter().find(|&&id| id >= len) {
+        return Err(StoreError::NoSuchId {
+            dir: store.dir().to_path_buf(),
+            split,
+            id,
+            len,
+        }
+        .into());
+    }
+    let batches = ids.len().div_ceil(cfg.samples_per_batch) as u64;
     let source = EvalSource {
         split,
         cfg: cfg.clone(),
-        len,
+        ids,
     };
     let pipeline = Pipeline::spawn(store, Arc::new(source), cfg.workers, 0, Some(batches));
     Ok(EvalLoader { pipeline, batches })
 }
 
+/// Eval batches over every sample of a split, in id order ([`eval_batches`]).
+pub fn eval_split_batches(
+    store: Arc<Store>,
+    split: Split,
+    cfg: &EvalConfig,
+) -> Result<EvalLoader, LoaderError> {
+    let ids = (0..store.len(split)).collect();
+    eval_batches(store, split, ids, cfg)
+}
+
 struct EvalSource {
     split: Split,
     cfg: EvalConfig,
-    len: u64,
+    ids: Vec<u64>,
 }
 
 impl BatchSource for EvalSource {
@@ -422,13 +442,12 @@ impl BatchSource for EvalSource {
         _: &mut (),
     ) -> Result<Batch, LoaderError> {
         let cfg = &self.cfg;
-        let first = k * cfg.samples_per_batch as u64;
-        let ids = first..(first + cfg.samples_per_batch as u64).min(self.len);
+        let first = k as usize * cfg.samples_per_batch;
+        let ids = &self.ids[first..(first + cfg.samples_per_batch).min(self.ids.len())];
         let per_sample = crop_boxes(cfg.crops, cfg.crop, cfg.crop, cfg.crop).len();
-        let slots = ids.clone().count() * per_sample;
-        let mut batch = empty_batch(buffer, slots, cfg.crop, cfg.precision);
+        let mut batch = empty_batch(buffer, ids.len() * per_sample, cfg.crop, cfg.precision);
         let mut slot = 0;
-        for id in ids {
+        for &id in ids {
             let rgb = stored_pixels(reader, self.split, id, cfg.crop)?;
             for b in crop_boxes(cfg.crops, rgb.width, rgb.height, cfg.crop) {
                 fill_slot(&mut batch.pixels, slot, &rgb, b, cfg.crop, cfg.mean_rgb);

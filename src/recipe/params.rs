@@ -106,6 +106,8 @@ pub enum DatasetFormat {
     Synthetic,
     /// Clothing1M's key and label lists; its clean labels are the noise truth.
     Clothing1m,
+    /// Food-101N's `meta/` lists; its verification labels are the noise truth.
+    Food101n,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -310,6 +312,22 @@ pub struct TrainParams {
     /// Loader threads.
     pub workers: usize,
     pub seed: u64,
+    /// Training samples held out to choose the best epoch on; `None` without a holdout (its
+    /// keys are then absent from the serialized settings, so earlier train keys hold).
+    #[serde(flatten)]
+    pub holdout: Option<Holdout>,
+}
+
+/// `train.holdout` and `train.eval_every`: a share of each class's training samples is kept
+/// out of training (drawn from `train.seed`) and evaluated on at the end of every
+/// `eval_every` epochs; the best epoch on it is kept beside the last. Never the val set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Holdout {
+    /// Share of each class held out, in (0, 0.5): every class keeps most of its samples.
+    #[serde(rename = "holdout")]
+    pub share: f64,
+    /// Epochs between evaluations on the holdout.
+    pub eval_every: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

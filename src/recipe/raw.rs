@@ -79,6 +79,8 @@ pub enum RawDatasetFormat {
     Synthetic,
     /// Clothing1M's lists (noisy_label_kv.txt, clean_label_kv.txt, the key lists).
     Clothing1m,
+    /// Food-101N's lists (meta/classes.txt, meta/imagelist.tsv, meta/verified_*.tsv).
+    Food101n,
 }
 
 /// A second validation set, ImageNet-style (e.g. ILSVRC2012 val for mini-WebVision),
@@ -364,8 +366,14 @@ pub struct RawTrain {
     pub init: Option<String>,
     /// Loader threads. Default: 4.
     pub workers: Option<i64>,
-    /// Seed of the weights, sampling, augmentation and dropout. Default: 0.
+    /// Seed of the weights, sampling, augmentation, dropout and the holdout. Default: 0.
     pub seed: Option<i64>,
+    /// Share of each class's training samples held out of training, to choose the best epoch
+    /// on (never the validation set): in [0, 0.5). Default: 0 (none).
+    pub holdout: Option<f64>,
+    /// With a holdout: evaluate on it at the end of every this many epochs (every epoch
+    /// unless set), keeping the best epoch's weights beside the last. Needs `holdout`.
+    pub eval_every: Option<i64>,
     pub optimizer: Option<RawOptimizer>,
     pub schedule: Option<RawSchedule>,
     pub augmentation: Option<RawAugmentation>,

@@ -198,13 +198,13 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
         && clean.truth.is_none()
         && !matches!(
             dataset.format,
-            DatasetFormat::Synthetic | DatasetFormat::Clothing1m
+            DatasetFormat::Synthetic | DatasetFormat::Clothing1m | DatasetFormat::Food101n
         )
     {
         v.error(
             "clean.rule",
             "\"oracle\" keeps what a truth file says is labelled correctly: set `clean.truth` \
-             (the generated dataset and Clothing1M bring their own)",
+             (the generated dataset, Clothing1M and Food-101N bring their own)",
         );
     }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
@@ -292,6 +292,7 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
         RawDatasetFormat::Jsonl => DatasetFormat::Jsonl,
         RawDatasetFormat::Synthetic => DatasetFormat::Synthetic,
         RawDatasetFormat::Clothing1m => DatasetFormat::Clothing1m,
+        RawDatasetFormat::Food101n => DatasetFormat::Food101n,
     };
     // A generated dataset has no root: one inherited from a base recipe is ignored.
     let root = match format {
@@ -770,7 +771,34 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
         on_divergence,
         workers: v.at_least("train.workers", raw.workers, 4, 1),
         seed: v.at_least("train.seed", raw.seed, 0, 0),
+        holdout: holdout(v, raw.holdout, raw.eval_every),
     }
+}
+
+fn holdout(v: &mut Validator, share: Option<f64>, eval_every: Option<i64>) -> Option<Holdout> {
+    let share = v.check(
+        "train.holdout",
+        share,
+        0.0,
+        |h| (0.0..0.5).contains(&h),
+        "a share in [0, 0.5)",
+    );
+    if share > 0.0 {
+        let eval_every =
+            eval_every.map_or(Some(1), |e| v.whole_in("train.eval_every", e, 1..=i64::MAX));
+        return Some(Holdout {
+            share,
+            eval_every: eval_every.unwrap_or(1),
+        });
+    }
+    if eval_every.is_some() {
+        v.error(
+            "train.eval_every",
+            "needs `train.holdout` > 0: epochs are compared on held-out training samples, \
+             never on the validation set",
+        );
+    }
+    None
 }
 
 fn eval(v: &mut Validator, raw: RawEval) -> EvalParams {

@@ -3,7 +3,8 @@
 //! folders of the last finished run: the store, the score stage's `scores.tsv`,
 //! `summary.json` and histogram, the eval stage's metrics and confusion matrix). Out:
 //! `DIR/index.html` (no server, no script: it opens from disk) and its PNGs under `DIR/img/`:
-//! the results table; per run its training curves (loss per head and task, lr, accuracy when
+//! the results table (as `runner report` prints it: the last and the best epoch, each
+//! validation set); per run its training curves (loss per head and task, lr, accuracy when
 //! evaluated during training), the confusion matrix and a per-class table; per score stage
 //! (runs of a sweep share one) the score histogram with the discard cut and the noise AUC, and
 //! each class's lowest-scored images with their score, rank, truth (when known), file path
@@ -188,10 +189,11 @@ impl Page {
         let Grouped {
             rows,
             keys,
+            columns,
             grouped,
             footer,
         } = group_rows(runs, options);
-        let (columns, cells) = display_cells(&rows, &keys, grouped);
+        let (columns, cells) = display_cells(&rows, &keys, &columns, grouped);
         self.section("results", "Results");
         self.body.push_str(&table(&columns, &cells));
         self.note(footer.trim());

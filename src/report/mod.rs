@@ -1,9 +1,12 @@
 //! Tables over runs: `runner report RUNS...`. In: run folders `runs/<name>/` (read through
 //! [`RunFolder`]: the resolved recipe, the status, the score summary, the training metrics and
 //! the evaluation results). Out: one table with a row per run: the settings whose values
-//! differ between the runs (as dotted keys, e.g. `train.optimizer.lr`), images seen, top-1,
-//! top-5, the noise-detection AUC (where a truth file is known), wall time and state (finished,
-//! failed, stopped early, running); as text, Markdown, CSV or JSON ([`ReportFormat`]). With
+//! differ between the runs (as dotted keys, e.g. `train.optimizer.lr`), images seen, top-1
+//! and top-5 of the last epoch, with a holdout the best epoch on it and its top-1 and top-5,
+//! the same on the second validation set where there is one, the noise-detection AUC (where a
+//! truth file is known), wall time and state (finished, failed, stopped early, running); as
+//! text, Markdown, CSV or JSON ([`ReportFormat`]). Each accuracy's column says which weights
+//! it is of (`top-1 last`, `top-1 best`; CSV and JSON `top1_last`, `top1_best`). With
 //! [`ReportOptions::group_by_seed`], runs that differ only in `train.seed` fold into one row of
 //! mean ± standard deviation. A folder without a recipe stands for the runs below it, so a
 //! sweep's `runs/<recipe>/` reports all its points.
@@ -19,6 +22,7 @@ use crate::eval::EvalMetrics;
 use crate::recipe::{self, Recipe, RecipeError};
 use crate::stage::{RunFolder, StageError};
 use crate::table::{csv_line, percent, Align, TextTable};
+use crate::train::BestEpoch;
 
 /// What a report could not read, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +62,12 @@ pub struct RunSummary {
     pub recipe: Recipe,
     /// Every setting of the recipe but `name`, by dotted key, as text.
     pub settings: BTreeMap<String, String>,
-    /// The evaluation results, when the run has them.
+    /// The last epoch's evaluation results, when the run has them.
     pub results: Option<EvalMetrics>,
+    /// The last epoch's evaluation on the second validation set (`dataset.second_val`).
+    pub second_val: Option<EvalMetrics>,
+    /// With a holdout (`train.holdout`): the best epoch on it, and its evaluation.
+    pub best: Option<BestResults>,
     /// Noise-detection AUC of the scores against the truth file, when known.
     pub noise_auc: Option<f64>,
     /// Images the training saw, when it trained.
@@ -68,6 +76,14 @@ pub struct RunSummary {
     pub seconds: Option<f64>,
     /// The run's state in words ("finished", "failed: …", …).
     pub state: String,
+}
+
+/// The best epoch on the holdout of a run, and its evaluation on each validation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BestResults {
+    pub epoch: BestEpoch,
+    pub results: Option<EvalMetrics>,
+    pub second_val: Option<EvalMetrics>,
 }
 
 /// How `report` writes its table.
@@ -169,11 +185,21 @@ pub fn load_run(dir: &Path) -> Result<RunSummary, ReportError> {
         .and_then(|summary| summary.noise?.auc);
     let mut settings = recipe.settings();
     settings.remove("name");
+    let best = match folder.best_epoch()? {
+        Some(epoch) => Some(BestResults {
+            epoch,
+            results: folder.best_metrics()?,
+            second_val: folder.best_second_val_metrics()?,
+        }),
+        None => None,
+    };
     Ok(RunSummary {
         dir: dir.to_path_buf(),
         recipe,
         settings,
         results,
+        second_val: folder.second_val_metrics()?,
+        best,
         noise_auc,
         images: folder.images_seen()?,
         seconds,
@@ -234,23 +260,144 @@ impl Measure {
     }
 }
 
+/// A measured column of the table: its header (text, Markdown, HTML), its key (CSV, JSON),
+/// a run's value and how one value is written.
+struct Column {
+    header: String,
+    key: &'static str,
+    value: fn(&RunSummary) -> Option<f64>,
+    text: fn(f64) -> String,
+}
+
+fn accuracy_text(v: f64) -> String {
+    percent(Some(v))
+}
+
+fn count_text(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+/// The measured columns over `runs`: images, top-1/top-5 of the last epoch, noise AUC and time
+/// always; the best epoch on the holdout with its top-1/top-5, and the same on the second
+/// validation set, where some run has them. Each accuracy says which weights it is of.
+fn columns(runs: &[RunSummary]) -> Vec<Column> {
+    let column = |header: &str, key, value, text| Column {
+        header: header.to_string(),
+        key,
+        value,
+        text,
+    };
+    let mut columns = vec![
+        column(
+            "images",
+            "images",
+            |r| r.images.map(|i| i as f64),
+            count_text,
+        ),
+        column(
+            "top-1 last",
+            "top1_last",
+            |r| Some(r.results.as_ref()?.top1),
+            accuracy_text,
+        ),
+        column(
+            "top-5 last",
+            "top5_last",
+            |r| Some(r.results.as_ref()?.top5),
+            accuracy_text,
+        ),
+    ];
+    if runs.iter().any(|r| r.best.is_some()) {
+        columns.extend([
+            column(
+                "best epoch",
+                "best_epoch",
+                |r| Some(r.best.as_ref()?.epoch.epoch as f64),
+                count_text,
+            ),
+            column(
+                "top-1 best",
+                "top1_best",
+                |r| Some(r.best.as_ref()?.results.as_ref()?.top1),
+                accuracy_text,
+            ),
+            column(
+                "top-5 best",
+                "top5_best",
+                |r| Some(r.best.as_ref()?.results.as_ref()?.top5),
+                accuracy_text,
+            ),
+        ]);
+    }
+    let second_names: BTreeSet<&str> = runs
+        .iter()
+        .filter_map(|r| Some(r.recipe.dataset.second_val.as_ref()?.name.as_str()))
+        .collect();
+    if !second_names.is_empty() {
+        // The set's name when every run has the same one.
+        let name = match second_names.len() {
+            1 => second_names.first().expect("one name"),
+            _ => "second val",
+        };
+        let of = |what: &str| format!("{name} {what}");
+        columns.extend([
+            column(
+                &of("top-1 last"),
+                "second_val_top1_last",
+                |r| Some(r.second_val.as_ref()?.top1),
+                accuracy_text,
+            ),
+            column(
+                &of("top-5 last"),
+                "second_val_top5_last",
+                |r| Some(r.second_val.as_ref()?.top5),
+                accuracy_text,
+            ),
+        ]);
+        if runs
+            .iter()
+            .any(|r| r.best.as_ref().is_some_and(|b| b.second_val.is_some()))
+        {
+            columns.extend([
+                column(
+                    &of("top-1 best"),
+                    "second_val_top1_best",
+                    |r| Some(r.best.as_ref()?.second_val.as_ref()?.top1),
+                    accuracy_text,
+                ),
+                column(
+                    &of("top-5 best"),
+                    "second_val_top5_best",
+                    |r| Some(r.best.as_ref()?.second_val.as_ref()?.top5),
+                    accuracy_text,
+                ),
+            ]);
+        }
+    }
+    columns.extend([
+        column(
+            "noise AUC",
+            "noise_auc",
+            |r| r.noise_auc,
+            |v| format!("{v:.3}"),
+        ),
+        column("time", "seconds", |r| r.seconds, seconds_text),
+    ]);
+    columns
+}
+
 /// One row of the table: a run, or a group of runs that differ only in their seed.
 struct Row {
     run: String,
     seeds: Vec<String>,
     settings: Vec<Option<String>>,
-    images: Option<Measure>,
-    top1: Option<Measure>,
-    top5: Option<Measure>,
-    noise_auc: Option<Measure>,
-    seconds: Option<Measure>,
+    /// One per column of [`columns`].
+    measures: Vec<Option<Measure>>,
     state: String,
 }
 
 impl Row {
-    fn of(runs: &[&RunSummary], keys: &[String]) -> Row {
-        let measure =
-            |f: &dyn Fn(&RunSummary) -> Option<f64>| Measure::of(runs.iter().filter_map(|r| f(r)));
+    fn of(runs: &[&RunSummary], keys: &[String], columns: &[Column]) -> Row {
         let state = match runs {
             [one] => one.state.clone(),
             _ => {
@@ -279,11 +426,10 @@ impl Row {
                 .iter()
                 .map(|k| runs[0].settings.get(k).cloned())
                 .collect(),
-            images: measure(&|r| r.images.map(|i| i as f64)),
-            top1: measure(&|r| r.results.as_ref().map(|m| m.top1)),
-            top5: measure(&|r| r.results.as_ref().map(|m| m.top5)),
-            noise_auc: measure(&|r| r.noise_auc),
-            seconds: measure(&|r| r.seconds),
+            measures: columns
+                .iter()
+                .map(|c| Measure::of(runs.iter().filter_map(|r| (c.value)(r))))
+                .collect(),
             state,
         }
     }
@@ -296,16 +442,17 @@ pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
     let Grouped {
         rows,
         keys,
+        columns,
         grouped,
         footer,
     } = group_rows(runs, options);
     match options.format {
         ReportFormat::Text | ReportFormat::Markdown => {
-            let (columns, body) = display_cells(&rows, &keys, grouped);
+            let (headers, body) = display_cells(&rows, &keys, &columns, grouped);
             let table = match options.format {
-                ReportFormat::Markdown => markdown(&columns, &body),
+                ReportFormat::Markdown => markdown(&headers, &body),
                 _ => {
-                    let mut table = TextTable::new(columns);
+                    let mut table = TextTable::new(headers);
                     body.into_iter().for_each(|r| table.push_row(r));
                     table.render()
                 }
@@ -318,33 +465,26 @@ pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
                 header.push("seeds".into());
             }
             header.extend(keys.iter().cloned());
-            header.extend(
-                ["images", "top1", "top5", "noise_auc", "seconds", "state"].map(String::from),
-            );
+            header.extend(columns.iter().map(|c| c.key.to_string()));
+            header.push("state".into());
             let mut out = csv_line(&header);
             for row in &rows {
-                let number = |m: &Option<Measure>| m.map_or(String::new(), |m| m.mean.to_string());
                 let mut line = vec![row.run.clone()];
                 if grouped {
                     line.push(row.seeds.join(" "));
                 }
                 line.extend(row.settings.iter().map(|v| v.clone().unwrap_or_default()));
-                for m in [
-                    &row.images,
-                    &row.top1,
-                    &row.top5,
-                    &row.noise_auc,
-                    &row.seconds,
-                ] {
-                    line.push(number(m));
-                }
+                line.extend(
+                    row.measures
+                        .iter()
+                        .map(|m| m.map_or(String::new(), |m| m.mean.to_string())),
+                );
                 line.push(row.state.clone());
                 out.push_str(&csv_line(&line));
             }
             out
         }
         ReportFormat::Json => {
-            let value = |m: &Option<Measure>| m.map_or(serde_json::Value::Null, |m| m.json());
             let objects: Vec<serde_json::Value> = rows
                 .iter()
                 .map(|row| {
@@ -358,17 +498,16 @@ pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
                             )
                         })
                         .collect();
-                    serde_json::json!({
+                    let mut object = serde_json::json!({
                         "run": row.run,
                         "seeds": row.seeds,
                         "settings": settings,
-                        "images": value(&row.images),
-                        "top1": value(&row.top1),
-                        "top5": value(&row.top5),
-                        "noise_auc": value(&row.noise_auc),
-                        "seconds": value(&row.seconds),
-                        "state": row.state,
-                    })
+                    });
+                    for (column, m) in columns.iter().zip(&row.measures) {
+                        object[column.key] = m.map_or(serde_json::Value::Null, |m| m.json());
+                    }
+                    object["state"] = row.state.clone().into();
+                    object
                 })
                 .collect();
             let mut text = serde_json::to_string_pretty(&objects).expect("JSON serializes");
@@ -378,11 +517,12 @@ pub fn render_report(runs: &[RunSummary], options: &ReportOptions) -> String {
     }
 }
 
-/// The rows of a report, with the setting keys they show, whether some fold several seeds,
-/// and the footer saying how many settings all runs share.
+/// The rows of a report, with the setting keys and measured columns they show, whether some
+/// fold several seeds, and the footer saying how many settings all runs share.
 struct Grouped {
     rows: Vec<Row>,
     keys: Vec<String>,
+    columns: Vec<Column>,
     grouped: bool,
     footer: String,
 }
@@ -407,7 +547,8 @@ fn group_rows(runs: &[RunSummary], options: &ReportOptions) -> Grouped {
     } else {
         runs.iter().map(|r| vec![r]).collect()
     };
-    let rows: Vec<Row> = groups.iter().map(|g| Row::of(g, &keys)).collect();
+    let columns = columns(runs);
+    let rows: Vec<Row> = groups.iter().map(|g| Row::of(g, &keys, &columns)).collect();
     let grouped = rows.iter().any(|r| !r.seeds.is_empty());
     let all_keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.settings.keys()).collect();
     let shared = all_keys.len() - differing.len();
@@ -415,6 +556,7 @@ fn group_rows(runs: &[RunSummary], options: &ReportOptions) -> Grouped {
     Grouped {
         rows,
         keys,
+        columns,
         grouped,
         footer,
     }
@@ -424,52 +566,40 @@ fn group_rows(runs: &[RunSummary], options: &ReportOptions) -> Grouped {
 fn display_cells(
     rows: &[Row],
     keys: &[String],
+    columns: &[Column],
     grouped: bool,
 ) -> (Vec<(String, Align)>, Vec<Vec<String>>) {
-    let mut columns: Vec<(String, Align)> = vec![("run".into(), Align::Left)];
+    let mut headers: Vec<(String, Align)> = vec![("run".into(), Align::Left)];
     if grouped {
-        columns.push(("seeds".into(), Align::Left));
+        headers.push(("seeds".into(), Align::Left));
     }
-    columns.extend(keys.iter().map(|k| (k.clone(), Align::Left)));
-    for (name, align) in [
-        ("images", Align::Right),
-        ("top-1", Align::Right),
-        ("top-5", Align::Right),
-        ("noise AUC", Align::Right),
-        ("time", Align::Right),
-        ("state", Align::Left),
-    ] {
-        columns.push((name.into(), align));
-    }
-    let cells = |m: &Option<Measure>, one: &dyn Fn(f64) -> String| {
-        m.map_or_else(|| "-".to_string(), |m| m.text(one))
-    };
+    headers.extend(keys.iter().map(|k| (k.clone(), Align::Left)));
+    headers.extend(columns.iter().map(|c| (c.header.clone(), Align::Right)));
+    headers.push(("state".into(), Align::Left));
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            let mut cells_row = vec![row.run.clone()];
+            let mut cells = vec![row.run.clone()];
             if grouped {
-                cells_row.push(if row.seeds.is_empty() {
+                cells.push(if row.seeds.is_empty() {
                     "-".into()
                 } else {
                     row.seeds.join(",")
                 });
             }
-            cells_row.extend(
+            cells.extend(
                 row.settings
                     .iter()
                     .map(|v| v.clone().unwrap_or_else(|| "-".into())),
             );
-            cells_row.push(cells(&row.images, &|v| format!("{v:.0}")));
-            cells_row.push(cells(&row.top1, &|v| percent(Some(v))));
-            cells_row.push(cells(&row.top5, &|v| percent(Some(v))));
-            cells_row.push(cells(&row.noise_auc, &|v| format!("{v:.3}")));
-            cells_row.push(cells(&row.seconds, &seconds_text));
-            cells_row.push(row.state.clone());
-            cells_row
+            for (column, m) in columns.iter().zip(&row.measures) {
+                cells.push(m.map_or_else(|| "-".to_string(), |m| m.text(column.text)));
+            }
+            cells.push(row.state.clone());
+            cells
         })
         .collect();
-    (columns, body)
+    (headers, body)
 }
 
 /// A sweep point's name without its `train.seed=…` part: `clean/train.seed=0` → `clean`,

@@ -9,8 +9,10 @@
 //! | `status.json`          | running, finished or failed; each stage's key, reuse, duration   |
 //! | `stages.json`          | the stage folders a finished run used (read by `train.init` and ensembles) |
 //! | `metrics.jsonl`        | training metrics per logged step (a copy of the train stage's)  |
-//! | `metrics.json`         | evaluation results (a copy of the eval stage's)                 |
+//! | `metrics.json`         | evaluation of the last epoch (a copy of the eval stage's)       |
 //! | `metrics_second_val.json` | evaluation on the second validation set, when there is one   |
+//! | `best_epoch.json`      | with a holdout: the best epoch on it, and its holdout accuracy  |
+//! | `metrics_best.json`    | with a holdout: the best epoch's evaluation (`metrics_best_second_val.json` on the second set) |
 //! | `ensemble/`            | the ensemble's evaluation, when the recipe names one            |
 //! | `export/`              | per-sample verdicts and the cleaned lists (`runner export`)     |
 //!
@@ -28,6 +30,7 @@ use super::kind::StageKind;
 use crate::eval::{self, EvalMetrics};
 use crate::recipe::Recipe;
 use crate::score::ScoreSummary;
+use crate::train::BestEpoch;
 
 /// One run's folder.
 #[derive(Debug, Clone)]
@@ -122,6 +125,11 @@ impl RunFolder {
     pub const ENSEMBLE: &'static str = "ensemble";
     /// The evaluation on `dataset.second_val`, when the recipe has one.
     pub const SECOND_VAL_METRICS: &'static str = "metrics_second_val.json";
+    /// With `train.holdout`: which epoch was best on it ([`BestEpoch`]).
+    pub const BEST_EPOCH: &'static str = "best_epoch.json";
+    /// With `train.holdout`: the best epoch's evaluation, on each validation set.
+    pub const BEST_METRICS: &'static str = "metrics_best.json";
+    pub const BEST_SECOND_VAL_METRICS: &'static str = "metrics_best_second_val.json";
     /// What `runner export` writes by default (see [`crate::export`]).
     pub const EXPORT: &'static str = "export";
 
@@ -296,9 +304,29 @@ impl RunFolder {
             .map_err(self.err(as_name))
     }
 
-    /// The evaluation results, when the run evaluated.
+    /// The evaluation results of the last epoch, when the run evaluated.
     pub fn eval_metrics(&self) -> Result<Option<EvalMetrics>, StageError> {
         self.read_json(Self::EVAL_METRICS)
+    }
+
+    /// The last epoch's evaluation on the second validation set, when there is one.
+    pub fn second_val_metrics(&self) -> Result<Option<EvalMetrics>, StageError> {
+        self.read_json(Self::SECOND_VAL_METRICS)
+    }
+
+    /// The best epoch on the holdout, when the run had one and evaluated.
+    pub fn best_epoch(&self) -> Result<Option<BestEpoch>, StageError> {
+        self.read_json(Self::BEST_EPOCH)
+    }
+
+    /// The best epoch's evaluation on the validation split.
+    pub fn best_metrics(&self) -> Result<Option<EvalMetrics>, StageError> {
+        self.read_json(Self::BEST_METRICS)
+    }
+
+    /// The best epoch's evaluation on the second validation set.
+    pub fn best_second_val_metrics(&self) -> Result<Option<EvalMetrics>, StageError> {
+        self.read_json(Self::BEST_SECOND_VAL_METRICS)
     }
 
     /// The score stage's summary, when the run scored.

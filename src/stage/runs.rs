@@ -15,7 +15,9 @@ use super::error::{StageError, StageFailure};
 use super::folder::{RunFolder, RunState, RunStatus, StageRecord};
 use super::kind::StageKind;
 use super::plan::{Plan, PlannedStage};
-use super::stages::{spec, BuildContext, Parallel, SECOND_VAL_EVAL_DIR};
+use super::stages::{
+    spec, BuildContext, Parallel, BEST_EPOCH_FILE, BEST_EVAL_DIR, SECOND_VAL_EVAL_DIR,
+};
 use crate::eval;
 use crate::recipe::Recipe;
 use crate::runtime::{RuntimeError, World};
@@ -358,40 +360,80 @@ fn run_other_rank(
 }
 
 /// Copies the training and evaluation metrics into the run folder, evaluates the ensemble the
-/// recipe names, and renders the results table.
+/// recipe names, and renders the results table: the last epoch's evaluation, and with a
+/// holdout the best epoch's after it, each on the validation split and the second set.
 fn collect_results(
     runs: &Path,
     recipe: &Recipe,
     folder: &RunFolder,
     dirs: &BTreeMap<StageKind, PathBuf>,
 ) -> Result<Option<String>, StageFailure> {
-    let copy_in = |dir: &Path, name: &str| {
-        fs::copy(dir.join(name), folder.file(name))
+    let copy_in = |from: &Path, name: &str| {
+        fs::copy(from, folder.file(name))
             .map(drop)
             .map_err(StageFailure::io(&folder.file(name)))
     };
     if let Some(train) = dirs.get(&StageKind::Train) {
-        copy_in(train, RunFolder::TRAIN_METRICS)?;
+        copy_in(
+            &train.join(RunFolder::TRAIN_METRICS),
+            RunFolder::TRAIN_METRICS,
+        )?;
     }
     let Some(eval_dir) = dirs.get(&StageKind::Eval) else {
         return Ok(None);
     };
-    copy_in(eval_dir, RunFolder::EVAL_METRICS)?;
     let ingest = dirs.get(&StageKind::Ingest).expect("eval reads ingest");
     let class_names = crate::store::Store::open(ingest)?.header().class_names();
-    let own = eval::load_predictions(eval_dir)?;
-    let mut table = eval::render_table(&eval::metrics(&own, &class_names)?, true);
-    if let Some(second) = &recipe.dataset.second_val {
-        let dir = eval_dir.join(SECOND_VAL_EVAL_DIR);
-        let copy = folder.file(RunFolder::SECOND_VAL_METRICS);
-        fs::copy(dir.join(eval::METRICS_FILE), &copy).map_err(StageFailure::io(&copy))?;
-        let metrics = eval::metrics(&eval::load_predictions(&dir)?, &class_names)?;
-        table.push_str(&format!(
-            "\n{}:\n{}",
-            second.name,
-            eval::render_table(&metrics, false)
+    // Which weights, the eval stage's folder of their results, their copies in the run folder.
+    let mut evaluated = vec![(
+        "last epoch".to_string(),
+        eval_dir.clone(),
+        [RunFolder::EVAL_METRICS, RunFolder::SECOND_VAL_METRICS],
+    )];
+    if recipe.train.holdout.is_some() {
+        let dir = eval_dir.join(BEST_EVAL_DIR);
+        let epoch = dir.join(BEST_EPOCH_FILE);
+        let text = fs::read_to_string(&epoch).map_err(StageFailure::io(&epoch))?;
+        let best: crate::train::BestEpoch =
+            serde_json::from_str(&text).map_err(|cause| StageFailure::Json {
+                path: epoch.clone(),
+                cause,
+            })?;
+        copy_in(&epoch, RunFolder::BEST_EPOCH)?;
+        evaluated.push((
+            format!(
+                "best epoch on the holdout (epoch {}, holdout top-1 {})",
+                best.epoch,
+                crate::table::percent(Some(best.top1))
+            ),
+            dir,
+            [RunFolder::BEST_METRICS, RunFolder::BEST_SECOND_VAL_METRICS],
         ));
     }
+    let labelled = evaluated.len() > 1;
+    let mut table = String::new();
+    for (i, (what, dir, [val_copy, second_copy])) in evaluated.iter().enumerate() {
+        copy_in(&dir.join(eval::METRICS_FILE), val_copy)?;
+        let metrics = eval::metrics(&eval::load_predictions(dir)?, &class_names)?;
+        if labelled {
+            table.push_str(&format!("{}{what}:\n", if i > 0 { "\n" } else { "" }));
+        }
+        table.push_str(&eval::render_table(&metrics, i == 0));
+        if let Some(second) = &recipe.dataset.second_val {
+            let dir = dir.join(SECOND_VAL_EVAL_DIR);
+            copy_in(&dir.join(eval::METRICS_FILE), second_copy)?;
+            let metrics = eval::metrics(&eval::load_predictions(&dir)?, &class_names)?;
+            let name = match labelled {
+                true => format!("{}, {what}", second.name),
+                false => second.name.clone(),
+            };
+            table.push_str(&format!(
+                "\n{name}:\n{}",
+                eval::render_table(&metrics, false)
+            ));
+        }
+    }
+    let own = eval::load_predictions(eval_dir)?;
     if !recipe.eval.ensemble.is_empty() {
         let mut members = vec![own];
         for member in &recipe.eval.ensemble {

@@ -13,7 +13,8 @@ use serde_json::json;
 use super::error::{StageError, StageFailure};
 use super::kind::StageKind;
 use crate::loader::{self, LoaderConfig};
-use crate::recipe::{DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
+use crate::model::GoogLeNet;
+use crate::recipe::{CropSet, DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
 use crate::runtime::{
     connect_collective, resolve_device, visible_gpu_count, Collective, DeviceChoice, RuntimeError,
     World,
@@ -312,6 +313,9 @@ pub const FINAL_CHECKPOINT: &str = "final.safetensors";
 struct ModelShape {
     num_classes: usize,
     topics: usize,
+    /// The best epoch on the holdout, whose weights are in [`train::BEST_CHECKPOINT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    best: Option<train::BestEpoch>,
 }
 
 const MODEL_SHAPE_FILE: &str = "model.json";
@@ -403,12 +407,37 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     let recipe = cx.recipe;
     let store = Arc::new(Store::open(cx.dir(StageKind::Ingest))?);
     let table = score::ScoreTable::load(cx.dir(StageKind::Score))?;
-    let kept: Vec<&score::ScoreRow> = table.rows().iter().filter(|r| r.kept).collect();
-    let samples: Vec<(u64, u32)> = kept.iter().map(|r| (r.id, r.label)).collect();
+    let kept: Vec<(u64, u32)> = table
+        .rows()
+        .iter()
+        .filter(|r| r.kept)
+        .map(|r| (r.id, r.label))
+        .collect();
+    let train::holdout::Parted {
+        train: samples,
+        held_out,
+    } = match recipe.train.holdout {
+        Some(h) => train::holdout::split(&kept, h.share, recipe.train.seed),
+        None => train::holdout::Parted {
+            train: kept,
+            held_out: Vec::new(),
+        },
+    };
     let soft = matches!(recipe.labels, LabelParams::Soft { .. });
+    let row = |id: u64| table.get(id).expect("samples come from the score table");
     let weights = match recipe.train.sampler {
-        SamplerKind::Weighted => Some(kept.iter().map(|r| r.lambda as f32).collect::<Vec<_>>()),
-        SamplerKind::Curriculum { .. } => Some(kept.iter().map(|r| r.score as f32).collect()),
+        SamplerKind::Weighted => Some(
+            samples
+                .iter()
+                .map(|&(id, _)| row(id).lambda as f32)
+                .collect(),
+        ),
+        SamplerKind::Curriculum { .. } => Some(
+            samples
+                .iter()
+                .map(|&(id, _)| row(id).score as f32)
+                .collect::<Vec<_>>(),
+        ),
         _ => None,
     };
     let topics = if recipe.model.regression {
@@ -416,11 +445,16 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     } else {
         Vec::new()
     };
-    let shape = ModelShape {
+    let mut shape = ModelShape {
         num_classes: store.header().classes.len(),
         topics: topics.first().map_or(0, Vec::len),
+        best: None,
     };
     let world_size = cx.parallel.map_or(1, |p| p.world.world_size);
+    let device = match cx.parallel {
+        Some(p) => p.device.clone(),
+        None => train_device(recipe)?,
+    };
     // Every rank streams the global batch and trains on its rows of it.
     let cfg = LoaderConfig::for_training(&recipe.train, recipe.train.batch_per_device * world_size);
     let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
@@ -437,29 +471,57 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
         lambda: &lambda,
         topics: &topic,
     };
+    let iterations = train::iterations(recipe.train.length, samples.len() as u64, cfg.batch_size);
+    // The holdout is seen through the center crop in training-sized batches: settings that
+    // enter this stage's key.
+    let holdout_cfg = loader::EvalConfig {
+        crops: CropSet::Center,
+        samples_per_batch: recipe.train.batch_per_device,
+        ..eval_config(recipe)
+    };
+    let holdout_ids: Vec<u64> = held_out.iter().map(|&(id, _)| id).collect();
+    let num_classes = shape.num_classes;
+    let predict_holdout = |net: &GoogLeNet, ids: &[u64]| {
+        let images = EvalImages {
+            store: &store,
+            split: Split::Train,
+            cfg: &holdout_cfg,
+        };
+        predictions(&images, ids.to_vec(), net, &device, num_classes, false)
+            .map_err(train::BoxError::from)
+    };
+    let holdout = match recipe.train.holdout {
+        Some(h) => Some(train::HoldoutJob {
+            ids: &holdout_ids,
+            epoch_ends: train::holdout::epoch_ends(
+                samples.len() as u64,
+                cfg.batch_size,
+                h.eval_every,
+                iterations,
+            )?,
+            predict: &predict_holdout,
+        }),
+        None => None,
+    };
     let job = train::TrainJob {
         model: &recipe.model,
         train: &recipe.train,
         num_classes: shape.num_classes,
         topics: shape.topics,
-        iterations: train::iterations(recipe.train.length, samples.len() as u64, cfg.batch_size),
+        iterations,
         out_dir: cx.out,
         init: cx.init.map(|i| i.checkpoint.as_path()),
         resume: true,
         stop_after: None,
         progress: cx.progress,
+        holdout,
     };
     let summary = match cx.parallel {
-        None => train::train(&job, &mut batches, &targets, &train_device(recipe)?)?,
+        None => train::train(&job, &mut batches, &targets, &device)?,
         Some(p) => {
             let mut collective = p.collective.borrow_mut();
-            let (summary, _) = train::train_distributed(
-                &job,
-                &mut batches,
-                &targets,
-                &p.device,
-                &mut **collective,
-            )?;
+            let (summary, _) =
+                train::train_distributed(&job, &mut batches, &targets, &device, &mut **collective)?;
             if p.rank() != 0 {
                 return Ok(());
             }
@@ -473,6 +535,7 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     std::fs::hard_link(&summary.final_checkpoint, &final_path)
         .or_else(|_| std::fs::copy(&summary.final_checkpoint, &final_path).map(drop))
         .map_err(StageFailure::io(&final_path))?;
+    shape.best = summary.best;
     let shape_path = cx.out.join(MODEL_SHAPE_FILE);
     std::fs::write(
         &shape_path,
@@ -484,9 +547,15 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
 
 /// The eval stage's folder for the second validation set (the same files as the first's).
 pub const SECOND_VAL_EVAL_DIR: &str = "second_val";
+/// The eval stage's folder for the best epoch on the holdout: its evaluation on the
+/// validation split (and in its own `second_val/` on the second set), and [`BEST_EPOCH_FILE`].
+pub const BEST_EVAL_DIR: &str = "best";
+/// Which epoch the best one is and its accuracy on the holdout ([`train::BestEpoch`]).
+pub const BEST_EPOCH_FILE: &str = "epoch.json";
 
 /// Evaluates the final weights on the validation split, and on the second validation set
-/// when the recipe has one (into [`SECOND_VAL_EVAL_DIR`]).
+/// when the recipe has one (into [`SECOND_VAL_EVAL_DIR`]); with a holdout, the best epoch's
+/// weights on both too (into [`BEST_EVAL_DIR`]).
 fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
     let recipe = cx.recipe;
     let ingest = cx.dir(StageKind::Ingest);
@@ -498,67 +567,98 @@ fn build_eval(cx: &BuildContext) -> Result<(), StageFailure> {
         cause,
     })?;
     let device = train_device(recipe)?;
-    let model = train::load_for_eval(
-        &train_dir.join(FINAL_CHECKPOINT),
-        &recipe.model,
-        shape.num_classes,
-        shape.topics,
-        &device,
-    )?;
-    let mut sets = vec![(ingest.to_path_buf(), cx.out.to_path_buf())];
-    if recipe.dataset.second_val.is_some() {
-        sets.push((
-            ingest.join(store::SECOND_VAL_DIR),
-            cx.out.join(SECOND_VAL_EVAL_DIR),
-        ));
+    let mut checkpoints = vec![(FINAL_CHECKPOINT, cx.out.to_path_buf())];
+    if let Some(best) = &shape.best {
+        let dir = cx.out.join(BEST_EVAL_DIR);
+        std::fs::create_dir_all(&dir).map_err(StageFailure::io(&dir))?;
+        let path = dir.join(BEST_EPOCH_FILE);
+        let text = serde_json::to_string_pretty(best).expect("JSON serializes");
+        std::fs::write(&path, text).map_err(StageFailure::io(&path))?;
+        checkpoints.push((train::BEST_CHECKPOINT, dir));
     }
-    for (store_dir, out) in sets {
-        let store = Arc::new(Store::open(&store_dir)?);
-        let predictions = predict(cx, &store, &store_dir, &model, &device, shape.num_classes)?;
-        let class_names = store.header().class_names();
-        let metrics = eval::metrics(&predictions, &class_names)?;
-        eval::write_outputs(&out, &predictions, &metrics, &class_names)?;
+    let cfg = eval_config(recipe);
+    for (checkpoint, out) in checkpoints {
+        let model = train::load_for_eval(
+            &train_dir.join(checkpoint),
+            &recipe.model,
+            shape.num_classes,
+            shape.topics,
+            &device,
+        )?;
+        let mut sets = vec![(ingest.to_path_buf(), out.clone())];
+        if recipe.dataset.second_val.is_some() {
+            sets.push((
+                ingest.join(store::SECOND_VAL_DIR),
+                out.join(SECOND_VAL_EVAL_DIR),
+            ));
+        }
+        for (store_dir, out) in sets {
+            let store = Arc::new(Store::open(&store_dir)?);
+            let val = store.len(Split::Val);
+            if val == 0 {
+                return Err(StageFailure::NoValidationSamples { store: store_dir });
+            }
+            let images = EvalImages {
+                store: &store,
+                split: Split::Val,
+                cfg: &cfg,
+            };
+            let ids = (0..val).collect();
+            let predictions = predictions(
+                &images,
+                ids,
+                &model,
+                &device,
+                shape.num_classes,
+                cx.progress,
+            )?;
+            let class_names = store.header().class_names();
+            let metrics = eval::metrics(&predictions, &class_names)?;
+            eval::write_outputs(&out, &predictions, &metrics, &class_names)?;
+        }
     }
     Ok(())
 }
 
-/// The predictions of `model` for every validation image of `store` (in `store_dir`).
-fn predict(
-    cx: &BuildContext,
-    store: &Arc<Store>,
-    store_dir: &Path,
-    model: &crate::model::GoogLeNet,
+/// How the eval stage makes its batches: the recipe's crops and eval batch size.
+fn eval_config(recipe: &Recipe) -> loader::EvalConfig {
+    loader::EvalConfig {
+        crop: recipe.train.augmentation.crop,
+        crops: recipe.eval.crops,
+        mean_rgb: recipe.train.augmentation.mean_rgb,
+        samples_per_batch: recipe.eval.batch_size,
+        workers: recipe.train.workers,
+        precision: recipe.train.precision,
+    }
+}
+
+/// Where the images to predict come from, and how they are cut into batches.
+struct EvalImages<'a> {
+    store: &'a Arc<Store>,
+    split: Split,
+    cfg: &'a loader::EvalConfig,
+}
+
+/// The predictions of `model` for the samples `ids` of `images`.
+fn predictions(
+    images: &EvalImages,
+    ids: Vec<u64>,
+    model: &GoogLeNet,
     device: &Device,
     num_classes: usize,
+    progress: bool,
 ) -> Result<eval::Predictions, StageFailure> {
-    let recipe = cx.recipe;
-    let val = store.len(Split::Val);
-    if val == 0 {
-        return Err(StageFailure::NoValidationSamples {
-            store: store_dir.to_path_buf(),
-        });
-    }
-    let crop = recipe.train.augmentation.crop;
-    let resize = store.header().resize;
-    let crops = loader::crop_boxes(recipe.eval.crops, resize, resize, crop).len();
-    let batches = loader::eval_batches(
-        store.clone(),
-        Split::Val,
-        &loader::EvalConfig {
-            crop,
-            crops: recipe.eval.crops,
-            mean_rgb: recipe.train.augmentation.mean_rgb,
-            samples_per_batch: recipe.eval.batch_size,
-            workers: recipe.train.workers,
-            precision: recipe.train.precision,
-        },
-    )?;
+    let cfg = images.cfg;
+    let resize = images.store.header().resize;
+    let crops = loader::crop_boxes(cfg.crops, resize, resize, cfg.crop).len();
+    let samples = ids.len() as u64;
+    let batches = loader::eval_batches(images.store.clone(), images.split, ids, cfg)?;
     let predictions = eval::evaluate(
         batches,
         num_classes,
         crops,
-        val,
-        cx.progress,
+        samples,
+        progress,
         |batch: &Batch| {
             let images = batch.images(device)?;
             let logits = model

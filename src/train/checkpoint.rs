@@ -74,6 +74,24 @@ pub struct TrainState {
     /// Product of the rollback lr factors applied so far (1 without rollbacks).
     pub lr_scale: f64,
     pub rollbacks: u32,
+    /// The best epoch on the holdout so far (`train.holdout`), whose weights are in
+    /// [`BEST_CHECKPOINT`]. Absent without a holdout, so such checkpoints read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestEpoch>,
+}
+
+/// The checkpoint of the best epoch on the holdout (its weights only), beside the others.
+pub const BEST_CHECKPOINT: &str = "best.safetensors";
+
+/// An epoch evaluated on the holdout: the first with the highest top-1 is the best.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestEpoch {
+    pub epoch: u64,
+    /// The step that ended it.
+    pub step: u64,
+    /// Its accuracy on the holdout, as fractions.
+    pub top1: f64,
+    pub top5: f64,
 }
 
 /// The header's one metadata entry: the state and the integrity record beside it. One entry,
@@ -378,6 +396,7 @@ mod tests {
             seed: 9,
             lr_scale: 0.5,
             rollbacks: 1,
+            best: None,
         }
     }
 
@@ -387,9 +406,19 @@ mod tests {
         let values = vec![1.0f32, -0.0, f32::MIN_POSITIVE, 3.25e-7, f32::MAX, -2.5];
         let a = Tensor::from_vec(values.clone(), (2, 3), &Device::Cpu).unwrap();
         let path = path_for(dir.path(), 12);
-        save(&path, [("model.a".to_string(), &a)], &state(12)).unwrap();
+        let state = TrainState {
+            // A value that only an exact round trip keeps.
+            best: Some(BestEpoch {
+                epoch: 1,
+                step: 10,
+                top1: 0.1 + 0.2,
+                top5: 0.7,
+            }),
+            ..state(12)
+        };
+        save(&path, [("model.a".to_string(), &a)], &state).unwrap();
         let loaded = load(&path, &Device::Cpu).unwrap();
-        assert_eq!(loaded.state, state(12));
+        assert_eq!(loaded.state, state);
         let b = &loaded.group(MODEL_PREFIX)["a"];
         assert_eq!(b.dims(), &[2, 3]);
         let back: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::checkpoint::CheckpointError;
 use super::optim::OptimError;
+use crate::eval::EvalError;
 use crate::model::ModelError;
 use crate::runtime::RuntimeError;
 
@@ -75,4 +76,11 @@ pub enum TrainError {
          folder's checkpoints to start over"
     )]
     ExistingRun { checkpoint: PathBuf },
+    #[error(
+        "train: train.eval_every = {every} epochs, but the run trains {epochs:.2} epochs: no \
+         epoch would be evaluated on the holdout"
+    )]
+    NoHoldoutEpoch { every: u64, epochs: f64 },
+    #[error("train: step {step}: evaluating on the holdout: {source}")]
+    Holdout { step: u64, source: Box<EvalError> },
 }

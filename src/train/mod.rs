@@ -1,4 +1,4 @@
-//! Training: losses, SGD with momentum and weight decay, schedules, checkpoints and resume: the `train` stage. In: batches, labels, λ, topic vectors. Out: checkpoints and metrics.
+//! Training: losses, SGD with momentum and weight decay, schedules, checkpoints and resume: the `train` stage. In: batches, labels, λ, topic vectors, and the held-out samples' predictions. Out: checkpoints (the last and the best on the holdout) and metrics.
 //!
 //! [`train`] runs the loop: for each batch the network's 3 heads (main, after 4a, after 4d)
 //! give a loss per task (λ-weighted softmax cross-entropy, sigmoid cross-entropy on the topic
@@ -12,11 +12,18 @@
 //! This file sets a run up (resume, `init`, the first checkpoint); the rest lives in
 //! `error` (the stage's errors), `loss` (the loss terms and [`loss::step_loss`], their
 //! weighted total), `step` (one step, [`train_step`], which `runner bench train` times too),
-//! `run` (the loop: targets, divergence policy, checkpoints), `metrics` (`metrics.jsonl`),
-//! `optim`, `schedule` and `checkpoint`.
+//! `run` (the loop: targets, divergence policy, checkpoints, the holdout's evaluation),
+//! `holdout` (which samples are held out, which epochs are evaluated), `metrics`
+//! (`metrics.jsonl`), `optim`, `schedule` and `checkpoint`.
+//!
+//! With a holdout (`train.holdout`), the end of every `eval_every`-th epoch evaluates top-1
+//! and top-5 on it (an `"event": "holdout"` line in `metrics.jsonl`), and the first epoch with
+//! the highest top-1 is kept in `best.safetensors` beside the last checkpoint; the best so far
+//! is part of the checkpointed state, so a resumed run chooses as the straight one does.
 
 pub mod checkpoint;
 mod error;
+pub mod holdout;
 pub mod loss;
 mod metrics;
 pub mod optim;
@@ -29,17 +36,19 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::eval::Predictions;
 use crate::model::GoogLeNet;
 use crate::recipe::params::{ModelParams, Precision, TrainLength, TrainParams};
 use crate::runtime::{Collective, SingleProcess};
 use crate::sample::Batch;
+pub use checkpoint::{BestEpoch, BEST_CHECKPOINT};
 use checkpoint::{TrainState, MODEL_PREFIX};
 pub use error::{BoxError, TrainError};
 pub use loss::{step_loss, StepLoss, Targets};
 pub use metrics::STEP_METRICS_FILE;
 use optim::{DivergenceGuard, Sgd};
 use run::{run_steps, Trainer};
-pub use step::{shard_rows, train_step, StepInput, StepOutcome};
+pub use step::{train_step, StepInput, StepOutcome};
 
 /// A loss above this multiple of its running mean counts as a spike (divergence).
 pub const SPIKE_FACTOR: f64 = 5.0;
@@ -74,7 +83,24 @@ pub struct TrainJob<'a> {
     /// interruption would: the schedule still spans `iterations`.
     pub stop_after: Option<u64>,
     pub progress: bool,
+    /// Samples held out of training to compare epochs on (`train.holdout`).
+    pub holdout: Option<HoldoutJob<'a>>,
 }
+
+/// Evaluation on the holdout during training: at the end of each epoch of `epoch_ends`, every
+/// rank predicts its share of `ids` (see [`crate::eval::evaluate_sharded`]); rank 0 logs the
+/// top-1/top-5 in `metrics.jsonl` and keeps the best epoch's weights in [`BEST_CHECKPOINT`].
+pub struct HoldoutJob<'a> {
+    /// The held-out samples, the same list on every rank.
+    pub ids: &'a [u64],
+    /// Step → the epoch it ends, for the epochs evaluated ([`holdout::epoch_ends`]).
+    pub epoch_ends: std::collections::BTreeMap<u64, u64>,
+    /// The network's predictions of some of `ids` (this rank's share).
+    pub predict: HoldoutPredict<'a>,
+}
+
+/// The network's predictions of the held-out samples with these ids.
+pub type HoldoutPredict<'a> = &'a dyn Fn(&GoogLeNet, &[u64]) -> Result<Predictions, BoxError>;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +109,8 @@ pub struct TrainSummary {
     pub final_checkpoint: PathBuf,
     pub last_loss: f64,
     pub rollbacks: u32,
+    /// The best epoch on the holdout, its weights in `out_dir`'s [`BEST_CHECKPOINT`].
+    pub best: Option<BestEpoch>,
 }
 
 /// Updates a run of `length` takes with `train_samples` samples and batches of `batch`.
@@ -130,8 +158,8 @@ pub fn train<'b>(
 /// `collective.world_size()`. Returns the summary and the trained network.
 ///
 /// - Sharding: `batches(k)` yields the GLOBAL batch k (what one process would train on), the
-///   same on every rank; rank r trains on its rows of it, [`shard_rows`]: `n / W` rows each,
-///   the first `n mod W` ranks one more. A batch needs at least `W` rows.
+///   same on every rank; rank r trains on its rows of it, [`crate::runtime::shard_rows`]:
+///   `n / W` rows each, the first `n mod W` ranks one more. A batch needs at least `W` rows.
 /// - Scaling: each loss is a mean over its rows, so a rank scales its loss and loss terms by
 ///   `n_rank / n_global` before the backward pass; the sum over ranks is the global mean.
 /// - One `all_reduce_sum` per step of one flat f32 bucket: the gradients in the order of
@@ -180,6 +208,7 @@ pub fn train_distributed<'b>(
             seed: job.train.seed,
             lr_scale: 1.0,
             rollbacks: 0,
+            best: None,
         },
         metrics_path: job.out_dir.join(STEP_METRICS_FILE),
         checkpoint: None,

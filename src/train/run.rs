@@ -1,7 +1,9 @@
 //! The training loop: batches in, one [`train_step`] per batch, metrics, checkpoints, and
-//! the divergence policy (stop, or roll back to the newest checkpoint with a smaller lr). In:
-//! a [`Trainer`] that [`super::train_distributed`] set up, the batch stream factory. Out: the
-//! run's summary, checkpoints and metrics lines in the run folder (rank 0 writes them).
+//! the divergence policy (stop, or roll back to the newest checkpoint with a smaller lr), and
+//! the evaluation on the holdout at the ends of epochs. In: a [`Trainer`] that
+//! [`super::train_distributed`] set up, the batch stream factory. Out: the run's summary,
+//! checkpoints (the best on the holdout too) and metrics lines in the run folder (rank 0
+//! writes them).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,12 +11,15 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::checkpoint::{self, Checkpoint, TrainState, MODEL_PREFIX, MOMENTUM_PREFIX};
+use super::checkpoint::{
+    self, BestEpoch, Checkpoint, TrainState, BEST_CHECKPOINT, MODEL_PREFIX, MOMENTUM_PREFIX,
+};
 use super::loss::Targets;
 use super::optim::{DivergenceGuard, Sgd, SgdState};
 use super::schedule::learning_rate;
 use super::step::{shard, step_rng, train_step, StepInput};
 use super::{metrics, BatchStream, BoxError, SampleTargets, TrainError, TrainJob, TrainSummary};
+use crate::eval;
 use crate::model::GoogLeNet;
 use crate::recipe::params::OnDivergence;
 use crate::runtime::Collective;
@@ -83,6 +88,13 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// The network's tensors under their checkpoint names.
+    fn model_tensors(&self) -> impl Iterator<Item = (String, &Tensor)> {
+        self.net
+            .named_tensors()
+            .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor()))
+    }
+
     /// Writes the checkpoint of this step on rank 0; the other ranks only name its path.
     pub(super) fn save_checkpoint(&mut self) -> Result<(), TrainError> {
         let path = checkpoint::path_for(self.job.out_dir, self.state.step);
@@ -90,11 +102,8 @@ impl<'a> Trainer<'a> {
         if self.rank != 0 {
             return Ok(());
         }
-        let model = self
-            .net
-            .named_tensors()
-            .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor()));
         let sgd = self.sgd.state();
+        let model = self.model_tensors();
         let momentum = sgd
             .momentum
             .iter()
@@ -102,6 +111,50 @@ impl<'a> Trainer<'a> {
         checkpoint::save(&path, model.chain(momentum), &self.state)?;
         checkpoint::prune(self.job.out_dir, CHECKPOINTS_KEPT)?;
         Ok(())
+    }
+
+    /// Evaluates the holdout at the end of `epoch` on every rank; rank 0 logs it and, when
+    /// it is the best so far, writes its weights to [`BEST_CHECKPOINT`]. Before the step's
+    /// checkpoint, which then records it as the best so far.
+    fn evaluate_holdout(
+        &mut self,
+        epoch: u64,
+        collective: &mut dyn Collective,
+    ) -> Result<(), TrainError> {
+        let holdout = self.job.holdout.as_ref().expect("called with a holdout");
+        let step = self.state.step;
+        let net = &self.net;
+        let hits = eval::evaluate_sharded(
+            holdout.ids,
+            self.job.num_classes,
+            collective,
+            self.device,
+            |ids| (holdout.predict)(net, ids),
+        )
+        .map_err(|source| TrainError::Holdout {
+            step,
+            source: Box::new(source),
+        })?;
+        let (top1, top5) = (hits.top1(), hits.top5());
+        // Ties keep the earlier epoch.
+        let best = self.state.best.is_none_or(|b| top1 > b.top1);
+        if best {
+            self.state.best = Some(BestEpoch {
+                epoch,
+                step,
+                top1,
+                top5,
+            });
+            if self.rank == 0 {
+                let path = self.job.out_dir.join(BEST_CHECKPOINT);
+                checkpoint::save(&path, self.model_tensors(), &self.state)?;
+            }
+        }
+        tracing::info!(epoch, top1, top5, best, "holdout");
+        self.append_metrics(json!({
+            "step": step, "event": "holdout", "epoch": epoch, "holdout_top1": top1,
+            "holdout_top5": top5, "holdout_samples": hits.samples(), "best": best,
+        }))
     }
 
     pub(super) fn restore(&mut self, loaded: &Checkpoint) -> Result<(), TrainError> {
@@ -154,7 +207,10 @@ impl<'a> Trainer<'a> {
                     .checkpoint
                     .clone()
                     .expect("a checkpoint is written or resumed from before the first step");
+                // The best epoch's weights stay in their file: still the best evaluated.
+                let best = self.state.best;
                 self.restore(&checkpoint::load(&path, self.device)?)?;
+                self.state.best = best;
                 self.state.lr_scale = lr_scale;
                 self.state.rollbacks = rollbacks;
                 tracing::warn!(cause, to_step = self.state.step, lr_scale, "rolled back");
@@ -255,6 +311,9 @@ pub(super) fn run_steps<'b>(
             "images_per_s": n as f64 / seconds, "images": trainer.state.step * n as u64,
         }))?;
         let step = trainer.state.step;
+        if let Some(&epoch) = job.holdout.as_ref().and_then(|h| h.epoch_ends.get(&step)) {
+            trainer.evaluate_holdout(epoch, collective)?;
+        }
         if step.is_multiple_of(job.train.checkpoint_every.max(1)) || step == end {
             trainer.save_checkpoint()?;
         }
@@ -270,5 +329,6 @@ pub(super) fn run_steps<'b>(
         final_checkpoint,
         last_loss,
         rollbacks: trainer.state.rollbacks,
+        best: trainer.state.best,
     })
 }

@@ -16,7 +16,7 @@ use super::optim::{DivergenceGuard, OptimError, Sgd, StepStats};
 use super::TrainError;
 use crate::model::GoogLeNet;
 use crate::recipe::params::ModelParams;
-use crate::runtime::Collective;
+use crate::runtime::{shard_rows, Collective};
 use crate::sample::{Batch, Pixels};
 
 /// The dropout RNG of `step`: a ChaCha stream per step, so resume needs only (seed, step).
@@ -24,16 +24,6 @@ pub(super) fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(step);
     rng
-}
-
-/// Rows `[r·n/W, (r+1)·n/W)` of a batch of `n` rows for rank `r` of `W`, rounded so that
-/// the first `n mod W` ranks take one row more: `(start, len)`.
-pub fn shard_rows(n: usize, rank: usize, world_size: usize) -> (usize, usize) {
-    let (base, extra) = (n / world_size, n % world_size);
-    (
-        rank * base + rank.min(extra),
-        base + usize::from(rank < extra),
-    )
 }
 
 /// This rank's rows of the global `batch` (see [`shard_rows`]), with the index of the first;
@@ -225,14 +215,6 @@ fn all_reduce_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_cover_the_batch_the_first_ranks_taking_the_remainder() {
-        let shards: Vec<_> = (0..4).map(|r| shard_rows(6, r, 4)).collect();
-        assert_eq!(shards, [(0, 2), (2, 2), (4, 1), (5, 1)]);
-        assert_eq!(shard_rows(8, 1, 2), (4, 4));
-        assert_eq!(shard_rows(5, 0, 1), (0, 5));
-    }
 
     #[test]
     fn step_rngs_differ_by_step_and_repeat_by_seed() {

@@ -24,6 +24,18 @@ pub fn runner(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     runner_command(dir, args, env).output().unwrap()
 }
 
+/// Runs `runner` with `args` alone (a command that reads run folders: `report`, `export`),
+/// which must succeed; its stdout.
+pub fn runner_stdout(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "runner {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// The run's `stages.json`.
 pub fn stages_json(dir: &Path, run: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("runs").join(run).join("stages.json")).unwrap();

@@ -1130,7 +1130,7 @@ fn check_eval_batches(store: &Arc<Store>, mean: [f32; 3], precision: Precision) 
         workers: 2,
         precision,
     };
-    let batches: Vec<_> = loader::eval_batches(store.clone(), Split::Val, &cfg)
+    let batches: Vec<_> = loader::eval_split_batches(store.clone(), Split::Val, &cfg)
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -1138,6 +1138,18 @@ fn check_eval_batches(store: &Arc<Store>, mean: [f32; 3], precision: Precision) 
     let ids: Vec<u64> = batches.iter().flat_map(|b| b.ids.iter().copied()).collect();
     let expected: Vec<u64> = (0..12).flat_map(|id| std::iter::repeat_n(id, 10)).collect();
     assert_eq!(ids, expected);
+    // Some samples, in the order asked for (a holdout, a rank's share); none beyond the split.
+    let some: Vec<u64> = loader::eval_batches(store.clone(), Split::Val, vec![7, 2, 11], &cfg)
+        .unwrap()
+        .flat_map(|b| b.unwrap().ids)
+        .step_by(10)
+        .collect();
+    assert_eq!(some, [7, 2, 11]);
+    let beyond = loader::eval_batches(store.clone(), Split::Val, vec![3, 12], &cfg).err();
+    assert!(
+        beyond.is_some_and(|e| e.to_string().contains("12")),
+        "id 12 of 12 val samples is refused"
+    );
     assert_eq!(batches[2].shape, [20, 3, 24, 24]);
     let reader = store.reader().unwrap();
     let image = reader.image(Split::Val, 6).unwrap();

@@ -425,6 +425,142 @@ proptest! {
     }
 }
 
+/// Evaluation split over the ranks of a data-parallel run ([`evaluate_sharded`]), with
+/// threads as ranks.
+mod sharded {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use candle_core::Device;
+    use websieve::eval::{evaluate_sharded, ClassHits, EvalError, Evaluation, Predictions};
+    use websieve::runtime::{SingleProcess, ThreadGroupMember};
+
+    const CLASSES: usize = 4;
+    /// Long enough for any rank to arrive; a rank left waiting fails the test, never hangs it.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// Sample `id`'s label and one-crop logits: right for about half of the samples, and
+    /// per class differently often, so that a sample counted twice or missed changes the
+    /// per-class numbers.
+    fn sample(id: u64) -> (u32, [f32; CLASSES]) {
+        let label = (id % CLASSES as u64) as u32;
+        let guess = match id % 3 {
+            0 => label as usize,
+            _ => (id as usize * 7) % CLASSES,
+        };
+        let mut logits = [0.0; CLASSES];
+        logits[guess] = 2.0;
+        logits[(guess + 1) % CLASSES] = 1.0;
+        (label, logits)
+    }
+
+    /// The predictions of `ids`, as a model evaluating them would give them.
+    fn predict(ids: &[u64]) -> Result<Predictions, EvalError> {
+        let mut evaluation = Evaluation::new(CLASSES, 1);
+        for &id in ids {
+            let (label, logits) = sample(id);
+            evaluation.add_batch(&[id], &[label], &logits)?;
+        }
+        Ok(evaluation.finish())
+    }
+
+    /// What one rank got: each round's result, and the ids it was asked to predict.
+    struct RankOutcome {
+        results: Vec<Result<ClassHits, EvalError>>,
+        asked: Vec<Vec<u64>>,
+    }
+
+    /// Each of `world` thread ranks evaluates `ids` `rounds` times in a row.
+    fn on_ranks(ids: &[u64], world: usize, rounds: usize) -> Vec<RankOutcome> {
+        std::thread::scope(|scope| {
+            let ranks: Vec<_> = ThreadGroupMember::group(world)
+                .into_iter()
+                .map(|member| {
+                    scope.spawn(move || {
+                        let mut member = member.with_timeout(WAIT);
+                        let asked = Mutex::new(Vec::new());
+                        let results = (0..rounds)
+                            .map(|_| {
+                                evaluate_sharded(ids, CLASSES, &mut member, &Device::Cpu, |share| {
+                                    asked.lock().unwrap().push(share.to_vec());
+                                    predict(share)
+                                })
+                            })
+                            .collect();
+                        RankOutcome {
+                            results,
+                            asked: asked.into_inner().unwrap(),
+                        }
+                    })
+                })
+                .collect();
+            ranks.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    /// 10 samples on 1 to 12 ranks: every rank gets the one-process numbers, and the shares
+    /// the ranks predicted are disjoint and cover the samples (nothing padded, as PyTorch's
+    /// DistributedSampler pads 10 samples on 4 ranks to 12).
+    #[test]
+    fn ranks_score_each_sample_exactly_once() {
+        let ids: Vec<u64> = (100..110).collect();
+        let one =
+            evaluate_sharded(&ids, CLASSES, &mut SingleProcess, &Device::Cpu, predict).unwrap();
+        assert_eq!(one, ClassHits::of(&predict(&ids).unwrap()));
+        assert_eq!(one.samples(), 10);
+        assert!(one.top1() > 0.0 && one.top1() < 1.0, "{one:?}");
+        for world in [2, 3, 4, 7, 12] {
+            let ranks = on_ranks(&ids, world, 1);
+            let mut predicted: Vec<u64> = Vec::new();
+            let mut sizes = Vec::new();
+            for RankOutcome { results, asked } in ranks {
+                assert_eq!(results[0].as_ref().unwrap(), &one, "{world} ranks");
+                let share: Vec<u64> = asked.concat();
+                sizes.push(share.len());
+                predicted.extend(share);
+            }
+            predicted.sort_unstable();
+            assert_eq!(predicted, ids, "{world} ranks: each sample once");
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1, "{world} ranks: shares {sizes:?}");
+        }
+    }
+
+    /// Shares of different lengths, some empty (2 samples on 4 ranks, 5 on 3), evaluated in
+    /// several rounds as at the ends of several epochs: each rank makes one collective call
+    /// per evaluation whatever its share, so none is left waiting and the rounds stay in step.
+    #[test]
+    fn ranks_with_shorter_or_empty_shares_meet_at_one_collective() {
+        for (samples, world) in [(2u64, 4), (5, 3)] {
+            let ids: Vec<u64> = (0..samples).collect();
+            let expected = ClassHits::of(&predict(&ids).unwrap());
+            for (rank, outcome) in on_ranks(&ids, world, 3).into_iter().enumerate() {
+                let RankOutcome { results, asked } = outcome;
+                for result in results {
+                    assert_eq!(result.unwrap(), expected, "rank {rank} of {world}");
+                }
+                let empty = asked.is_empty();
+                assert_eq!(
+                    empty,
+                    rank as u64 >= samples,
+                    "rank {rank}: share asked for"
+                );
+            }
+        }
+    }
+
+    /// A rank whose predictions are not exactly its share (padded with a sample of another
+    /// share) is refused.
+    #[test]
+    fn a_share_padded_with_another_sample_is_refused() {
+        let ids: Vec<u64> = (0..4).collect();
+        let padded = |share: &[u64]| predict(&[share, &[3]].concat());
+        let err = evaluate_sharded(&ids[..2], CLASSES, &mut SingleProcess, &Device::Cpu, padded)
+            .unwrap_err();
+        insta::assert_snapshot!(err.to_string(), @"rank 0: its share of the samples: 3 samples predicted for a share of 2, or other ids");
+    }
+}
+
 mod report {
     use std::path::{Path, PathBuf};
 
@@ -432,6 +568,7 @@ mod report {
     use websieve::recipe;
     use websieve::report::{find_runs, load_run, report, report_with, ReportFormat, ReportOptions};
     use websieve::stage::{RunFolder, RunState, RunStatus, StageKind};
+    use websieve::train::BestEpoch;
 
     /// A run folder as a run leaves it: the quickstart recipe with `sets`, resolved, and
     /// (with `top1`) evaluation results.
@@ -566,7 +703,7 @@ mod report {
         let noisy = &rows[1];
         assert_eq!(noisy["seeds"], serde_json::json!(["0", "1", "2"]));
         assert_eq!(noisy["settings"]["clean.rule"], "none");
-        let top1 = &noisy["top1"];
+        let top1 = &noisy["top1_last"];
         assert!(
             (top1["mean"].as_f64().unwrap() - 0.52).abs() < 1e-12,
             "{top1}"
@@ -577,6 +714,63 @@ mod report {
             "{top1}"
         );
         assert_eq!(top1["runs"], 3);
+    }
+
+    /// Results of one evaluation, as `metrics.json` holds them (no per-class part).
+    fn results(top1: f64, top5: f64) -> String {
+        let metrics = EvalMetrics {
+            samples: 500,
+            top1,
+            top5,
+            mean_class_top1: top1,
+            mean_class_top5: top5,
+            per_class: Vec::new(),
+        };
+        serde_json::to_string(&metrics).unwrap()
+    }
+
+    /// Runs with a holdout and a second validation set: the last epoch's and the best epoch's
+    /// accuracies on each set are columns of their own, named by which weights and which set
+    /// they are of; a run without a holdout shows `-` for the best epoch's.
+    #[test]
+    fn the_last_and_the_best_epoch_are_columns_of_their_own_on_each_val_set() {
+        let root = tempfile::tempdir().unwrap();
+        let second = "dataset.second_val={ name = \"ILSVRC2012 val\", root = \"val\" }";
+        let plain = write_run(root.path(), "plain", &["name=plain", second], Some(0.5));
+        let held = write_run(
+            root.path(),
+            "held",
+            &["name=held", second, "train.holdout=0.1"],
+            Some(0.55),
+        );
+        for (dir, last, best) in [(&plain, 0.41, None), (&held, 0.43, Some((7, 0.62, 0.47)))] {
+            std::fs::write(dir.join(RunFolder::SECOND_VAL_METRICS), results(last, 0.7)).unwrap();
+            let Some((epoch, val, second_val)) = best else {
+                continue;
+            };
+            let best = BestEpoch {
+                epoch,
+                step: 700,
+                top1: 0.58,
+                top5: 0.9,
+            };
+            let json = serde_json::to_string(&best).unwrap();
+            std::fs::write(dir.join(RunFolder::BEST_EPOCH), json).unwrap();
+            std::fs::write(dir.join(RunFolder::BEST_METRICS), results(val, 0.85)).unwrap();
+            let path = dir.join(RunFolder::BEST_SECOND_VAL_METRICS);
+            std::fs::write(path, results(second_val, 0.75)).unwrap();
+        }
+        let runs = [plain, held];
+        insta::assert_snapshot!(report(&runs).unwrap());
+        let csv = report_with(
+            &runs,
+            &ReportOptions {
+                format: ReportFormat::Csv,
+                group_by_seed: false,
+            },
+        )
+        .unwrap();
+        insta::assert_snapshot!("last_and_best_csv", csv);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::cli::{runner, stage_dir, SMALL};
+use crate::cli::{runner, runner_stdout, stage_dir, SMALL};
 use websieve::dataset::{self, synthetic};
 use websieve::recipe::{self, ClassSubset, DatasetFormat, Recipe};
 use websieve::sample::{Source, Split};
@@ -309,4 +309,323 @@ fn clothing1m_reads_noisy_labels_and_its_clean_labels_become_the_truth_file() {
     assert_eq!(store.len(Split::Train), 12);
     assert_eq!(store.len(Split::Val), 3);
     assert!(store.truth_file().unwrap().is_file());
+}
+
+/// The classes of the Food-101N fixture.
+const FOOD_CLASSES: [&str; 3] = ["apple_pie", "baby_back_ribs", "baklava"];
+
+/// A Food-101N-layout dataset in `root`, with the release's header lines: 3 classes of 10
+/// images each in the image list, every fifth of them showing another class (a wrong label);
+/// `verified_train.tsv` checks 15 of the training images (those wrong among them marked 0),
+/// `verified_val.tsv` 4 others, one of them wrong. Returns the paths verified wrong in
+/// training.
+fn food101n(root: &Path) -> Vec<String> {
+    let meta = root.join("meta");
+    std::fs::create_dir_all(&meta).unwrap();
+    let classes = std::iter::once("class_name")
+        .chain(FOOD_CLASSES)
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(meta.join("classes.txt"), classes + "\n").unwrap();
+    let (mut list, mut train, mut val) = (
+        String::from("class_name/key\n"),
+        String::from("class_name/key\tverification_label\n"),
+        String::from("class_name/key\tverification_label\n"),
+    );
+    let mut wrong_in_training = Vec::new();
+    for i in 0..30usize {
+        let given = i % 3;
+        let wrong = i % 5 == 4;
+        let shown = if wrong { (given + 1) % 3 } else { given };
+        let path = format!("{}/{i:032x}.jpg", FOOD_CLASSES[given]);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(i as u64);
+        let pixels = synthetic::class_image(shown, 3, 32, &mut rng);
+        let mut bytes = Vec::new();
+        websieve::store::jpeg::encode_rgb(pixels.as_raw(), 32, 32, 90, &mut bytes);
+        let file = root.join("images").join(&path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+        list.push_str(&format!("{path}\n"));
+        let verdict = format!("{path}\t{}\n", u8::from(!wrong));
+        match i {
+            0..15 => {
+                train.push_str(&verdict);
+                if wrong {
+                    wrong_in_training.push(path);
+                }
+            }
+            26..30 => val.push_str(&verdict),
+            _ => {}
+        }
+    }
+    for (name, text) in [
+        ("imagelist.tsv", list),
+        ("verified_train.tsv", train),
+        ("verified_val.tsv", val),
+    ] {
+        std::fs::write(meta.join(name), text).unwrap();
+    }
+    wrong_in_training
+}
+
+/// Each stored image's mean colour as a distribution over R, G, B: an image signal for the
+/// score stage (Food-101N has no page text to fit topics on). The fixture's classes differ
+/// in colour, so a wrongly labelled image sits far from its given class's mean.
+fn mean_colours(store: &Store) -> Vec<Vec<f32>> {
+    let reader = store.reader().unwrap();
+    (0..store.len(Split::Train))
+        .map(|id| {
+            let image = reader.image(Split::Train, id).unwrap();
+            let mut sum = [0f64; 3];
+            for pixel in image.pixels() {
+                (0..3).for_each(|c| sum[c] += f64::from(pixel[c]));
+            }
+            let total: f64 = sum.iter().sum();
+            sum.iter().map(|&s| (s / total) as f32).collect()
+        })
+        .collect()
+}
+
+/// Food-101N: the image list to train on (less the verified validation images), the images
+/// verified right in `verified_val.tsv` to validate on, and `verified_train.tsv` as the truth
+/// file: through the ingest into the score stage, whose noise AUC is computed from the
+/// verification labels. The cleaned list is the image list in its own format.
+#[test]
+fn food101n_reads_its_lists_and_its_verification_labels_are_the_noise_truth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("Food-101N_release");
+    let wrong = food101n(&root);
+    let params = recipe::DatasetParams {
+        format: DatasetFormat::Food101n,
+        root: Some(root.clone()),
+        resize: 32,
+        ..Recipe::default().dataset
+    };
+    let work = tmp.path().join("ingest");
+    let index = dataset::read(&params, &work).unwrap();
+    let ids: Vec<&str> = index.classes.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, FOOD_CLASSES);
+    assert_eq!(index.classes[1].name, "baby back ribs");
+    assert_eq!(
+        index.train.len(),
+        26,
+        "30 listed, the 4 verified val images left out"
+    );
+    assert!(index.train.iter().all(|s| s.label as usize == {
+        let class = s.path.split('/').next().unwrap();
+        FOOD_CLASSES.iter().position(|c| *c == class).unwrap()
+    }));
+    let val: Vec<&str> = index.val.iter().map(|s| &s.path[..]).collect();
+    assert_eq!(
+        val.len(),
+        3,
+        "the verified val images but the wrong one: {val:?}"
+    );
+    assert!(index.train.iter().all(|s| !val.contains(&s.path.as_str())));
+
+    websieve::store::ingest(&params, &work, false).unwrap();
+    let store = Store::open(&work).unwrap();
+    assert_eq!((store.len(Split::Train), store.len(Split::Val)), (26, 3));
+    let reader = store.reader().unwrap();
+    let (labels, paths): (Vec<u32>, Vec<String>) = (0..store.len(Split::Train))
+        .map(|id| {
+            let meta = reader.meta(Split::Train, id).unwrap();
+            (meta.label, meta.path)
+        })
+        .unzip();
+    let topics = mean_colours(&store);
+    let class_names = store.header().class_names();
+    let inputs = websieve::score::ScoreInputs {
+        topics: &topics,
+        labels: &labels,
+        paths: &paths,
+        class_names: &class_names,
+        image: None,
+    };
+    let clean = recipe::CleanParams {
+        similarity: recipe::Similarity::Cosine,
+        truth: store.truth_file(),
+        ..Recipe::default().clean
+    };
+    let summary = websieve::score::run_stage(
+        &inputs,
+        &clean,
+        &recipe::LabelParams::Hard,
+        &tmp.path().join("score"),
+    )
+    .unwrap();
+    let noise = summary.noise.unwrap();
+    assert_eq!((noise.matched, noise.unmatched), (15, 11));
+    assert_eq!(noise.noisy, wrong.len());
+    assert_eq!(noise.noisy, 3);
+    let auc = noise.auc.unwrap();
+    assert!(auc > 0.9, "the wrong labels score lowest: AUC {auc}");
+
+    let keep: std::collections::HashSet<&str> = paths[..5].iter().map(String::as_str).collect();
+    let lists = dataset::clean_lists(&params, &work, &keep).unwrap();
+    assert_eq!(lists[0].name, "imagelist_clean.tsv");
+    let expected = format!("class_name/key\n{}\n", paths[..5].join("\n"));
+    assert_eq!(lists[0].text, expected);
+}
+
+/// `train.holdout` through the runner, with a second validation set: a quarter of each
+/// class's kept training samples held out (only the train stage runs again), evaluated at the
+/// end of each of 3 epochs; the best epoch on it (never on val) is evaluated beside the last
+/// on both validation sets, and the report's tables (text, CSV, HTML) say which is which.
+#[test]
+fn a_holdout_chooses_the_best_epoch_and_reports_show_last_and_best_on_both_val_sets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let params = websieve::recipe::SyntheticParams {
+        min_per_class: 10,
+        max_per_class: 20,
+        val_per_class: 4,
+        ..Recipe::default().dataset.synthetic
+    };
+    let root = synthetic::generate(&params, tmp.path()).unwrap().root;
+    let labels = imagenet_labels(&root, &tmp.path().join("val_labels.txt"));
+    let sets = [
+        "dataset.format=\"webvision\"".to_string(),
+        format!("dataset.root={:?}", root.display().to_string()),
+        format!(
+            "dataset.second_val={{ name = \"ImageNet-style\", root = {:?}, labels = {:?} }}",
+            root.join("val_images_256").display().to_string(),
+            labels.display().to_string()
+        ),
+        "text.min_count=1".into(),
+        "lda.topics=8".into(),
+        "lda.batch_size=32".into(),
+        "train.epochs=3".into(),
+        "eval.batch_size=16".into(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["recipes/quickstart.toml"];
+        for set in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+            args.extend(["--set", set]);
+        }
+        let out = runner(tmp.path(), &args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    run(&[]);
+    let stdout = run(&["train.holdout=0.25", "train.eval_every=1"]);
+    let stages = crate::cli::stages_json(tmp.path(), "quickstart");
+    for (stage, reused) in [
+        ("ingest", true),
+        ("lda", true),
+        ("score", true),
+        ("train", false),
+    ] {
+        assert_eq!(stages["stages"][stage]["reused"], reused, "{stage}");
+    }
+
+    let folder = tmp.path().join("runs/quickstart");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(folder.join(name)).unwrap()).unwrap()
+    };
+    let evaluated: Vec<serde_json::Value> = std::fs::read_to_string(folder.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"] == "holdout")
+        .collect();
+    let epochs: Vec<u64> = evaluated
+        .iter()
+        .map(|l| l["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 2, 3]);
+    // A quarter of each class's kept samples, rounded.
+    let scores =
+        websieve::score::ScoreTable::load(&stage_dir(tmp.path(), "quickstart", "score")).unwrap();
+    let mut kept = std::collections::BTreeMap::<u32, usize>::new();
+    for row in scores.rows().iter().filter(|r| r.kept) {
+        *kept.entry(row.label).or_default() += 1;
+    }
+    let held: usize = kept
+        .values()
+        .map(|&n| (0.25 * n as f64).round() as usize)
+        .sum();
+    assert!(
+        evaluated.iter().all(|l| l["holdout_samples"] == held),
+        "{held}"
+    );
+    let top1: Vec<f64> = evaluated
+        .iter()
+        .map(|l| l["holdout_top1"].as_f64().unwrap())
+        .collect();
+    let highest = top1.iter().cloned().fold(f64::MIN, f64::max);
+    let best = read("best_epoch.json");
+    assert_eq!(best["top1"], highest);
+    let best_epoch = top1.iter().position(|&t| t == highest).unwrap() + 1;
+    assert_eq!(
+        best["epoch"], best_epoch,
+        "the first epoch of the highest holdout top-1"
+    );
+    for name in ["metrics.json", "metrics_best.json"] {
+        assert_eq!(read(name)["samples"], 40, "{name}");
+    }
+    for name in ["metrics_second_val.json", "metrics_best_second_val.json"] {
+        assert_eq!(read(name)["samples"], 40, "{name}");
+    }
+    let heading = format!("best epoch on the holdout (epoch {best_epoch}, holdout top-1 ");
+    for part in [
+        "last epoch:\n",
+        &heading,
+        "ImageNet-style, last epoch:\n",
+        "ImageNet-style, best epoch",
+    ] {
+        assert!(stdout.contains(part), "{part}: {stdout}");
+    }
+
+    let folder_arg = folder.to_str().unwrap();
+    let report = |args: &[&str]| runner_stdout(&[&["report"], args, &[folder_arg]].concat());
+    let text = report(&[]);
+    for column in [
+        "top-1 last",
+        "best epoch",
+        "top-1 best",
+        "ImageNet-style top-1 last",
+        "ImageNet-style top-5 best",
+    ] {
+        assert!(text.contains(column), "{column}: {text}");
+    }
+    let csv = report(&["--format", "csv"]);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let value = |key: &str| {
+        row[header.iter().position(|h| *h == key).unwrap()]
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(value("best_epoch"), best_epoch as f64);
+    assert_eq!(
+        value("top1_last"),
+        read("metrics.json")["top1"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("top1_best"),
+        read("metrics_best.json")["top1"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("second_val_top5_last"),
+        read("metrics_second_val.json")["top5"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("second_val_top1_best"),
+        read("metrics_best_second_val.json")["top1"]
+            .as_f64()
+            .unwrap()
+    );
+
+    let page = tmp.path().join("page");
+    report(&["--html", page.to_str().unwrap()]);
+    let html = std::fs::read_to_string(page.join("index.html")).unwrap();
+    for cell in [
+        "<th>top-1 best</th>",
+        "<th>ImageNet-style top-1 last</th>",
+        "accuracy.png",
+    ] {
+        assert!(html.contains(cell), "{cell}");
+    }
 }

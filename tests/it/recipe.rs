@@ -268,7 +268,12 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
     recipes.extend(
         load(
             "recipes/quickstart.toml",
-            &["train.epochs=3", "train.init=\"x.safetensors\""],
+            &[
+                "train.epochs=3",
+                "train.init=\"x.safetensors\"",
+                "train.holdout=0.1",
+                "train.eval_every=2",
+            ],
         )
         .unwrap(),
     );
@@ -383,6 +388,38 @@ fn the_oracle_needs_a_truth_file() {
     )
     .unwrap();
     assert_eq!(recipes[0].clean.rule, recipe::CleanRule::Oracle);
+}
+
+/// A holdout is a share of the training samples below one half (every class keeps most of
+/// its samples), refused at its key otherwise; `eval_every` without a holdout is refused too:
+/// epochs are compared on held-out training samples, never on the validation set.
+#[test]
+fn a_holdout_is_a_share_below_half_and_eval_every_needs_one() {
+    insta::assert_snapshot!(error(&format!("{FIXTURES}/holdout.toml"), &[]));
+    insta::assert_snapshot!(
+        "holdout_of_half",
+        error("recipes/quickstart.toml", &["train.holdout=0.5"])
+    );
+    let holdout = |sets: &[&str]| {
+        load("recipes/quickstart.toml", sets).unwrap()[0]
+            .train
+            .holdout
+    };
+    assert_eq!(holdout(&[]), None);
+    assert_eq!(
+        holdout(&["train.holdout=0.1"]),
+        Some(recipe::Holdout {
+            share: 0.1,
+            eval_every: 1
+        })
+    );
+    assert_eq!(
+        holdout(&["train.holdout=0.2", "train.eval_every=3"]),
+        Some(recipe::Holdout {
+            share: 0.2,
+            eval_every: 3
+        })
+    );
 }
 
 /// Every size that drives an allocation is held to the memory budget at validation, with

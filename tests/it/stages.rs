@@ -21,12 +21,17 @@ fn keys(ws: &Workspace, r: &Recipe) -> Vec<String> {
         .collect()
 }
 
-/// Which stages of `changed` got a different key than in `base`.
+/// Which stages got a different key with `sets` than without.
 fn rekeyed(sets: &[&str]) -> Vec<StageKind> {
+    rekeyed_from(&[], sets)
+}
+
+/// Which stages got a different key with `base` and `sets` than with `base` alone.
+fn rekeyed_from(base: &[&str], sets: &[&str]) -> Vec<StageKind> {
     let tmp = tempfile::tempdir().unwrap();
     let ws = Workspace::new(tmp.path().join("cache"), tmp.path().join("runs"));
-    let base = keys(&ws, &recipe_with(&[]));
-    let changed = keys(&ws, &recipe_with(sets));
+    let changed = keys(&ws, &recipe_with(&[base, sets].concat()));
+    let base = keys(&ws, &recipe_with(base));
     StageKind::ALL
         .into_iter()
         .zip(base.iter().zip(&changed))
@@ -41,6 +46,18 @@ fn a_train_setting_reuses_ingest_lda_and_score() {
         rekeyed(&["train.optimizer.lr=0.02"]),
         [StageKind::Train, StageKind::Eval]
     );
+}
+
+/// The holdout changes what is trained on and which epoch is kept, and so does how often it
+/// is evaluated: train and eval only. No holdout, spelt out, is the default: keys hold.
+#[test]
+fn a_holdout_rebuilds_train_and_eval_only() {
+    let downstream = [StageKind::Train, StageKind::Eval];
+    assert_eq!(rekeyed(&["train.holdout=0.1"]), downstream);
+    let holdout = ["train.holdout=0.1"];
+    assert_eq!(rekeyed_from(&holdout, &["train.eval_every=2"]), downstream);
+    assert_eq!(rekeyed_from(&holdout, &["train.holdout=0.2"]), downstream);
+    assert!(rekeyed(&["train.holdout=0.0"]).is_empty());
 }
 
 #[test]
@@ -793,7 +810,7 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
     let header = lines.next().unwrap();
     assert_eq!(
         header,
-        "run,clean.truth,images,top1,top5,noise_auc,seconds,state"
+        "run,clean.truth,images,top1_last,top5_last,noise_auc,seconds,state"
     );
     let mut text = format!("{header}\n");
     for line in lines {

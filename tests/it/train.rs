@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use websieve::eval::{Evaluation, Predictions};
 use websieve::model::GoogLeNet;
 use websieve::recipe::params::{
     Arch, Augmentation, LrPolicy, ModelParams, OnDivergence, Precision, SamplerKind, Schedule,
@@ -17,10 +19,11 @@ use websieve::recipe::params::{
 use websieve::recipe::Recipe;
 use websieve::runtime::ThreadGroupMember;
 use websieve::sample::{Batch, Pixels};
-use websieve::train::checkpoint::{self, MODEL_PREFIX};
+use websieve::train::checkpoint::{self, BestEpoch, MODEL_PREFIX};
 use websieve::train::{
-    load_for_eval, train, train_distributed, BatchStream, BoxError, SampleTargets, TrainError,
-    TrainJob, TrainSummary, STEP_METRICS_FILE,
+    holdout, load_for_eval, train, train_distributed, BatchStream, BoxError, HoldoutJob,
+    HoldoutPredict, SampleTargets, TrainError, TrainJob, TrainSummary, BEST_CHECKPOINT,
+    STEP_METRICS_FILE,
 };
 
 const SIZE: usize = 64;
@@ -156,9 +159,53 @@ struct Run<'a> {
     stop_after: Option<u64>,
     resume: bool,
     init: Option<&'a Path>,
+    /// Images held out of training, evaluated every this many epochs.
+    holdout: Option<(&'a Images, u64)>,
+}
+
+/// The network's predictions of the images `ids` of `data` (whole images, one crop each), as
+/// the train stage gives them for its holdout.
+fn predict(net: &GoogLeNet, data: &Images, ids: &[u64]) -> Result<Predictions, BoxError> {
+    let pixels: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| data.pixels[i as usize].clone())
+        .collect();
+    let images = Tensor::from_vec(pixels, (ids.len(), 3, SIZE, SIZE), &Device::Cpu)?;
+    let logits = net
+        .forward_eval(&images)?
+        .classes
+        .expect("a classification head");
+    let labels: Vec<u32> = ids.iter().map(|&i| data.labels[i as usize]).collect();
+    let mut evaluation = Evaluation::new(CLASSES, 1);
+    evaluation.add_tensor(ids, &labels, &logits)?;
+    Ok(evaluation.finish())
+}
+
+/// The held-out images of a run over `data` in global batches of `batch`: all of `held`
+/// (ids `0..`), evaluated every `every` epochs.
+fn holdout_job<'a>(
+    data: &Images,
+    held_ids: &'a [u64],
+    every: u64,
+    batch: usize,
+    iterations: u64,
+    predict: HoldoutPredict<'a>,
+) -> HoldoutJob<'a> {
+    HoldoutJob {
+        ids: held_ids,
+        epoch_ends: holdout::epoch_ends(data.labels.len() as u64, batch, every, iterations)
+            .unwrap(),
+        predict,
+    }
 }
 
 fn run(data: &Images, dir: &Path, r: &Run) -> Result<TrainSummary, TrainError> {
+    let (batch, precision) = (r.params.batch_per_device, r.params.precision);
+    let held_ids: Vec<u64> = match r.holdout {
+        Some((held, _)) => (0..held.labels.len() as u64).collect(),
+        None => Vec::new(),
+    };
+    let predict_held = |net: &GoogLeNet, ids: &[u64]| predict(net, r.holdout.unwrap().0, ids);
     let job = TrainJob {
         model: &r.model,
         train: &r.params,
@@ -170,8 +217,10 @@ fn run(data: &Images, dir: &Path, r: &Run) -> Result<TrainSummary, TrainError> {
         resume: r.resume,
         stop_after: r.stop_after,
         progress: false,
+        holdout: r.holdout.map(|(_, every)| {
+            holdout_job(data, &held_ids, every, batch, r.iterations, &predict_held)
+        }),
     };
-    let (batch, precision) = (r.params.batch_per_device, r.params.precision);
     let lambda = |id: u64| Some(if id.is_multiple_of(5) { 0.5 } else { 1.0 });
     let topics = |id: u64| Some(topic_vector(id));
     let targets = SampleTargets {
@@ -289,6 +338,7 @@ fn short_run(model: ModelParams, params: TrainParams, iterations: u64) -> Run<'s
         stop_after: None,
         resume: false,
         init: None,
+        holdout: None,
     }
 }
 
@@ -339,6 +389,81 @@ fn resume_equals_straight(arch: Arch) {
     // Starting afresh over a run's checkpoints would mix two runs: refused.
     let err = run(&data, interrupted.path(), &whole()).unwrap_err();
     assert!(matches!(err, TrainError::ExistingRun { .. }), "{err}");
+}
+
+/// The lines of a run's `metrics.jsonl`, without the throughput (a timing).
+fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join(STEP_METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut line: serde_json::Value = serde_json::from_str(l).unwrap();
+            line.as_object_mut().unwrap().remove("images_per_s");
+            line
+        })
+        .collect()
+}
+
+/// A holdout evaluated at the end of each epoch: one `holdout` line per epoch in
+/// `metrics.jsonl`, the first epoch with the highest top-1 kept in `best.safetensors`; a run
+/// interrupted after the second evaluation and resumed logs, chooses and keeps exactly what
+/// the straight run does.
+#[test]
+fn a_holdout_keeps_its_best_epoch_and_resume_chooses_the_same() {
+    let (data, held) = (images(16), images(9));
+    // 16 images in batches of 4: epochs end at steps 4, 8, 12; checkpoints at 3, 6, 9, 12.
+    let whole = || Run {
+        holdout: Some((&held, 1)),
+        ..short_run(model(false), params(0.01, 4, 3), 12)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let done = run(&data, straight.path(), &whole()).unwrap();
+    let lines = metrics_lines(straight.path());
+    let evaluated: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "holdout").collect();
+    let epochs: Vec<(u64, u64)> = evaluated
+        .iter()
+        .map(|l| (l["step"].as_u64().unwrap(), l["epoch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(epochs, [(4, 1), (8, 2), (12, 3)]);
+    assert!(evaluated.iter().all(|l| l["holdout_samples"] == 9));
+    let top1: Vec<f64> = evaluated
+        .iter()
+        .map(|l| l["holdout_top1"].as_f64().unwrap())
+        .collect();
+    let highest = top1.iter().cloned().fold(f64::MIN, f64::max);
+    let first_highest = top1.iter().position(|&t| t == highest).unwrap();
+    let best = done.best.expect("a best epoch");
+    assert_eq!((best.epoch, best.top1), (first_highest as u64 + 1, highest));
+    let marked: Vec<bool> = evaluated.iter().map(|l| l["best"] == true).collect();
+    assert!(marked[first_highest] && marked[0]);
+    // The best file holds that epoch's weights and says so.
+    let best_path = straight.path().join(BEST_CHECKPOINT);
+    let saved = checkpoint::load(&best_path, &Device::Cpu).unwrap();
+    assert_eq!(saved.state.best, Some(best));
+    assert_eq!(saved.state.step, best.step);
+
+    let interrupted = tempfile::tempdir().unwrap();
+    let first = Run {
+        stop_after: Some(9),
+        ..whole()
+    };
+    assert_eq!(run(&data, interrupted.path(), &first).unwrap().steps, 9);
+    let second = Run {
+        resume: true,
+        ..whole()
+    };
+    let resumed = run(&data, interrupted.path(), &second).unwrap();
+    assert_eq!(resumed.best, done.best);
+    assert_eq!(metrics_lines(interrupted.path()), lines);
+    assert_eq!(
+        tensors_bits(&best_path),
+        tensors_bits(&interrupted.path().join(BEST_CHECKPOINT))
+    );
+    assert_eq!(
+        tensors_bits(&done.final_checkpoint),
+        tensors_bits(&resumed.final_checkpoint)
+    );
 }
 
 /// A torn newest checkpoint (a copy cut short, a full disk) does not stop the rerun: it resumes
@@ -519,26 +644,39 @@ fn a_label_beyond_the_classes_is_named_with_its_sample() {
 /// Final weights by name (model tensors only).
 type Weights = HashMap<String, Vec<f32>>;
 
+/// What every rank of a thread-ranks run ended with, and the run's folder.
+struct RanksRun {
+    weights: Vec<Weights>,
+    bests: Vec<Option<BestEpoch>>,
+    dir: tempfile::TempDir,
+}
+
 /// `world` ranks as threads on the CPU, each fed the global batches of `global_batch`, into
-/// one folder; the final weights of every rank, and the folder's metrics losses.
+/// one folder; with `held`, those images held out and evaluated at the end of every epoch.
 fn run_ranks(
     data: &Images,
     world: usize,
     global_batch: usize,
     steps: u64,
-) -> (Vec<Weights>, Vec<f64>) {
+    held: Option<&Images>,
+) -> RanksRun {
     let dir = tempfile::tempdir().unwrap();
     let r = short_run(
         model(true),
         params(DATA_PARALLEL_LR, global_batch, 1000),
         steps,
     );
-    let weights = std::thread::scope(|scope| {
+    let held_ids: Vec<u64> = (0..held.map_or(0, |h| h.labels.len() as u64)).collect();
+    let ranks: Vec<(Weights, Option<BestEpoch>)> = std::thread::scope(|scope| {
         let ranks: Vec<_> = ThreadGroupMember::group(world)
             .into_iter()
-            .map(|mut member| {
-                let (r, out_dir) = (&r, dir.path());
+            .map(|member| {
+                let (r, out_dir, held_ids) = (&r, dir.path(), &held_ids);
                 scope.spawn(move || {
+                    // A rank left waiting at a collective fails the test rather than hang it.
+                    let mut member = member.with_timeout(Duration::from_secs(60));
+                    let predict_held =
+                        |net: &GoogLeNet, ids: &[u64]| predict(net, held.unwrap(), ids);
                     let job = TrainJob {
                         model: &r.model,
                         train: &r.params,
@@ -550,6 +688,9 @@ fn run_ranks(
                         resume: false,
                         stop_after: None,
                         progress: false,
+                        holdout: held.map(|_| {
+                            holdout_job(data, held_ids, 1, global_batch, steps, &predict_held)
+                        }),
                     };
                     let lambda = |id: u64| Some(if id.is_multiple_of(5) { 0.5 } else { 1.0 });
                     let topics = |id: u64| Some(topic_vector(id));
@@ -567,18 +708,52 @@ fn run_ranks(
                     )
                     .unwrap();
                     assert_eq!(summary.steps, steps);
-                    net.named_tensors()
+                    let weights = net
+                        .named_tensors()
                         .map(|(name, var)| {
                             let values = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
                             (format!("{MODEL_PREFIX}{name}"), values)
                         })
-                        .collect::<Weights>()
+                        .collect::<Weights>();
+                    (weights, summary.best)
                 })
             })
             .collect();
         ranks.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    (weights, losses(dir.path()))
+    let (weights, bests) = ranks.into_iter().unzip();
+    RanksRun {
+        weights,
+        bests,
+        dir,
+    }
+}
+
+/// A holdout of 5 images on 3 ranks (shares of 2, 2 and 1) and of 3 on 4 (one share empty),
+/// evaluated at the end of both epochs: every rank finishes (none waits at a collective the
+/// others skip), they agree on the best epoch, and each evaluation scored each image once.
+#[test]
+fn ranks_with_uneven_holdout_shares_evaluate_it_once_and_stay_in_step() {
+    let data = images(12);
+    for (held, world) in [(5, 3), (3, 4)] {
+        let held_images = images(held);
+        // 12 images in global batches of 6: epochs end at steps 2 and 4.
+        let run = run_ranks(&data, world, 6, 4, Some(&held_images));
+        assert!(run.bests[0].is_some());
+        assert!(
+            run.bests.iter().all(|b| *b == run.bests[0]),
+            "{:?}",
+            run.bests
+        );
+        let evaluated: Vec<serde_json::Value> = metrics_lines(run.dir.path())
+            .into_iter()
+            .filter(|l| l["event"] == "holdout")
+            .collect();
+        assert_eq!(evaluated.len(), 2, "{world} ranks");
+        for line in evaluated {
+            assert_eq!(line["holdout_samples"], held, "{world} ranks: {line}");
+        }
+    }
 }
 
 /// How far `a`'s training moved from `b`'s, both from `init`: the L2 norm over all weights of
@@ -637,8 +812,9 @@ fn data_parallel_ranks_agree_bitwise_and_equal_the_single_process() {
         let init = single_process_weights(&data, global_batch, 0);
         for (steps, bound) in [(1, 1e-4), (20, 1e-2)] {
             let reference = single_process_weights(&data, global_batch, steps);
-            let (ranks, losses) = run_ranks(&data, world, global_batch, steps);
-            assert_eq!(losses.len(), steps as usize);
+            let run = run_ranks(&data, world, global_batch, steps, None);
+            let ranks = &run.weights;
+            assert_eq!(losses(run.dir.path()).len(), steps as usize);
             for other in &ranks[1..] {
                 assert!(ranks[0] == *other, "{world} ranks differ");
             }
