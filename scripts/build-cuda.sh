@@ -39,10 +39,21 @@ if [ ! -x "$WORK/venv/bin/python" ]; then
 fi
 if [ ! -f "$WORK/venv/.websieve-cuda-13.0.2" ]; then
   say "installing CUDA 13.0 wheels"
-  "$WORK/venv/bin/pip" install -q --disable-pip-version-check \
-    "cuda-toolkit[cublas,cudart,curand,nvrtc,nvcc,crt,nvvm,cccl]==13.0.2" \
-    "nvidia-cudnn-cu13==9.19.0.56" "nvidia-nccl-cu13==2.28.9"
-  touch "$WORK/venv/.websieve-cuda-13.0.2"
+  # About 1.3 GB from PyPI: a read timeout there ends pip with status 2 (CI stop 21), so
+  # longer timeouts, pip's own retries, and whole retries; no pip cache, which would double
+  # the disk used.
+  for attempt in 1 2 3; do
+    if "$WORK/venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
+      --timeout 120 --retries 10 \
+      "cuda-toolkit[cublas,cudart,curand,nvrtc,nvcc,crt,nvvm,cccl]==13.0.2" \
+      "nvidia-cudnn-cu13==9.19.0.56" "nvidia-nccl-cu13==2.28.9"; then
+      touch "$WORK/venv/.websieve-cuda-13.0.2"
+      break
+    fi
+    say "pip install failed (attempt $attempt of 3); disk: $(df -h "$WORK" | tail -n 1)"
+    [ "$attempt" = 3 ] && exit 1
+    sleep 30
+  done
 fi
 NV="$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia"
 
