@@ -118,15 +118,18 @@ pub struct JobEnd {
 
 /// Runs `program args_for(name)` for each of `names`, at most `jobs` at once, with stdout
 /// and stdin closed and stderr kept for the error; one job failing does not stop the others.
-/// `ended` hears of each job as it ends; the ends come back in the order of `names`.
+/// Job `i` starts only after the jobs `waits[i]` have finished, and ends failed without
+/// starting when one of them failed. `ended` hears of each job as it ends; the ends come back
+/// in the order of `names`.
 pub fn run_jobs(
     program: &Path,
     names: &[String],
+    waits: &[Vec<usize>],
     args_for: &dyn Fn(&str) -> Vec<OsString>,
     jobs: usize,
     ended: &mut dyn FnMut(&JobEnd),
 ) -> Vec<JobEnd> {
-    let mut waiting = names.iter();
+    let mut started = vec![false; names.len()];
     let mut running: Vec<(usize, Child, std::thread::JoinHandle<String>)> = Vec::new();
     let mut ends: Vec<Option<JobEnd>> = vec![None; names.len()];
     let mut finish = |index: usize, result: Result<(), String>, ends: &mut Vec<Option<JobEnd>>| {
@@ -137,14 +140,35 @@ pub fn run_jobs(
         ended(&end);
         ends[index] = Some(end);
     };
-    let mut next_index = 0;
     loop {
+        // Jobs whose waits have ended: a failed wait ends them too, and frees nothing.
+        loop {
+            let ended_ok = |j: usize| ends[j].as_ref().map(|e| e.result.is_ok());
+            let failed_wait = (0..names.len()).find_map(|i| {
+                let failed = waits[i].iter().find(|&&j| ended_ok(j) == Some(false))?;
+                (!started[i]).then_some((i, *failed))
+            });
+            let Some((index, failed)) = failed_wait else {
+                break;
+            };
+            started[index] = true;
+            finish(
+                index,
+                Err(crate::stage::order::not_run_because(&names[failed])),
+                &mut ends,
+            );
+        }
         while running.len() < jobs.max(1) {
-            let Some(name) = waiting.next() else { break };
-            let index = next_index;
-            next_index += 1;
+            let ready = (0..names.len()).find(|&i| {
+                !started[i]
+                    && waits[i]
+                        .iter()
+                        .all(|&j| ends[j].as_ref().is_some_and(|e| e.result.is_ok()))
+            });
+            let Some(index) = ready else { break };
+            started[index] = true;
             let spawned = Command::new(program)
-                .args(args_for(name))
+                .args(args_for(&names[index]))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
@@ -239,22 +263,33 @@ mod tests {
     }
 
     #[test]
-    fn jobs_run_at_most_n_at_once_and_a_failure_stops_none() {
+    fn jobs_run_at_most_n_at_once_after_what_they_wait_for_and_a_failure_stops_none() {
         let tmp = tempfile::tempdir().unwrap();
-        let names: Vec<String> = ["a", "b", "fail", "c"].map(String::from).to_vec();
-        // Each job notes how many jobs run beside it (files present while it runs).
+        let names: Vec<String> = ["c", "a", "b", "fail", "after_fail"]
+            .map(String::from)
+            .to_vec();
+        // c waits for a, after_fail for fail.
+        let waits = vec![vec![1], vec![], vec![], vec![], vec![3]];
+        // Each job notes how many jobs run beside it (files present while it runs), and which
+        // jobs had finished when it started.
         let dir = tmp.path().display().to_string();
         let args_for = |name: &str| {
             sh(&format!(
-                "touch {dir}/running.{name}; sleep 0.3; ls {dir} | grep -c running > {dir}/seen.{name}; \
-                 rm {dir}/running.{name}; \
+                "ls {dir} | grep done | tr '\\n' ' ' > {dir}/before.{name}; \
+                 touch {dir}/running.{name}; sleep 0.3; ls {dir} | grep -c running > {dir}/seen.{name}; \
+                 rm {dir}/running.{name}; touch {dir}/done.{name}; \
                  if [ {name} = fail ]; then echo 'warn: x' >&2; echo 'error: it broke: disk' >&2; exit 2; fi"
             ))
         };
         let mut heard = Vec::new();
-        let ends = run_jobs(Path::new("/bin/sh"), &names, &args_for, 2, &mut |end| {
-            heard.push(end.name.clone())
-        });
+        let ends = run_jobs(
+            Path::new("/bin/sh"),
+            &names,
+            &waits,
+            &args_for,
+            2,
+            &mut |end| heard.push(end.name.clone()),
+        );
         let results: Vec<(&str, Result<(), String>)> = ends
             .iter()
             .map(|e| (e.name.as_str(), e.result.clone()))
@@ -262,20 +297,26 @@ mod tests {
         assert_eq!(
             results,
             [
+                ("c", Ok(())),
                 ("a", Ok(())),
                 ("b", Ok(())),
                 ("fail", Err("it broke: disk".to_string())),
-                ("c", Ok(()))
+                (
+                    "after_fail",
+                    Err("not run: it waits for run fail, which failed".to_string())
+                ),
             ]
         );
         heard.sort();
-        assert_eq!(heard, ["a", "b", "c", "fail"]);
-        for name in &names {
-            let seen: usize = std::fs::read_to_string(tmp.path().join(format!("seen.{name}")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
+        assert_eq!(heard, ["a", "after_fail", "b", "c", "fail"]);
+        let read = |file: String| std::fs::read_to_string(tmp.path().join(file)).unwrap();
+        assert!(
+            read("before.c".into()).contains("done.a"),
+            "c started before a ended"
+        );
+        assert!(!tmp.path().join("before.after_fail").exists());
+        for name in ["a", "b", "c", "fail"] {
+            let seen: usize = read(format!("seen.{name}")).trim().parse().unwrap();
             assert!((1..=2).contains(&seen), "{name} ran beside {seen} jobs");
         }
     }

@@ -405,7 +405,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let ends: Vec<(String, Result<(), String>)> = if args.jobs > 1 {
         run_as_jobs(&recipes, usize::from(args.jobs))?
     } else {
-        ws.run_each(&recipes, args.until, &ctx, &mut announce)
+        ws.run_each(&recipes, args.until, &ctx, &mut announce)?
             .into_iter()
             .map(|end| match end {
                 RunEnd::Failed { run, error } => (run, Err(error)),
@@ -488,12 +488,19 @@ fn run_as_jobs(
         args
     };
     let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
+    let waits = websieve::stage::order::waits_for(recipes)?;
     tracing::info!(runs = names.len(), jobs, "running several at once");
-    let ends = websieve::launch::run_jobs(&program, &names, &args_for, jobs, &mut |end| match &end
-        .result
-    {
-        Ok(()) => tracing::info!(run = %end.name, "run finished"),
-        Err(error) => tracing::error!(run = %end.name, "run failed: {error}"),
-    });
+    let ends =
+        websieve::launch::run_jobs(
+            &program,
+            &names,
+            &waits,
+            &args_for,
+            jobs,
+            &mut |end| match &end.result {
+                Ok(()) => tracing::info!(run = %end.name, "run finished"),
+                Err(error) => tracing::error!(run = %end.name, "run failed: {error}"),
+            },
+        );
     Ok(ends.into_iter().map(|end| (end.name, end.result)).collect())
 }

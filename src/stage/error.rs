@@ -40,6 +40,8 @@ pub enum StageError {
     Preflight { run: String, problems: Vec<String> },
     #[error("run {run}, rank {rank}: rank 0 could not build the stages before training; its error is on its output and in the run folder's status.json")]
     RankZeroFailed { run: String, rank: usize },
+    #[error("runs {} wait for one another (train.init, eval.ensemble): none of them can go first", runs.join(", "))]
+    WaitCycle { runs: Vec<String> },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }

@@ -6,7 +6,8 @@
 //! - [`plan`]: a recipe's stages with their keys and cache state (`runner plan`).
 //! - [`cache`]: `<cache>/<stage>/<key>/`, built in a partial folder under a lock.
 //! - [`runs`]: executes a plan and fills the run folder, whose files [`folder`] owns.
-//! - [`Workspace::run_each`]: several runs (globs, sweeps), each ending on its own.
+//! - [`Workspace::run_each`]: several runs (globs, sweeps), each ending on its own, each after
+//!   the runs it starts from or averages ([`order`]).
 //!
 //! Each stage's key hashes its own settings, the keys of the stages it reads and the stage's
 //! format version, so a sweep over `train.*` reuses one ingest and one LDA.
@@ -15,6 +16,7 @@ pub mod cache;
 mod error;
 pub mod folder;
 mod kind;
+pub mod order;
 pub mod plan;
 mod runs;
 pub mod stages;
@@ -95,34 +97,42 @@ impl Workspace {
     }
 
     /// Runs each recipe in turn up to `until`, skipping those already finished; a run that
-    /// fails does not stop the others. `ended` hears of each run as it ends.
+    /// fails does not stop the others, except those that wait for it ([`order`]), which end
+    /// failed without running. `ended` hears of each run as it ends, in the order they run.
     pub fn run_each(
         &self,
         recipes: &[Recipe],
         until: StageKind,
         ctx: &RunContext,
         ended: &mut dyn FnMut(&RunEnd),
-    ) -> Vec<RunEnd> {
-        recipes
-            .iter()
-            .map(|recipe| {
-                let end = if self.is_finished(recipe, until) {
-                    RunEnd::Skipped {
-                        run: recipe.name.clone(),
-                    }
-                } else {
-                    match self.run(recipe, until, ctx) {
-                        Ok(outcome) => RunEnd::Finished(Box::new(outcome)),
-                        Err(error) => RunEnd::Failed {
-                            run: recipe.name.clone(),
-                            error: error.to_string(),
-                        },
-                    }
-                };
-                ended(&end);
-                end
-            })
-            .collect()
+    ) -> Result<Vec<RunEnd>, StageError> {
+        let waits = order::waits_for(recipes)?;
+        let mut failed = vec![false; recipes.len()];
+        let mut ends = Vec::with_capacity(recipes.len());
+        for i in order::order(&waits) {
+            let recipe = &recipes[i];
+            let run = || recipe.name.clone();
+            let end = if let Some(&j) = waits[i].iter().find(|&&j| failed[j]) {
+                RunEnd::Failed {
+                    run: run(),
+                    error: order::not_run_because(&recipes[j].name),
+                }
+            } else if self.is_finished(recipe, until) {
+                RunEnd::Skipped { run: run() }
+            } else {
+                match self.run(recipe, until, ctx) {
+                    Ok(outcome) => RunEnd::Finished(Box::new(outcome)),
+                    Err(error) => RunEnd::Failed {
+                        run: run(),
+                        error: error.to_string(),
+                    },
+                }
+            };
+            failed[i] = matches!(end, RunEnd::Failed { .. });
+            ended(&end);
+            ends.push(end);
+        }
+        Ok(ends)
     }
 
     /// Checks what validation cannot (files exist, devices are usable) so that a call with

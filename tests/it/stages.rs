@@ -761,6 +761,18 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
         ),
     )
     .unwrap();
+    // Runs that start from another run of the sweep: "a-tuned" sorts before "good", which it
+    // starts from, and "zz-after-broken" starts from the run that fails.
+    for (name, init) in [("a-tuned", "good"), ("zz-after-broken", "broken")] {
+        std::fs::write(
+            recipes.join(format!("{name}.toml")),
+            format!(
+                "extends = {:?}\n[train]\ninit = {init:?}\n",
+                quickstart.display().to_string()
+            ),
+        )
+        .unwrap();
+    }
     let glob = recipes.join("*.toml").display().to_string();
     let mut args = vec![glob.as_str()];
     args.extend(TINY);
@@ -769,19 +781,30 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
     let check_failed = |out: &std::process::Output| {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("1 of 2 runs failed"), "{stderr}");
-        let listed = stderr
-            .lines()
-            .find(|l| l.trim_start().starts_with("broken:"))
-            .unwrap_or_else(|| panic!("the failure is listed: {stderr}"));
-        assert!(listed.contains("true_label"), "{listed}");
+        assert!(stderr.contains("2 of 4 runs failed"), "{stderr}");
+        let listed = |run: &str| {
+            stderr
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{run}:")))
+                .unwrap_or_else(|| panic!("the failure of {run} is listed: {stderr}"))
+                .to_string()
+        };
+        assert!(listed("broken").contains("true_label"), "{stderr}");
+        assert!(
+            listed("zz-after-broken").ends_with("not run: it waits for run broken, which failed"),
+            "{stderr}"
+        );
     };
     let first = runner(tmp.path(), &args, &[]);
     check_failed(&first);
+    let status_of = |run: &str| -> serde_json::Value {
+        let path = tmp.path().join(format!("runs/{run}/status.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    assert_eq!(status_of("good")["state"], "finished");
+    assert_eq!(status_of("a-tuned")["state"], "finished");
+    assert!(!tmp.path().join("runs/zz-after-broken").exists());
     let good_status = tmp.path().join("runs/good/status.json");
-    let status: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&good_status).unwrap()).unwrap();
-    assert_eq!(status["state"], "finished");
     let written = std::fs::metadata(&good_status).unwrap().modified().unwrap();
 
     args.extend(["--jobs", "2"]);
@@ -810,18 +833,22 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
     let header = lines.next().unwrap();
     assert_eq!(
         header,
-        "run,clean.truth,images,top1_last,top5_last,noise_auc,seconds,state"
+        "run,clean.truth,train.init,images,top1_last,top5_last,noise_auc,seconds,state"
     );
+    let columns: Vec<&str> = header.split(',').collect();
+    let masked = ["top1_last", "top5_last", "noise_auc", "seconds"];
     let mut text = format!("{header}\n");
     for line in lines {
         let fields: Vec<String> = line
             .replace(&tmp.path().display().to_string(), "<tmp>")
-            .splitn(8, ',')
+            .splitn(columns.len(), ',')
             .enumerate()
-            .map(|(i, f)| match (3..=6).contains(&i) && !f.is_empty() {
-                true => "x".to_string(),
-                false => f.to_string(),
-            })
+            .map(
+                |(i, f)| match masked.contains(&columns[i]) && !f.is_empty() {
+                    true => "x".to_string(),
+                    false => f.to_string(),
+                },
+            )
             .collect();
         text.push_str(&fields.join(","));
         text.push('\n');
