@@ -169,7 +169,14 @@ pub fn run_stage(
     std::fs::create_dir_all(dir).map_err(|source| LdaError::io(dir, source))?;
     let tokenizer = Tokenizer::new(text);
     let train_docs = docs.len(Split::Train);
-    let vocab = build_vocabulary(docs, &tokenizer, text)?;
+    let Some(vocab) = build_vocabulary(docs, &tokenizer, text)? else {
+        tracing::warn!(
+            docs = train_docs,
+            "lda: no training sample has page text: every topic vector is uniform, so text \
+             scores cannot rank samples"
+        );
+        return write_text_free(docs, params.topics, dir);
+    };
     tracing::info!(
         words = vocab.len(),
         docs = train_docs,
@@ -267,15 +274,20 @@ pub fn run_stage(
     Ok(summary)
 }
 
+/// The vocabulary of the training documents; `None` when no document has a single word (a
+/// dataset without page text), which is not the error a too strict filter is.
 fn build_vocabulary(
     docs: &dyn DocumentSource,
     tokenizer: &Tokenizer,
     text: &TextParams,
-) -> Result<Vocabulary, LdaError> {
+) -> Result<Option<Vocabulary>, LdaError> {
     let mut builder = VocabBuilder::default();
     docs.for_each(Split::Train, &mut |_, source, sample| {
         builder.add_doc(&tokenizer.tokens(source, sample))
     })?;
+    if builder.distinct_words() == 0 {
+        return Ok(None);
+    }
     let vocab = builder.build(text.min_count, text.max_doc_freq, text.max_words);
     if vocab.is_empty() {
         return Err(LdaError::EmptyVocabulary {
@@ -284,7 +296,46 @@ fn build_vocabulary(
             max_doc_freq: text.max_doc_freq,
         });
     }
-    Ok(vocab)
+    Ok(Some(vocab))
+}
+
+/// The stage's outputs for documents without a word: θ = 1/K for every sample (what the
+/// model's prior gives a document without words), no model, an empty vocabulary.
+fn write_text_free(
+    docs: &dyn DocumentSource,
+    topics: usize,
+    dir: &Path,
+) -> Result<LdaSummary, LdaError> {
+    let uniform = vec![1.0 / topics as f32; topics];
+    for (split, file) in [
+        (Split::Train, TOPICS_TRAIN_FILE),
+        (Split::Val, TOPICS_VAL_FILE),
+    ] {
+        let n = docs.len(split);
+        let mut writer = NpyWriter::create(&dir.join(file), &[n as usize, topics])?;
+        for _ in 0..n {
+            writer.write_row(&uniform)?;
+        }
+        writer.finish()?;
+    }
+    let train_docs = docs.len(Split::Train);
+    let summary = LdaSummary {
+        topics,
+        vocabulary: 0,
+        train_docs,
+        val_docs: docs.len(Split::Val),
+        empty_train_docs: train_docs,
+        train_tokens: 0.0,
+        passes: 0,
+        updates: 0,
+        train_seconds: 0.0,
+        tokens_per_second: 0.0,
+        final_alpha: vec![1.0 / topics as f64; topics],
+        top_words: Vec::new(),
+    };
+    write_json(&dir.join(SUMMARY_FILE), &summary)?;
+    write_topic_words(&dir.join(TOPIC_WORDS_FILE), &summary.top_words)?;
+    Ok(summary)
 }
 
 /// Streams θ of every sample of a split to `path` ([N, K]); returns how many were empty.

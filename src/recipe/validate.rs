@@ -207,6 +207,13 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
              (the generated dataset, Clothing1M and Food-101N bring their own)",
         );
     }
+    if let Some(format) = match dataset.format {
+        DatasetFormat::Clothing1m => Some("Clothing1M"),
+        DatasetFormat::Food101n => Some("Food-101N"),
+        _ => None,
+    } {
+        text_free(&mut v, format, &clean, &labels, &model, &train);
+    }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
         v.error(
             "train.sampler",
@@ -232,6 +239,48 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
 }
 
 /// Holds every size that drives an allocation to the budget.
+/// A dataset whose lists carry no page text trains on its labels as given (or the oracle's):
+/// every setting that reads the text score is refused where it is written.
+fn text_free(
+    v: &mut Validator,
+    format: &str,
+    clean: &CleanParams,
+    labels: &LabelParams,
+    model: &ModelParams,
+    train: &TrainParams,
+) {
+    let why = format!("{format} lists carry no page text, so every text score is the same");
+    if matches!(clean.rule, CleanRule::Threshold(_) | CleanRule::Fraction(_)) {
+        v.error(
+            "clean.rule",
+            format!("discards by text score, but {why}: use \"none\" (the labels as given) or \"oracle\""),
+        );
+    }
+    if matches!(labels, LabelParams::Soft { .. }) {
+        v.error(
+            "labels.mode",
+            format!("\"soft\" weights each loss by the text score, but {why}: use \"hard\""),
+        );
+    }
+    if model.regression {
+        v.error(
+            "model.heads",
+            format!("\"regression\" regresses the page's topic vector, but {format} lists carry no page text"),
+        );
+    }
+    if matches!(
+        train.sampler,
+        SamplerKind::Weighted | SamplerKind::Curriculum { .. }
+    ) {
+        v.error(
+            "train.sampler",
+            format!(
+                "draws by text score, but {why}: use \"shuffle\", \"replacement\" or \"balanced\""
+            ),
+        );
+    }
+}
+
 fn memory(
     v: &mut Validator,
     dataset: &DatasetParams,

@@ -85,6 +85,16 @@ pub enum StageFailure {
     EnsembleMember { member: String, looked: PathBuf },
     #[error("the stage finished without writing {}", path.display())]
     MissingOutput { path: PathBuf },
+    #[error(
+        "no training sample has page text (the lda stage found no word in {}), so every text \
+         score is the same and {} would act on ties: train on the labels as given \
+         (clean.rule = \"none\", labels.mode = \"hard\", sampler \"shuffle\", no regression head)",
+        lda.display(), settings.join(", ")
+    )]
+    NoText {
+        lda: PathBuf,
+        settings: Vec<&'static str>,
+    },
 }
 
 impl StageFailure {

@@ -14,7 +14,7 @@ use super::error::{StageError, StageFailure};
 use super::kind::StageKind;
 use crate::loader::{self, LoaderConfig};
 use crate::model::GoogLeNet;
-use crate::recipe::{CropSet, DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
+use crate::recipe::{CleanRule, CropSet, DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
 use crate::runtime::{
     connect_collective, resolve_device, visible_gpu_count, Collective, DeviceChoice, RuntimeError,
     World,
@@ -365,7 +365,59 @@ fn build_lda(cx: &BuildContext) -> Result<(), StageFailure> {
     Ok(())
 }
 
+/// Settings of `recipe` read by `stage` that act on the text score or the topic vectors.
+fn text_settings(recipe: &Recipe, stage: StageKind) -> Vec<&'static str> {
+    let mut settings = Vec::new();
+    if stage == StageKind::Score {
+        if matches!(
+            recipe.clean.rule,
+            CleanRule::Threshold(_) | CleanRule::Fraction(_)
+        ) {
+            settings.push("clean.rule");
+        }
+        if matches!(recipe.labels, LabelParams::Soft { .. }) {
+            settings.push("labels.mode = \"soft\"");
+        }
+    }
+    if stage == StageKind::Train {
+        if recipe.model.regression {
+            settings.push("the regression head");
+        }
+        if matches!(recipe.train.sampler, SamplerKind::Curriculum { .. }) {
+            settings.push("train.sampler = \"curriculum\"");
+        }
+    }
+    settings
+}
+
+/// Refuses the settings of `cx.recipe` read by `stage` that act on the text score when the
+/// lda stage found no page text (a dataset without any).
+fn refuse_text_settings_without_text(
+    cx: &BuildContext,
+    stage: StageKind,
+) -> Result<(), StageFailure> {
+    let settings = text_settings(cx.recipe, stage);
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let path = cx.dir(StageKind::Lda).join(lda::SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(StageFailure::io(&path))?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&text).map_err(|cause| StageFailure::Json {
+            path: path.clone(),
+            cause,
+        })?;
+    match summary["vocabulary"].as_u64() {
+        Some(0) => Err(StageFailure::NoText {
+            lda: cx.dir(StageKind::Lda).to_path_buf(),
+            settings,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
+    refuse_text_settings_without_text(cx, StageKind::Score)?;
     let store = Store::open(cx.dir(StageKind::Ingest))?;
     let topics = lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?;
     let reader = store.reader()?;
@@ -404,6 +456,7 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
 }
 
 fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
+    refuse_text_settings_without_text(cx, StageKind::Train)?;
     let recipe = cx.recipe;
     let store = Arc::new(Store::open(cx.dir(StageKind::Ingest))?);
     let table = score::ScoreTable::load(cx.dir(StageKind::Score))?;

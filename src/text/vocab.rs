@@ -62,6 +62,11 @@ impl VocabBuilder {
         }
     }
 
+    /// How many different words the documents so far hold.
+    pub fn distinct_words(&self) -> usize {
+        self.counts.len()
+    }
+
     /// Words seen at least `min_count` times and in at most `max_doc_freq` of the documents,
     /// most frequent first (ties alphabetical, so the order is deterministic), the
     /// `max_words` most frequent of them: LDA's memory grows with the vocabulary.

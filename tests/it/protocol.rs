@@ -311,6 +311,88 @@ fn clothing1m_reads_noisy_labels_and_its_clean_labels_become_the_truth_file() {
     assert!(store.truth_file().unwrap().is_file());
 }
 
+/// Clothing1M carries no page text: it trains through `runner` on its labels as given (the
+/// topic vectors uniform, so every score ties and the noise AUC is 0.5, its clean labels still
+/// the truth), the settings that act on the text score are refused where they are written,
+/// and a dataset found to have no text at all is refused at the score stage, not cleaned at
+/// random.
+#[test]
+fn a_dataset_without_page_text_trains_on_its_labels_and_text_settings_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("clothing1m");
+    std::fs::create_dir_all(&root).unwrap();
+    clothing1m(&root);
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart.toml");
+    let with_text = tmp.path().join("clothing1m.toml");
+    std::fs::write(
+        &with_text,
+        format!(
+            "extends = {:?}\n[dataset]\nformat = \"clothing1m\"\nroot = {:?}\n",
+            quickstart.display().to_string(),
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+    let refused = runner(tmp.path(), &["validate", with_text.to_str().unwrap()], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr)
+        .replace(&tmp.path().display().to_string(), "<tmp>");
+    for key in ["`clean.rule`", "`labels.mode`"] {
+        assert!(stderr.contains(key), "{key} refused: {stderr}");
+    }
+    assert!(
+        stderr.contains("Clothing1M lists carry no page text"),
+        "{stderr}"
+    );
+
+    let labels_only = tmp.path().join("clothing1m-labels.toml");
+    std::fs::write(
+        &labels_only,
+        "extends = \"clothing1m.toml\"\n[clean]\nrule = \"none\"\n[labels]\nmode = \"hard\"\n",
+    )
+    .unwrap();
+    let mut args = vec![labels_only.to_str().unwrap()];
+    args.extend(SMALL);
+    let out = runner(tmp.path(), &args, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = |stage: &str, file: &str| -> serde_json::Value {
+        let dir = stage_dir(tmp.path(), "clothing1m-labels", stage);
+        serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+    };
+    assert_eq!(json("lda", "summary.json")["vocabulary"], 0);
+    let score = json("score", "summary.json");
+    assert_eq!(score["kept"], 12);
+    assert_eq!(score["noise"]["auc"], 0.5);
+    assert!(tmp
+        .path()
+        .join("runs/clothing1m-labels/metrics.json")
+        .is_file());
+
+    // The generated WebVision-layout data with every text field switched off: no word at all.
+    let no_fields: Vec<String> = ["google", "flickr", "other"]
+        .iter()
+        .map(|source| format!("text.{source}_fields=[]"))
+        .collect();
+    let mut args = vec![quickstart.to_str().unwrap()];
+    args.extend(crate::cli::TINY);
+    args.extend(SMALL);
+    for set in &no_fields {
+        args.extend(["--set", set.as_str()]);
+    }
+    let out = runner(tmp.path(), &args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stage `score` of run quickstart: no training sample has page text")
+            && stderr.contains("clean.rule, labels.mode = \"soft\" would act on ties"),
+        "{stderr}"
+    );
+}
+
 /// The classes of the Food-101N fixture.
 const FOOD_CLASSES: [&str; 3] = ["apple_pie", "baby_back_ribs", "baklava"];
 
