@@ -209,7 +209,11 @@ impl NpyFile {
             parse_shape(&dict).ok_or_else(|| bad(format!("no shape in {}", dict.trim())))?;
         let data_start = (prefix + header_len) as u64;
         let count: usize = shape.iter().product();
-        let data_bytes = file.metadata().map_err(io)?.len().saturating_sub(data_start);
+        let data_bytes = file
+            .metadata()
+            .map_err(io)?
+            .len()
+            .saturating_sub(data_start);
         if data_bytes != count as u64 * 4 {
             return Err(bad(format!(
                 "shape {shape:?} needs {} data bytes, file has {data_bytes}",
@@ -251,7 +255,7 @@ impl NpyFile {
         use std::os::unix::fs::FileExt;
         let cols = self.cols().max(1);
         let rows = out.len() / cols;
-        if out.len() % cols != 0 || first + rows > self.rows() {
+        if !out.len().is_multiple_of(cols) || first + rows > self.rows() {
             return Err(NpyError::Rows {
                 path: self.path.clone(),
                 expected: self.rows(),

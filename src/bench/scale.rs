@@ -93,9 +93,9 @@ impl ScaleSettings {
     pub fn recipe(&self) -> Result<Recipe, BenchError> {
         let patterns = [self.recipe.display().to_string()];
         let mut recipes = recipe::load(&patterns, &self.sets)?;
-        let mut recipe = recipes.pop().ok_or_else(|| {
-            BenchError::Scale(format!("{}: no recipe", self.recipe.display()))
-        })?;
+        let mut recipe = recipes
+            .pop()
+            .ok_or_else(|| BenchError::Scale(format!("{}: no recipe", self.recipe.display())))?;
         let synthetic = &mut recipe.dataset.synthetic;
         let Some(full) = synthetic.train_samples else {
             return Err(BenchError::Scale(format!(
@@ -103,7 +103,8 @@ impl ScaleSettings {
                 self.recipe.display()
             )));
         };
-        let scale = |n: usize| ((n as f64 * self.samples as f64 / full as f64).round() as usize).max(1);
+        let scale =
+            |n: usize| ((n as f64 * self.samples as f64 / full as f64).round() as usize).max(1);
         synthetic.min_per_class = scale(synthetic.min_per_class);
         synthetic.max_per_class = scale(synthetic.max_per_class).max(synthetic.min_per_class);
         synthetic.val_per_class = scale(synthetic.val_per_class);
@@ -127,7 +128,8 @@ pub fn run_stage(stage: ScaleStage, settings: &ScaleSettings) -> Result<String, 
     match stage {
         ScaleStage::Generate => {
             std::fs::create_dir_all(&ingest).map_err(BenchError::io(&ingest))?;
-            let generated = crate::dataset::synthetic::generate(&recipe.dataset.synthetic, &ingest)?;
+            let generated =
+                crate::dataset::synthetic::generate(&recipe.dataset.synthetic, &ingest)?;
             Ok(format!("dataset in {}", generated.root.display()))
         }
         ScaleStage::Ingest => {

@@ -83,7 +83,10 @@ enum Background {
     /// [`WEB_WORDS`], uniformly.
     Web,
     /// Made-up words by Zipf's law: the words and their cumulative weights.
-    Zipf { words: Vec<String>, cumulative: Vec<f64> },
+    Zipf {
+        words: Vec<String>,
+        cumulative: Vec<f64>,
+    },
 }
 
 impl TextShape {
@@ -123,7 +126,9 @@ impl TextShape {
             Background::Zipf { words, cumulative } => {
                 let total = *cumulative.last().expect("words");
                 let at = rng.random_range(0.0..total);
-                &words[cumulative.partition_point(|&c| c <= at).min(words.len() - 1)]
+                &words[cumulative
+                    .partition_point(|&c| c <= at)
+                    .min(words.len() - 1)]
             }
         }
     }
@@ -479,7 +484,10 @@ impl Layout<'_> {
         Ok(())
     }
 
-    fn write_pages(&self, (name, rows): (String, Vec<serde_json::Value>)) -> Result<(), DatasetError> {
+    fn write_pages(
+        &self,
+        (name, rows): (String, Vec<serde_json::Value>),
+    ) -> Result<(), DatasetError> {
         let text = serde_json::Value::Array(rows).to_string();
         write_file(&self.root.join("meta").join(name), text.as_bytes())
     }
@@ -505,7 +513,8 @@ impl Layout<'_> {
                 };
                 let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed ^ 0x1a9e);
                 rng.set_stream(j as u64);
-                let image = class_image(class, self.params.classes, self.params.image_size, &mut rng);
+                let image =
+                    class_image(class, self.params.classes, self.params.image_size, &mut rng);
                 let mut bytes = Vec::new();
                 crate::store::jpeg::encode_rgb(image.as_raw(), side, side, 90, &mut bytes);
                 write_file(&self.root.join(path), &bytes)

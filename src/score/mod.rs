@@ -120,7 +120,9 @@ pub trait SamplePaths: Sync {
 
 impl SamplePaths for Vec<String> {
     fn for_each_path(&self, f: &mut dyn FnMut(u64, &str)) -> Result<(), ScoreError> {
-        self.iter().enumerate().for_each(|(i, path)| f(i as u64, path));
+        self.iter()
+            .enumerate()
+            .for_each(|(i, path)| f(i as u64, path));
         Ok(())
     }
 }

@@ -347,13 +347,14 @@ impl DocumentSource for StoreDocuments<'_> {
         split: Split,
         f: &mut dyn FnMut(u64, Source, &SampleText),
     ) -> Result<(), TextError> {
-        for_each_meta(self.0, split, &mut |id, meta| f(id, meta.source, &meta.text)).map_err(
-            |(id, e)| TextError::Source {
-                split: split.as_str(),
-                id,
-                message: e.to_string(),
-            },
-        )
+        for_each_meta(self.0, split, &mut |id, meta| {
+            f(id, meta.source, &meta.text)
+        })
+        .map_err(|(id, e)| TextError::Source {
+            split: split.as_str(),
+            id,
+            message: e.to_string(),
+        })
     }
 }
 
@@ -362,12 +363,12 @@ struct StorePaths<'a>(&'a Store);
 
 impl score::SamplePaths for StorePaths<'_> {
     fn for_each_path(&self, f: &mut dyn FnMut(u64, &str)) -> Result<(), score::ScoreError> {
-        for_each_meta(self.0, Split::Train, &mut |id, meta| f(id, &meta.path)).map_err(
-            |(id, e)| score::ScoreError::Path {
+        for_each_meta(self.0, Split::Train, &mut |id, meta| f(id, &meta.path)).map_err(|(id, e)| {
+            score::ScoreError::Path {
                 id,
                 message: e.to_string(),
-            },
-        )
+            }
+        })
     }
 }
 

@@ -24,7 +24,11 @@ pub struct ScaleBenchArgs {
     #[arg(long, default_value = "/tmp/websieve-scale")]
     pub work: PathBuf,
     /// The stages to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "generate,ingest,lda,score,sampler")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "generate,ingest,lda,score,sampler"
+    )]
     pub stages: Vec<String>,
     /// Run this one stage here, at the first size (what each measured child does).
     #[arg(long, hide = true)]
@@ -93,11 +97,9 @@ pub(super) fn run(args: &ScaleBenchArgs) -> anyhow::Result<()> {
         }
         measured.push(row);
     }
-    if let (Some(first), Some(last), true) = (
-        measured.first(),
-        measured.last(),
-        args.samples.len() > 1,
-    ) {
+    if let (Some(first), Some(last), true) =
+        (measured.first(), measured.last(), args.samples.len() > 1)
+    {
         let (small, large) = (args.samples[0], args.samples[args.samples.len() - 1]);
         println!(
             "\n{large} / {small} samples = {:.1}x (after: {}):",
