@@ -139,59 +139,165 @@ fn header(shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Reads a `<f4` C-order array.
+/// Reads a `<f4` C-order array, all of it.
 pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
-    let io = |source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bad = |message: String| NpyError::Header {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut input = BufReader::new(File::open(path).map_err(io)?);
-    let mut start = [0u8; 10];
-    input.read_exact(&mut start).map_err(io)?;
-    if &start[..6] != MAGIC {
-        return Err(bad("not a .npy file (magic bytes differ)".into()));
-    }
-    let header_len = match start[6] {
-        1 => u16::from_le_bytes([start[8], start[9]]) as usize,
-        2 | 3 => {
-            let mut more = [0u8; 2];
-            input.read_exact(&mut more).map_err(io)?;
-            u32::from_le_bytes([start[8], start[9], more[0], more[1]]) as usize
+    let file = NpyFile::open(path)?;
+    let mut data = vec![0.0; file.shape.iter().product()];
+    file.read_rows(0, &mut data)?;
+    Ok(NpyArray {
+        shape: file.shape,
+        data,
+    })
+}
+
+/// An open `<f4` C-order `.npy` file whose rows are read where they lie (positioned reads,
+/// no shared cursor): a pass over a 2.4M × 500 matrix holds one chunk of it, and a lookup
+/// one row.
+#[derive(Debug)]
+pub struct NpyFile {
+    path: PathBuf,
+    file: File,
+    shape: Vec<usize>,
+    /// Where the data starts: after the magic, version, header length and header.
+    data_start: u64,
+}
+
+/// Rows per read of [`NpyFile::for_each_row`]: 1 MB at 500 topics.
+const CHUNK_ROWS: usize = 512;
+
+impl NpyFile {
+    /// Opens `path` and checks its header and that its size matches the shape.
+    pub fn open(path: &Path) -> Result<NpyFile, NpyError> {
+        let io = |source| NpyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bad = |message: String| NpyError::Header {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(io)?;
+        let mut input = BufReader::new(&file);
+        let mut start = [0u8; 10];
+        input.read_exact(&mut start).map_err(io)?;
+        if &start[..6] != MAGIC {
+            return Err(bad("not a .npy file (magic bytes differ)".into()));
         }
-        v => return Err(bad(format!("unsupported version {v}"))),
-    };
-    let mut dict = vec![0u8; header_len];
-    input.read_exact(&mut dict).map_err(io)?;
-    let dict = String::from_utf8_lossy(&dict);
-    if !dict.contains("'descr': '<f4'") {
-        return Err(bad(format!(
-            "only little-endian f32 ('<f4') is supported: {}",
-            dict.trim()
-        )));
+        let (header_len, prefix) = match start[6] {
+            1 => (u16::from_le_bytes([start[8], start[9]]) as usize, 10),
+            2 | 3 => {
+                let mut more = [0u8; 2];
+                input.read_exact(&mut more).map_err(io)?;
+                let len = u32::from_le_bytes([start[8], start[9], more[0], more[1]]);
+                (len as usize, 12)
+            }
+            v => return Err(bad(format!("unsupported version {v}"))),
+        };
+        let mut dict = vec![0u8; header_len];
+        input.read_exact(&mut dict).map_err(io)?;
+        let dict = String::from_utf8_lossy(&dict);
+        if !dict.contains("'descr': '<f4'") {
+            return Err(bad(format!(
+                "only little-endian f32 ('<f4') is supported: {}",
+                dict.trim()
+            )));
+        }
+        if dict.contains("'fortran_order': True") {
+            return Err(bad("Fortran order is not supported".into()));
+        }
+        let shape =
+            parse_shape(&dict).ok_or_else(|| bad(format!("no shape in {}", dict.trim())))?;
+        let data_start = (prefix + header_len) as u64;
+        let count: usize = shape.iter().product();
+        let data_bytes = file
+            .metadata()
+            .map_err(io)?
+            .len()
+            .saturating_sub(data_start);
+        if data_bytes != count as u64 * 4 {
+            return Err(bad(format!(
+                "shape {shape:?} needs {} data bytes, file has {data_bytes}",
+                count * 4
+            )));
+        }
+        drop(input);
+        Ok(NpyFile {
+            path: path.to_path_buf(),
+            file,
+            shape,
+            data_start,
+        })
     }
-    if dict.contains("'fortran_order': True") {
-        return Err(bad("Fortran order is not supported".into()));
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
-    let shape = parse_shape(&dict).ok_or_else(|| bad(format!("no shape in {}", dict.trim())))?;
-    let count: usize = shape.iter().product();
-    let mut bytes = Vec::with_capacity(count * 4);
-    input.read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() != count * 4 {
-        return Err(bad(format!(
-            "shape {shape:?} needs {} data bytes, file has {}",
-            count * 4,
-            bytes.len()
-        )));
+
+    /// Rows of a 2-D array (1 for a 1-D one).
+    pub fn rows(&self) -> usize {
+        match self.shape.as_slice() {
+            [] | [_] => 1,
+            [rows, ..] => *rows,
+        }
     }
-    let data = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(NpyArray { shape, data })
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        match self.shape.as_slice() {
+            [] => 1,
+            [n] => *n,
+            [_, rest @ ..] => rest.iter().product(),
+        }
+    }
+
+    /// Fills `out` (a whole number of rows) with the rows from `first` on.
+    pub fn read_rows(&self, first: usize, out: &mut [f32]) -> Result<(), NpyError> {
+        use std::os::unix::fs::FileExt;
+        let cols = self.cols().max(1);
+        let rows = out.len() / cols;
+        if !out.len().is_multiple_of(cols) || first + rows > self.rows() {
+            return Err(NpyError::Rows {
+                path: self.path.clone(),
+                expected: self.rows(),
+                cols,
+                message: format!("rows {first}..{} asked for", first + rows),
+            });
+        }
+        let mut bytes = vec![0u8; out.len() * 4];
+        let offset = self.data_start + (first * cols * 4) as u64;
+        self.file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|source| NpyError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        for (value, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> Result<Vec<f32>, NpyError> {
+        let mut row = vec![0.0; self.cols()];
+        self.read_rows(i, &mut row)?;
+        Ok(row)
+    }
+
+    /// Every row in order, read [`CHUNK_ROWS`] at a time.
+    pub fn for_each_row(&self, mut f: impl FnMut(usize, &[f32])) -> Result<(), NpyError> {
+        let cols = self.cols().max(1);
+        let mut chunk = vec![0.0; CHUNK_ROWS * cols];
+        for first in (0..self.rows()).step_by(CHUNK_ROWS) {
+            let rows = CHUNK_ROWS.min(self.rows() - first);
+            let chunk = &mut chunk[..rows * cols];
+            self.read_rows(first, chunk)?;
+            for (i, row) in chunk.chunks_exact(cols).enumerate() {
+                f(first + i, row);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn parse_shape(dict: &str) -> Option<Vec<usize>> {
@@ -222,6 +328,26 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 128 + 24);
         write(&path, &[6], &data).unwrap();
         assert_eq!(read(&path).unwrap().shape, [6]);
+    }
+
+    #[test]
+    fn rows_are_read_where_they_lie() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.npy");
+        let (rows, cols) = (CHUNK_ROWS * 2 + 3, 3);
+        let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        write(&path, &[rows, cols], &data).unwrap();
+        let file = NpyFile::open(&path).unwrap();
+        assert_eq!((file.rows(), file.cols()), (rows, cols));
+        assert_eq!(file.row(rows - 1).unwrap(), &data[(rows - 1) * cols..]);
+        let mut seen = Vec::new();
+        file.for_each_row(|i, row| {
+            assert_eq!(row, &data[i * cols..(i + 1) * cols]);
+            seen.push(i);
+        })
+        .unwrap();
+        assert_eq!(seen, (0..rows).collect::<Vec<_>>());
+        assert!(file.row(rows).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod lda;
 pub mod loader;
 pub mod ops;
+pub mod scale;
 pub mod train;
 
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ pub enum BenchError {
     Encode { path: PathBuf, detail: String },
     #[error("bench: {0}")]
     NoNoiseMetrics(String),
+    #[error("bench scale: {0}")]
+    Scale(String),
+    #[error(transparent)]
+    Recipe(#[from] crate::recipe::RecipeError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]

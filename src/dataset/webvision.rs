@@ -64,7 +64,7 @@ pub fn read_with(
     let (files, metas) = train_lists(root, sources)?;
     let mut pages = MetaCache {
         root,
-        files: HashMap::new(),
+        files: Vec::new(),
         repaired: FieldRepairs::default(),
     };
     let mut train = Vec::new();
@@ -290,11 +290,17 @@ fn read_val(
     Ok(val)
 }
 
-/// The meta JSON files, each parsed once, and the fields repaired so far.
+/// Page files held parsed at once. The lists of WebVision (and of the generated dataset) take
+/// one query's page file after another, so each is parsed once; a list in another order
+/// parses a file again when it comes back to it. Memory: a few page files, not the dataset's
+/// 2.4M pages (parsed JSON takes several times its text).
+const PAGE_FILES_HELD: usize = 4;
+
+/// The meta JSON files last read, most recent last, and the fields repaired so far.
 struct MetaCache<'a> {
     root: &'a Path,
     /// By the meta list's path: the file and its rows.
-    files: HashMap<String, (PathBuf, Vec<Value>)>,
+    files: Vec<(String, PathBuf, Vec<Value>)>,
     repaired: FieldRepairs,
 }
 
@@ -306,12 +312,21 @@ impl MetaCache<'_> {
         source: Source,
         line: &Line<'_>,
     ) -> Result<SampleText, DatasetError> {
-        if !self.files.contains_key(meta_path) {
-            let file = line.file_in_root(self.root, "meta", meta_path)?;
-            let rows = parse_array(&file)?;
-            self.files.insert(meta_path.to_string(), (file, rows));
+        match self.files.iter().position(|(name, ..)| name == meta_path) {
+            Some(held) => {
+                let entry = self.files.remove(held);
+                self.files.push(entry);
+            }
+            None => {
+                let file = line.file_in_root(self.root, "meta", meta_path)?;
+                let rows = parse_array(&file)?;
+                if self.files.len() == PAGE_FILES_HELD {
+                    self.files.remove(0);
+                }
+                self.files.push((meta_path.to_string(), file, rows));
+            }
         }
-        let (file, rows) = &self.files[meta_path];
+        let (_, file, rows) = self.files.last().expect("just pushed");
         let element = row
             .checked_sub(1)
             .and_then(|i| rows.get(i))

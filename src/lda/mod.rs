@@ -394,19 +394,29 @@ fn write_topic_words(path: &Path, top_words: &[Vec<String>]) -> Result<(), LdaEr
         .map_err(|source| LdaError::io(path, source))
 }
 
-/// Reads a `topics_*.npy` file back as one θ per sample.
-pub fn read_topics(path: &Path) -> Result<Vec<Vec<f32>>, LdaError> {
-    let array = crate::npy::read(path)?;
-    if array.shape.len() != 2 {
+/// Opens a `topics_*.npy` file ([samples, topics]) to read its rows where they lie: a pass
+/// over all of them, or one sample's, without holding the matrix (2.4M × 500 is 4.8 GB).
+pub fn open_topics(path: &Path) -> Result<crate::npy::NpyFile, LdaError> {
+    let file = crate::npy::NpyFile::open(path)?;
+    if file.shape().len() != 2 {
         return Err(LdaError::BadModel {
             path: path.to_path_buf(),
             message: format!(
                 "expected a [samples, topics] array, found shape {:?}",
-                array.shape
+                file.shape()
             ),
         });
     }
-    Ok(array.rows().map(<[f32]>::to_vec).collect())
+    Ok(file)
+}
+
+/// Reads a `topics_*.npy` file back whole, as one θ per sample: for small corpora (tests,
+/// benchmarks); the stages read through [`open_topics`].
+pub fn read_topics(path: &Path) -> Result<Vec<Vec<f32>>, LdaError> {
+    let file = open_topics(path)?;
+    let mut rows = Vec::with_capacity(file.rows());
+    file.for_each_row(|_, row| rows.push(row.to_vec()))?;
+    Ok(rows)
 }
 
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), LdaError> {

@@ -141,6 +141,12 @@ pub struct SyntheticParams {
     /// Side of the generated images in pixels.
     pub image_size: u32,
     pub seed: u64,
+    /// Training images in all, in WebVision 1.0's shape (`dataset::synthetic`): log-normal
+    /// class sizes clipped to `min_per_class..=max_per_class`, page text of WebVision's length
+    /// over a large vocabulary. `None`: the quickstart's small shape. Left out of the JSON
+    /// (and so of cache keys) when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_samples: Option<usize>,
 }
 
 /// Which fields of a sample's page text make up its document.

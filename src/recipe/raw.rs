@@ -161,6 +161,12 @@ pub struct RawSynthetic {
     pub image_size: Option<i64>,
     /// Seed of everything generated. Default: 0.
     pub seed: Option<i64>,
+    /// Training images in all, in WebVision 1.0's shape: class sizes log-normal (median
+    /// about 0.83 of the mean) clipped to min_per_class..max_per_class, Google pages with
+    /// title + description and Flickr pages with tags too, about 60 words a page over a
+    /// vocabulary of 300,000 words. Unset: the quickstart's small shape (geometric class
+    /// sizes between min_per_class and max_per_class, about 15 words a page).
+    pub train_samples: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

@@ -394,6 +394,9 @@ fn dataset(v: &mut Validator, raw: RawDataset) -> DatasetParams {
             16..=65535,
         ),
         seed: v.at_least("dataset.synthetic.seed", syn.seed, 0, 0),
+        train_samples: syn
+            .train_samples
+            .and_then(|n| v.whole_in("dataset.synthetic.train_samples", n, 1..=largest::<u32>())),
     };
     DatasetParams {
         format,

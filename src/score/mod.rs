@@ -1,6 +1,8 @@
 //! Per-sample scores from topic vectors: similarity to the class mean, cleaning rules, λ soft
-//! labels, reports: the `score` stage. In: topic vectors, labels, paths (and optionally the
-//! images and a truth file). Out, in the stage folder: `scores.tsv` (id, path, label, score,
+//! labels, reports: the `score` stage. In: topic vectors and paths, each read in passes in id
+//! order ([`TopicRows`]: a `.npy` file is never held whole; [`SamplePaths`]), labels (and
+//! optionally the images and a truth file). Memory: the class means and a few arrays of a
+//! few bytes per sample (label, score, λ, kept, noisy). Out, in the stage folder: `scores.tsv` (id, path, label, score,
 //! λ, kept: what training reads back through [`ScoreTable`]), `classes.tsv`, `summary.json`,
 //! `score_histogram.png` (the discard cut drawn, the noise AUC in its title), and
 //! `lowest/<class>.png` contact sheets of the lowest-scored images of each class (of the
@@ -22,6 +24,7 @@ pub use rules::{
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
 
+use crate::npy::{NpyError, NpyFile};
 use crate::plot::{self, PlotError};
 use crate::recipe::params::{CleanParams, CleanRule, LabelParams, Similarity};
 
@@ -60,6 +63,11 @@ pub enum ScoreError {
     Plot(#[from] PlotError),
     #[error("inputs disagree: {0}")]
     Inputs(String),
+    #[error(transparent)]
+    Npy(#[from] NpyError),
+    /// A path source (the store) failed; its message names what and where.
+    #[error("reading the path of sample {id}: {message}")]
+    Path { id: u64, message: String },
     #[error("clean.rule = \"oracle\" needs a truth file, and the dataset brought none: set `clean.truth`")]
     OracleWithoutTruth,
 }
@@ -76,11 +84,54 @@ impl ScoreError {
 /// Image loader by sample id (decoded RGB), for the contact sheets.
 pub type ImageFn<'a> = &'a (dyn Fn(u64) -> Option<image::RgbImage> + Sync);
 
+/// θ of every training sample, visited in id order: a `.npy` file a chunk at a time, or rows
+/// in memory.
+pub trait TopicRows: Sync {
+    fn rows(&self) -> usize;
+    fn for_each_row(&self, f: &mut dyn FnMut(usize, &[f32])) -> Result<(), ScoreError>;
+}
+
+impl TopicRows for Vec<Vec<f32>> {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+
+    fn for_each_row(&self, f: &mut dyn FnMut(usize, &[f32])) -> Result<(), ScoreError> {
+        self.iter().enumerate().for_each(|(i, row)| f(i, row));
+        Ok(())
+    }
+}
+
+impl TopicRows for NpyFile {
+    fn rows(&self) -> usize {
+        NpyFile::rows(self)
+    }
+
+    fn for_each_row(&self, f: &mut dyn FnMut(usize, &[f32])) -> Result<(), ScoreError> {
+        Ok(NpyFile::for_each_row(self, f)?)
+    }
+}
+
+/// Every training sample's path as the dataset lists it, visited in id order: from the store,
+/// or in memory.
+pub trait SamplePaths: Sync {
+    fn for_each_path(&self, f: &mut dyn FnMut(u64, &str)) -> Result<(), ScoreError>;
+}
+
+impl SamplePaths for Vec<String> {
+    fn for_each_path(&self, f: &mut dyn FnMut(u64, &str)) -> Result<(), ScoreError> {
+        self.iter()
+            .enumerate()
+            .for_each(|(i, path)| f(i as u64, path));
+        Ok(())
+    }
+}
+
 /// What the stage reads: one entry per training sample, index = sample id.
 pub struct ScoreInputs<'a> {
-    pub topics: &'a [Vec<f32>],
+    pub topics: &'a dyn TopicRows,
     pub labels: &'a [u32],
-    pub paths: &'a [String],
+    pub paths: &'a dyn SamplePaths,
     pub class_names: &'a [String],
     pub image: Option<ImageFn<'a>>,
 }
@@ -140,9 +191,23 @@ pub fn run_stage(
     check_inputs(inputs)?;
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
     let classes = inputs.class_names.len();
-    let score = scores(inputs.topics, inputs.labels, classes, clean.similarity);
+    let score = scores(inputs.topics, inputs.labels, classes, clean.similarity)?;
     let noisy = match &clean.truth {
-        Some(path) => Some(read_truth(path)?.noisy_by_sample(inputs.paths)),
+        Some(path) => {
+            let truth = read_truth(path)?;
+            let mut noisy = Vec::with_capacity(score.len());
+            inputs
+                .paths
+                .for_each_path(&mut |_, path| noisy.push(truth.noisy(path)))?;
+            if noisy.len() != score.len() {
+                return Err(ScoreError::Inputs(format!(
+                    "{} topic vectors, {} paths",
+                    score.len(),
+                    noisy.len()
+                )));
+            }
+            Some(noisy)
+        }
         None => None,
     };
     let keep = match (clean.rule, &noisy) {
@@ -201,12 +266,11 @@ pub fn run_stage(
 }
 
 fn check_inputs(inputs: &ScoreInputs) -> Result<(), ScoreError> {
-    let n = inputs.topics.len();
-    if inputs.labels.len() != n || inputs.paths.len() != n {
+    let n = inputs.topics.rows();
+    if inputs.labels.len() != n {
         return Err(ScoreError::Inputs(format!(
-            "{n} topic vectors, {} labels, {} paths",
+            "{n} topic vectors, {} labels",
             inputs.labels.len(),
-            inputs.paths.len()
         )));
     }
     if let Some((id, &label)) = inputs
@@ -218,13 +282,6 @@ fn check_inputs(inputs: &ScoreInputs) -> Result<(), ScoreError> {
         return Err(ScoreError::Inputs(format!(
             "sample {id} has label {label} but there are {} classes",
             inputs.class_names.len()
-        )));
-    }
-    let k = inputs.topics.first().map_or(0, Vec::len);
-    if let Some(id) = inputs.topics.iter().position(|t| t.len() != k) {
-        return Err(ScoreError::Inputs(format!(
-            "sample {id} has {} topics, sample 0 has {k}",
-            inputs.topics[id].len()
         )));
     }
     Ok(())

@@ -1,23 +1,42 @@
 //! The numbers of the `score` stage, on plain vectors: class means, similarities, which
 //! samples the cleaning rule discards, λ maps, and noise-detection metrics.
 
+use super::{ScoreError, TopicRows};
 use crate::recipe::params::{CleanParams, CleanRule, LabelParams, LambdaMap, Similarity};
 
-/// Mean topic vector of each class (a class without samples gets zeros).
-pub fn class_means(topics: &[Vec<f32>], labels: &[u32], classes: usize) -> Vec<Vec<f64>> {
-    let k = topics.first().map_or(0, Vec::len);
-    let mut sums = vec![vec![0.0f64; k]; classes];
+/// Mean topic vector of each class (a class without samples gets zeros), in one pass over the
+/// topic vectors; every vector must have as many topics as the first.
+pub fn class_means(
+    topics: &dyn TopicRows,
+    labels: &[u32],
+    classes: usize,
+) -> Result<Vec<Vec<f64>>, ScoreError> {
+    let mut sums: Vec<Vec<f64>> = Vec::new();
     let mut counts = vec![0usize; classes];
-    for (theta, &label) in topics.iter().zip(labels) {
-        counts[label as usize] += 1;
-        for (s, &t) in sums[label as usize].iter_mut().zip(theta) {
+    let mut mismatch = None;
+    topics.for_each_row(&mut |i, theta| {
+        if sums.is_empty() {
+            sums = vec![vec![0.0f64; theta.len()]; classes];
+        }
+        if theta.len() != sums[0].len() {
+            mismatch.get_or_insert((i, theta.len(), sums[0].len()));
+            return;
+        }
+        let label = labels[i] as usize;
+        counts[label] += 1;
+        for (s, &t) in sums[label].iter_mut().zip(theta) {
             *s += t as f64;
         }
+    })?;
+    if let Some((id, found, k)) = mismatch {
+        return Err(ScoreError::Inputs(format!(
+            "sample {id} has {found} topics, sample 0 has {k}"
+        )));
     }
     for (sum, &n) in sums.iter_mut().zip(&counts) {
         sum.iter_mut().for_each(|s| *s /= n.max(1) as f64);
     }
-    sums
+    Ok(sums)
 }
 
 /// Similarity of a topic vector to its class mean. Cosine of a zero vector is 0.
@@ -41,14 +60,20 @@ pub fn similarity(kind: Similarity, theta: &[f32], mean: &[f64]) -> f64 {
     }
 }
 
-/// Every sample's similarity to the mean of its (given) class.
-pub fn scores(topics: &[Vec<f32>], labels: &[u32], classes: usize, kind: Similarity) -> Vec<f64> {
-    let means = class_means(topics, labels, classes);
-    topics
-        .iter()
-        .zip(labels)
-        .map(|(theta, &label)| similarity(kind, theta, &means[label as usize]))
-        .collect()
+/// Every sample's similarity to the mean of its (given) class: two passes over the topic
+/// vectors, the class means first.
+pub fn scores(
+    topics: &dyn TopicRows,
+    labels: &[u32],
+    classes: usize,
+    kind: Similarity,
+) -> Result<Vec<f64>, ScoreError> {
+    let means = class_means(topics, labels, classes)?;
+    let mut scores = Vec::with_capacity(labels.len());
+    topics.for_each_row(&mut |i, theta| {
+        scores.push(similarity(kind, theta, &means[labels[i] as usize]))
+    })?;
+    Ok(scores)
 }
 
 /// Sample indices of each class, lowest score first (ties by index).
@@ -185,9 +210,9 @@ mod tests {
         // Class 0: (1,0) and (0.5,0.5) → mean (0.75, 0.25).
         let topics = vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![0.0, 1.0]];
         let labels = [0, 0, 1];
-        let dot = scores(&topics, &labels, 2, Similarity::Dot);
+        let dot = scores(&topics, &labels, 2, Similarity::Dot).unwrap();
         assert_eq!(dot, [0.75, 0.5, 1.0]);
-        let cos = scores(&topics, &labels, 2, Similarity::Cosine);
+        let cos = scores(&topics, &labels, 2, Similarity::Cosine).unwrap();
         let norm = (0.75f64 * 0.75 + 0.25 * 0.25).sqrt();
         assert!((cos[0] - 0.75 / norm).abs() < 1e-12);
         assert!((cos[1] - 0.5 / (norm * 0.5f64.sqrt())).abs() < 1e-12);

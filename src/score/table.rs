@@ -1,10 +1,10 @@
 //! `scores.tsv`: one row per training sample (id, path, label, score, λ, kept), written by
 //! the `score` stage and read back by training.
 
-use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
-use super::ScoreError;
+use super::{SamplePaths, ScoreError};
 
 pub const SCORES_FILE: &str = "scores.tsv";
 const HEADER: &str = "id\tpath\tlabel\tscore\tlambda\tkept";
@@ -53,38 +53,63 @@ impl ScoreTable {
         self.rows.iter().filter(|r| r.kept).map(|r| r.id).collect()
     }
 
-    pub fn save(&self, dir: &Path, paths: &[String]) -> Result<(), ScoreError> {
-        let mut out = String::from(HEADER);
-        out.push('\n');
-        for (row, path) in self.rows.iter().zip(paths) {
-            // Scores keep full precision (`{}` round-trips f64) so reloading changes nothing.
-            writeln!(
-                out,
-                "{}\t{}\t{}\t{}\t{}\t{}",
-                row.id, path, row.label, row.score, row.lambda, row.kept as u8
-            )
-            .expect("writing to a String");
-        }
+    /// Writes `scores.tsv`, each row as its path comes from `paths` (one pass, in id order).
+    pub fn save(&self, dir: &Path, paths: &dyn SamplePaths) -> Result<(), ScoreError> {
         let path = dir.join(SCORES_FILE);
-        std::fs::write(&path, out).map_err(|s| ScoreError::io(&path, s))
+        let io = |s| ScoreError::io(&path, s);
+        let mut out = BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+        let mut failure = None;
+        writeln!(out, "{HEADER}").map_err(io)?;
+        let mut written = 0;
+        paths.for_each_path(&mut |id, sample_path| {
+            let Some(row) = self.rows.get(id as usize).filter(|_| failure.is_none()) else {
+                return;
+            };
+            written += 1;
+            // Scores keep full precision (`{}` round-trips f64) so reloading changes nothing.
+            let line = writeln!(
+                out,
+                "{}\t{sample_path}\t{}\t{}\t{}\t{}",
+                row.id, row.label, row.score, row.lambda, row.kept as u8
+            );
+            failure = line.err();
+        })?;
+        if let Some(e) = failure {
+            return Err(io(e));
+        }
+        if written != self.rows.len() {
+            return Err(ScoreError::Inputs(format!(
+                "{} scores, {written} paths",
+                self.rows.len()
+            )));
+        }
+        out.flush().map_err(io)
     }
 
     pub fn load(dir: &Path) -> Result<ScoreTable, ScoreError> {
         let path = dir.join(SCORES_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|s| ScoreError::io(&path, s))?;
+        let file = std::fs::File::open(&path).map_err(|s| ScoreError::io(&path, s))?;
         let bad = |line: usize, field: &str, message: String| ScoreError::BadField {
             path: path.clone(),
             line,
             field: field.to_string(),
             message,
         };
-        let mut lines = text.lines();
-        if lines.next() != Some(HEADER) {
+        let mut lines = BufReader::new(file).lines();
+        let mut next_line = |line_no: usize| -> Result<Option<String>, ScoreError> {
+            lines
+                .next()
+                .transpose()
+                .map_err(|e| bad(line_no, "row", e.to_string()))
+        };
+        if next_line(1)?.as_deref() != Some(HEADER) {
             return Err(bad(1, "header", format!("expected {HEADER:?}")));
         }
         let mut rows = Vec::new();
-        for (n, line) in lines.enumerate() {
-            let line_no = n + 2;
+        for line_no in 2.. {
+            let Some(line) = next_line(line_no)? else {
+                break;
+            };
             let fields: Vec<&str> = line.split('\t').collect();
             if fields.len() != 6 {
                 return Err(bad(
@@ -158,7 +183,7 @@ mod tests {
         ];
         let table = ScoreTable::new(rows);
         table
-            .save(dir.path(), &["a.jpg".into(), "b.jpg".into()])
+            .save(dir.path(), &vec!["a.jpg".to_string(), "b.jpg".to_string()])
             .unwrap();
         assert_eq!(ScoreTable::load(dir.path()).unwrap(), table);
         assert_eq!(table.kept_ids(), [0]);

@@ -325,6 +325,19 @@ fn build_ingest(cx: &BuildContext) -> Result<(), StageFailure> {
     Ok(())
 }
 
+/// Every sample of `split` in id order, with its metadata; an error with the id it failed at.
+fn for_each_meta(
+    store: &Store,
+    split: Split,
+    f: &mut dyn FnMut(u64, store::SampleMeta),
+) -> Result<(), (u64, store::StoreError)> {
+    let reader = store.reader().map_err(|e| (0, e))?;
+    for id in 0..store.len(split) {
+        f(id, reader.meta(split, id).map_err(|e| (id, e))?);
+    }
+    Ok(())
+}
+
 /// The store as the LDA stage's document source.
 struct StoreDocuments<'a>(&'a Store);
 
@@ -338,17 +351,28 @@ impl DocumentSource for StoreDocuments<'_> {
         split: Split,
         f: &mut dyn FnMut(u64, Source, &SampleText),
     ) -> Result<(), TextError> {
-        let source_error = |id: u64, e: &dyn std::fmt::Display| TextError::Source {
+        for_each_meta(self.0, split, &mut |id, meta| {
+            f(id, meta.source, &meta.text)
+        })
+        .map_err(|(id, e)| TextError::Source {
             split: split.as_str(),
             id,
             message: e.to_string(),
-        };
-        let reader = self.0.reader().map_err(|e| source_error(0, &e))?;
-        for id in 0..self.0.len(split) {
-            let meta = reader.meta(split, id).map_err(|e| source_error(id, &e))?;
-            f(id, meta.source, &meta.text);
-        }
-        Ok(())
+        })
+    }
+}
+
+/// The store as the score stage's paths.
+struct StorePaths<'a>(&'a Store);
+
+impl score::SamplePaths for StorePaths<'_> {
+    fn for_each_path(&self, f: &mut dyn FnMut(u64, &str)) -> Result<(), score::ScoreError> {
+        for_each_meta(self.0, Split::Train, &mut |id, meta| f(id, &meta.path)).map_err(|(id, e)| {
+            score::ScoreError::Path {
+                id,
+                message: e.to_string(),
+            }
+        })
     }
 }
 
@@ -419,20 +443,16 @@ fn refuse_text_settings_without_text(
 fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
     refuse_text_settings_without_text(cx, StageKind::Score)?;
     let store = Store::open(cx.dir(StageKind::Ingest))?;
-    let topics = lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?;
-    let reader = store.reader()?;
-    let (mut labels, mut paths) = (Vec::new(), Vec::new());
-    for id in 0..store.len(Split::Train) {
-        let meta = reader.meta(Split::Train, id)?;
-        labels.push(meta.label);
-        paths.push(meta.path);
-    }
+    let topics = lda::open_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?;
+    let mut labels = Vec::with_capacity(store.len(Split::Train) as usize);
+    for_each_meta(&store, Split::Train, &mut |_, meta| labels.push(meta.label))
+        .map_err(|(_, e)| e)?;
     let class_names = store.header().class_names();
     let image = |id: u64| store.reader().ok()?.image(Split::Train, id).ok();
     let inputs = score::ScoreInputs {
         topics: &topics,
         labels: &labels,
-        paths: &paths,
+        paths: &StorePaths(&store),
         class_names: &class_names,
         image: Some(&image),
     };
@@ -455,52 +475,110 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
     Ok(())
 }
 
+/// What training samples from, as the train stage sets it up before its first step: the
+/// store, the score table, the kept samples (id, label) less the holdout, the held-out ones,
+/// the sampling weights (`sampler = "weighted"`: λ; `"curriculum"`: the text score), and the
+/// topic vectors, read by sample where they lie (for regression heads).
+pub struct TrainData {
+    pub store: Arc<Store>,
+    pub table: score::ScoreTable,
+    pub samples: Vec<(u64, u32)>,
+    pub held_out: Vec<(u64, u32)>,
+    pub weights: Option<Vec<f32>>,
+    pub topics: Option<crate::npy::NpyFile>,
+}
+
+impl TrainData {
+    /// From the folders of the ingest, LDA and score stages.
+    pub fn load(
+        recipe: &Recipe,
+        ingest: &Path,
+        lda_dir: &Path,
+        score_dir: &Path,
+    ) -> Result<TrainData, StageFailure> {
+        let store = Arc::new(Store::open(ingest)?);
+        let table = score::ScoreTable::load(score_dir)?;
+        let kept: Vec<(u64, u32)> = table
+            .rows()
+            .iter()
+            .filter(|r| r.kept)
+            .map(|r| (r.id, r.label))
+            .collect();
+        let train::holdout::Parted {
+            train: samples,
+            held_out,
+        } = match recipe.train.holdout {
+            Some(h) => train::holdout::split(&kept, h.share, recipe.train.seed),
+            None => train::holdout::Parted {
+                train: kept,
+                held_out: Vec::new(),
+            },
+        };
+        let weight_of = |weight: fn(&score::ScoreRow) -> f64| {
+            let row = |id: u64| table.get(id).expect("samples come from the score table");
+            Some(
+                samples
+                    .iter()
+                    .map(|&(id, _)| weight(row(id)) as f32)
+                    .collect(),
+            )
+        };
+        let weights = match recipe.train.sampler {
+            SamplerKind::Weighted => weight_of(|r| r.lambda),
+            SamplerKind::Curriculum { .. } => weight_of(|r| r.score),
+            _ => None,
+        };
+        let topics = match recipe.model.regression {
+            true => Some(lda::open_topics(&lda_dir.join(lda::TOPICS_TRAIN_FILE))?),
+            false => None,
+        };
+        Ok(TrainData {
+            store,
+            table,
+            samples,
+            held_out,
+            weights,
+            topics,
+        })
+    }
+
+    /// The training batches from batch `start` on.
+    pub fn loader(
+        &self,
+        cfg: &LoaderConfig,
+        start: u64,
+    ) -> Result<loader::TrainLoader, loader::LoaderError> {
+        loader::train_batches(
+            self.store.clone(),
+            self.samples.clone(),
+            self.weights.clone(),
+            cfg,
+            start,
+        )
+    }
+}
+
 fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     refuse_text_settings_without_text(cx, StageKind::Train)?;
     let recipe = cx.recipe;
-    let store = Arc::new(Store::open(cx.dir(StageKind::Ingest))?);
-    let table = score::ScoreTable::load(cx.dir(StageKind::Score))?;
-    let kept: Vec<(u64, u32)> = table
-        .rows()
-        .iter()
-        .filter(|r| r.kept)
-        .map(|r| (r.id, r.label))
-        .collect();
-    let train::holdout::Parted {
-        train: samples,
+    let data = TrainData::load(
+        recipe,
+        cx.dir(StageKind::Ingest),
+        cx.dir(StageKind::Lda),
+        cx.dir(StageKind::Score),
+    )?;
+    let TrainData {
+        store,
+        table,
+        samples,
         held_out,
-    } = match recipe.train.holdout {
-        Some(h) => train::holdout::split(&kept, h.share, recipe.train.seed),
-        None => train::holdout::Parted {
-            train: kept,
-            held_out: Vec::new(),
-        },
-    };
+        topics,
+        ..
+    } = &data;
     let soft = matches!(recipe.labels, LabelParams::Soft { .. });
-    let row = |id: u64| table.get(id).expect("samples come from the score table");
-    let weights = match recipe.train.sampler {
-        SamplerKind::Weighted => Some(
-            samples
-                .iter()
-                .map(|&(id, _)| row(id).lambda as f32)
-                .collect(),
-        ),
-        SamplerKind::Curriculum { .. } => Some(
-            samples
-                .iter()
-                .map(|&(id, _)| row(id).score as f32)
-                .collect::<Vec<_>>(),
-        ),
-        _ => None,
-    };
-    let topics = if recipe.model.regression {
-        lda::read_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?
-    } else {
-        Vec::new()
-    };
     let mut shape = ModelShape {
         num_classes: store.header().classes.len(),
-        topics: topics.first().map_or(0, Vec::len),
+        topics: topics.as_ref().map_or(0, |t| t.cols()),
         best: None,
     };
     let world_size = cx.parallel.map_or(1, |p| p.world.world_size);
@@ -511,15 +589,14 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     // Every rank streams the global batch and trains on its rows of it.
     let cfg = LoaderConfig::for_training(&recipe.train, recipe.train.batch_per_device * world_size);
     let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
-        let loader =
-            loader::train_batches(store.clone(), samples.clone(), weights.clone(), &cfg, start)?;
+        let loader = data.loader(&cfg, start)?;
         Ok(Box::new(loader.map(|b| b.map_err(train::BoxError::from))))
     };
     let lambda = |id: u64| match soft {
         true => table.get(id).map(|r| r.lambda as f32),
         false => Some(1.0),
     };
-    let topic = |id: u64| topics.get(id as usize).cloned();
+    let topic = |id: u64| topics.as_ref()?.row(id as usize).ok();
     let targets = train::SampleTargets {
         lambda: &lambda,
         topics: &topic,
@@ -536,7 +613,7 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     let num_classes = shape.num_classes;
     let predict_holdout = |net: &GoogLeNet, ids: &[u64]| {
         let images = EvalImages {
-            store: &store,
+            store,
             split: Split::Train,
             cfg: &holdout_cfg,
         };

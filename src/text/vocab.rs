@@ -49,16 +49,20 @@ pub struct VocabBuilder {
 }
 
 impl VocabBuilder {
+    /// Counts a document's tokens: one map lookup per distinct token (the tokens sorted, so
+    /// that repeats sit together), a new word's text copied once.
     pub fn add_doc(&mut self, tokens: &[String]) {
         self.docs += 1;
-        let mut seen: Vec<&str> = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            let entry = self.counts.entry(token.clone()).or_default();
-            entry.0 += 1;
-            if !seen.contains(&token.as_str()) {
-                seen.push(token);
-                entry.1 += 1;
-            }
+        let mut sorted: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        for run in sorted.chunk_by(|a, b| a == b) {
+            let word = run[0];
+            let entry = match self.counts.get_mut(word) {
+                Some(entry) => entry,
+                None => self.counts.entry(word.to_string()).or_default(),
+            };
+            entry.0 += run.len() as u64;
+            entry.1 += 1;
         }
     }
 

@@ -32,6 +32,7 @@ fn params(format: DatasetFormat, root: Option<&Path>) -> DatasetParams {
             noise: 0.25,
             image_size: 40,
             seed: 5,
+            train_samples: None,
         },
         ..Recipe::default().dataset
     }

@@ -11,6 +11,7 @@ mod ops;
 mod protocol;
 mod recipe;
 mod report;
+mod scale;
 mod stages;
 mod text;
 mod train;

@@ -6,6 +6,7 @@ mod ingest;
 mod lda;
 mod loader;
 mod ops;
+mod scale;
 mod train;
 
 use std::ffi::OsStr;
@@ -28,6 +29,9 @@ pub enum Bench {
     Lda(lda::LdaBenchArgs),
     /// Training images/s (forward + backward + update) of GoogLeNet, against PyTorch on the CPU.
     Train(train::TrainBenchArgs),
+    /// WebVision's data path at full scale on generated data: per stage wall time, CPU time
+    /// and peak memory, each in its own process, at several sizes.
+    Scale(scale::ScaleBenchArgs),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Loader(args) => loader::run(&args),
         Bench::Lda(args) => lda::run(&args),
         Bench::Train(args) => train::run(&args),
+        Bench::Scale(args) => scale::run(&args),
     }
 }
 
