@@ -25,6 +25,7 @@ struct Scored {
 struct Lowest {
     row: ScoreRow,
     sample: dataset::DatasetSample,
+    title: String,
     /// Whether its label is wrong, where the dataset comes with a truth file.
     mislabelled: Option<bool>,
 }
@@ -40,8 +41,8 @@ fn score_dataset(root: Option<PathBuf>, format: DatasetFormat) -> anyhow::Result
         train: index
             .train
             .iter()
-            .map(|s| (s.source, s.text.clone()))
-            .collect(),
+            .map(|s| Ok((s.source, index.text(s)?)))
+            .collect::<Result<_, dataset::DatasetError>>()?,
         val: Vec::new(),
     };
     let lda_dir = work.path().join("lda");
@@ -74,12 +75,16 @@ fn score_dataset(root: Option<PathBuf>, format: DatasetFormat) -> anyhow::Result
     let lowest = rows
         .into_iter()
         .take(10)
-        .map(|row| Lowest {
-            sample: index.train[row.id as usize].clone(),
-            mislabelled: mislabelled[row.id as usize],
-            row,
+        .map(|row| {
+            let sample = index.train[row.id as usize].clone();
+            Ok(Lowest {
+                title: index.text(&sample)?.title.unwrap_or_default(),
+                sample,
+                mislabelled: mislabelled[row.id as usize],
+                row,
+            })
         })
-        .collect();
+        .collect::<Result<_, dataset::DatasetError>>()?;
     Ok(Scored { lowest, summary })
 }
 
@@ -110,6 +115,7 @@ fn main() -> anyhow::Result<()> {
     for Lowest {
         row,
         sample,
+        title,
         mislabelled,
     } in &scored.lowest
     {
@@ -118,7 +124,6 @@ fn main() -> anyhow::Result<()> {
             Some(false) => "right",
             None => "",
         };
-        let title = sample.text.title.as_deref().unwrap_or("");
         println!(
             "{:6.3}  {:5}  {truth:7}  {}  {title}",
             row.score, row.label, sample.path

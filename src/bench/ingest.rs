@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::cores::on_cores;
 use super::BenchError;
-use crate::dataset::webvision;
+use crate::dataset::{webvision, PageTexts};
 use crate::recipe::params::{DatasetFormat, DatasetParams, ResizeMode, StoreEncoding};
 use crate::recipe::Recipe;
 use crate::sample::Source;
@@ -17,7 +17,12 @@ use crate::store::{codec, ingest_with, IngestOptions};
 
 /// The training images of a WebVision-layout dataset, both sources, in list order.
 pub fn training_files(root: &Path) -> Result<Vec<PathBuf>, BenchError> {
-    let index = webvision::read(root, &[Source::Google, Source::Flickr], false)?;
+    let index = webvision::read(
+        root,
+        &[Source::Google, Source::Flickr],
+        false,
+        PageTexts::default(),
+    )?;
     Ok(index.train.into_iter().map(|s| s.file).collect())
 }
 

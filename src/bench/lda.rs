@@ -63,17 +63,22 @@ pub struct WebvisionText {
 }
 
 pub fn read_webvision_text(root: &Path) -> Result<WebvisionText, BenchError> {
-    let index = crate::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false)?;
+    let index = crate::dataset::webvision::read(
+        root,
+        &[Source::Google, Source::Flickr],
+        false,
+        crate::dataset::PageTexts::in_dir(&std::env::temp_dir()),
+    )?;
     let mut out = WebvisionText {
         docs: Default::default(),
         labels: Vec::with_capacity(index.train.len()),
         paths: Vec::with_capacity(index.train.len()),
         class_names: index.classes.iter().map(|c| c.name.clone()).collect(),
     };
-    for sample in index.train {
-        out.docs.train.push((sample.source, sample.text));
+    for sample in &index.train {
+        out.docs.train.push((sample.source, index.text(sample)?));
         out.labels.push(sample.label);
-        out.paths.push(sample.path);
+        out.paths.push(sample.path.clone());
     }
     Ok(out)
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use super::lines::ListFile;
 use super::{index_with_truth, ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample};
-use crate::sample::{SampleText, Source};
+use crate::sample::Source;
 
 /// Reads the training list (noisy labels) and, if `val`, the clean test list; writes the truth
 /// file into `work_dir`.
@@ -86,7 +86,7 @@ fn keyed(
                 label,
                 source: Source::Other,
                 query: 0,
-                text: SampleText::default(),
+                text: super::TextRef::EMPTY,
             })
         })
         .collect()

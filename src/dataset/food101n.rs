@@ -26,7 +26,7 @@ use std::path::Path;
 
 use super::lines::{Line, ListFile};
 use super::{index_with_truth, ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample};
-use crate::sample::{SampleText, Source};
+use crate::sample::Source;
 
 /// The header line each list starts with (the release has them; lists without are read too).
 const CLASSES_HEADER: &str = "class_name";
@@ -108,7 +108,7 @@ fn sample(
         label,
         source: Source::Other,
         query: 0,
-        text: SampleText::default(),
+        text: super::TextRef::EMPTY,
     })
 }
 

@@ -6,10 +6,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
+use super::{
+    ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs, PageTexts,
+};
 use crate::sample::{SampleText, Source};
 
-pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
+pub fn read(root: &Path, val: bool, mut texts: PageTexts) -> Result<DatasetIndex, DatasetError> {
     let train_root = if root.join("train").is_dir() {
         root.join("train")
     } else {
@@ -26,10 +28,10 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
             }
         })
         .collect();
-    let train = read_split(root, &train_root, &classes)?;
+    let train = read_split(root, &train_root, &classes, &mut texts)?;
     let val_root = root.join("val");
     let val = if val && val_root.is_dir() {
-        read_split(root, &val_root, &classes)?
+        read_split(root, &val_root, &classes, &mut texts)?
     } else {
         Vec::new()
     };
@@ -40,6 +42,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         val,
         repaired: FieldRepairs::default(),
         truth: None,
+        texts: texts.sealed()?,
     })
 }
 
@@ -47,7 +50,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
 /// line (paths relative to the root, labels the 0-based class folders in name order): the
 /// layout has no list of its own.
 pub fn clean_lists(root: &Path, keep: &HashSet<&str>) -> Result<Vec<CleanList>, DatasetError> {
-    let text = read(root, false)?
+    let text = read(root, false, PageTexts::default())?
         .train
         .iter()
         .filter(|s| keep.contains(s.path.as_str()))
@@ -63,6 +66,7 @@ fn read_split(
     root: &Path,
     split_root: &Path,
     classes: &[ClassInfo],
+    texts: &mut PageTexts,
 ) -> Result<Vec<DatasetSample>, DatasetError> {
     let mut samples = Vec::new();
     for dir in sorted_entries(split_root, true)? {
@@ -105,11 +109,11 @@ fn read_split(
                 label,
                 source: Source::Other,
                 query: 0,
-                text: SampleText {
+                text: texts.put(&SampleText {
                     title: None,
                     description,
                     tags: Vec::new(),
-                },
+                })?,
             });
         }
     }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::lines::ListFile;
 use super::{ClassInfo, DatasetError, DatasetSample};
-use crate::sample::{SampleText, Source};
+use crate::sample::Source;
 
 /// The images of `classes` under `root`, listed by `labels` or found in class folders.
 pub fn read(
@@ -31,7 +31,7 @@ pub fn read(
         label,
         source: Source::Other,
         query: 0,
-        text: SampleText::default(),
+        text: super::TextRef::EMPTY,
     };
     let mut samples = Vec::new();
     match labels {

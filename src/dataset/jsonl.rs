@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::lines::{file_in_root, ListFile};
-use super::{ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs};
+use super::{
+    ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepairs, PageTexts,
+};
 use crate::sample::{SampleText, Source};
 
 #[derive(Deserialize)]
@@ -41,7 +43,7 @@ impl Label {
     }
 }
 
-pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
+pub fn read(root: &Path, val: bool, mut texts: PageTexts) -> Result<DatasetIndex, DatasetError> {
     let train = read_records(&ListFile::read(root.join("train.jsonl"))?)?;
     let classes_path = root.join("classes.txt");
     let classes = if classes_path.exists() {
@@ -59,10 +61,10 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
     } else {
         distinct_classes(train.iter().map(|(_, r)| r.label.key()))
     };
-    let to_samples = |records: Vec<(usize, Record)>, path: &Path| {
+    let mut to_samples = |records: Vec<(usize, Record)>, path: &Path| {
         records
             .into_iter()
-            .map(|(line, r)| sample(root, &classes, r, path, line))
+            .map(|(line, r)| sample(root, &classes, r, path, line, &mut texts))
             .collect::<Result<Vec<_>, _>>()
     };
     let train = to_samples(train, &root.join("train.jsonl"))?;
@@ -79,6 +81,7 @@ pub fn read(root: &Path, val: bool) -> Result<DatasetIndex, DatasetError> {
         val,
         repaired: FieldRepairs::default(),
         truth: None,
+        texts: texts.sealed()?,
     })
 }
 
@@ -129,6 +132,7 @@ fn sample(
     r: Record,
     path: &Path,
     line: usize,
+    texts: &mut PageTexts,
 ) -> Result<DatasetSample, DatasetError> {
     let key = r.label.key();
     let label = classes
@@ -146,10 +150,10 @@ fn sample(
         label,
         source: Source::Other,
         query: 0,
-        text: SampleText {
+        text: texts.put(&SampleText {
             title: r.title,
             description: r.description.or(r.text),
             tags: r.tags,
-        },
+        })?,
     })
 }

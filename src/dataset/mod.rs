@@ -16,6 +16,7 @@ pub mod imagenet_val;
 pub mod jsonl;
 mod lines;
 pub mod synthetic;
+pub mod texts;
 pub mod webvision;
 
 use std::collections::HashSet;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::recipe::params::{ClassSubset, DatasetFormat, DatasetParams};
 use crate::sample::{SampleText, Source, Split};
+pub use texts::{PageTexts, TextRef};
 
 /// One class: its id (WordNet id or folder name) and a readable name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,11 +56,12 @@ pub struct DatasetSample {
     pub source: Source,
     /// WebVision query id; 0 where there is none.
     pub query: u32,
-    pub text: SampleText,
+    /// Its page text, in the index's [`PageTexts`] ([`DatasetIndex::text`]).
+    pub text: TextRef,
 }
 
 /// Everything a dataset lists, before any image is read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct DatasetIndex {
     pub classes: Vec<ClassInfo>,
     pub queries: Vec<QueryInfo>,
@@ -69,9 +72,16 @@ pub struct DatasetIndex {
     /// A TSV naming each training image's true label, for a dataset that knows its noise (the
     /// generated one); the ingest stage keeps it beside the store.
     pub truth: Option<PathBuf>,
+    /// The samples' page texts.
+    pub texts: PageTexts,
 }
 
 impl DatasetIndex {
+    /// The page text of `sample`, one of this index's.
+    pub fn text(&self, sample: &DatasetSample) -> Result<SampleText, DatasetError> {
+        self.texts.get(sample.text)
+    }
+
     pub fn samples(&self, split: Split) -> &[DatasetSample] {
         match split {
             Split::Train => &self.train,
@@ -332,6 +342,7 @@ fn index_with_truth(
         val,
         repaired: FieldRepairs::default(),
         truth: Some(truth_path),
+        texts: PageTexts::default(),
     })
 }
 
@@ -425,14 +436,17 @@ fn root(params: &DatasetParams) -> Result<&Path, DatasetError> {
 pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, DatasetError> {
     let root = || root(params);
     let subset = &params.classes;
+    let texts = PageTexts::in_dir(work_dir);
     let mut index = match params.format {
         DatasetFormat::Webvision => {
-            webvision::read_with(root()?, &params.sources, params.val, subset)?
+            webvision::read_with(root()?, &params.sources, params.val, subset, texts)?
         }
         DatasetFormat::Imagefolder => {
-            imagefolder::read(root()?, params.val)?.restrict(subset, root()?)?
+            imagefolder::read(root()?, params.val, texts)?.restrict(subset, root()?)?
         }
-        DatasetFormat::Jsonl => jsonl::read(root()?, params.val)?.restrict(subset, root()?)?,
+        DatasetFormat::Jsonl => {
+            jsonl::read(root()?, params.val, texts)?.restrict(subset, root()?)?
+        }
         DatasetFormat::Clothing1m => {
             clothing1m::read(root()?, params.val, work_dir)?.restrict(subset, root()?)?
         }
@@ -441,7 +455,8 @@ pub fn read(params: &DatasetParams, work_dir: &Path) -> Result<DatasetIndex, Dat
         }
         DatasetFormat::Synthetic => {
             let generated = synthetic::generate(&params.synthetic, work_dir)?;
-            let index = webvision::read_with(&generated.root, &params.sources, params.val, subset)?;
+            let index =
+                webvision::read_with(&generated.root, &params.sources, params.val, subset, texts)?;
             DatasetIndex {
                 truth: Some(generated.truth),
                 ..index
@@ -490,7 +505,7 @@ mod tests {
             label,
             source: Source::Other,
             query: 0,
-            text: SampleText::default(),
+            text: TextRef::EMPTY,
         };
         let samples = vec![
             sample("a", 0),

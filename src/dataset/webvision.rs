@@ -27,7 +27,7 @@ use serde_json::Value;
 use super::lines::{Line, ListFile};
 use super::{
     ClassInfo, CleanList, DatasetError, DatasetIndex, DatasetSample, FieldRepair, FieldRepairs,
-    LabelMap, QueryInfo, Repair,
+    LabelMap, PageTexts, QueryInfo, Repair, TextRef,
 };
 use crate::recipe::params::ClassSubset;
 use crate::sample::{SampleText, Source};
@@ -36,9 +36,14 @@ use crate::sample::{SampleText, Source};
 pub const VAL_IMAGES: &str = "val_images_256";
 
 /// Reads the training lists of `sources` (the `all` lists when both are asked for, keeping
-/// their order) and, if `val`, the validation list: every class.
-pub fn read(root: &Path, sources: &[Source], val: bool) -> Result<DatasetIndex, DatasetError> {
-    read_with(root, sources, val, &ClassSubset::All)
+/// their order) and, if `val`, the validation list: every class; the page texts into `texts`.
+pub fn read(
+    root: &Path,
+    sources: &[Source],
+    val: bool,
+    texts: PageTexts,
+) -> Result<DatasetIndex, DatasetError> {
+    read_with(root, sources, val, &ClassSubset::All, texts)
 }
 
 /// [`read`] of the classes `subset` keeps, relabelled 0.. in `synsets.txt` order. The lines
@@ -49,6 +54,7 @@ pub fn read_with(
     sources: &[Source],
     val: bool,
     subset: &ClassSubset,
+    mut texts: PageTexts,
 ) -> Result<DatasetIndex, DatasetError> {
     let info = root.join("info");
     let synsets = info.join("synsets.txt");
@@ -72,7 +78,7 @@ pub fn read_with(
         let (_, label) = file_line.pair::<u32>("path", "label")?;
         check_label(&file_line, label, all_classes.len())?;
         if let Some(label) = map.get(label) {
-            let sample = train_sample(root, &file_line, &meta_line, &mut pages)?;
+            let sample = train_sample(root, &file_line, &meta_line, &mut pages, &mut texts)?;
             train.push(DatasetSample { label, ..sample });
         }
     }
@@ -88,6 +94,7 @@ pub fn read_with(
         val,
         repaired: pages.repaired,
         truth: None,
+        texts: texts.sealed()?,
     })
 }
 
@@ -207,6 +214,7 @@ fn train_sample(
     file_line: &Line<'_>,
     meta_line: &Line<'_>,
     pages: &mut MetaCache<'_>,
+    texts: &mut PageTexts,
 ) -> Result<DatasetSample, DatasetError> {
     let (path, label) = file_line.pair::<u32>("path", "label")?;
     let file = file_line.file_in_root(root, "", path)?;
@@ -222,7 +230,7 @@ fn train_sample(
             ),
         ));
     }
-    let text = pages.text(meta_path, row, source, meta_line)?;
+    let text = texts.put(&pages.text(meta_path, row, source, meta_line)?)?;
     Ok(DatasetSample {
         path: path.to_string(),
         file,
@@ -283,7 +291,7 @@ fn read_val(
                 label,
                 source: Source::Other,
                 query: 0,
-                text: SampleText::default(),
+                text: TextRef::EMPTY,
             });
         }
     }

@@ -223,6 +223,7 @@ pub fn ingest_with(
             val: second_val,
             repaired: FieldRepairs::default(),
             truth: None,
+            texts: dataset::PageTexts::default(),
         };
         ingest_index(&second, params, &dir.join(SECOND_VAL_DIR), options)?;
     }
@@ -266,8 +267,19 @@ fn ingest_index(
         index.classes.len(),
         &target.env_dir,
     )?;
+    let work = WorkList {
+        samples: &work,
+        texts: &index.texts,
+    };
     write_images(&target, &env, &tables, &work, params, options, &mut counts)?;
     finish(&target, &env, &tables, index, params, &counts)
+}
+
+/// What the ingest writes: the samples in store order, and their texts.
+#[derive(Clone, Copy)]
+struct WorkList<'a> {
+    samples: &'a [(Split, &'a DatasetSample)],
+    texts: &'a dataset::PageTexts,
 }
 
 /// The store being written: where, and how its LMDB errors read.
@@ -338,11 +350,15 @@ fn write_images(
     target: &Target,
     env: &heed::Env<heed::WithoutTls>,
     tables: &Tables,
-    work: &[(Split, &DatasetSample)],
+    work: &WorkList,
     params: &DatasetParams,
     options: &IngestOptions,
     counts: &mut Counts,
 ) -> Result<(), IngestError> {
+    let WorkList {
+        samples: work,
+        texts,
+    } = *work;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads)
         .build()
@@ -386,7 +402,12 @@ fn write_images(
                     let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
                     return Err(lmdb(heed::Error::Io(full)));
                 }
-                while let Err(error) = write_chunk(env, tables, work, &chunk, counts) {
+                // Texts are read from the index's file as their samples are written.
+                let chunk_texts = (0..chunk.results.len())
+                    .map(|offset| texts.get(work[chunk.start as usize + offset].1.text))
+                    .collect::<Result<Vec<_>, _>>()?;
+                while let Err(error) = write_chunk(env, tables, work, &chunk, &chunk_texts, counts)
+                {
                     match error {
                         heed::Error::Mdb(heed::MdbError::MapFull) => grow_map(env).map_err(lmdb)?,
                         other => return Err(lmdb(other)),
@@ -765,6 +786,7 @@ fn write_chunk(
     tables: &Tables,
     work: &[(Split, &DatasetSample)],
     chunk: &Chunk,
+    texts: &[crate::sample::SampleText],
     counts: &mut Counts,
 ) -> Result<(), heed::Error> {
     let mut txn = env.write_txn()?;
@@ -780,7 +802,7 @@ fn write_chunk(
                     label: sample.label,
                     source: sample.source,
                     query: sample.query,
-                    text: sample.text.clone(),
+                    text: texts[offset].clone(),
                     path: sample.path.clone(),
                 };
                 tables.meta(split).put(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::{Rgb, RgbImage};
-use websieve::dataset::{self, DatasetError};
+use websieve::dataset::{self, DatasetError, PageTexts};
 use websieve::loader::{self, crop_boxes, LoaderConfig};
 use websieve::recipe::params::{
     CropSet, DatasetFormat, DatasetParams, Precision, ResizeMode, SamplerKind, StoreEncoding,
@@ -304,6 +304,11 @@ fn write_webvision_fixture(root: &Path) -> Vec<FixtureImage> {
     images
 }
 
+/// Page texts kept in the temporary folder, for readers called directly.
+fn page_texts() -> PageTexts {
+    PageTexts::in_dir(&std::env::temp_dir())
+}
+
 fn expected_text(image: &FixtureImage) -> SampleText {
     let flickr = image.path.starts_with("flickr");
     SampleText {
@@ -434,7 +439,8 @@ fn meta_rows_follow_the_meta_list_not_the_file_order() {
         (vec![Source::Google], "google"),
         (vec![Source::Google, Source::Flickr], ""),
     ] {
-        let index = websieve::dataset::webvision::read(root.path(), &sources, false).unwrap();
+        let index =
+            websieve::dataset::webvision::read(root.path(), &sources, false, page_texts()).unwrap();
         let expected: Vec<&FixtureImage> = images
             .iter()
             .filter(|i| i.path.starts_with(prefix))
@@ -442,7 +448,12 @@ fn meta_rows_follow_the_meta_list_not_the_file_order() {
         assert_eq!(index.train.len(), expected.len());
         for (sample, image) in index.train.iter().zip(expected) {
             assert_eq!(sample.path, image.path);
-            assert_eq!(sample.text, expected_text(image), "{}", image.path);
+            assert_eq!(
+                index.text(sample).unwrap(),
+                expected_text(image),
+                "{}",
+                image.path
+            );
         }
     }
 }
@@ -456,7 +467,8 @@ fn error_text(error: DatasetError, root: &Path) -> String {
 
 /// Reads the fixture with every source, for the error.
 fn read_error(root: &Path) -> DatasetError {
-    websieve::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false).unwrap_err()
+    websieve::dataset::webvision::read(root, &[Source::Google, Source::Flickr], false, page_texts())
+        .unwrap_err()
 }
 
 #[test]
@@ -566,6 +578,7 @@ fn list_paths_that_leave_the_root_are_refused_with_file_and_line() {
             root.path(),
             &[Source::Google, Source::Flickr],
             true,
+            page_texts(),
         )
         .unwrap_err();
         assert!(
@@ -666,8 +679,13 @@ fn wrong_typed_meta_fields_are_converted_or_dropped_and_counted() {
         let array = serde_json::Value::Array(vec![row; rows]);
         write(&root.path().join(file), array.to_string().as_bytes());
     }
-    let index =
-        dataset::webvision::read(root.path(), &[Source::Google, Source::Flickr], false).unwrap();
+    let index = dataset::webvision::read(
+        root.path(),
+        &[Source::Google, Source::Flickr],
+        false,
+        page_texts(),
+    )
+    .unwrap();
     assert_eq!(index.repaired.total, 22);
     assert_eq!(index.repaired.first.len(), dataset::FieldRepairs::LISTED);
 }
@@ -1211,7 +1229,7 @@ fn imagenette_web_ingests_with_the_counts_its_readme_states() {
         vec![440, 257, 526, 215, 900, 753, 308, 368, 629, 180]
     );
     assert_eq!(store.header().val_counts, vec![200; 10]);
-    let index = dataset::webvision::read(&root, &[Source::Google], false).unwrap();
+    let index = dataset::webvision::read(&root, &[Source::Google], false, page_texts()).unwrap();
     assert_eq!(index.train.len(), 1911);
 }
 
@@ -1286,7 +1304,7 @@ fn jsonl_reads_records_and_names_the_line_of_a_bad_one() {
 {"path": "img/b.jpg", "label": "ant", "text": "small"}
 "#,
     );
-    let index = dataset::jsonl::read(r, false).unwrap();
+    let index = dataset::jsonl::read(r, false, page_texts()).unwrap();
     assert_eq!(
         index
             .classes
@@ -1297,25 +1315,28 @@ fn jsonl_reads_records_and_names_the_line_of_a_bad_one() {
     );
     assert_eq!(index.train[0].label, 1);
     assert_eq!(
-        index.train[0].text,
+        index.text(&index.train[0]).unwrap(),
         SampleText {
             title: Some("stripes".into()),
             description: None,
             tags: vec!["x".into()]
         }
     );
-    assert_eq!(index.train[1].text.description.as_deref(), Some("small"));
+    assert_eq!(
+        index.text(&index.train[1]).unwrap().description.as_deref(),
+        Some("small")
+    );
     write(
         &r.join("train.jsonl"),
         b"{\"path\": \"img/a.jpg\", \"label\": \"ant\"}\n{\"path\": \"img/b.jpg\"}\n",
     );
-    let error = dataset::jsonl::read(r, false).unwrap_err();
+    let error = dataset::jsonl::read(r, false, page_texts()).unwrap_err();
     insta::assert_snapshot!(error_text(error, r));
     write(
         &r.join("train.jsonl"),
         b"{\"path\": \"img/a.jpg\", \"label\": \"ant\"}\n{\"path\": \"img/../../b.jpg\", \"label\": \"ant\"}\n",
     );
-    let error = dataset::jsonl::read(r, false).unwrap_err();
+    let error = dataset::jsonl::read(r, false, page_texts()).unwrap_err();
     assert!(
         matches!(error, DatasetError::OutsideRoot { line: 2, .. }),
         "{error}"
