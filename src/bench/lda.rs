@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::BenchError;
 use crate::lda::{online_settings, LdaError, OnlineLda};
 use crate::recipe::params::{
-    CleanParams, CleanRule, LabelParams, LdaParams, Similarity, TextField, TextParams,
+    ClassMean, CleanParams, CleanRule, LabelParams, LdaParams, Similarity, TextField, TextParams,
 };
 use crate::recipe::Recipe;
 use crate::sample::Source;
@@ -101,21 +101,32 @@ pub struct NoiseSettings {
     pub seeds: u64,
 }
 
-/// The similarities a noise run compares, in the order of [`NoiseRuns::metrics`].
-pub const SIMILARITIES: [Similarity; 2] = [Similarity::Dot, Similarity::Cosine];
+/// The scorings a noise run compares (similarity, class mean), in the order of
+/// [`NoiseRuns::metrics`]: the original's plain class mean, and the trimmed one at its
+/// defaults.
+pub const SCORINGS: [(Similarity, ClassMean); 4] = [
+    (Similarity::Dot, ClassMean::All),
+    (Similarity::Cosine, ClassMean::All),
+    (Similarity::Dot, TRIMMED),
+    (Similarity::Cosine, TRIMMED),
+];
+const TRIMMED: ClassMean = ClassMean::Trimmed {
+    share: 0.3,
+    rounds: 2,
+};
 
 /// Noise detection with K topics over every seed.
 #[derive(Debug, Clone)]
 pub struct NoiseRuns {
-    /// `metrics[similarity][seed]`: AUC, macro AUC, share of the noisy removed, precision of
+    /// `metrics[scoring][seed]`: AUC, macro AUC, share of the noisy removed, precision of
     /// the removal; `None` where undefined (e.g. nothing discarded).
-    pub metrics: [Vec<[Option<f64>; 4]>; 2],
+    pub metrics: [Vec<[Option<f64>; 4]>; SCORINGS.len()],
     /// LDA training seconds, the mean over seeds.
     pub lda_seconds: f64,
 }
 
 /// Trains a K-topic model per seed on `data` as the `lda` stage does, and scores it with each
-/// of [`SIMILARITIES`], discarding `settings.discard` of each class, against the truth file.
+/// of [`SCORINGS`], discarding `settings.discard` of each class, against the truth file.
 pub fn noise_runs(
     data: &WebvisionText,
     settings: &NoiseSettings,
@@ -129,7 +140,7 @@ pub fn noise_runs(
         ..Recipe::default().text
     };
     let k = topics;
-    let mut metrics = [Vec::new(), Vec::new()];
+    let mut metrics: [Vec<[Option<f64>; 4]>; SCORINGS.len()] = Default::default();
     let mut seconds = 0.0;
     for seed in 1..=settings.seeds {
         let lda_dir = settings.work.join(format!("lda_k{k}_s{seed}"));
@@ -143,7 +154,7 @@ pub fn noise_runs(
         let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
         seconds += summary.train_seconds / settings.seeds as f64;
         let topics = crate::lda::read_topics(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?;
-        for (i, similarity) in SIMILARITIES.into_iter().enumerate() {
+        for (i, (similarity, mean)) in SCORINGS.into_iter().enumerate() {
             let inputs = ScoreInputs {
                 topics: &topics,
                 labels: &data.labels,
@@ -153,6 +164,7 @@ pub fn noise_runs(
             };
             let clean = CleanParams {
                 similarity,
+                mean,
                 rule: CleanRule::Fraction(settings.discard),
                 small_class_factor: 1.0,
                 truth: Some(settings.truth.clone()),
@@ -160,7 +172,7 @@ pub fn noise_runs(
             };
             let dir = settings
                 .work
-                .join(format!("score_k{k}_s{seed}_{similarity:?}").to_lowercase());
+                .join(format!("score_k{k}_s{seed}_{similarity:?}_{i}").to_lowercase());
             let scored = score::run_stage(&inputs, &clean, &LabelParams::Hard, &dir)?;
             let noise = scored.noise.ok_or_else(|| {
                 BenchError::NoNoiseMetrics(format!(

@@ -222,6 +222,10 @@ pub enum Alpha {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CleanParams {
     pub similarity: Similarity,
+    /// How each class's mean topic vector is estimated (out of the key when `All`, as before
+    /// it existed).
+    #[serde(skip_serializing_if = "ClassMean::is_all")]
+    pub mean: ClassMean,
     pub rule: CleanRule,
     /// Classes with fewer training samples than this are lenient: they discard
     /// `small_class_factor` times what the rule would.
@@ -229,6 +233,24 @@ pub struct CleanParams {
     pub small_class_factor: f64,
     /// Truth file (path, given_label, true_label, ...) for noise-detection metrics.
     pub truth: Option<PathBuf>,
+}
+
+/// How a class's mean topic vector is estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum ClassMean {
+    /// Over all of the class's samples.
+    All,
+    /// Over all but the lowest-scored `share` of the class, estimated again `rounds` times
+    /// from the scores of the previous estimate: 20-40% of a web class is noise, which pulls
+    /// the plain mean toward it.
+    Trimmed { share: f64, rounds: u32 },
+}
+
+impl ClassMean {
+    pub fn is_all(&self) -> bool {
+        *self == ClassMean::All
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -246,6 +246,13 @@ pub enum RawAlpha {
 pub struct RawClean {
     /// "dot" (the original code) or "cosine" (its write-up). Default: "dot".
     pub similarity: Option<RawSimilarity>,
+    /// Each class's mean topic vector: "all" its samples (the original), or "trimmed": all
+    /// but the lowest-scored `trim` share, estimated again `trim_rounds` times. Default: "all".
+    pub mean: Option<RawClassMean>,
+    /// Share of each class left out of a trimmed mean, lowest scores first. Default: 0.3.
+    pub trim: Option<f64>,
+    /// Times a trimmed mean is estimated again from the previous one's scores. Default: 2.
+    pub trim_rounds: Option<i64>,
     /// "none", "threshold" or "fraction". Default: "none".
     pub rule: Option<RawCleanRule>,
     /// Discard samples scoring below this (rule = "threshold").
@@ -258,6 +265,13 @@ pub struct RawClean {
     pub small_class_factor: Option<f64>,
     /// Truth TSV (path, given_label, true_label, ...) for noise-detection metrics.
     pub truth: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawClassMean {
+    All,
+    Trimmed,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

@@ -71,6 +71,15 @@ fn lda(l: &LdaParams) -> toml::Table {
 
 fn clean(c: &CleanParams) -> toml::Table {
     let mut t = serialized(c);
+    t.remove("mean");
+    match c.mean {
+        ClassMean::All => t.insert("mean".into(), "all".into()),
+        ClassMean::Trimmed { share, rounds } => {
+            t.insert("trim".into(), share.into());
+            t.insert("trim_rounds".into(), i64::from(rounds).into());
+            t.insert("mean".into(), "trimmed".into())
+        }
+    };
     let (kind, value) = match c.rule {
         CleanRule::None => ("none", None),
         CleanRule::Threshold(v) => ("threshold", Some(v)),

@@ -568,11 +568,35 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
         },
         RawCleanRule::Oracle => CleanRule::Oracle,
     };
+    let mean = match raw.mean.unwrap_or(RawClassMean::All) {
+        RawClassMean::All => {
+            for (key, set) in [
+                ("clean.trim", raw.trim.is_some()),
+                ("clean.trim_rounds", raw.trim_rounds.is_some()),
+            ] {
+                if set {
+                    v.error(key, "only with mean = \"trimmed\"");
+                }
+            }
+            ClassMean::All
+        }
+        RawClassMean::Trimmed => ClassMean::Trimmed {
+            share: v.check(
+                "clean.trim",
+                raw.trim,
+                0.3,
+                |t| (0.0..0.9).contains(&t),
+                "[0, 0.9)",
+            ),
+            rounds: v.within("clean.trim_rounds", raw.trim_rounds, 2, 1..=10),
+        },
+    };
     CleanParams {
         similarity: match raw.similarity.unwrap_or(RawSimilarity::Dot) {
             RawSimilarity::Dot => Similarity::Dot,
             RawSimilarity::Cosine => Similarity::Cosine,
         },
+        mean,
         rule,
         small_class: v.at_least("clean.small_class", raw.small_class, 0, 0),
         small_class_factor: v.unit("clean.small_class_factor", raw.small_class_factor, 0.5),

@@ -191,7 +191,13 @@ pub fn run_stage(
     check_inputs(inputs)?;
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
     let classes = inputs.class_names.len();
-    let score = scores(inputs.topics, inputs.labels, classes, clean.similarity)?;
+    let score = scores(
+        inputs.topics,
+        inputs.labels,
+        classes,
+        clean.similarity,
+        clean.mean,
+    )?;
     let noisy = match &clean.truth {
         Some(path) => {
             let truth = read_truth(path)?;

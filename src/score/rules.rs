@@ -2,14 +2,18 @@
 //! samples the cleaning rule discards, λ maps, and noise-detection metrics.
 
 use super::{ScoreError, TopicRows};
-use crate::recipe::params::{CleanParams, CleanRule, LabelParams, LambdaMap, Similarity};
+use crate::recipe::params::{
+    ClassMean, CleanParams, CleanRule, LabelParams, LambdaMap, Similarity,
+};
 
-/// Mean topic vector of each class (a class without samples gets zeros), in one pass over the
-/// topic vectors; every vector must have as many topics as the first.
+/// Mean topic vector of each class over the samples `include` holds (all without it; a class
+/// without samples gets zeros), in one pass over the topic vectors; every vector must have as
+/// many topics as the first.
 pub fn class_means(
     topics: &dyn TopicRows,
     labels: &[u32],
     classes: usize,
+    include: Option<&[bool]>,
 ) -> Result<Vec<Vec<f64>>, ScoreError> {
     let mut sums: Vec<Vec<f64>> = Vec::new();
     let mut counts = vec![0usize; classes];
@@ -20,6 +24,9 @@ pub fn class_means(
         }
         if theta.len() != sums[0].len() {
             mismatch.get_or_insert((i, theta.len(), sums[0].len()));
+            return;
+        }
+        if include.is_some_and(|inc| !inc[i]) {
             return;
         }
         let label = labels[i] as usize;
@@ -60,20 +67,37 @@ pub fn similarity(kind: Similarity, theta: &[f32], mean: &[f64]) -> f64 {
     }
 }
 
-/// Every sample's similarity to the mean of its (given) class: two passes over the topic
-/// vectors, the class means first.
+/// Every sample's similarity to the mean of its (given) class, the means estimated as `mean`
+/// says: two passes over the topic vectors, and two more per round of a trimmed mean.
 pub fn scores(
     topics: &dyn TopicRows,
     labels: &[u32],
     classes: usize,
     kind: Similarity,
+    mean: ClassMean,
 ) -> Result<Vec<f64>, ScoreError> {
-    let means = class_means(topics, labels, classes)?;
-    let mut scores = Vec::with_capacity(labels.len());
-    topics.for_each_row(&mut |i, theta| {
-        scores.push(similarity(kind, theta, &means[labels[i] as usize]))
-    })?;
-    Ok(scores)
+    let score_all = |means: &[Vec<f64>]| -> Result<Vec<f64>, ScoreError> {
+        let mut scores = Vec::with_capacity(labels.len());
+        topics.for_each_row(&mut |i, theta| {
+            scores.push(similarity(kind, theta, &means[labels[i] as usize]))
+        })?;
+        Ok(scores)
+    };
+    let mut means = class_means(topics, labels, classes, None)?;
+    if let ClassMean::Trimmed { share, rounds } = mean {
+        for _ in 0..rounds {
+            let scores = score_all(&means)?;
+            let mut include = vec![true; scores.len()];
+            for members in by_class_ascending(&scores, labels, classes) {
+                let left_out = (share * members.len() as f64).floor() as usize;
+                for &i in &members[..left_out] {
+                    include[i] = false;
+                }
+            }
+            means = class_means(topics, labels, classes, Some(&include))?;
+        }
+    }
+    score_all(&means)
 }
 
 /// Sample indices of each class, lowest score first (ties by index).
@@ -210,13 +234,42 @@ mod tests {
         // Class 0: (1,0) and (0.5,0.5) → mean (0.75, 0.25).
         let topics = vec![vec![1.0, 0.0], vec![0.5, 0.5], vec![0.0, 1.0]];
         let labels = [0, 0, 1];
-        let dot = scores(&topics, &labels, 2, Similarity::Dot).unwrap();
+        let dot = scores(&topics, &labels, 2, Similarity::Dot, ClassMean::All).unwrap();
         assert_eq!(dot, [0.75, 0.5, 1.0]);
-        let cos = scores(&topics, &labels, 2, Similarity::Cosine).unwrap();
+        let cos = scores(&topics, &labels, 2, Similarity::Cosine, ClassMean::All).unwrap();
         let norm = (0.75f64 * 0.75 + 0.25 * 0.25).sqrt();
         assert!((cos[0] - 0.75 / norm).abs() < 1e-12);
         assert!((cos[1] - 0.5 / (norm * 0.5f64.sqrt())).abs() < 1e-12);
         assert!((cos[2] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_trimmed_mean_leaves_the_lowest_scored_share_out() {
+        // Class 0: 7 samples at (1,0), 3 at (0,1); class 1: one at (0,1). The plain mean of
+        // class 0 is (0.7, 0.3); left without its lowest-scored 30% (the three at (0,1)) it is
+        // (1, 0), where those three score 0.
+        let mut topics = vec![vec![1.0f32, 0.0]; 7];
+        topics.extend(vec![vec![0.0, 1.0]; 4]);
+        let mut labels = vec![0u32; 10];
+        labels.push(1);
+        let plain = scores(&topics, &labels, 2, Similarity::Dot, ClassMean::All).unwrap();
+        assert!((plain[0] - 0.7).abs() < 1e-12 && (plain[7] - 0.3).abs() < 1e-12);
+        let trimmed = ClassMean::Trimmed {
+            share: 0.3,
+            rounds: 1,
+        };
+        let robust = scores(&topics, &labels, 2, Similarity::Dot, trimmed).unwrap();
+        assert_eq!(robust[..7], [1.0; 7]);
+        assert_eq!(robust[7..10], [0.0; 3]);
+        // A share that leaves nobody out is the plain mean.
+        let none_out = ClassMean::Trimmed {
+            share: 0.05,
+            rounds: 2,
+        };
+        assert_eq!(
+            scores(&topics, &labels, 2, Similarity::Dot, none_out).unwrap(),
+            plain
+        );
     }
 
     #[test]

@@ -273,6 +273,8 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
                 "train.init=\"x.safetensors\"",
                 "train.holdout=0.1",
                 "train.eval_every=2",
+                "clean.mean=\"trimmed\"",
+                "clean.trim=0.25",
             ],
         )
         .unwrap(),

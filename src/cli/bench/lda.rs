@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use websieve::bench::lda::{
-    noise_runs, read_webvision_text, train_and_infer, NoiseSettings, SIMILARITIES,
+    noise_runs, read_webvision_text, train_and_infer, NoiseSettings, SCORINGS,
 };
-use websieve::recipe::params::LdaParams;
+use websieve::recipe::params::{ClassMean, LdaParams};
 use websieve::recipe::Recipe;
 use websieve::text::{SparseDoc, Vocabulary};
 
@@ -336,8 +336,15 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
     for &k in &args.topics {
         let runs = noise_runs(&data, &settings, k)?;
         let seconds = runs.lda_seconds;
-        for (metrics, similarity) in runs.metrics.iter().zip(SIMILARITIES) {
-            let name = format!("{similarity:?}").to_lowercase();
+        for (metrics, (similarity, mean)) in runs.metrics.iter().zip(SCORINGS) {
+            let name = match mean {
+                ClassMean::All => format!("{similarity:?}").to_lowercase(),
+                ClassMean::Trimmed { share, rounds } => format!(
+                    "{}, mean trimmed {:.0}% × {rounds}",
+                    format!("{similarity:?}").to_lowercase(),
+                    share * 100.0
+                ),
+            };
             let cell = |j: usize| {
                 // Undefined for any seed (e.g. nothing discarded): no mean to show.
                 let Some(v) = metrics.iter().map(|m| m[j]).collect::<Option<Vec<f64>>>() else {
