@@ -259,6 +259,41 @@ impl Store {
     }
 
     /// A reader with its own read transaction (one per thread).
+    /// Gives back this process's mapping of the store pages read so far. LMDB reads through a
+    /// memory map, so every page a pass over the store touches stays in the process's
+    /// resident memory until the kernel needs it (6 GB of RSS at 2.4M samples for one pass
+    /// over the texts); stages that stream the whole store call this every so many samples.
+    /// The pages stay in the page cache, and reading them again maps them again.
+    pub fn release_mapped_pages(&self) {
+        let Ok(data) = self.inner.dir.join("data.mdb").canonicalize() else {
+            return;
+        };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
+        let data = data.to_string_lossy();
+        for line in maps.lines().filter(|l| l.ends_with(data.as_ref())) {
+            let Some((start, end)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|range| range.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        usize::from_str_radix(a, 16).ok()?,
+                        usize::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+            else {
+                continue;
+            };
+            // SAFETY: the range is LMDB's read-only, shared mapping of the data file, listed by
+            // the kernel. Dropping its page-table entries loses nothing (the file holds the
+            // data), and a slice into it that is still alive reads the same bytes again on
+            // its next access.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+    }
+
     pub fn reader(&self) -> Result<StoreReader<'_>, StoreError> {
         let txn = self
             .inner

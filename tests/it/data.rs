@@ -858,6 +858,54 @@ fn synthetic_store(dir: &Path) -> Arc<Store> {
     Arc::new(Store::open(dir).unwrap())
 }
 
+/// Resident kB of this process's mappings of `file` (from `/proc/self/smaps`).
+fn resident_kb_of(file: &Path) -> u64 {
+    let file = file.canonicalize().unwrap().display().to_string();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+            && line.contains(' ')
+        {
+            inside = line.ends_with(&file);
+        } else if let Some(rest) = line.strip_prefix("Rss:").filter(|_| inside) {
+            kb += rest.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+        }
+    }
+    kb
+}
+
+/// A pass over the store leaves its pages mapped (resident) until the store gives them back.
+#[test]
+fn a_store_gives_back_the_pages_a_pass_mapped() {
+    let stage = tempfile::tempdir().unwrap();
+    let store = synthetic_store(stage.path());
+    let data = stage.path().join("store/data.mdb");
+    let reader = store.reader().unwrap();
+    let images: Vec<image::RgbImage> = (0..store.len(Split::Train))
+        .map(|id| reader.image(Split::Train, id).unwrap())
+        .collect();
+    drop(reader);
+    let bytes: usize = images.iter().map(|i| i.as_raw().len()).sum();
+    let mapped = resident_kb_of(&data);
+    assert!(
+        mapped * 1024 >= bytes as u64 / 2,
+        "{mapped} kB resident after reading {bytes} bytes"
+    );
+    store.release_mapped_pages();
+    assert_eq!(resident_kb_of(&data), 0);
+    // Reading again maps the pages again: the same images.
+    let reader = store.reader().unwrap();
+    for (id, image) in images.iter().enumerate() {
+        assert_eq!(&reader.image(Split::Train, id as u64).unwrap(), image);
+    }
+    assert!(resident_kb_of(&data) > 0);
+}
+
 #[test]
 fn synthetic_dataset_has_long_tail_noise_and_a_truth_file() {
     let stage = tempfile::tempdir().unwrap();
