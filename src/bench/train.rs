@@ -68,7 +68,7 @@ pub fn cases(settings: &CaseSettings) -> Vec<TrainCase> {
     };
     let mut cases = Vec::new();
     for &precision in &settings.precisions {
-        for &topics in &settings.topics {
+        for &topics in settings.topics.iter().filter(|_| settings.full_batch > 0) {
             cases.push(TrainCase {
                 name: "width 1, 224 px",
                 model: model(1.0, 224, topics),

@@ -29,7 +29,7 @@ pub struct TrainBenchArgs {
     /// `cpu` or `cuda:<ordinal>`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Batch size for the full GoogLeNet at 224 px.
+    /// Batch size for the full GoogLeNet at 224 px; 0 skips it.
     #[arg(long, default_value_t = 4)]
     pub full_batch: usize,
     /// Batch size for the small GoogLeNet (width 1/8, 64 px); 0 skips it.

@@ -175,7 +175,7 @@ impl Drop for Scratch {
 fn im2col(g: &Geometry, x: &[f32]) -> Scratch {
     let (p, plane) = (g.p(), g.h * g.w);
     let mut cols = Scratch::new(g.k() * g.np());
-    cols.par_chunks_mut(g.np())
+    cols.par_chunks_mut(g.np().max(1))
         .enumerate()
         .for_each(|(row, out)| {
             if !g.is_pointwise() {
@@ -342,8 +342,12 @@ struct Wanted {
 fn output_grad(g: &Geometry, dy: &[f32], y: Option<&[f32]>) -> (Scratch, Vec<f32>) {
     let (p, np) = (g.p(), g.np());
     let mut dz = Scratch::new(g.o * np);
+    if np == 0 {
+        // An empty batch: no rows to split by channel, and every channel sums to 0.
+        return (dz, vec![0.0; g.o]);
+    }
     let sums = dz
-        .par_chunks_mut(np.max(1))
+        .par_chunks_mut(np)
         .enumerate()
         .map(|(o, dz)| {
             let mut sum = 0f32;

@@ -732,6 +732,22 @@ mod tests {
         (worst, scale)
     }
 
+    /// An empty batch convolves to an empty output, and its gradients are empty or zero
+    /// (`runner bench train --full-batch 0` used to panic in im2col).
+    #[test]
+    fn an_empty_batch_has_an_empty_output_and_zero_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::zeros((0, 3, 8, 8), DType::F32, &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::ones((4, 3, 3, 3), DType::F32, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::ones(4, DType::F32, &dev).unwrap()).unwrap();
+        let y = conv2d_bias_relu(&x, &w, &b, 1, 1).unwrap();
+        assert_eq!(y.dims(), [0, 4, 8, 8]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads.get(&x).unwrap().dims(), [0, 3, 8, 8]);
+        let dw = grads.get(&w).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(dw.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
     /// Value and gradients of a weighted sum of the output, ours against candle's own conv
     /// (and its `broadcast_add` + `relu` for the fused op), within 1e-5 of the largest value:
     /// the plain convolution and the fused one, with a bias of both signs so that the ReLU
