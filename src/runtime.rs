@@ -48,6 +48,8 @@ const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("cannot start the threads of train.cpu_ranks: {0}")]
+    Threads(String),
     #[error("{var}={value:?}: {problem}")]
     BadVar {
         var: &'static str,
@@ -722,8 +724,9 @@ fn combine(contributions: &[(CollectiveOp, Vec<f32>)]) -> Result<Vec<f32>, Strin
     }
 }
 
-/// One rank of a group of threads in one process, for tests: each round, the last rank to
-/// arrive combines every rank's contribution in rank order and wakes the others.
+/// One rank of a group of threads in one process (`train.cpu_ranks`, and tests): each round,
+/// the last rank to arrive combines every rank's contribution in rank order and wakes the
+/// others.
 pub struct ThreadGroupMember {
     rank: usize,
     world_size: usize,

@@ -15,7 +15,7 @@ use super::BenchError;
 use crate::model::GoogLeNet;
 use crate::recipe::params::{Arch, ModelParams, Precision, SgdParams};
 use crate::recipe::Recipe;
-use crate::runtime::SingleProcess;
+use crate::runtime::{shard_rows, Collective, RuntimeError, SingleProcess, ThreadGroupMember};
 use crate::train::optim::{DivergenceGuard, Sgd};
 use crate::train::{set_tf32, train_step, StepInput, Targets, TrainError, SPIKE_FACTOR};
 
@@ -131,14 +131,48 @@ fn time(
 }
 
 /// Times `case` on `device`: the eval forward pass, and the trainer's step on one random
-/// batch (lr 1e-3, the recipe's other SGD defaults).
+/// batch (lr 1e-3, the recipe's other SGD defaults). With `cpu_ranks` > 1, as `ranks`
+/// threads of one thread each sharing every batch (`train.cpu_ranks`); rank 0's timing.
 pub fn measure(
     case: &TrainCase,
     device: &Device,
     steps: StepCounts,
+    cpu_ranks: usize,
+) -> Result<TrainTiming, BenchError> {
+    if cpu_ranks <= 1 {
+        return measure_rank(case, device, steps, &mut SingleProcess);
+    }
+    std::thread::scope(|scope| {
+        let ranks: Vec<_> = ThreadGroupMember::group(cpu_ranks)
+            .into_iter()
+            .map(|mut member| {
+                scope.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .map_err(|e| TrainError::from(RuntimeError::Threads(e.to_string())))?;
+                    pool.install(|| measure_rank(case, device, steps, &mut member))
+                })
+            })
+            .collect();
+        let mut timings = ranks
+            .into_iter()
+            .map(|rank| rank.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        let first = timings.next().expect("at least one rank");
+        timings.find(Result::is_err).unwrap_or(first)
+    })
+}
+
+/// [`measure`] as one rank of `collective`: its rows of the batch, the whole batch's rate.
+fn measure_rank(
+    case: &TrainCase,
+    device: &Device,
+    steps: StepCounts,
+    collective: &mut dyn Collective,
 ) -> Result<TrainTiming, BenchError> {
     set_tf32(case.precision == Precision::Tf32);
     let (model, batch) = (&case.model, case.batch);
+    let (first_row, rows) = shard_rows(batch, collective.rank(), collective.world_size());
     let net = GoogLeNet::new(model, case.classes, case.topics, 0, device)?;
     let sgd_params = SgdParams {
         lr: 1e-3,
@@ -146,21 +180,23 @@ pub fn measure(
     };
     let mut sgd = Sgd::new(net.vars().to_vec(), &sgd_params).map_err(TrainError::from)?;
     let side = model.input_size as usize;
-    let images = Tensor::randn(0f32, 50.0, (batch, 3, side, side), device)?
+    let images = Tensor::randn(0f32, 50.0, (rows, 3, side, side), device)?
         .to_dtype(case.precision.activations())?;
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i % case.classes as u32).collect();
+    let labels: Vec<u32> = (first_row..first_row + rows)
+        .map(|i| i as u32 % case.classes as u32)
+        .collect();
     let topics = match case.topics {
         0 => None,
         k => Some(candle_nn::ops::softmax_last_dim(&Tensor::randn(
             0f32,
             1.0,
-            (batch, k),
+            (rows, k),
             device,
         )?)?),
     };
     let targets = Targets {
-        labels: Tensor::from_vec(labels, batch, device)?,
-        lambdas: Tensor::ones(batch, DType::F32, device)?,
+        labels: Tensor::from_vec(labels, rows, device)?,
+        lambdas: Tensor::ones(rows, DType::F32, device)?,
         topics,
     };
     let forward = time(device, steps, || {
@@ -175,20 +211,13 @@ pub fn measure(
             images: &images,
             targets: &targets,
             rng: &rng,
-            first_row: 0,
+            first_row,
             global_rows: batch,
             step: calls,
             lr: sgd_params.lr,
         };
         let started = Instant::now();
-        let outcome = train_step(
-            &net,
-            &mut sgd,
-            &mut guard,
-            model,
-            &input,
-            &mut SingleProcess,
-        )?;
+        let outcome = train_step(&net, &mut sgd, &mut guard, model, &input, collective)?;
         outcome.update.map_err(TrainError::Diverged)?;
         device.synchronize()?;
         // The phases of the timed steps only: the warm-up steps pick cuDNN algorithms.

@@ -339,11 +339,21 @@ pub struct TrainParams {
     pub on_divergence: OnDivergence,
     /// Loader threads.
     pub workers: usize,
+    /// On the CPU, ranks of data parallelism in this process, each a thread that computes
+    /// alone on its share of every batch (`batch_per_device` is still the whole batch): the
+    /// same training up to float rounding, and faster than one rank splitting each small
+    /// operation over the threads. Out of the key when 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub cpu_ranks: usize,
     pub seed: u64,
     /// Training samples held out to choose the best epoch on; `None` without a holdout (its
     /// keys are then absent from the serialized settings, so earlier train keys hold).
     #[serde(flatten)]
     pub holdout: Option<Holdout>,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// `train.holdout` and `train.eval_every`: a share of each class's training samples is kept

@@ -386,6 +386,10 @@ pub struct RawTrain {
     pub init: Option<String>,
     /// Loader threads. Default: 4.
     pub workers: Option<i64>,
+    /// On the CPU: ranks of data parallelism in this process, one thread each, sharing every
+    /// batch (`batch_per_device` stays the whole batch); set it to the cores you give the run.
+    /// The same training up to float rounding. Default: 1.
+    pub cpu_ranks: Option<i64>,
     /// Seed of the weights, sampling, augmentation, dropout and the holdout. Default: 0.
     pub seed: Option<i64>,
     /// Share of each class's training samples held out of training, to choose the best epoch

@@ -214,6 +214,21 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
     } {
         text_free(&mut v, format, &clean, &labels, &model, &train);
     }
+    if train.cpu_ranks > 1 && train.devices != Devices::Cpu {
+        v.error(
+            "train.cpu_ranks",
+            "ranks of threads are for the CPU (train.devices = \"cpu\"); GPUs get a process each",
+        );
+    }
+    if train.cpu_ranks > train.batch_per_device {
+        v.error(
+            "train.cpu_ranks",
+            format!(
+                "{} ranks share each batch of train.batch_per_device = {}: every rank needs a row",
+                train.cpu_ranks, train.batch_per_device
+            ),
+        );
+    }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
         v.error(
             "train.sampler",
@@ -846,6 +861,7 @@ fn train(v: &mut Validator, raw: RawTrain) -> TrainParams {
         init: raw.init,
         on_divergence,
         workers: v.at_least("train.workers", raw.workers, 4, 1),
+        cpu_ranks: v.within("train.cpu_ranks", raw.cpu_ranks, 1, 1..=64),
         seed: v.at_least("train.seed", raw.seed, 0, 0),
         holdout: holdout(v, raw.holdout, raw.eval_every),
     }

@@ -17,7 +17,7 @@ use crate::model::GoogLeNet;
 use crate::recipe::{CleanRule, CropSet, DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
 use crate::runtime::{
     connect_collective, resolve_device, visible_gpu_count, Collective, DeviceChoice, RuntimeError,
-    World,
+    SingleProcess, ThreadGroupMember, World,
 };
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
@@ -566,6 +566,45 @@ impl TrainData {
     }
 }
 
+/// Runs `train_rank` as `ranks` ranks of threads in this process, each on a thread pool of
+/// its own thread, summing gradients through a [`ThreadGroupMember`]; rank 0's summary, or
+/// the first rank's error.
+fn on_thread_ranks(
+    ranks: usize,
+    train_rank: &(dyn Fn(&mut dyn Collective) -> Result<train::TrainSummary, StageFailure> + Sync),
+) -> Result<train::TrainSummary, StageFailure> {
+    let results: Vec<Result<train::TrainSummary, StageFailure>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = ThreadGroupMember::group(ranks)
+            .into_iter()
+            .map(|mut member| {
+                scope.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .map_err(|e| StageFailure::Runtime(RuntimeError::Threads(e.to_string())))?;
+                    pool.install(|| train_rank(&mut member))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut first = None;
+    for result in results {
+        match (result, &first) {
+            (Err(e), _) => return Err(e),
+            (Ok(summary), None) => first = Some(summary),
+            (Ok(_), Some(_)) => {}
+        }
+    }
+    Ok(first.expect("at least one rank"))
+}
+
 fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     refuse_text_settings_without_text(cx, StageKind::Train)?;
     let recipe = cx.recipe;
@@ -596,19 +635,6 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     };
     // Every rank streams the global batch and trains on its rows of it.
     let cfg = LoaderConfig::for_training(&recipe.train, recipe.train.batch_per_device * world_size);
-    let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
-        let loader = data.loader(&cfg, start)?;
-        Ok(Box::new(loader.map(|b| b.map_err(train::BoxError::from))))
-    };
-    let lambda = |id: u64| match soft {
-        true => table.get(id).map(|r| r.lambda as f32),
-        false => Some(1.0),
-    };
-    let topic = |id: u64| topics.as_ref()?.row(id as usize).ok();
-    let targets = train::SampleTargets {
-        lambda: &lambda,
-        topics: &topic,
-    };
     let iterations = train::iterations(recipe.train.length, samples.len() as u64, cfg.batch_size);
     // The holdout is seen through the center crop in training-sized batches: settings that
     // enter this stage's key.
@@ -618,48 +644,72 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
         ..eval_config(recipe)
     };
     let holdout_ids: Vec<u64> = held_out.iter().map(|&(id, _)| id).collect();
-    let num_classes = shape.num_classes;
-    let predict_holdout = |net: &GoogLeNet, ids: &[u64]| {
-        let images = EvalImages {
-            store,
-            split: Split::Train,
-            cfg: &holdout_cfg,
-        };
-        predictions(&images, ids.to_vec(), net, &device, num_classes, false)
-            .map_err(train::BoxError::from)
-    };
-    let holdout = match recipe.train.holdout {
-        Some(h) => Some(train::HoldoutJob {
-            ids: &holdout_ids,
-            epoch_ends: train::holdout::epoch_ends(
-                samples.len() as u64,
-                cfg.batch_size,
-                h.eval_every,
-                iterations,
-            )?,
-            predict: &predict_holdout,
-        }),
+    let epoch_ends = match recipe.train.holdout {
+        Some(h) => Some(train::holdout::epoch_ends(
+            samples.len() as u64,
+            cfg.batch_size,
+            h.eval_every,
+            iterations,
+        )?),
         None => None,
     };
-    let job = train::TrainJob {
-        model: &recipe.model,
-        train: &recipe.train,
-        num_classes: shape.num_classes,
-        topics: shape.topics,
-        iterations,
-        out_dir: cx.out,
-        init: cx.init.map(|i| i.checkpoint.as_path()),
-        resume: true,
-        stop_after: None,
-        progress: cx.progress,
-        holdout,
-    };
-    let summary = match cx.parallel {
-        None => train::train(&job, &mut batches, &targets, &device)?,
-        Some(p) => {
-            let mut collective = p.collective.borrow_mut();
+    let num_classes = shape.num_classes;
+    let topic_count = shape.topics;
+    let (out_dir, init, progress) = (cx.out, cx.init.map(|i| i.checkpoint.as_path()), cx.progress);
+    // One rank's training; what it builds is its own (its loader, its closures), what it reads
+    // is shared with the other ranks of this process.
+    let train_rank =
+        |collective: &mut dyn Collective| -> Result<train::TrainSummary, StageFailure> {
+            let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
+                let loader = data.loader(&cfg, start)?;
+                Ok(Box::new(loader.map(|b| b.map_err(train::BoxError::from))))
+            };
+            let lambda = |id: u64| match soft {
+                true => table.get(id).map(|r| r.lambda as f32),
+                false => Some(1.0),
+            };
+            let topic = |id: u64| topics.as_ref()?.row(id as usize).ok();
+            let targets = train::SampleTargets {
+                lambda: &lambda,
+                topics: &topic,
+            };
+            let predict_holdout = |net: &GoogLeNet, ids: &[u64]| {
+                let images = EvalImages {
+                    store,
+                    split: Split::Train,
+                    cfg: &holdout_cfg,
+                };
+                predictions(&images, ids.to_vec(), net, &device, num_classes, false)
+                    .map_err(train::BoxError::from)
+            };
+            let holdout = epoch_ends.clone().map(|epoch_ends| train::HoldoutJob {
+                ids: &holdout_ids,
+                epoch_ends,
+                predict: &predict_holdout,
+            });
+            let job = train::TrainJob {
+                model: &recipe.model,
+                train: &recipe.train,
+                num_classes,
+                topics: topic_count,
+                iterations,
+                out_dir,
+                init,
+                resume: true,
+                stop_after: None,
+                progress,
+                holdout,
+            };
             let (summary, _) =
-                train::train_distributed(&job, &mut batches, &targets, &device, &mut **collective)?;
+                train::train_distributed(&job, &mut batches, &targets, &device, collective)?;
+            Ok(summary)
+        };
+    let summary = match (cx.parallel, recipe.train.cpu_ranks) {
+        (None, 1) => train_rank(&mut SingleProcess)?,
+        (None, ranks) => on_thread_ranks(ranks, &train_rank)?,
+        (Some(p), _) => {
+            let mut collective = p.collective.borrow_mut();
+            let summary = train_rank(&mut **collective)?;
             if p.rank() != 0 {
                 return Ok(());
             }

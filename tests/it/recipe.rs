@@ -275,6 +275,7 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
                 "train.eval_every=2",
                 "clean.mean=\"trimmed\"",
                 "clean.trim=0.25",
+                "train.cpu_ranks=2",
             ],
         )
         .unwrap(),
@@ -292,6 +293,26 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
         loaded.path = original.path.clone();
         assert_eq!(&loaded, original, "{}", original.name);
     }
+}
+
+#[test]
+fn thread_ranks_are_for_the_cpu_and_need_a_row_each() {
+    let on_gpu = error(
+        "recipes/quickstart.toml",
+        &["train.cpu_ranks=2", "train.devices=\"cuda\""],
+    );
+    assert!(
+        on_gpu.contains("`train.cpu_ranks`: ranks of threads are for the CPU"),
+        "{on_gpu}"
+    );
+    let too_many = error(
+        "recipes/quickstart.toml",
+        &["train.cpu_ranks=4", "train.batch_per_device=3"],
+    );
+    assert!(
+        too_many.contains("4 ranks share each batch of train.batch_per_device = 3"),
+        "{too_many}"
+    );
 }
 
 #[test]

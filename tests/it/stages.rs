@@ -637,12 +637,13 @@ fn the_ingest_key_follows_the_data_not_the_path_as_typed() {
 /// the real launcher path (environment, TCP rendezvous, collective), train the quickstart
 /// network to the weights one process reaches with the same global batch.
 #[test]
-fn two_worker_processes_train_to_the_weights_of_one() {
-    let train = |workers: &str, batch_per_device: &str| {
+fn two_worker_processes_or_two_thread_ranks_train_to_the_weights_of_one() {
+    let train = |workers: &str, batch_per_device: &str, cpu_ranks: &str| {
         let tmp = tempfile::tempdir().unwrap();
         let mut args = vec!["recipes/quickstart.toml", "--until", "train"];
         args.extend(TINY);
         let batch = format!("train.batch_per_device={batch_per_device}");
+        let ranks = format!("train.cpu_ranks={cpu_ranks}");
         args.extend([
             "--set",
             "lda.topics=8",
@@ -650,13 +651,15 @@ fn two_worker_processes_train_to_the_weights_of_one() {
             "train.iterations=5",
             "--set",
             &batch,
+            "--set",
+            &ranks,
             "--nproc-per-node",
             workers,
         ]);
         let out = runner(tmp.path(), &args, &[]);
         assert!(
             out.status.success(),
-            "{workers} worker(s): {}",
+            "{workers} worker(s), {cpu_ranks} rank(s): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = stages_json(tmp.path(), "quickstart")["stages"]["train"]["dir"]
@@ -670,22 +673,27 @@ fn two_worker_processes_train_to_the_weights_of_one() {
         .unwrap();
         (tmp, dir, weights)
     };
-    let (_one_tmp, one_dir, one) = train("1", "16");
-    let (_two_tmp, two_dir, two) = train("2", "8");
-    // The world size enters the train key: the runs differ in summation order.
-    assert_ne!(
-        std::path::Path::new(&one_dir).file_name(),
-        std::path::Path::new(&two_dir).file_name()
-    );
-    assert_eq!(one.len(), two.len());
-    let mut worst = 0f32;
-    for (name, a) in &one {
-        let b = &two[name];
-        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        let diff = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
-        worst = worst.max(diff);
+    let (_one_tmp, one_dir, one) = train("1", "16", "1");
+    let key = |dir: &str| std::path::Path::new(dir).file_name().unwrap().to_owned();
+    // Two processes of 8 rows each, or two threads sharing each batch of 16 in one process.
+    for (workers, batch, ranks) in [("2", "8", "1"), ("1", "16", "2")] {
+        let (_tmp, dir, two) = train(workers, batch, ranks);
+        // The world size and the thread ranks enter the train key: the runs differ in
+        // summation order.
+        assert_ne!(key(&one_dir), key(&dir));
+        assert_eq!(one.len(), two.len());
+        let mut worst = 0f32;
+        for (name, a) in &one {
+            let b = &two[name];
+            let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            let diff = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+            worst = worst.max(diff);
+        }
+        assert!(
+            worst < 1e-4,
+            "{workers} worker(s), {ranks} rank(s): largest weight difference {worst}"
+        );
     }
-    assert!(worst < 1e-4, "largest weight difference {worst}");
 }
 
 /// Many errors show their source in their own message (`cannot read recipe X: <io error>`);

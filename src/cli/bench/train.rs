@@ -29,6 +29,10 @@ pub struct TrainBenchArgs {
     /// `cpu` or `cuda:<ordinal>`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// On the CPU, ranks of threads sharing each batch, as `train.cpu_ranks` (measured here;
+    /// the comparison with PyTorch gives ours as many ranks as threads).
+    #[arg(long, default_value_t = 1)]
+    pub cpu_ranks: usize,
     /// Batch size for the full GoogLeNet at 224 px; 0 skips it.
     #[arg(long, default_value_t = 4)]
     pub full_batch: usize,
@@ -144,7 +148,7 @@ fn measure_cases(
     cases
         .iter()
         .map(|case| {
-            let timing = measure(case, &device, steps)?;
+            let timing = measure(case, &device, steps, args.cpu_ranks)?;
             Ok(Row {
                 network: case.name.to_string(),
                 precision: torch_name(case.precision).to_string(),
@@ -195,6 +199,7 @@ fn ours_in_child(args: &TrainBenchArgs, threads: usize) -> anyhow::Result<Vec<Ro
             "--topics",
             &list(args.topics.iter().map(usize::to_string).collect()),
         ])
+        .args(["--cpu-ranks", &threads.to_string()])
         .env("RAYON_NUM_THREADS", threads.to_string())
         .output()
         .context("running our side in a child process")?;
