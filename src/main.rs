@@ -195,6 +195,14 @@ fn main() -> ExitCode {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
+    // candle splits each element-wise op over a pool of its own that waits at a barrier; on
+    // 2 cores that made the full net's training step 1.3× slower at 1 rank and 1.3× slower
+    // at 2 thread ranks (train.cpu_ranks), whose ops queued for the one shared pool
+    // (BENCHMARKS.md, "runner bench train"). Our own ops use rayon; this keeps candle's inline.
+    // Set here, before any thread starts.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     keep_freed_memory();
     init_logging(cli.quiet);
     match dispatch(cli) {
