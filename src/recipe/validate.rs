@@ -584,17 +584,9 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
         RawCleanRule::Oracle => CleanRule::Oracle,
     };
     let mean = match raw.mean.unwrap_or(RawClassMean::All) {
-        RawClassMean::All => {
-            for (key, set) in [
-                ("clean.trim", raw.trim.is_some()),
-                ("clean.trim_rounds", raw.trim_rounds.is_some()),
-            ] {
-                if set {
-                    v.error(key, "only with mean = \"trimmed\"");
-                }
-            }
-            ClassMean::All
-        }
+        // `trim` and `trim_rounds` are read with "trimmed" only, as `threshold` and `fraction`
+        // with their rules.
+        RawClassMean::All => ClassMean::All,
         RawClassMean::Trimmed => ClassMean::Trimmed {
             share: v.check(
                 "clean.trim",
