@@ -10,7 +10,8 @@ use std::time::Instant;
 use super::BenchError;
 use crate::lda::{online_settings, LdaError, OnlineLda};
 use crate::recipe::params::{
-    ClassMean, CleanParams, CleanRule, LabelParams, LdaParams, Similarity, TextField, TextParams,
+    Calibration, ClassMean, CleanParams, CleanRule, LabelParams, LdaParams, Similarity, TextField,
+    TextParams,
 };
 use crate::recipe::Recipe;
 use crate::sample::Source;
@@ -101,14 +102,16 @@ pub struct NoiseSettings {
     pub seeds: u64,
 }
 
-/// The scorings a noise run compares (similarity, class mean), in the order of
-/// [`NoiseRuns::metrics`]: the original's plain class mean, and the trimmed one at its
-/// defaults.
-pub const SCORINGS: [(Similarity, ClassMean); 4] = [
-    (Similarity::Dot, ClassMean::All),
-    (Similarity::Cosine, ClassMean::All),
-    (Similarity::Dot, TRIMMED),
-    (Similarity::Cosine, TRIMMED),
+/// The scorings a noise run compares (similarity, class mean, calibration), in the order of
+/// [`NoiseRuns::metrics`]: the original's plain class mean, the trimmed one at its defaults,
+/// and the plain one calibrated across classes.
+pub const SCORINGS: [(Similarity, ClassMean, Calibration); 6] = [
+    (Similarity::Dot, ClassMean::All, Calibration::None),
+    (Similarity::Cosine, ClassMean::All, Calibration::None),
+    (Similarity::Dot, TRIMMED, Calibration::None),
+    (Similarity::Cosine, TRIMMED, Calibration::None),
+    (Similarity::Dot, ClassMean::All, Calibration::ClassZ),
+    (Similarity::Cosine, ClassMean::All, Calibration::ClassZ),
 ];
 const TRIMMED: ClassMean = ClassMean::Trimmed {
     share: 0.3,
@@ -154,7 +157,7 @@ pub fn noise_runs(
         let summary = crate::lda::run_stage(&data.docs, &text, &params, &lda_dir, false)?;
         seconds += summary.train_seconds / settings.seeds as f64;
         let topics = crate::lda::read_topics(&lda_dir.join(crate::lda::TOPICS_TRAIN_FILE))?;
-        for (i, (similarity, mean)) in SCORINGS.into_iter().enumerate() {
+        for (i, (similarity, mean, calibration)) in SCORINGS.into_iter().enumerate() {
             let inputs = ScoreInputs {
                 topics: &topics,
                 labels: &data.labels,
@@ -165,6 +168,7 @@ pub fn noise_runs(
             let clean = CleanParams {
                 similarity,
                 mean,
+                calibration,
                 rule: CleanRule::Fraction(settings.discard),
                 small_class_factor: 1.0,
                 truth: Some(settings.truth.clone()),

@@ -226,6 +226,9 @@ pub struct CleanParams {
     /// it existed).
     #[serde(skip_serializing_if = "ClassMean::is_all")]
     pub mean: ClassMean,
+    /// How scores are made comparable across classes (out of the key when `None`).
+    #[serde(skip_serializing_if = "Calibration::is_none")]
+    pub calibration: Calibration,
     pub rule: CleanRule,
     /// Classes with fewer training samples than this are lenient: they discard
     /// `small_class_factor` times what the rule would.
@@ -250,6 +253,24 @@ pub enum ClassMean {
 impl ClassMean {
     pub fn is_all(&self) -> bool {
         *self == ClassMean::All
+    }
+}
+
+/// How a class's scores are put on a scale shared by every class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Calibration {
+    /// The similarities as they are: a class whose pages share many words scores higher.
+    None,
+    /// `(s − median) / (1.4826 · MAD)` within the class: how far below its class's typical
+    /// sample a sample lies, in robust standard deviations, so that one threshold (or a
+    /// sigmoid λ) means the same in every class.
+    ClassZ,
+}
+
+impl Calibration {
+    pub fn is_none(&self) -> bool {
+        *self == Calibration::None
     }
 }
 

@@ -253,6 +253,9 @@ pub struct RawClean {
     pub trim: Option<f64>,
     /// Times a trimmed mean is estimated again from the previous one's scores. Default: 2.
     pub trim_rounds: Option<i64>,
+    /// "none", or "class-z": each score as robust standard deviations from its class's median,
+    /// so that a threshold or a sigmoid λ means the same in every class. Default: "none".
+    pub calibration: Option<RawCalibration>,
     /// "none", "threshold" or "fraction". Default: "none".
     pub rule: Option<RawCleanRule>,
     /// Discard samples scoring below this (rule = "threshold").
@@ -265,6 +268,13 @@ pub struct RawClean {
     pub small_class_factor: Option<f64>,
     /// Truth TSV (path, given_label, true_label, ...) for noise-detection metrics.
     pub truth: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawCalibration {
+    None,
+    ClassZ,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

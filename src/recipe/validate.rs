@@ -229,6 +229,20 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             ),
         );
     }
+    if clean.calibration == Calibration::ClassZ
+        && matches!(
+            labels,
+            LabelParams::Soft {
+                lambda: LambdaMap::Ratio { .. }
+            }
+        )
+    {
+        v.error(
+            "labels.lambda",
+            "\"ratio\" (min(1, s / s0)) reads raw similarities; calibrated scores are robust \
+             z-scores: use \"sigmoid\" (e.g. center = -2, scale = 0.5) or \"rank\"",
+        );
+    }
     if matches!(train.sampler, SamplerKind::Weighted) && matches!(labels, LabelParams::Hard) {
         v.error(
             "train.sampler",
@@ -604,6 +618,10 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
             RawSimilarity::Cosine => Similarity::Cosine,
         },
         mean,
+        calibration: match raw.calibration.unwrap_or(RawCalibration::None) {
+            RawCalibration::None => Calibration::None,
+            RawCalibration::ClassZ => Calibration::ClassZ,
+        },
         rule,
         small_class: v.at_least("clean.small_class", raw.small_class, 0, 0),
         small_class_factor: v.unit("clean.small_class_factor", raw.small_class_factor, 0.5),

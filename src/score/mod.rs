@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use rules::{
-    auc_low_is_positive, by_class_ascending, class_means, kept, lambdas, oracle_kept, scores,
-    similarity,
+    auc_low_is_positive, by_class_ascending, calibrate, class_means, kept, lambdas, oracle_kept,
+    scores, similarity,
 };
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
@@ -191,13 +191,14 @@ pub fn run_stage(
     check_inputs(inputs)?;
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
     let classes = inputs.class_names.len();
-    let score = scores(
+    let mut score = scores(
         inputs.topics,
         inputs.labels,
         classes,
         clean.similarity,
         clean.mean,
     )?;
+    calibrate(&mut score, inputs.labels, classes, clean.calibration);
     let noisy = match &clean.truth {
         Some(path) => {
             let truth = read_truth(path)?;

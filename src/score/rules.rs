@@ -3,7 +3,7 @@
 
 use super::{ScoreError, TopicRows};
 use crate::recipe::params::{
-    ClassMean, CleanParams, CleanRule, LabelParams, LambdaMap, Similarity,
+    Calibration, ClassMean, CleanParams, CleanRule, LabelParams, LambdaMap, Similarity,
 };
 
 /// Mean topic vector of each class over the samples `include` holds (all without it; a class
@@ -98,6 +98,32 @@ pub fn scores(
         }
     }
     score_all(&means)
+}
+
+/// Puts every class's scores on one scale, as `calibration` says; within a class the order is
+/// kept, so rules that cut each class by its own ranks decide the same.
+pub fn calibrate(scores: &mut [f64], labels: &[u32], classes: usize, calibration: Calibration) {
+    if calibration == Calibration::None {
+        return;
+    }
+    for members in by_class_ascending(scores, labels, classes) {
+        let median = |sorted: &[f64]| match sorted.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        let values: Vec<f64> = members.iter().map(|&i| scores[i]).collect();
+        let center = median(&values);
+        let mut deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
+        deviations.sort_by(f64::total_cmp);
+        // 1.4826 · MAD estimates the standard deviation of normal scores; a class whose
+        // scores mostly tie has no spread to measure, and keeps its differences as they are.
+        let spread = 1.4826 * median(&deviations);
+        let scale = if spread > 0.0 { spread } else { 1.0 };
+        for &i in &members {
+            scores[i] = (scores[i] - center) / scale;
+        }
+    }
 }
 
 /// Sample indices of each class, lowest score first (ties by index).
@@ -270,6 +296,22 @@ mod tests {
             scores(&topics, &labels, 2, Similarity::Dot, none_out).unwrap(),
             plain
         );
+    }
+
+    #[test]
+    fn class_z_centres_each_class_on_its_median_in_robust_deviations() {
+        // Class 0: 1, 2, 3, 4, 10 (median 3, MAD 1); class 1: 0.5 ×3 (no spread: shifted only).
+        let mut scores = vec![1.0, 2.0, 3.0, 4.0, 10.0, 0.5, 0.5, 0.5];
+        let labels = [0, 0, 0, 0, 0, 1, 1, 1];
+        let raw = scores.clone();
+        calibrate(&mut scores, &labels, 2, Calibration::None);
+        assert_eq!(scores, raw);
+        calibrate(&mut scores, &labels, 2, Calibration::ClassZ);
+        let z = |v: f64| (v - 3.0) / 1.4826;
+        for (got, want) in scores.iter().zip([z(1.0), z(2.0), 0.0, z(4.0), z(10.0)]) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        assert_eq!(scores[5..], [0.0; 3]);
     }
 
     #[test]

@@ -280,6 +280,13 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
         )
         .unwrap(),
     );
+    recipes.extend(
+        load(
+            "recipes/quickstart.toml",
+            &["clean.calibration=\"class-z\"", "labels.lambda=\"sigmoid\""],
+        )
+        .unwrap(),
+    );
     let tmp = tempfile::tempdir().unwrap();
     for (i, original) in recipes.iter().enumerate() {
         let path = tmp.path().join(format!("{i}/recipe.resolved.toml"));
@@ -293,6 +300,19 @@ fn every_resolved_recipe_loads_back_as_the_same_recipe() {
         loaded.path = original.path.clone();
         assert_eq!(&loaded, original, "{}", original.name);
     }
+}
+
+#[test]
+fn calibrated_scores_refuse_the_ratio_lambda() {
+    // quickstart.toml has soft labels with lambda = "ratio".
+    let message = error(
+        "recipes/quickstart.toml",
+        &["clean.calibration=\"class-z\""],
+    );
+    assert!(
+        message.contains("`labels.lambda`: \"ratio\" (min(1, s / s0)) reads raw similarities"),
+        "{message}"
+    );
 }
 
 #[test]

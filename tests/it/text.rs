@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use websieve::lda::{self, EStepSettings, LdaModel, OnlineLda, OnlineSettings};
 use websieve::recipe::params::{
-    ClassMean, CleanParams, CleanRule, LabelParams, LambdaMap, LdaParams, Similarity, TextField,
-    TextParams,
+    Calibration, ClassMean, CleanParams, CleanRule, LabelParams, LambdaMap, LdaParams, Similarity,
+    TextField, TextParams,
 };
 use websieve::recipe::Recipe;
 use websieve::sample::{SampleText, Source};
@@ -609,6 +609,7 @@ fn score_tables_on_hand_made_vectors() {
     let clean = CleanParams {
         similarity: Similarity::Cosine,
         mean: ClassMean::All,
+        calibration: Calibration::None,
         rule: CleanRule::Threshold(0.5),
         small_class: 3,
         small_class_factor: 0.0,

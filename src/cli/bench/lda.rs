@@ -9,7 +9,7 @@ use anyhow::Context;
 use websieve::bench::lda::{
     noise_runs, read_webvision_text, train_and_infer, NoiseSettings, SCORINGS,
 };
-use websieve::recipe::params::{ClassMean, LdaParams};
+use websieve::recipe::params::{Calibration, ClassMean, LdaParams};
 use websieve::recipe::Recipe;
 use websieve::text::{SparseDoc, Vocabulary};
 
@@ -336,15 +336,14 @@ fn run_noise(args: &NoiseArgs) -> anyhow::Result<()> {
     for &k in &args.topics {
         let runs = noise_runs(&data, &settings, k)?;
         let seconds = runs.lda_seconds;
-        for (metrics, (similarity, mean)) in runs.metrics.iter().zip(SCORINGS) {
-            let name = match mean {
-                ClassMean::All => format!("{similarity:?}").to_lowercase(),
-                ClassMean::Trimmed { share, rounds } => format!(
-                    "{}, mean trimmed {:.0}% × {rounds}",
-                    format!("{similarity:?}").to_lowercase(),
-                    share * 100.0
-                ),
-            };
+        for (metrics, (similarity, mean, calibration)) in runs.metrics.iter().zip(SCORINGS) {
+            let mut name = format!("{similarity:?}").to_lowercase();
+            if let ClassMean::Trimmed { share, rounds } = mean {
+                name += &format!(", mean trimmed {:.0}% × {rounds}", share * 100.0);
+            }
+            if calibration == Calibration::ClassZ {
+                name += ", class-z";
+            }
             let cell = |j: usize| {
                 // Undefined for any seed (e.g. nothing discarded): no mean to show.
                 let Some(v) = metrics.iter().map(|m| m[j]).collect::<Option<Vec<f64>>>() else {
