@@ -244,7 +244,9 @@ pub enum RawAlpha {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawClean {
-    /// "dot" (the original code) or "cosine" (its write-up). Default: "dot".
+    /// "dot" (the original code) or "cosine" (its write-up). Default: "cosine", which detects
+    /// noise better at every topic count measured (BENCHMARKS.md); `recipes/base.toml` keeps
+    /// the original's "dot".
     pub similarity: Option<RawSimilarity>,
     /// Each class's mean topic vector: "all" its samples (the original), or "trimmed": all
     /// but the lowest-scored `trim` share, estimated again `trim_rounds` times. Default: "all".

@@ -613,7 +613,7 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
         },
     };
     CleanParams {
-        similarity: match raw.similarity.unwrap_or(RawSimilarity::Dot) {
+        similarity: match raw.similarity.unwrap_or(RawSimilarity::Cosine) {
             RawSimilarity::Dot => Similarity::Dot,
             RawSimilarity::Cosine => Similarity::Cosine,
         },
