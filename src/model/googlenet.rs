@@ -198,6 +198,16 @@ impl Builder<'_> {
     }
 }
 
+/// Layer names of the regression heads' parts (`loss1.topic_fc`, `loss3.topic_regressor`).
+const TOPIC_FC: &str = "topic_fc";
+const TOPIC_REGRESSOR: &str = "topic_regressor";
+
+/// Whether the tensor `name` (`<head>.<layer>.<weight|bias>`) belongs to a regression head.
+fn is_regression_head(name: &str) -> bool {
+    name.split('.')
+        .any(|part| part == TOPIC_FC || part == TOPIC_REGRESSOR)
+}
+
 /// The network. Learnable tensors are [`GoogLeNet::vars`]; batch-norm running statistics are
 /// [`GoogLeNet::buffers`]. Both are shared handles: an optimiser updating a `Var` updates
 /// the network.
@@ -304,7 +314,7 @@ impl GoogLeNet {
                 }))
             };
             let classifier = branch(b, params.classification, "fc", "classifier", num_classes)?;
-            let regressor = branch(b, params.regression, "topic_fc", "topic_regressor", topics)?;
+            let regressor = branch(b, params.regression, TOPIC_FC, TOPIC_REGRESSOR, topics)?;
             Ok::<_, candle_core::Error>(AuxHead {
                 pool_kernel: sides.aux_input.min(5),
                 conv,
@@ -322,7 +332,9 @@ impl GoogLeNet {
                 false => None,
             },
             regressor: match params.regression {
-                true => Some(b.linear("loss3.topic_regressor", channels, topics, 0.0)?),
+                true => {
+                    Some(b.linear(&format!("loss3.{TOPIC_REGRESSOR}"), channels, topics, 0.0)?)
+                }
                 false => None,
             },
         };
@@ -431,10 +443,40 @@ impl GoogLeNet {
     /// Overwrites every learnable tensor and buffer from `tensors` (by name; extra entries
     /// are ignored). Nothing is changed unless every tensor is present with the right shape.
     pub fn load(&self, tensors: &HashMap<String, Tensor>) -> Result<(), ModelError> {
+        self.load_but(tensors, |_| false).map(drop)
+    }
+
+    /// [`Self::load`] for `train.init`: the regression heads that a checkpoint of a net without
+    /// them lacks keep their fresh weights (the 2-headed net fine-tuned from the cleaned
+    /// 1-headed one, as the original did). Returns the names of the tensors left fresh.
+    pub fn load_for_init(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<Vec<String>, ModelError> {
+        self.load_but(tensors, is_regression_head)
+    }
+
+    /// Loads as [`Self::load`] except that a tensor `may_lack` names may be absent.
+    fn load_but(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        may_lack: fn(&str) -> bool,
+    ) -> Result<Vec<String>, ModelError> {
+        let mut fresh = Vec::new();
         for (name, var) in self.named_tensors() {
-            let found = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-                name: name.to_string(),
-            })?;
+            let Some(found) = tensors.get(name) else {
+                match may_lack(name) {
+                    true => {
+                        fresh.push(name.to_string());
+                        continue;
+                    }
+                    false => {
+                        return Err(ModelError::MissingTensor {
+                            name: name.to_string(),
+                        })
+                    }
+                }
+            };
             if found.dims() != var.dims() {
                 return Err(ModelError::ShapeMismatch {
                     name: name.to_string(),
@@ -444,13 +486,11 @@ impl GoogLeNet {
             }
         }
         for (name, var) in self.named_tensors() {
-            var.set(
-                &tensors[name]
-                    .to_device(var.device())?
-                    .to_dtype(var.dtype())?,
-            )?;
+            if let Some(found) = tensors.get(name) {
+                var.set(&found.to_device(var.device())?.to_dtype(var.dtype())?)?;
+            }
         }
-        Ok(())
+        Ok(fresh)
     }
 }
 
@@ -470,6 +510,58 @@ mod tests {
 
     fn count(net: &GoogLeNet) -> usize {
         net.vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// `train.init` of the 2-headed net from a 1-headed checkpoint: the shared tensors come
+    /// from the checkpoint, the regression heads keep their fresh weights; a plain load
+    /// refuses the same checkpoint, and a 1-headed net loads a 2-headed one's tensors.
+    #[test]
+    fn init_of_the_two_headed_net_keeps_its_fresh_regression_heads() {
+        let net = |regression: bool, seed: u64| {
+            let p = params(Arch::Googlenet, 0.125, 64, regression);
+            GoogLeNet::new(&p, 10, 8, seed, &Device::Cpu).unwrap()
+        };
+        let one_headed = net(false, 1);
+        let tensors: HashMap<String, Tensor> = one_headed
+            .named_tensors()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        let two_headed = net(true, 2);
+        let values = |net: &GoogLeNet, name: &str| -> Vec<f32> {
+            let (_, var) = net.named_tensors().find(|(n, _)| *n == name).unwrap();
+            var.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let fresh_head = values(&two_headed, "loss3.topic_regressor.weight");
+        assert!(matches!(
+            two_headed.load(&tensors),
+            Err(ModelError::MissingTensor { .. })
+        ));
+        let mut fresh = two_headed.load_for_init(&tensors).unwrap();
+        fresh.sort();
+        assert_eq!(
+            fresh,
+            [
+                "loss1.topic_fc.bias",
+                "loss1.topic_fc.weight",
+                "loss1.topic_regressor.bias",
+                "loss1.topic_regressor.weight",
+                "loss2.topic_fc.bias",
+                "loss2.topic_fc.weight",
+                "loss2.topic_regressor.bias",
+                "loss2.topic_regressor.weight",
+                "loss3.topic_regressor.bias",
+                "loss3.topic_regressor.weight",
+            ]
+        );
+        for shared in ["conv1.weight", "loss1.fc.weight", "loss3.classifier.weight"] {
+            assert_eq!(values(&two_headed, shared), values(&one_headed, shared));
+        }
+        assert_eq!(values(&two_headed, "loss3.topic_regressor.weight"), fresh_head);
+        let back: HashMap<String, Tensor> = two_headed
+            .named_tensors()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        assert!(net(false, 3).load_for_init(&back).unwrap().is_empty());
     }
 
     #[test]

@@ -244,8 +244,14 @@ pub fn train_distributed<'b>(
         }
         if let Some(init) = job.init {
             let loaded = checkpoint::load(init, device)?;
-            trainer.net.load(&loaded.group(MODEL_PREFIX))?;
+            let fresh = trainer.net.load_for_init(&loaded.group(MODEL_PREFIX))?;
             tracing::info!(checkpoint = %init.display(), "initialised weights");
+            if !fresh.is_empty() {
+                tracing::info!(
+                    tensors = fresh.len(),
+                    "regression heads the checkpoint lacks start from fresh weights"
+                );
+            }
         }
         trainer.truncate_metrics(0)?;
         // Step 0 is the rollback target until the first periodic checkpoint.
