@@ -556,7 +556,10 @@ mod tests {
         for shared in ["conv1.weight", "loss1.fc.weight", "loss3.classifier.weight"] {
             assert_eq!(values(&two_headed, shared), values(&one_headed, shared));
         }
-        assert_eq!(values(&two_headed, "loss3.topic_regressor.weight"), fresh_head);
+        assert_eq!(
+            values(&two_headed, "loss3.topic_regressor.weight"),
+            fresh_head
+        );
         let back: HashMap<String, Tensor> = two_headed
             .named_tensors()
             .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
