@@ -16,8 +16,9 @@ const TOPICS: usize = 500;
 const SIZES: [usize; 2] = [4_000, 40_000];
 /// Bytes a stage may add per added sample. Each stage's own arrays: ingest its work list (each
 /// sample's path as listed, its file's path and where its page text lies in the index's
-/// text file, and the fingerprint's copy of the paths: measured 361 bytes; the texts held in
-/// memory took about 1.4 kB a sample, and the page files held parsed several kB), LDA
+/// text file, and the fingerprint's copy of the paths: measured 361 to 471 bytes, as the
+/// decoded chunks in flight vary; the texts held in memory took about 1.4 kB a sample more,
+/// and the page files held parsed several kB), LDA
 /// no array per sample (its matrices are [topics, max_words]), but it counts every distinct
 /// word before keeping the `max_words` most frequent, and the generated pages draw from 300k
 /// Zipf words, of which ten times the pages show more (measured: 300 bytes per added sample
@@ -27,7 +28,7 @@ const SIZES: [usize; 2] = [4_000, 40_000];
 /// cumulative weights and the epoch permutations (about 80 bytes). A topic vector held per
 /// sample at [`TOPICS`] topics is 2,000 bytes.
 const BUDGET: [(ScaleStage, u64); 4] = [
-    (ScaleStage::Ingest, 450),
+    (ScaleStage::Ingest, 700),
     (ScaleStage::Lda, 600),
     (ScaleStage::Score, 150),
     (ScaleStage::Sampler, 150),
