@@ -724,6 +724,40 @@ fn combine(contributions: &[(CollectiveOp, Vec<f32>)]) -> Result<Vec<f32>, Strin
     }
 }
 
+/// Runs `rank` as `ranks` ranks of threads in this process (`train.cpu_ranks`), each on a
+/// rayon pool of its own one thread, their collectives through a [`ThreadGroupMember`]; one
+/// rank runs in this thread as a [`SingleProcess`]. Rank 0's result, or the first error in
+/// rank order.
+pub fn on_thread_ranks<T: Send, E: Send + From<RuntimeError>>(
+    ranks: usize,
+    rank: &(dyn Fn(&mut dyn Collective) -> Result<T, E> + Sync),
+) -> Result<T, E> {
+    if ranks <= 1 {
+        return rank(&mut SingleProcess);
+    }
+    let results: Vec<Result<T, E>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = ThreadGroupMember::group(ranks)
+            .into_iter()
+            .map(|mut member| {
+                scope.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .map_err(|e| RuntimeError::Threads(e.to_string()))?;
+                    pool.install(|| rank(&mut member))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut results = results.into_iter();
+    let first = results.next().expect("at least one rank")?;
+    results.find_map(Result::err).map_or(Ok(first), Err)
+}
+
 /// One rank of a group of threads in one process (`train.cpu_ranks`, and tests): each round,
 /// the last rank to arrive combines every rank's contribution in rank order and wakes the
 /// others.

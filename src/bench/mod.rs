@@ -60,6 +60,8 @@ pub enum BenchError {
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error("bench: {0}")]
     Candle(#[from] candle_core::Error),

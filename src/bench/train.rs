@@ -15,7 +15,7 @@ use super::BenchError;
 use crate::model::GoogLeNet;
 use crate::recipe::params::{Arch, ModelParams, Precision, SgdParams};
 use crate::recipe::Recipe;
-use crate::runtime::{shard_rows, Collective, RuntimeError, SingleProcess, ThreadGroupMember};
+use crate::runtime::{on_thread_ranks, shard_rows, Collective};
 use crate::train::optim::{DivergenceGuard, Sgd};
 use crate::train::{set_tf32, train_step, StepInput, Targets, TrainError, SPIKE_FACTOR};
 
@@ -139,27 +139,8 @@ pub fn measure(
     steps: StepCounts,
     cpu_ranks: usize,
 ) -> Result<TrainTiming, BenchError> {
-    if cpu_ranks <= 1 {
-        return measure_rank(case, device, steps, &mut SingleProcess);
-    }
-    std::thread::scope(|scope| {
-        let ranks: Vec<_> = ThreadGroupMember::group(cpu_ranks)
-            .into_iter()
-            .map(|mut member| {
-                scope.spawn(move || {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .map_err(|e| TrainError::from(RuntimeError::Threads(e.to_string())))?;
-                    pool.install(|| measure_rank(case, device, steps, &mut member))
-                })
-            })
-            .collect();
-        let mut timings = ranks
-            .into_iter()
-            .map(|rank| rank.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        let first = timings.next().expect("at least one rank");
-        timings.find(Result::is_err).unwrap_or(first)
+    on_thread_ranks(cpu_ranks, &|collective| {
+        measure_rank(case, device, steps, collective)
     })
 }
 

@@ -16,8 +16,8 @@ use crate::loader::{self, LoaderConfig};
 use crate::model::GoogLeNet;
 use crate::recipe::{CleanRule, CropSet, DatasetFormat, Devices, LabelParams, Recipe, SamplerKind};
 use crate::runtime::{
-    connect_collective, resolve_device, visible_gpu_count, Collective, DeviceChoice, RuntimeError,
-    SingleProcess, ThreadGroupMember, World,
+    connect_collective, on_thread_ranks, resolve_device, visible_gpu_count, Collective,
+    DeviceChoice, RuntimeError, World,
 };
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
@@ -566,45 +566,6 @@ impl TrainData {
     }
 }
 
-/// Runs `train_rank` as `ranks` ranks of threads in this process, each on a thread pool of
-/// its own thread, summing gradients through a [`ThreadGroupMember`]; rank 0's summary, or
-/// the first rank's error.
-fn on_thread_ranks(
-    ranks: usize,
-    train_rank: &(dyn Fn(&mut dyn Collective) -> Result<train::TrainSummary, StageFailure> + Sync),
-) -> Result<train::TrainSummary, StageFailure> {
-    let results: Vec<Result<train::TrainSummary, StageFailure>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = ThreadGroupMember::group(ranks)
-            .into_iter()
-            .map(|mut member| {
-                scope.spawn(move || {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .map_err(|e| StageFailure::Runtime(RuntimeError::Threads(e.to_string())))?;
-                    pool.install(|| train_rank(&mut member))
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    let mut first = None;
-    for result in results {
-        match (result, &first) {
-            (Err(e), _) => return Err(e),
-            (Ok(summary), None) => first = Some(summary),
-            (Ok(_), Some(_)) => {}
-        }
-    }
-    Ok(first.expect("at least one rank"))
-}
-
 fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
     refuse_text_settings_without_text(cx, StageKind::Train)?;
     let recipe = cx.recipe;
@@ -704,10 +665,9 @@ fn build_train(cx: &BuildContext) -> Result<(), StageFailure> {
                 train::train_distributed(&job, &mut batches, &targets, &device, collective)?;
             Ok(summary)
         };
-    let summary = match (cx.parallel, recipe.train.cpu_ranks) {
-        (None, 1) => train_rank(&mut SingleProcess)?,
-        (None, ranks) => on_thread_ranks(ranks, &train_rank)?,
-        (Some(p), _) => {
+    let summary = match cx.parallel {
+        None => on_thread_ranks(recipe.train.cpu_ranks, &train_rank)?,
+        Some(p) => {
             let mut collective = p.collective.borrow_mut();
             let summary = train_rank(&mut **collective)?;
             if p.rank() != 0 {

@@ -235,9 +235,10 @@ fn a_list_of_class_ids_relabels_in_dataset_order_and_unknown_ones_are_named() {
     insta::assert_snapshot!(error(ClassSubset::First(7)), @r#"<root>/info/synsets.txt: dataset.classes: "first:7" but the dataset has 6 classes"#);
 }
 
-/// A Clothing1M-layout dataset in `root`: 3 classes, 12 training images (noisy labels, every
+/// A Clothing1M-layout dataset in `root` (made here): 3 classes, 12 training images (noisy labels, every
 /// third one wrong), the first 6 also with a clean label, and 3 clean test images.
 fn clothing1m(root: &Path) {
+    std::fs::create_dir_all(root).unwrap();
     let names = "T-Shirt\nShirt\nKnitwear\n";
     std::fs::write(root.join("category_names_eng.txt"), names).unwrap();
     let (mut noisy, mut clean, mut train, mut test) = Default::default();
@@ -284,7 +285,6 @@ fn clothing1m(root: &Path) {
 fn clothing1m_reads_noisy_labels_and_its_clean_labels_become_the_truth_file() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("clothing1m");
-    std::fs::create_dir_all(&root).unwrap();
     clothing1m(&root);
     let params = recipe::DatasetParams {
         format: DatasetFormat::Clothing1m,
@@ -320,7 +320,6 @@ fn clothing1m_reads_noisy_labels_and_its_clean_labels_become_the_truth_file() {
 fn a_dataset_without_page_text_trains_on_its_labels_and_text_settings_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("clothing1m");
-    std::fs::create_dir_all(&root).unwrap();
     clothing1m(&root);
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart.toml");
     let with_text = tmp.path().join("clothing1m.toml");
