@@ -83,11 +83,19 @@ if [ ! -e "$C/lib64/stubs/libcuda.so" ] && ! ldconfig -p 2>/dev/null | grep -q '
   stub="$C/lib64/stubs"
   # Entry points named in cuda.h after macro expansion (cuMemAlloc → cuMemAlloc_v2), and those
   # cudarc's bindings name (a few are newer than the header).
-  cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | head -n 1)"
+  # On a clean machine the CPU build has not unpacked cudarc (an optional dependency): fetch
+  # every locked crate first. Without it the glob matched nothing, ls ended with status 2 and
+  # set -e ended this script (CI stop 22).
+  cargo fetch --locked
+  cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | head -n 1 || true)"
+  if [ -z "$cudarc" ]; then
+    say "cudarc 0.19's source is not in ${CARGO_HOME:-$HOME/.cargo}/registry/src after cargo fetch"
+    exit 1
+  fi
   {
     echo '#include <cuda.h>' | gcc -E -P -I"$C/include" - \
       | grep -oP '\bCUresult\s+(CUDAAPI\s+)?\Kcu\w+(?=\s*\()'
-    [ -n "$cudarc" ] && grep -ohP '^\s+fn \Kcu\w+(?=\()' "$cudarc/src/driver/sys/mod.rs" || true
+    grep -ohP '^\s+fn \Kcu\w+(?=\()' "$cudarc/src/driver/sys/mod.rs"
   } | sort -u | awk '{print "int " $1 "(void){return 100;}"}' >"$stub/libcuda.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/libcuda.c"
   ln -sfn libcuda.so "$stub/libcuda.so.1"
