@@ -58,6 +58,7 @@ fn score_dataset(root: Option<PathBuf>, format: DatasetFormat) -> anyhow::Result
         paths: &paths,
         class_names: &class_names,
         image: None,
+        probe: None,
     };
     // A dataset that knows its noise (the generated one) also gets the detection's AUC.
     let clean = recipe::CleanParams {

@@ -17,6 +17,7 @@ pub mod loader;
 pub mod model;
 pub mod npy;
 pub mod plot;
+pub mod probe;
 pub mod progress;
 pub mod recipe;
 pub mod report;

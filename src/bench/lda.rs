@@ -164,6 +164,7 @@ pub fn noise_runs(
                 paths: &data.paths,
                 class_names: &data.class_names,
                 image: None,
+                probe: None,
             };
             let clean = CleanParams {
                 similarity,

@@ -399,12 +399,32 @@ impl GoogLeNet {
         Ok(self.forward(images, &mut Pass::Eval, false)?.0)
     }
 
+    /// [`GoogLeNet::forward_eval`] and the globally pooled features the main head reads (the
+    /// penultimate layer: one row of `channels` per image), for neighbours in feature space.
+    pub fn forward_eval_features(
+        &self,
+        images: &Tensor,
+    ) -> Result<(HeadOutput, Tensor), ModelError> {
+        let (main, features, _) = self.forward_with_features(images, &mut Pass::Eval, false)?;
+        Ok((main, features))
+    }
+
     fn forward(
         &self,
         images: &Tensor,
         pass: &mut Pass,
         with_aux: bool,
     ) -> candle_core::Result<(HeadOutput, Option<[HeadOutput; 2]>)> {
+        let (main, _, aux) = self.forward_with_features(images, pass, with_aux)?;
+        Ok((main, aux))
+    }
+
+    fn forward_with_features(
+        &self,
+        images: &Tensor,
+        pass: &mut Pass,
+        with_aux: bool,
+    ) -> candle_core::Result<(HeadOutput, Tensor, Option<[HeadOutput; 2]>)> {
         let train = pass.is_train();
         let normalise = |x: Tensor| match self.batch_norm {
             true => Ok(x),
@@ -427,9 +447,9 @@ impl GoogLeNet {
                 _ => {}
             }
         }
-        let main = self.main.forward(&x, pass)?;
+        let (main, features) = self.main.forward(&x, pass)?;
         let aux = aux_outputs.try_into().ok();
-        Ok((main, aux))
+        Ok((main, features, aux))
     }
 
     /// All tensors a checkpoint holds for the network: learnable ones, then buffers.

@@ -261,7 +261,12 @@ pub(super) struct MainHead {
 }
 
 impl MainHead {
-    pub(super) fn forward(&self, x: &Tensor, pass: &mut Pass) -> candle_core::Result<HeadOutput> {
+    /// The heads' outputs and the pooled features they read (one row per image).
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        pass: &mut Pass,
+    ) -> candle_core::Result<(HeadOutput, Tensor)> {
         let features = x.mean_keepdim((2, 3))?.flatten_from(1)?;
         let mut task = |layer: &Option<Linear>| -> candle_core::Result<Option<Tensor>> {
             match layer {
@@ -269,9 +274,10 @@ impl MainHead {
                 None => Ok(None),
             }
         };
-        Ok(HeadOutput {
+        let output = HeadOutput {
             classes: task(&self.classifier)?,
             topics: task(&self.regressor)?,
-        })
+        };
+        Ok((output, features))
     }
 }

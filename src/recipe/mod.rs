@@ -33,6 +33,7 @@ pub struct Recipe {
     pub text: TextParams,
     pub lda: LdaParams,
     pub clean: CleanParams,
+    pub probe: ProbeParams,
     pub labels: LabelParams,
     pub model: ModelParams,
     pub train: TrainParams,

@@ -236,6 +236,50 @@ pub struct CleanParams {
     pub small_class_factor: f64,
     /// Truth file (path, given_label, true_label, ...) for noise-detection metrics.
     pub truth: Option<PathBuf>,
+    /// What the score combines (out of the key when the text alone, as before it existed).
+    #[serde(skip_serializing_if = "SignalWeights::is_text_only")]
+    pub signals: SignalWeights,
+}
+
+/// `[clean.signals]`: the weight of each signal in a sample's score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SignalWeights {
+    /// Topic similarity to the class mean.
+    pub text: f64,
+    /// Out-of-fold predicted probability of the given label (the `probe` stage).
+    pub confidence: f64,
+    /// k-NN label agreement in the probe network's features (the `probe` stage).
+    pub knn: f64,
+}
+
+impl SignalWeights {
+    pub const TEXT_ONLY: SignalWeights = SignalWeights {
+        text: 1.0,
+        confidence: 0.0,
+        knn: 0.0,
+    };
+
+    /// The text alone: the score is the topic similarity itself, not a rank.
+    pub fn is_text_only(&self) -> bool {
+        !self.reads_probe()
+    }
+
+    /// Whether an image signal counts, so that the `probe` stage runs.
+    pub fn reads_probe(&self) -> bool {
+        self.confidence > 0.0 || self.knn > 0.0
+    }
+}
+
+/// `[probe]`: the out-of-fold image evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeParams {
+    /// Each sample's class is dealt over this many folds; fold f's network trains on the rest.
+    pub folds: usize,
+    pub epochs: u64,
+    /// Width multiplier of the probe's network; `None`: the recipe's `model.width`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<f64>,
+    pub neighbours: usize,
 }
 
 /// How a class's mean topic vector is estimated.

@@ -27,6 +27,7 @@ pub struct RawRecipe {
     pub text: Option<RawText>,
     pub lda: Option<RawLda>,
     pub clean: Option<RawClean>,
+    pub probe: Option<RawProbe>,
     pub labels: Option<RawLabels>,
     pub model: Option<RawModel>,
     pub train: Option<RawTrain>,
@@ -270,6 +271,43 @@ pub struct RawClean {
     pub small_class_factor: Option<f64>,
     /// Truth TSV (path, given_label, true_label, ...) for noise-detection metrics.
     pub truth: Option<String>,
+    /// The evidence a sample's score combines, each with its weight. Without it, the text
+    /// alone (`{ text = 1 }`), scored as the original did. With an image signal (`confidence`,
+    /// `knn`: the `probe` stage), each signal is ranked within its class and the score is
+    /// the weighted mean of the ranks (0 = lowest of the class, 1 = highest).
+    pub signals: Option<RawSignals>,
+}
+
+/// Weights of the signals a sample's score combines; a signal weighs 0 unless set (the text
+/// 1 when no signal is set).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignals {
+    /// Similarity of the page text's topic vector to its class's mean.
+    pub text: Option<f64>,
+    /// Out-of-fold predicted probability of the given label (a network that never trained
+    /// on the sample: the `probe` stage).
+    pub confidence: Option<f64>,
+    /// Share of the sample's nearest neighbours, in the probe network's features, that carry
+    /// its label.
+    pub knn: Option<f64>,
+}
+
+/// The image evidence (the `probe` stage, run when `clean.signals` weighs an image signal):
+/// the samples are dealt into folds within each class; a network trained on all folds but
+/// one predicts the held-out fold, so no sample is judged by a network that saw it.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// Folds. Default: 4.
+    pub folds: Option<i64>,
+    /// Epochs each fold's network trains (the recipe's model, optimiser, schedule and
+    /// augmentation; shuffled, no holdout). Default: 10.
+    pub epochs: Option<i64>,
+    /// Width multiplier of the probe's network. Unset: `model.width`.
+    pub width: Option<f64>,
+    /// Neighbours a sample's k-NN label agreement counts, within its fold. Default: 10.
+    pub neighbours: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

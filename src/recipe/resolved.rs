@@ -20,6 +20,7 @@ pub(super) fn to_table(recipe: &Recipe) -> toml::Table {
     out.insert("text".into(), serialized(&recipe.text).into());
     out.insert("lda".into(), lda(&recipe.lda).into());
     out.insert("clean".into(), clean(&recipe.clean).into());
+    out.insert("probe".into(), serialized(&recipe.probe).into());
     out.insert("labels".into(), labels(&recipe.labels).into());
     out.insert("model".into(), model(&recipe.model).into());
     out.insert("train".into(), train(&recipe.train).into());

@@ -171,6 +171,7 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
     let text = text(&mut v, raw.text.unwrap_or_default());
     let lda = lda(&mut v, raw.lda.unwrap_or_default());
     let clean = clean(&mut v, raw.clean.unwrap_or_default());
+    let probe = probe(&mut v, raw.probe.unwrap_or_default());
     let labels = labels(&mut v, raw.labels.unwrap_or_default());
     let model = model(&mut v, raw.model.unwrap_or_default());
     let train = train(&mut v, raw.train.unwrap_or_default());
@@ -229,6 +230,20 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             ),
         );
     }
+    if clean.signals.reads_probe()
+        && matches!(
+            labels,
+            LabelParams::Soft {
+                lambda: LambdaMap::Ratio { .. }
+            }
+        )
+    {
+        v.error(
+            "labels.lambda",
+            "\"ratio\" (min(1, s / s0)) reads raw similarities; with image signals the score is \
+             a weighted mean of ranks within the class, in [0, 1]: use \"rank\" or \"sigmoid\"",
+        );
+    }
     if clean.calibration == Calibration::ClassZ
         && matches!(
             labels,
@@ -257,6 +272,7 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             text,
             lda,
             clean,
+            probe,
             labels,
             model,
             train,
@@ -279,13 +295,15 @@ fn text_free(
     train: &TrainParams,
 ) {
     let why = format!("{format} lists carry no page text, so every text score is the same");
-    if matches!(clean.rule, CleanRule::Threshold(_) | CleanRule::Fraction(_)) {
+    // With image signals the rules and λ have evidence to go on: the text's ties rank alike.
+    let text_only = clean.signals.is_text_only();
+    if text_only && matches!(clean.rule, CleanRule::Threshold(_) | CleanRule::Fraction(_)) {
         v.error(
             "clean.rule",
             format!("discards by text score, but {why}: use \"none\" (the labels as given) or \"oracle\""),
         );
     }
-    if matches!(labels, LabelParams::Soft { .. }) {
+    if text_only && matches!(labels, LabelParams::Soft { .. }) {
         v.error(
             "labels.mode",
             format!("\"soft\" weights each loss by the text score, but {why}: use \"hard\""),
@@ -297,10 +315,12 @@ fn text_free(
             format!("\"regression\" regresses the page's topic vector, but {format} lists carry no page text"),
         );
     }
-    if matches!(
-        train.sampler,
-        SamplerKind::Weighted | SamplerKind::Curriculum { .. }
-    ) {
+    if text_only
+        && matches!(
+            train.sampler,
+            SamplerKind::Weighted | SamplerKind::Curriculum { .. }
+        )
+    {
         v.error(
             "train.sampler",
             format!(
@@ -626,6 +646,51 @@ fn clean(v: &mut Validator, raw: RawClean) -> CleanParams {
         small_class: v.at_least("clean.small_class", raw.small_class, 0, 0),
         small_class_factor: v.unit("clean.small_class_factor", raw.small_class_factor, 0.5),
         truth: raw.truth.as_deref().map(|t| v.path("clean.truth", t)),
+        signals: signals(v, raw.signals),
+    }
+}
+
+fn signals(v: &mut Validator, raw: Option<RawSignals>) -> SignalWeights {
+    let Some(raw) = raw else {
+        return SignalWeights::TEXT_ONLY;
+    };
+    let weight = |v: &mut Validator, key: &str, value: Option<f64>| match value {
+        Some(w) => v.check(key, Some(w), 0.0, |w| w >= 0.0 && w.is_finite(), "[0, ∞)"),
+        None => 0.0,
+    };
+    let weights = SignalWeights {
+        text: weight(v, "clean.signals.text", raw.text),
+        confidence: weight(v, "clean.signals.confidence", raw.confidence),
+        knn: weight(v, "clean.signals.knn", raw.knn),
+    };
+    if weights.text + weights.confidence + weights.knn <= 0.0 {
+        v.error(
+            "clean.signals",
+            "weighs no signal: give `text`, `confidence` or `knn` a weight above 0",
+        );
+        return SignalWeights::TEXT_ONLY;
+    }
+    if weights.is_text_only() {
+        // The text alone is scored as it is, whatever its weight.
+        return SignalWeights::TEXT_ONLY;
+    }
+    weights
+}
+
+fn probe(v: &mut Validator, raw: RawProbe) -> ProbeParams {
+    ProbeParams {
+        folds: v.within("probe.folds", raw.folds, 4, 2..=20),
+        epochs: v.at_least("probe.epochs", raw.epochs, 10, 1),
+        width: raw.width.map(|w| {
+            v.check(
+                "probe.width",
+                Some(w),
+                1.0,
+                |w| w > 0.0 && w <= 4.0,
+                "(0, 4]",
+            )
+        }),
+        neighbours: v.within("probe.neighbours", raw.neighbours, 10, 1..=1000),
     }
 }
 
@@ -974,6 +1039,7 @@ pub fn defaults() -> Recipe {
         text: text(&mut v, RawText::default()),
         lda: lda(&mut v, RawLda::default()),
         clean: clean(&mut v, RawClean::default()),
+        probe: probe(&mut v, RawProbe::default()),
         labels: labels(&mut v, RawLabels::default()),
         model: model(&mut v, RawModel::default()),
         train: train(&mut v, RawTrain::default()),

@@ -18,15 +18,16 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use rules::{
-    auc_low_is_positive, by_class_ascending, calibrate, class_means, kept, lambdas, oracle_kept,
-    scores, similarity,
+    auc_low_is_positive, by_class_ascending, calibrate, class_means, combine, kept, lambdas,
+    oracle_kept, scores, similarity,
 };
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
 
 use crate::npy::{NpyError, NpyFile};
 use crate::plot::{self, PlotError};
-use crate::recipe::params::{CleanParams, CleanRule, LabelParams, Similarity};
+use crate::probe::ProbeRow;
+use crate::recipe::params::{CleanParams, CleanRule, LabelParams, SignalWeights, Similarity};
 
 pub const CLASSES_FILE: &str = "classes.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -134,6 +135,9 @@ pub struct ScoreInputs<'a> {
     pub paths: &'a dyn SamplePaths,
     pub class_names: &'a [String],
     pub image: Option<ImageFn<'a>>,
+    /// The image evidence of every sample (the `probe` stage), in id order: read when
+    /// `clean.signals` weighs an image signal.
+    pub probe: Option<&'a [ProbeRow]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +174,96 @@ pub struct NoiseMetrics {
     pub auc: Option<f64>,
     /// Mean of the per-class AUCs (classes with both clean and noisy samples).
     pub macro_auc: Option<f64>,
+    /// With image signals: the AUC of each signal alone (text, confidence, margin, knn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SignalAuc>,
+}
+
+/// How well one signal alone detects noise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalAuc {
+    pub signal: String,
+    pub auc: Option<f64>,
+}
+
+/// Every signal of every sample, beside the score they combine into (`signals.tsv`).
+pub const SIGNALS_FILE: &str = "signals.tsv";
+
+/// The signals a combined score reads, per sample in id order.
+struct Signals {
+    text: Vec<f64>,
+    probe: Vec<ProbeRow>,
+}
+
+impl Signals {
+    fn new(text: Vec<f64>, probe: &[ProbeRow]) -> Result<Signals, ScoreError> {
+        if probe.len() != text.len() {
+            return Err(ScoreError::Inputs(format!(
+                "{} topic vectors, {} probe rows",
+                text.len(),
+                probe.len()
+            )));
+        }
+        Ok(Signals {
+            text,
+            probe: probe.to_vec(),
+        })
+    }
+
+    fn column(&self, f: fn(&ProbeRow) -> f64) -> Vec<f64> {
+        self.probe.iter().map(f).collect()
+    }
+
+    fn combined(&self, weights: &SignalWeights, labels: &[u32], classes: usize) -> Vec<f64> {
+        let confidence = self.column(|r| r.confidence);
+        let knn = self.column(|r| r.knn);
+        combine(
+            &[
+                (&self.text, weights.text),
+                (&confidence, weights.confidence),
+                (&knn, weights.knn),
+            ],
+            labels,
+            classes,
+        )
+    }
+
+    fn aucs(&self, noisy: &[Option<bool>]) -> Vec<SignalAuc> {
+        let matched: Vec<usize> = (0..noisy.len()).filter(|&i| noisy[i].is_some()).collect();
+        let positive: Vec<bool> = matched.iter().map(|&i| noisy[i] == Some(true)).collect();
+        let auc = |values: &[f64]| {
+            let v: Vec<f64> = matched.iter().map(|&i| values[i]).collect();
+            auc_low_is_positive(&v, &positive)
+        };
+        [
+            ("text", self.text.clone()),
+            ("confidence", self.column(|r| r.confidence)),
+            ("margin", self.column(|r| r.margin)),
+            ("knn", self.column(|r| r.knn)),
+        ]
+        .into_iter()
+        .map(|(signal, values)| SignalAuc {
+            signal: signal.into(),
+            auc: auc(&values),
+        })
+        .collect()
+    }
+
+    fn save(&self, path: &Path, score: &[f64]) -> Result<(), ScoreError> {
+        use std::io::Write;
+        let io = |s| ScoreError::io(path, s);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        writeln!(out, "id\ttext\tconfidence\tmargin\tknn\tscore").map_err(io)?;
+        for (i, r) in self.probe.iter().enumerate() {
+            writeln!(
+                out,
+                "{i}\t{}\t{}\t{}\t{}\t{}",
+                self.text[i], r.confidence, r.margin, r.knn, score[i]
+            )
+            .map_err(io)?;
+        }
+        out.flush().map_err(io)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +293,17 @@ pub fn run_stage(
         clean.mean,
     )?;
     calibrate(&mut score, inputs.labels, classes, clean.calibration);
+    let signals = match clean.signals.reads_probe() {
+        true => {
+            let probe = inputs.probe.ok_or_else(|| {
+                ScoreError::Inputs("clean.signals weighs image signals, but no probe".into())
+            })?;
+            let signals = Signals::new(score, probe)?;
+            score = signals.combined(&clean.signals, inputs.labels, classes);
+            Some(signals)
+        }
+        false => None,
+    };
     let noisy = match &clean.truth {
         Some(path) => {
             let truth = read_truth(path)?;
@@ -240,11 +345,15 @@ pub fn run_stage(
         similarity: clean.similarity,
         samples: score.len(),
         kept: keep.iter().filter(|&&k| k).count(),
-        noise: noisy
-            .as_deref()
-            .map(|n| noise_metrics(&score, &keep, n, &class_summaries)),
+        noise: noisy.as_deref().map(|n| NoiseMetrics {
+            signals: signals.as_ref().map(|s| s.aucs(n)).unwrap_or_default(),
+            ..noise_metrics(&score, &keep, n, &class_summaries)
+        }),
         classes: class_summaries,
     };
+    if let Some(signals) = &signals {
+        signals.save(&dir.join(SIGNALS_FILE), &score)?;
+    }
     write_classes(&dir.join(CLASSES_FILE), &summary.classes)?;
     let json = serde_json::to_string_pretty(&summary).map_err(|source| ScoreError::Json {
         path: dir.join(SUMMARY_FILE),
@@ -362,6 +471,7 @@ fn noise_metrics(
         auc: auc_low_is_positive(&s, &p),
         macro_auc: (!per_class.is_empty())
             .then(|| per_class.iter().sum::<f64>() / per_class.len() as f64),
+        signals: Vec::new(),
     }
 }
 

@@ -204,6 +204,26 @@ pub fn lambdas(scores: &[f64], labels: &[u32], classes: usize, mode: &LabelParam
     }
 }
 
+/// Signals combined into one score: each ranked within its class (0 the class's lowest, 1
+/// its highest, ties sharing their mean rank; a class of one at 1) and weighed into the
+/// mean of the ranks. Every class is on one scale, and a monotone rescaling of any signal
+/// changes nothing. Signals of weight 0 are not read.
+pub fn combine(signals: &[(&[f64], f64)], labels: &[u32], classes: usize) -> Vec<f64> {
+    let total: f64 = signals.iter().map(|(_, w)| w).sum();
+    let mut out = vec![0.0; labels.len()];
+    for &(values, weight) in signals.iter().filter(|(_, w)| *w > 0.0) {
+        for members in by_class_ascending(values, labels, classes) {
+            let sorted: Vec<f64> = members.iter().map(|&i| values[i]).collect();
+            let top = members.len().saturating_sub(1) as f64;
+            for (&i, rank) in members.iter().zip(tied_ranks(&sorted)) {
+                let unit = if top > 0.0 { rank / top } else { 1.0 };
+                out[i] += weight / total * unit;
+            }
+        }
+    }
+    out
+}
+
 /// 0-based ranks of ascending values, ties sharing their mean rank.
 fn tied_ranks(sorted: &[f64]) -> Vec<f64> {
     let mut ranks = vec![0.0; sorted.len()];
@@ -461,6 +481,44 @@ mod tests {
                 let negated: Vec<f64> = scores.iter().map(|s| -s).collect();
                 let flipped = auc_low_is_positive(&negated, &positive).unwrap();
                 proptest::prop_assert!((auc + flipped - 1.0).abs() < 1e-9);
+            }
+        }
+
+        #[test]
+        fn a_combined_score_ignores_monotone_rescaling_of_any_signal(
+            samples in proptest::collection::vec((0u32..3, 0.0f64..1.0, -5.0f64..5.0, 0u8..5), 1..50),
+            weights in proptest::collection::vec(0.0f64..2.0, 3),
+            which in 0usize..3,
+            scale in 0.1f64..10.0,
+            shift in -3.0f64..3.0,
+        ) {
+            let labels: Vec<u32> = samples.iter().map(|s| s.0).collect();
+            let signals: [Vec<f64>; 3] = [
+                samples.iter().map(|s| s.1).collect(),
+                samples.iter().map(|s| s.2).collect(),
+                // Few distinct values: ties must rank alike after rescaling too.
+                samples.iter().map(|s| s.3 as f64 / 4.0).collect(),
+            ];
+            let mut weights = weights;
+            weights[0] += 0.01;
+            let combined = |signals: &[Vec<f64>; 3]| {
+                let pairs: Vec<(&[f64], f64)> =
+                    signals.iter().zip(&weights).map(|(s, &w)| (s.as_slice(), w)).collect();
+                combine(&pairs, &labels, 3)
+            };
+            let before = combined(&signals);
+            let mut rescaled = signals.clone();
+            rescaled[which] = rescaled[which].iter().map(|v| (v * scale + shift).exp()).collect();
+            proptest::prop_assert_eq!(&before, &combined(&rescaled));
+            proptest::prop_assert!(before.iter().all(|s| (-1e-12..=1.0 + 1e-12).contains(s)));
+            // One signal alone keeps its order within each class.
+            let alone = combine(&[(signals[1].as_slice(), 1.0)], &labels, 3);
+            for i in 0..labels.len() {
+                for j in 0..labels.len() {
+                    if labels[i] == labels[j] && signals[1][i] < signals[1][j] {
+                        proptest::prop_assert!(alone[i] < alone[j]);
+                    }
+                }
             }
         }
     }

@@ -60,6 +60,8 @@ pub enum StageFailure {
     #[error("{0}")]
     Score(#[from] ScoreError),
     #[error("{0}")]
+    Probe(#[from] crate::probe::ProbeError),
+    #[error("{0}")]
     Loader(#[from] LoaderError),
     #[error("{0}")]
     Train(#[from] TrainError),

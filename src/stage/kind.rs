@@ -10,15 +10,17 @@ use serde::Serialize;
 pub enum StageKind {
     Ingest,
     Lda,
+    Probe,
     Score,
     Train,
     Eval,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 5] = [
+    pub const ALL: [StageKind; 6] = [
         StageKind::Ingest,
         StageKind::Lda,
+        StageKind::Probe,
         StageKind::Score,
         StageKind::Train,
         StageKind::Eval,
@@ -29,6 +31,7 @@ impl StageKind {
         match self {
             StageKind::Ingest => "ingest",
             StageKind::Lda => "lda",
+            StageKind::Probe => "probe",
             StageKind::Score => "score",
             StageKind::Train => "train",
             StageKind::Eval => "eval",

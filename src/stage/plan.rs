@@ -103,6 +103,9 @@ pub fn plan(
     let mut stages: Vec<PlannedStage> = Vec::new();
     for kind in StageKind::ALL.into_iter().take_while(|k| *k <= until) {
         let spec = spec(kind);
+        if !(spec.runs_for)(recipe) {
+            continue;
+        }
         let upstream: serde_json::Map<String, serde_json::Value> = stages
             .iter()
             .filter(|s| spec.reads.contains(&s.kind))

@@ -22,7 +22,7 @@ use crate::runtime::{
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
 use crate::text::{DocumentSource, TextError};
-use crate::{eval, lda, score, train};
+use crate::{eval, lda, probe, score, train};
 
 /// Everything a stage's build gets.
 pub struct BuildContext<'a> {
@@ -110,8 +110,11 @@ impl BuildContext<'_> {
 /// What a stage is, for the graph, the cache and the runner.
 pub struct StageSpec {
     pub kind: StageKind,
-    /// The stages whose output it reads (and whose keys enter its key).
+    /// The stages whose output it reads (and whose keys enter its key), where the recipe
+    /// runs them.
     pub reads: &'static [StageKind],
+    /// Whether a recipe runs the stage at all (the probe runs only for image signals).
+    pub runs_for: fn(&Recipe) -> bool,
     /// Keeps what a killed attempt left in its partial folder and goes on from there.
     pub resumes: bool,
     /// Files the finished folder must hold; the rename into place waits for all of them.
@@ -131,10 +134,11 @@ pub struct StageSpec {
 /// Summarises what a stage reads from outside the cache, for its key.
 pub type OutsideInputs = fn(&Recipe) -> Result<serde_json::Value, StageFailure>;
 
-const SPECS: [StageSpec; 5] = [
+const SPECS: [StageSpec; 6] = [
     StageSpec {
         kind: StageKind::Ingest,
         reads: &[],
+        runs_for: |_| true,
         resumes: true,
         outputs: &[store::STORE_DIR, store::REPORT_FILE],
         // A generated dataset's ingest also keeps its truth file (recorded in the store
@@ -150,6 +154,7 @@ const SPECS: [StageSpec; 5] = [
     StageSpec {
         kind: StageKind::Lda,
         reads: &[StageKind::Ingest],
+        runs_for: |_| true,
         resumes: false,
         outputs: &[lda::TOPICS_TRAIN_FILE, lda::SUMMARY_FILE],
         settings: |r, _| json!({ "text": r.text, "lda": r.lda }),
@@ -158,8 +163,20 @@ const SPECS: [StageSpec; 5] = [
         format_version: 1,
     },
     StageSpec {
+        kind: StageKind::Probe,
+        reads: &[StageKind::Ingest],
+        runs_for: |r| r.clean.signals.reads_probe(),
+        resumes: true,
+        outputs: &[probe::PROBE_FILE, probe::SUMMARY_FILE],
+        settings: |r, _| json!({ "probe": r.probe, "model": probe_model(r), "train": probe_train_key(r) }),
+        reads_outside: None,
+        build: build_probe,
+        format_version: 1,
+    },
+    StageSpec {
         kind: StageKind::Score,
-        reads: &[StageKind::Ingest, StageKind::Lda],
+        reads: &[StageKind::Ingest, StageKind::Lda, StageKind::Probe],
+        runs_for: |_| true,
         resumes: false,
         outputs: &[score::SCORES_FILE],
         settings: |r, _| json!({ "clean": r.clean, "labels": r.labels }),
@@ -170,6 +187,7 @@ const SPECS: [StageSpec; 5] = [
     StageSpec {
         kind: StageKind::Train,
         reads: &[StageKind::Ingest, StageKind::Lda, StageKind::Score],
+        runs_for: |_| true,
         resumes: true,
         outputs: &[FINAL_CHECKPOINT, MODEL_SHAPE_FILE, train::STEP_METRICS_FILE],
         settings: train_settings,
@@ -180,6 +198,7 @@ const SPECS: [StageSpec; 5] = [
     StageSpec {
         kind: StageKind::Eval,
         reads: &[StageKind::Ingest, StageKind::Train],
+        runs_for: |_| true,
         resumes: false,
         outputs: &[eval::METRICS_FILE, eval::PROBABILITIES_FILE],
         settings: |r, _| json!({ "crops": r.eval.crops, "batch_size": r.eval.batch_size }),
@@ -223,26 +242,62 @@ fn dataset_fingerprint(recipe: &Recipe) -> Result<serde_json::Value, StageFailur
 }
 
 fn train_settings(recipe: &Recipe, init: Option<&InitRef>) -> serde_json::Value {
-    let mut train = serde_json::to_value(&recipe.train).expect("params serialize");
+    let mut train = train_key(&recipe.train);
     let map = train.as_object_mut().expect("train params are a table");
-    map.remove("workers");
-    map.remove("checkpoint_every");
     map.insert("init".into(), json!(init.map(|i| &i.key)));
-    // Which GPUs do not matter; how many processes share each global batch does.
+    // How many processes share each global batch changes the summation order.
     let world_size = train_world_size(recipe);
-    map.insert(
-        "devices".into(),
-        json!(match recipe.train.devices {
-            Devices::Cpu => "cpu",
-            _ => "cuda",
-        }),
-    );
     map.insert("world_size".into(), json!(world_size));
     map.insert(
         "global_batch".into(),
         json!(recipe.train.batch_per_device * world_size),
     );
     json!({ "model": recipe.model, "train": train })
+}
+
+/// The settings of `train` that can change a trained network: not the loader's threads or
+/// the checkpoint interval, nor which GPUs (only whether GPUs).
+fn train_key(train: &crate::recipe::TrainParams) -> serde_json::Value {
+    let mut key = serde_json::to_value(train).expect("params serialize");
+    let map = key.as_object_mut().expect("train params are a table");
+    map.remove("workers");
+    map.remove("checkpoint_every");
+    map.insert(
+        "devices".into(),
+        json!(match train.devices {
+            Devices::Cpu => "cpu",
+            _ => "cuda",
+        }),
+    );
+    key
+}
+
+/// The network each probe fold trains: the recipe's, at `probe.width`, classification only.
+fn probe_model(recipe: &Recipe) -> crate::recipe::ModelParams {
+    crate::recipe::ModelParams {
+        width: recipe.probe.width.unwrap_or(recipe.model.width),
+        classification: true,
+        regression: false,
+        ..recipe.model.clone()
+    }
+}
+
+/// How each probe fold trains: the recipe's optimiser, schedule, batch and augmentation for
+/// `probe.epochs`, on a fresh permutation each epoch (the score-driven samplers read what
+/// the probe feeds), without holdout or `init`. One process: the probe runs before the ranks
+/// of a data-parallel run meet.
+fn probe_train(recipe: &Recipe) -> crate::recipe::TrainParams {
+    crate::recipe::TrainParams {
+        length: crate::recipe::TrainLength::Epochs(recipe.probe.epochs),
+        sampler: SamplerKind::Shuffle,
+        holdout: None,
+        init: None,
+        ..recipe.train.clone()
+    }
+}
+
+fn probe_train_key(recipe: &Recipe) -> serde_json::Value {
+    train_key(&probe_train(recipe))
 }
 
 /// What must hold before `recipe` starts: its input files exist and its devices are usable.
@@ -400,7 +455,9 @@ fn build_lda(cx: &BuildContext) -> Result<(), StageFailure> {
 /// Settings of `recipe` read by `stage` that act on the text score or the topic vectors.
 fn text_settings(recipe: &Recipe, stage: StageKind) -> Vec<&'static str> {
     let mut settings = Vec::new();
-    if stage == StageKind::Score {
+    // With image signals the score has evidence besides the text.
+    let text_only = recipe.clean.signals.is_text_only();
+    if stage == StageKind::Score && text_only {
         if matches!(
             recipe.clean.rule,
             CleanRule::Threshold(_) | CleanRule::Fraction(_)
@@ -415,7 +472,7 @@ fn text_settings(recipe: &Recipe, stage: StageKind) -> Vec<&'static str> {
         if recipe.model.regression {
             settings.push("the regression head");
         }
-        if matches!(recipe.train.sampler, SamplerKind::Curriculum { .. }) {
+        if text_only && matches!(recipe.train.sampler, SamplerKind::Curriculum { .. }) {
             settings.push("train.sampler = \"curriculum\"");
         }
     }
@@ -457,12 +514,17 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
         .map_err(|(_, e)| e)?;
     let class_names = store.header().class_names();
     let image = |id: u64| store.reader().ok()?.image(Split::Train, id).ok();
+    let probe = match cx.upstream.get(&StageKind::Probe) {
+        Some(dir) => Some(probe::ProbeTable::load(dir)?),
+        None => None,
+    };
     let inputs = score::ScoreInputs {
         topics: &topics,
         labels: &labels,
         paths: &StorePaths(&store),
         class_names: &class_names,
         image: Some(&image),
+        probe: probe.as_ref().map(|p| p.rows()),
     };
     // A dataset that knows its noise (the generated one) left its truth file with the store;
     // used unless the recipe names one.
@@ -481,6 +543,109 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
         );
     }
     Ok(())
+}
+
+fn build_probe(cx: &BuildContext) -> Result<(), StageFailure> {
+    let recipe = cx.recipe;
+    let store = Arc::new(Store::open(cx.dir(StageKind::Ingest))?);
+    let mut labels = Vec::with_capacity(store.len(Split::Train) as usize);
+    for_each_meta(&store, Split::Train, &mut |_, meta| labels.push(meta.label))
+        .map_err(|(_, e)| e)?;
+    let classes = store.header().classes.len();
+    let (model, train) = (probe_model(recipe), probe_train(recipe));
+    let device = train_device(recipe)?;
+    let cfg = LoaderConfig::for_training(&train, train.batch_per_device);
+    let predict_cfg = loader::EvalConfig {
+        crops: CropSet::Center,
+        ..eval_config(recipe)
+    };
+    let progress = cx.progress;
+    let fold_model = |_fold: usize,
+                      samples: &[(u64, u32)],
+                      predict: &[u64],
+                      dir: &Path|
+     -> Result<probe::FoldOutput, probe::BoxError> {
+        let iterations = train::iterations(train.length, samples.len() as u64, cfg.batch_size);
+        let rank = |collective: &mut dyn Collective| -> Result<GoogLeNet, StageFailure> {
+            let mut batches = |start: u64| -> Result<train::BatchStream<'static>, train::BoxError> {
+                let loader =
+                    loader::train_batches(store.clone(), samples.to_vec(), None, &cfg, start)?;
+                Ok(Box::new(loader.map(|b| b.map_err(train::BoxError::from))))
+            };
+            let (lambda, topics) = (|_| Some(1.0), |_| None);
+            let targets = train::SampleTargets {
+                lambda: &lambda,
+                topics: &topics,
+            };
+            let job = train::TrainJob {
+                model: &model,
+                train: &train,
+                num_classes: classes,
+                topics: 0,
+                iterations,
+                out_dir: dir,
+                init: None,
+                resume: true,
+                stop_after: None,
+                progress,
+                holdout: None,
+            };
+            let (_, net) =
+                train::train_distributed(&job, &mut batches, &targets, &device, collective)?;
+            Ok(net)
+        };
+        let net = on_thread_ranks(train.cpu_ranks, &rank)?;
+        probe_outputs(&store, predict, &net, &device, &predict_cfg)
+    };
+    let summary = probe::run_stage(
+        &labels,
+        classes,
+        &recipe.probe,
+        train.seed,
+        &fold_model,
+        cx.out,
+    )?;
+    for fold in &summary.folds {
+        tracing::info!(
+            fold = fold.fold,
+            samples = fold.samples,
+            agrees_with_label = fold.agrees_with_label,
+            "probe fold"
+        );
+    }
+    Ok(())
+}
+
+/// The class probabilities and pooled features of `net` for the training samples `ids`, in
+/// that order (one center crop each).
+fn probe_outputs(
+    store: &Arc<Store>,
+    ids: &[u64],
+    net: &GoogLeNet,
+    device: &Device,
+    cfg: &loader::EvalConfig,
+) -> Result<probe::FoldOutput, probe::BoxError> {
+    let mut output = probe::FoldOutput {
+        probabilities: Vec::new(),
+        features: Vec::new(),
+    };
+    for batch in loader::eval_batches(store.clone(), Split::Train, ids.to_vec(), cfg)? {
+        let batch = batch?;
+        let images = batch.images(device)?;
+        let (heads, features) = net.forward_eval_features(&images)?;
+        let logits = heads.classes.ok_or(StageFailure::NoClassificationHead)?;
+        let probabilities = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        output
+            .probabilities
+            .extend(probabilities.flatten_all()?.to_vec1::<f32>()?);
+        output.features.extend(
+            features
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(output)
 }
 
 /// What training samples from, as the train stage sets it up before its first step: the

@@ -522,6 +522,7 @@ fn food101n_reads_its_lists_and_its_verification_labels_are_the_noise_truth() {
         paths: &paths,
         class_names: &class_names,
         image: None,
+        probe: None,
     };
     let clean = recipe::CleanParams {
         similarity: recipe::Similarity::Cosine,

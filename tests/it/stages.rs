@@ -1,7 +1,7 @@
 //! The stage graph and its cache as a sweep sees it: changing a setting re-keys exactly the
 //! stages that read it and everything downstream; the rest is reused.
 
-use crate::cli::{runner, stages_json, SMALL, TINY};
+use crate::cli::{runner, stage_dir, stages_json, SMALL, TINY};
 use websieve::recipe::{self, Recipe};
 use websieve::stage::{StageKind, Workspace};
 
@@ -863,4 +863,91 @@ fn a_sweep_keeps_going_past_a_failed_run_and_lists_it() {
     }
     insta::assert_snapshot!(text);
     crate::report::check_report_page(&tmp.path().join("runs"), &tmp.path().join("page"), "good");
+}
+
+/// Image signals through the runner: the probe stage runs only when a recipe weighs one, it
+/// is deterministic for a seed (a second cache builds the same `probe.tsv`), and the score
+/// combines its evidence with the text (`signals.tsv`, an AUC per signal).
+#[test]
+fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["recipes/quickstart.toml", "--until", "score"];
+    args.extend(TINY);
+    args.extend(SMALL);
+    let text_only = runner(tmp.path(), &args, &[]);
+    assert!(
+        text_only.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text_only.stderr)
+    );
+    assert!(stages_json(tmp.path(), "quickstart")["stages"]["probe"].is_null());
+    let text_score = stage_dir(tmp.path(), "quickstart", "score");
+
+    args.extend([
+        "--set",
+        "clean.signals={ text = 1, confidence = 1, knn = 1 }",
+        "--set",
+        "probe.folds=2",
+        "--set",
+        "probe.epochs=2",
+        "--set",
+        "probe.neighbours=3",
+        "--set",
+        "labels.lambda=\"rank\"",
+    ]);
+    let combined = runner(tmp.path(), &args, &[]);
+    assert!(
+        combined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&combined.stderr)
+    );
+    let stages = stages_json(tmp.path(), "quickstart");
+    assert_eq!(stages["stages"]["ingest"]["reused"], true);
+    assert_eq!(stages["stages"]["probe"]["reused"], false);
+    let probe = stage_dir(tmp.path(), "quickstart", "probe");
+    let score = stage_dir(tmp.path(), "quickstart", "score");
+    assert_ne!(score, text_score, "the combined score is another stage");
+    let rows = std::fs::read_to_string(probe.join("probe.tsv")).unwrap();
+    let samples = std::fs::read_to_string(score.join("scores.tsv"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(rows.lines().count(), samples, "a probe row per sample");
+    for fold in ["fold-0", "fold-1"] {
+        assert!(
+            probe.join(fold).join("metrics.jsonl").is_file(),
+            "{fold} trained"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(score.join("summary.json")).unwrap())
+            .unwrap();
+    let signals: Vec<&str> = summary["noise"]["signals"]
+        .as_array()
+        .expect("an AUC per signal")
+        .iter()
+        .map(|s| s["signal"].as_str().unwrap())
+        .collect();
+    assert_eq!(signals, ["text", "confidence", "margin", "knn"]);
+    let table = std::fs::read_to_string(score.join("signals.tsv")).unwrap();
+    assert_eq!(
+        table.lines().next(),
+        Some("id\ttext\tconfidence\tmargin\tknn\tscore")
+    );
+    // Ranks within the class: every combined score lies in [0, 1].
+    for line in table.lines().skip(1) {
+        let score: f64 = line.rsplit('\t').next().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{line}");
+    }
+
+    let again = tempfile::tempdir().unwrap();
+    let rerun = runner(again.path(), &args, &[]);
+    assert!(rerun.status.success());
+    let probe_again = stage_dir(again.path(), "quickstart", "probe");
+    assert_eq!(probe_again.file_name(), probe.file_name(), "the same key");
+    assert_eq!(
+        std::fs::read_to_string(probe_again.join("probe.tsv")).unwrap(),
+        rows,
+        "the probe is deterministic for a seed"
+    );
 }

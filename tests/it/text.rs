@@ -518,6 +518,7 @@ fn score_stage_detects_planted_noise_from_text() {
         paths: &paths,
         class_names: &class_names,
         image: Some(&image),
+        probe: None,
     };
     let clean = CleanParams {
         similarity: Similarity::Cosine,
@@ -563,6 +564,7 @@ fn score_stage_detects_planted_noise_from_text() {
     let summary = score::run_stage(
         &ScoreInputs {
             image: None,
+            probe: None,
             ..inputs
         },
         &dot,
@@ -605,6 +607,7 @@ fn score_tables_on_hand_made_vectors() {
         paths: &paths,
         class_names: &names,
         image: None,
+        probe: None,
     };
     let clean = CleanParams {
         similarity: Similarity::Cosine,
@@ -614,6 +617,7 @@ fn score_tables_on_hand_made_vectors() {
         small_class: 3,
         small_class_factor: 0.0,
         truth: Some(truth),
+        ..Recipe::default().clean
     };
     let labels_mode = LabelParams::Soft {
         lambda: LambdaMap::Rank { min: 0.2 },
@@ -683,6 +687,7 @@ impl OneClass {
             paths: &self.paths,
             class_names: &self.names,
             image: None,
+            probe: None,
         }
     }
 }
