@@ -305,7 +305,8 @@ pub struct Cell {
 }
 
 /// Images in a grid of `columns`, each fitted into a `cell`×`cell` square (aspect kept),
-/// captioned, under a title. An empty list gives a sheet with only the title.
+/// captioned, under a title. Title and captions may span lines (`\n`). An empty list gives a
+/// sheet with only the title.
 pub fn contact_sheet(
     path: &Path,
     title: &str,
@@ -314,7 +315,13 @@ pub fn contact_sheet(
     cell: u32,
 ) -> Result<(), PlotError> {
     let with_text = font_available();
-    let (title_h, caption_h, pad) = if with_text { (28, 16, 4) } else { (0, 0, 4) };
+    let lines = |text: &str| text.lines().count().max(1) as u32;
+    let caption_lines = cells.iter().map(|c| lines(&c.caption)).max().unwrap_or(1);
+    let (title_h, caption_h, pad) = if with_text {
+        (6 + 22 * lines(title), 15 * caption_lines + 1, 4)
+    } else {
+        (0, 0, 4)
+    };
     let rows = cells.len().div_ceil(columns.max(1)).max(1) as u32;
     let width = columns as u32 * (cell + pad) + pad;
     let height = title_h + rows * (cell + caption_h + pad) + pad;
@@ -342,17 +349,19 @@ pub fn contact_sheet(
         let mut raw = canvas.into_raw();
         {
             let root = BitMapBackend::with_buffer(&mut raw, (width, height)).into_drawing_area();
-            root.draw_text(
-                title,
-                &(FONT, 18).into_font().color(&BLACK),
-                (pad as i32, 5),
-            )
-            .map_err(|e| err(e.to_string()))?;
+            let title_style = (FONT, 18).into_font().color(&BLACK);
+            for (n, line) in title.lines().enumerate() {
+                root.draw_text(line, &title_style, (pad as i32, 5 + 22 * n as i32))
+                    .map_err(|e| err(e.to_string()))?;
+            }
             let style = (FONT, 12).into_font().color(&BLACK);
             for (i, c) in cells.iter().enumerate() {
                 let (x, y) = origin(i);
-                root.draw_text(&c.caption, &style, (x as i32, (y + cell + 2) as i32))
-                    .map_err(|e| err(e.to_string()))?;
+                for (n, line) in c.caption.lines().enumerate() {
+                    let at = (x as i32, (y + cell + 2) as i32 + 15 * n as i32);
+                    root.draw_text(line, &style, at)
+                        .map_err(|e| err(e.to_string()))?;
+                }
             }
             root.present().map_err(|e| err(e.to_string()))?;
         }
@@ -402,6 +411,17 @@ mod tests {
         );
         // The first image's centre is red: images land in their cells.
         assert_eq!(img.get_pixel(4 + 16, title_h + 4 + 16), &Rgb([255, 0, 0]));
+
+        // A second line of title or caption makes room for itself.
+        let mut cells = cells;
+        cells[4].caption.push_str("\nt 1 c 2 k 3");
+        contact_sheet(&sheet, "lowest\nlegend", &cells, 3, 32).unwrap();
+        let img = image::open(&sheet).unwrap().to_rgb8();
+        let (title_h, caption_h) = if font_available() { (50, 31) } else { (0, 0) };
+        assert_eq!(
+            img.dimensions(),
+            (3 * 36 + 4, title_h + 2 * (32 + caption_h + 4) + 4)
+        );
     }
 
     #[test]

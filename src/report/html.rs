@@ -267,7 +267,7 @@ impl Page {
             self.note("no per-class results");
             return;
         }
-        let columns: Vec<(String, Align)> = [
+        let mut columns: Vec<(String, Align)> = [
             ("class", Align::Right),
             ("name", Align::Left),
             ("val images", Align::Right),
@@ -281,6 +281,11 @@ impl Page {
         .into_iter()
         .map(|(n, a)| (n.to_string(), a))
         .collect();
+        // With image signals, each signal's noise AUC in the class beside the score's.
+        let with_signals = scored.values().any(|c| !c.signals.is_empty());
+        if with_signals {
+            columns.extend(score::SIGNAL_NAMES.map(|name| (format!("AUC {name}"), Align::Right)));
+        }
         let labels: Vec<usize> = match evaluated {
             Some(classes) => classes.iter().map(|c| c.class).collect(),
             None => scored.keys().copied().collect(),
@@ -291,7 +296,7 @@ impl Page {
                 let eval = evaluated.and_then(|c| c.iter().find(|c| c.class == label));
                 let score = scored.get(&label);
                 let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-                vec![
+                let mut row = vec![
                     label.to_string(),
                     or_dash(
                         eval.map(|e| e.name.clone())
@@ -304,7 +309,15 @@ impl Page {
                     or_dash(score.map(|s| s.kept.to_string())),
                     or_dash(score.map(|s| format!("{:.3}", s.mean_score))),
                     or_dash(score.and_then(|s| s.auc).map(|a| format!("{a:.3}"))),
-                ]
+                ];
+                if with_signals {
+                    row.extend(score::SIGNAL_NAMES.map(|name| {
+                        let signal =
+                            score.and_then(|s| s.signals.iter().find(|a| a.signal == name));
+                        or_dash(signal.and_then(|a| a.auc).map(|a| format!("{a:.3}")))
+                    }));
+                }
+                row
             })
             .collect();
         self.body.push_str(&table(&columns, &rows));
@@ -346,6 +359,7 @@ impl Page {
         let class_names = store.header().class_names();
         let scores: Vec<f64> = table.rows().iter().map(|r| r.score).collect();
         let labels: Vec<u32> = table.rows().iter().map(|r| r.label).collect();
+        let ranks = score::Signals::load(score_dir)?.map(|s| s.ranks(&labels, class_names.len()));
         let by_class = score::by_class_ascending(&scores, &labels, class_names.len());
         let reader = store.reader()?;
         self.body
@@ -373,7 +387,17 @@ impl Page {
                     // Web data: an image that cannot be read is shown as missing, not fatal.
                     Err(_) => false,
                 };
-                self.figure(&thumb, shown, row, rank, members.len(), verdict, &meta);
+                let signals = ranks.as_ref().map(|r| r[i]);
+                self.figure(
+                    &thumb,
+                    shown,
+                    row,
+                    rank,
+                    members.len(),
+                    verdict,
+                    signals,
+                    &meta,
+                );
             }
             self.body.push_str("</div>\n");
         }
@@ -397,6 +421,7 @@ impl Page {
         rank: usize,
         members: usize,
         noisy: Option<bool>,
+        signal_ranks: Option<[f64; 3]>,
         meta: &SampleMeta,
     ) {
         let text = meta.text.joined();
@@ -415,9 +440,13 @@ impl Page {
             None => "",
         };
         let kept = if row.kept { "kept" } else { "discarded" };
+        // Each signal's rank in the class (0 its lowest, 1 its highest): what the score combines.
+        let signals = signal_ranks.map_or(String::new(), |[text, confidence, knn]| {
+            format!("<br>class rank by text {text:.2} · confidence {confidence:.2} · k-NN {knn:.2}")
+        });
         let _ = writeln!(
             self.body,
-            "<figcaption>#{} · score {:.3} · rank {}/{members} · {kept}{verdict}<br><code>{}</code><br><span title=\"{}\">{}{ellipsis}</span></figcaption></figure>",
+            "<figcaption>#{} · score {:.3} · rank {}/{members} · {kept}{verdict}{signals}<br><code>{}</code><br><span title=\"{}\">{}{ellipsis}</span></figcaption></figure>",
             row.id,
             row.score,
             rank + 1,

@@ -1,14 +1,19 @@
-//! Per-sample scores from topic vectors: similarity to the class mean, cleaning rules, λ soft
-//! labels, reports: the `score` stage. In: topic vectors and paths, each read in passes in id
-//! order ([`TopicRows`]: a `.npy` file is never held whole; [`SamplePaths`]), labels (and
-//! optionally the images and a truth file). Memory: the class means and a few arrays of a
-//! few bytes per sample (label, score, λ, kept, noisy). Out, in the stage folder: `scores.tsv` (id, path, label, score,
-//! λ, kept: what training reads back through [`ScoreTable`]), `classes.tsv`, `summary.json`,
+//! Per-sample scores from topic vectors (and, when the recipe weighs them, the probe's image
+//! signals): similarity to the class mean, cleaning rules, λ soft labels, reports: the
+//! `score` stage. In: topic vectors and paths, each read in passes in id order
+//! ([`TopicRows`]: a `.npy` file is never held whole; [`SamplePaths`]), labels, optionally the
+//! probe's rows, the images and a truth file. Memory: the class means and a few arrays of a
+//! few bytes per sample (label, score, λ, kept, noisy). Out, in the stage folder: `scores.tsv`
+//! (id, path, label, score, λ, kept: what training reads back through [`ScoreTable`]),
+//! `signals.tsv` (each signal beside the combined score, with image signals), `classes.tsv`
+//! (with a truth file, each class's AUC, and each signal's), `summary.json`,
 //! `score_histogram.png` (the discard cut drawn, the noise AUC in its title), and
 //! `lowest/<class>.png` contact sheets of the lowest-scored images of each class (of the
-//! [`SHEET_CLASSES`] lowest-scored classes, when there are more).
+//! [`SHEET_CLASSES`] lowest-scored classes, when there are more), captioned with each
+//! signal's rank in the class.
 
 mod rules;
+mod signals;
 mod table;
 mod truth;
 
@@ -18,16 +23,17 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use rules::{
-    auc_low_is_positive, by_class_ascending, calibrate, class_means, combine, kept, lambdas,
-    oracle_kept, scores, similarity,
+    auc_low_is_positive, by_class_ascending, calibrate, class_means, class_ranks, combine, kept,
+    lambdas, oracle_kept, scores, similarity,
 };
+pub use signals::{rank_caption, SignalAuc, Signals, SIGNALS_FILE, SIGNAL_NAMES};
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
 
 use crate::npy::{NpyError, NpyFile};
 use crate::plot::{self, PlotError};
 use crate::probe::ProbeRow;
-use crate::recipe::params::{CleanParams, CleanRule, LabelParams, SignalWeights, Similarity};
+use crate::recipe::params::{CleanParams, CleanRule, LabelParams, Similarity};
 
 pub const CLASSES_FILE: &str = "classes.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -153,6 +159,9 @@ pub struct ClassSummary {
     pub noisy: Option<usize>,
     pub noisy_discarded: Option<usize>,
     pub auc: Option<f64>,
+    /// With image signals too: the AUC of each signal alone within the class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SignalAuc>,
 }
 
 /// Noise detection against the truth file (noisy = true label differs from the given one).
@@ -177,93 +186,6 @@ pub struct NoiseMetrics {
     /// With image signals: the AUC of each signal alone (text, confidence, margin, knn).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SignalAuc>,
-}
-
-/// How well one signal alone detects noise.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SignalAuc {
-    pub signal: String,
-    pub auc: Option<f64>,
-}
-
-/// Every signal of every sample, beside the score they combine into (`signals.tsv`).
-pub const SIGNALS_FILE: &str = "signals.tsv";
-
-/// The signals a combined score reads, per sample in id order.
-struct Signals {
-    text: Vec<f64>,
-    probe: Vec<ProbeRow>,
-}
-
-impl Signals {
-    fn new(text: Vec<f64>, probe: &[ProbeRow]) -> Result<Signals, ScoreError> {
-        if probe.len() != text.len() {
-            return Err(ScoreError::Inputs(format!(
-                "{} topic vectors, {} probe rows",
-                text.len(),
-                probe.len()
-            )));
-        }
-        Ok(Signals {
-            text,
-            probe: probe.to_vec(),
-        })
-    }
-
-    fn column(&self, f: fn(&ProbeRow) -> f64) -> Vec<f64> {
-        self.probe.iter().map(f).collect()
-    }
-
-    fn combined(&self, weights: &SignalWeights, labels: &[u32], classes: usize) -> Vec<f64> {
-        let confidence = self.column(|r| r.confidence);
-        let knn = self.column(|r| r.knn);
-        combine(
-            &[
-                (&self.text, weights.text),
-                (&confidence, weights.confidence),
-                (&knn, weights.knn),
-            ],
-            labels,
-            classes,
-        )
-    }
-
-    fn aucs(&self, noisy: &[Option<bool>]) -> Vec<SignalAuc> {
-        let matched: Vec<usize> = (0..noisy.len()).filter(|&i| noisy[i].is_some()).collect();
-        let positive: Vec<bool> = matched.iter().map(|&i| noisy[i] == Some(true)).collect();
-        let auc = |values: &[f64]| {
-            let v: Vec<f64> = matched.iter().map(|&i| values[i]).collect();
-            auc_low_is_positive(&v, &positive)
-        };
-        [
-            ("text", self.text.clone()),
-            ("confidence", self.column(|r| r.confidence)),
-            ("margin", self.column(|r| r.margin)),
-            ("knn", self.column(|r| r.knn)),
-        ]
-        .into_iter()
-        .map(|(signal, values)| SignalAuc {
-            signal: signal.into(),
-            auc: auc(&values),
-        })
-        .collect()
-    }
-
-    fn save(&self, path: &Path, score: &[f64]) -> Result<(), ScoreError> {
-        use std::io::Write;
-        let io = |s| ScoreError::io(path, s);
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-        writeln!(out, "id\ttext\tconfidence\tmargin\tknn\tscore").map_err(io)?;
-        for (i, r) in self.probe.iter().enumerate() {
-            writeln!(
-                out,
-                "{i}\t{}\t{}\t{}\t{}\t{}",
-                self.text[i], r.confidence, r.margin, r.knn, score[i]
-            )
-            .map_err(io)?;
-        }
-        out.flush().map_err(io)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -340,19 +262,23 @@ pub fn run_stage(
     let table = ScoreTable::new(rows);
     table.save(dir, inputs.paths)?;
 
-    let class_summaries = summarise_classes(inputs, &score, &keep, noisy.as_deref());
+    let class_summaries =
+        summarise_classes(inputs, &score, &keep, noisy.as_deref(), signals.as_ref());
     let summary = ScoreSummary {
         similarity: clean.similarity,
         samples: score.len(),
         kept: keep.iter().filter(|&&k| k).count(),
         noise: noisy.as_deref().map(|n| NoiseMetrics {
-            signals: signals.as_ref().map(|s| s.aucs(n)).unwrap_or_default(),
+            signals: signals
+                .as_ref()
+                .map(|s| s.aucs(n, &(0..s.len()).collect::<Vec<_>>()))
+                .unwrap_or_default(),
             ..noise_metrics(&score, &keep, n, &class_summaries)
         }),
         classes: class_summaries,
     };
     if let Some(signals) = &signals {
-        signals.save(&dir.join(SIGNALS_FILE), &score)?;
+        signals.save(dir, &score)?;
     }
     write_classes(&dir.join(CLASSES_FILE), &summary.classes)?;
     let json = serde_json::to_string_pretty(&summary).map_err(|source| ScoreError::Json {
@@ -374,6 +300,7 @@ pub fn run_stage(
             inputs,
             image,
             &score,
+            signals.as_ref(),
             noisy.as_deref(),
             &summary.classes,
         )?;
@@ -408,6 +335,7 @@ fn summarise_classes(
     score: &[f64],
     keep: &[bool],
     noisy: Option<&[Option<bool>]>,
+    signals: Option<&Signals>,
 ) -> Vec<ClassSummary> {
     by_class_ascending(score, inputs.labels, inputs.class_names.len())
         .into_iter()
@@ -440,6 +368,10 @@ fn summarise_classes(
                     let (s, p): (Vec<f64>, Vec<bool>) = known.into_iter().unzip();
                     auc_low_is_positive(&s, &p)
                 }),
+                signals: match (noisy, signals) {
+                    (Some(noisy), Some(signals)) => signals.aucs(noisy, &members),
+                    _ => Vec::new(),
+                },
             }
         })
         .collect()
@@ -482,12 +414,21 @@ pub fn or_na(value: Option<f64>) -> String {
 
 fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError> {
     let opt = |x: Option<usize>| x.map_or(String::new(), |v| v.to_string());
+    let auc = |a: Option<f64>| a.map_or(String::new(), |a| format!("{a:.4}"));
+    // With image signals, each signal's AUC within the class follows the score's.
+    let with_signals = classes.iter().any(|c| !c.signals.is_empty());
     let mut out = String::from(
-        "label\tname\tsamples\tkept\tmean_score\tmedian_score\tnoisy\tnoisy_discarded\tauc\n",
+        "label\tname\tsamples\tkept\tmean_score\tmedian_score\tnoisy\tnoisy_discarded\tauc",
     );
+    if with_signals {
+        SIGNAL_NAMES
+            .iter()
+            .for_each(|name| out.push_str(&format!("\tauc_{name}")));
+    }
+    out.push('\n');
     for c in classes {
         out.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{}\t{}",
             c.label,
             c.name,
             c.samples,
@@ -496,8 +437,19 @@ fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError
             c.median_score,
             opt(c.noisy),
             opt(c.noisy_discarded),
-            c.auc.map_or(String::new(), |a| format!("{a:.4}"))
+            auc(c.auc),
         ));
+        if with_signals {
+            for name in SIGNAL_NAMES {
+                let a = c
+                    .signals
+                    .iter()
+                    .find(|s| s.signal == name)
+                    .and_then(|s| s.auc);
+                out.push_str(&format!("\t{}", auc(a)));
+            }
+        }
+        out.push('\n');
     }
     std::fs::write(path, out).map_err(|s| ScoreError::io(path, s))
 }
@@ -571,9 +523,11 @@ fn write_contact_sheets(
     inputs: &ScoreInputs,
     image: ImageFn,
     score: &[f64],
+    signals: Option<&Signals>,
     noisy: Option<&[Option<bool>]>,
     classes: &[ClassSummary],
 ) -> Result<(), ScoreError> {
+    let ranks = signals.map(|s| s.ranks(inputs.labels, inputs.class_names.len()));
     std::fs::create_dir_all(dir).map_err(|s| ScoreError::io(dir, s))?;
     let mut shown: Vec<&ClassSummary> = classes.iter().collect();
     shown.sort_by(|a, b| a.mean_score.total_cmp(&b.mean_score));
@@ -593,14 +547,24 @@ fn write_contact_sheets(
                     Some(false) => " clean",
                     None => "",
                 };
+                let ranks = ranks
+                    .as_ref()
+                    .map_or(String::new(), |r| format!("\n{}", rank_caption(r[i])));
                 image(i as u64).map(|img| plot::Cell {
                     image: img,
-                    caption: format!("#{i} {:.3}{truth}", score[i]),
+                    caption: format!("#{i} {:.3}{truth}{ranks}", score[i]),
                 })
             })
             .collect();
         let name = sanitize(&inputs.class_names[label]);
-        let title = format!("class {label} {}: lowest scores", inputs.class_names[label]);
+        let legend = match signals {
+            Some(_) => "\nt, c, k: % of the class below in text, confidence, k-NN",
+            None => "",
+        };
+        let title = format!(
+            "class {label} {}: lowest scores{legend}",
+            inputs.class_names[label]
+        );
         plot::contact_sheet(
             &dir.join(format!("{label:04}_{name}.png")),
             &title,

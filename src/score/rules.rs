@@ -204,21 +204,29 @@ pub fn lambdas(scores: &[f64], labels: &[u32], classes: usize, mode: &LabelParam
     }
 }
 
-/// Signals combined into one score: each ranked within its class (0 the class's lowest, 1
-/// its highest, ties sharing their mean rank; a class of one at 1) and weighed into the
-/// mean of the ranks. Every class is on one scale, and a monotone rescaling of any signal
-/// changes nothing. Signals of weight 0 are not read.
+/// Each value's rank within its class, in [0, 1]: 0 the class's lowest, 1 its highest, ties
+/// sharing their mean rank, a class of one at 1.
+pub fn class_ranks(values: &[f64], labels: &[u32], classes: usize) -> Vec<f64> {
+    let mut out = vec![0.0; labels.len()];
+    for members in by_class_ascending(values, labels, classes) {
+        let sorted: Vec<f64> = members.iter().map(|&i| values[i]).collect();
+        let top = members.len().saturating_sub(1) as f64;
+        for (&i, rank) in members.iter().zip(tied_ranks(&sorted)) {
+            out[i] = if top > 0.0 { rank / top } else { 1.0 };
+        }
+    }
+    out
+}
+
+/// Signals combined into one score: the weighted mean of their [`class_ranks`]. Every class
+/// is on one scale, and a monotone rescaling of any signal changes nothing. Signals of
+/// weight 0 are not read.
 pub fn combine(signals: &[(&[f64], f64)], labels: &[u32], classes: usize) -> Vec<f64> {
     let total: f64 = signals.iter().map(|(_, w)| w).sum();
     let mut out = vec![0.0; labels.len()];
     for &(values, weight) in signals.iter().filter(|(_, w)| *w > 0.0) {
-        for members in by_class_ascending(values, labels, classes) {
-            let sorted: Vec<f64> = members.iter().map(|&i| values[i]).collect();
-            let top = members.len().saturating_sub(1) as f64;
-            for (&i, rank) in members.iter().zip(tied_ranks(&sorted)) {
-                let unit = if top > 0.0 { rank / top } else { 1.0 };
-                out[i] += weight / total * unit;
-            }
+        for (o, rank) in out.iter_mut().zip(class_ranks(values, labels, classes)) {
+            *o += weight / total * rank;
         }
     }
     out

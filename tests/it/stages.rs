@@ -12,12 +12,12 @@ fn recipe_with(sets: &[&str]) -> Recipe {
         .remove(0)
 }
 
-fn keys(ws: &Workspace, r: &Recipe) -> Vec<String> {
+fn keys(ws: &Workspace, r: &Recipe) -> Vec<(StageKind, String)> {
     ws.plan(r, StageKind::Eval)
         .unwrap()
         .stages
         .iter()
-        .map(|s| s.key.clone())
+        .map(|s| (s.kind, s.key.clone()))
         .collect()
 }
 
@@ -32,11 +32,16 @@ fn rekeyed_from(base: &[&str], sets: &[&str]) -> Vec<StageKind> {
     let ws = Workspace::new(tmp.path().join("cache"), tmp.path().join("runs"));
     let changed = keys(&ws, &recipe_with(&[base, sets].concat()));
     let base = keys(&ws, &recipe_with(base));
-    StageKind::ALL
-        .into_iter()
-        .zip(base.iter().zip(&changed))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(k, _)| k)
+    // A stage the recipe does not run (the probe, without image signals) is in neither plan.
+    assert_eq!(
+        base.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        changed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        "the settings changed which stages run"
+    );
+    base.iter()
+        .zip(&changed)
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((k, _), _)| *k)
         .collect()
 }
 
@@ -939,6 +944,18 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
         let score: f64 = line.rsplit('\t').next().unwrap().parse().unwrap();
         assert!((0.0..=1.0).contains(&score), "{line}");
     }
+    // Each signal's AUC per class, beside the combined score's.
+    let classes = std::fs::read_to_string(score.join("classes.tsv")).unwrap();
+    assert!(
+        classes
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("\tauc\tauc_text\tauc_confidence\tauc_margin\tauc_knn"),
+        "{classes}"
+    );
+    let per_class = summary["classes"][0]["signals"].as_array().unwrap();
+    assert_eq!(per_class.len(), 4);
 
     let again = tempfile::tempdir().unwrap();
     let rerun = runner(again.path(), &args, &[]);
