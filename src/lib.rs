@@ -29,4 +29,5 @@ pub mod store;
 pub mod table;
 pub mod text;
 pub mod train;
+pub mod tsv;
 pub mod units;

@@ -19,7 +19,7 @@
 //! The neighbour search is exact, quadratic in a fold's size; folds above
 //! [`MAX_NEIGHBOUR_FOLD`] samples are refused rather than left to run for hours.
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::recipe::ProbeParams;
+use crate::tsv::{self, Header, TsvError};
 
 pub const PROBE_FILE: &str = "probe.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -51,13 +52,8 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}: field {field}: {message}")]
-    BadField {
-        path: PathBuf,
-        line: usize,
-        field: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Tsv(#[from] TsvError),
     #[error("probe fold {fold}: {source}")]
     Fold {
         fold: usize,
@@ -345,51 +341,24 @@ fn write_rows(path: &Path, rows: &[ProbeRow]) -> Result<(), ProbeError> {
     std::fs::rename(&partial, path).map_err(ProbeError::io(path))
 }
 
+/// A fold's rows, as its `rows.tsv` holds them (ids of that fold only).
 fn read_rows(path: &Path) -> Result<Vec<ProbeRow>, ProbeError> {
-    let file = std::fs::File::open(path).map_err(ProbeError::io(path))?;
-    let bad = |line: usize, field: &str, message: String| ProbeError::BadField {
-        path: path.to_path_buf(),
-        line,
-        field: field.into(),
-        message,
-    };
     let mut rows = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.map_err(|e| bad(line_no, "row", e.to_string()))?;
-        if line_no == 1 {
-            if line != HEADER {
-                return Err(bad(1, "header", format!("expected {HEADER:?}")));
-            }
-            continue;
-        }
-        let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != 5 {
-            return Err(bad(
-                line_no,
-                "row",
-                format!("expected 5 tab-separated fields, found {}", fields.len()),
-            ));
-        }
-        let number = |i: usize, name: &str| -> Result<f64, ProbeError> {
-            fields[i]
-                .parse()
-                .map_err(|_| bad(line_no, name, format!("cannot parse {:?}", fields[i])))
-        };
-        let whole = |i: usize, name: &str| -> Result<u64, ProbeError> {
-            fields[i]
-                .parse()
-                .map_err(|_| bad(line_no, name, format!("cannot parse {:?}", fields[i])))
-        };
-        rows.push(ProbeRow {
-            id: whole(0, "id")?,
-            fold: whole(1, "fold")? as usize,
-            confidence: number(2, "confidence")?,
-            margin: number(3, "margin")?,
-            knn: number(4, "knn")?,
-        });
-    }
+    tsv::for_each_row(path, Header::Exactly(HEADER), |row| {
+        rows.push(probe_row(row)?);
+        Ok(())
+    })?;
     Ok(rows)
+}
+
+fn probe_row(row: &tsv::Row) -> Result<ProbeRow, TsvError> {
+    Ok(ProbeRow {
+        id: row.parse(0)?,
+        fold: row.parse(1)?,
+        confidence: row.parse(2)?,
+        margin: row.parse(3)?,
+        knn: row.parse(4)?,
+    })
 }
 
 /// `probe.tsv` read back: one row per training sample, in id order.
@@ -401,15 +370,12 @@ pub struct ProbeTable {
 impl ProbeTable {
     pub fn load(dir: &Path) -> Result<ProbeTable, ProbeError> {
         let path = dir.join(PROBE_FILE);
-        let rows = read_rows(&path)?;
-        if let Some((i, row)) = rows.iter().enumerate().find(|(i, r)| r.id != *i as u64) {
-            return Err(ProbeError::BadField {
-                path,
-                line: i + 2,
-                field: "id".into(),
-                message: format!("expected id {i} (ids run 0..N in order), found {}", row.id),
-            });
-        }
+        let mut rows = Vec::new();
+        tsv::for_each_row(&path, Header::Exactly(HEADER), |row| {
+            tsv::expect_id(row, 0, rows.len())?;
+            rows.push(probe_row(row)?);
+            Ok(())
+        })?;
         Ok(ProbeTable { rows })
     }
 

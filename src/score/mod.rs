@@ -34,6 +34,7 @@ use crate::npy::{NpyError, NpyFile};
 use crate::plot::{self, PlotError};
 use crate::probe::ProbeRow;
 use crate::recipe::params::{CleanParams, CleanRule, LabelParams, Similarity};
+use crate::tsv::TsvError;
 
 pub const CLASSES_FILE: &str = "classes.tsv";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -53,13 +54,8 @@ pub enum ScoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}: field {field}: {message}")]
-    BadField {
-        path: PathBuf,
-        line: usize,
-        field: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Tsv(#[from] TsvError),
     #[error("{path}: {source}")]
     Json {
         path: PathBuf,

@@ -2,7 +2,7 @@
 //! evidence) beside the score they combine into, written by the `score` stage when the recipe
 //! weighs image signals, and read back by the reports (captions, per-class AUCs).
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ use super::rules::{auc_low_is_positive, class_ranks, combine};
 use super::ScoreError;
 use crate::probe::ProbeRow;
 use crate::recipe::params::SignalWeights;
+use crate::tsv::{self, Header};
 
 pub const SIGNALS_FILE: &str = "signals.tsv";
 const HEADER: &str = "id\ttext\tconfidence\tmargin\tknn\tscore";
@@ -131,62 +132,23 @@ impl Signals {
     /// wrote none.
     pub fn load(dir: &Path) -> Result<Option<Signals>, ScoreError> {
         let path = dir.join(SIGNALS_FILE);
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ScoreError::io(&path, e)),
-        };
-        let bad = |line: usize, field: &str, message: String| ScoreError::BadField {
-            path: path.clone(),
-            line,
-            field: field.to_string(),
-            message,
-        };
+        if !path.exists() {
+            return Ok(None);
+        }
         let mut signals = Signals {
             text: Vec::new(),
             confidence: Vec::new(),
             margin: Vec::new(),
             knn: Vec::new(),
         };
-        for (line_no, line) in BufReader::new(file).lines().enumerate() {
-            let line_no = line_no + 1;
-            let line = line.map_err(|e| bad(line_no, "row", e.to_string()))?;
-            if line_no == 1 {
-                if line != HEADER {
-                    return Err(bad(1, "header", format!("expected {HEADER:?}")));
-                }
-                continue;
-            }
-            let fields: Vec<&str> = line.split('\t').collect();
-            if fields.len() != 6 {
-                return Err(bad(
-                    line_no,
-                    "row",
-                    format!("expected 6 tab-separated fields, found {}", fields.len()),
-                ));
-            }
-            if fields[0].parse::<usize>().ok() != Some(signals.len()) {
-                return Err(bad(
-                    line_no,
-                    "id",
-                    format!("expected id {}, found {:?}", signals.len(), fields[0]),
-                ));
-            }
-            let value = |i: usize| -> Result<f64, ScoreError> {
-                fields[i].parse().map_err(|_| {
-                    bad(
-                        line_no,
-                        SIGNAL_NAMES[i - 1],
-                        format!("cannot parse {:?}", fields[i]),
-                    )
-                })
-            };
-            let row = [value(1)?, value(2)?, value(3)?, value(4)?];
-            signals.text.push(row[0]);
-            signals.confidence.push(row[1]);
-            signals.margin.push(row[2]);
-            signals.knn.push(row[3]);
-        }
+        tsv::for_each_row(&path, Header::Exactly(HEADER), |row| {
+            tsv::expect_id(row, 0, signals.len())?;
+            signals.text.push(row.parse(1)?);
+            signals.confidence.push(row.parse(2)?);
+            signals.margin.push(row.parse(3)?);
+            signals.knn.push(row.parse(4)?);
+            Ok(())
+        })?;
         Ok(Some(signals))
     }
 }

@@ -1,10 +1,11 @@
 //! `scores.tsv`: one row per training sample (id, path, label, score, λ, kept), written by
 //! the `score` stage and read back by training.
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use super::{SamplePaths, ScoreError};
+use crate::tsv::{self, Header};
 
 pub const SCORES_FILE: &str = "scores.tsv";
 const HEADER: &str = "id\tpath\tlabel\tscore\tlambda\tkept";
@@ -87,73 +88,26 @@ impl ScoreTable {
     }
 
     pub fn load(dir: &Path) -> Result<ScoreTable, ScoreError> {
-        let path = dir.join(SCORES_FILE);
-        let file = std::fs::File::open(&path).map_err(|s| ScoreError::io(&path, s))?;
-        let bad = |line: usize, field: &str, message: String| ScoreError::BadField {
-            path: path.clone(),
-            line,
-            field: field.to_string(),
-            message,
-        };
-        let mut lines = BufReader::new(file).lines();
-        let mut next_line = |line_no: usize| -> Result<Option<String>, ScoreError> {
-            lines
-                .next()
-                .transpose()
-                .map_err(|e| bad(line_no, "row", e.to_string()))
-        };
-        if next_line(1)?.as_deref() != Some(HEADER) {
-            return Err(bad(1, "header", format!("expected {HEADER:?}")));
-        }
         let mut rows = Vec::new();
-        for line_no in 2.. {
-            let Some(line) = next_line(line_no)? else {
-                break;
-            };
-            let fields: Vec<&str> = line.split('\t').collect();
-            if fields.len() != 6 {
-                return Err(bad(
-                    line_no,
-                    "row",
-                    format!("expected 6 tab-separated fields, found {}", fields.len()),
-                ));
-            }
-            fn parse<T: std::str::FromStr>(raw: &str) -> Option<T> {
-                raw.parse().ok()
-            }
-            let field =
-                |i: usize, name: &str| bad(line_no, name, format!("cannot parse {:?}", fields[i]));
-            let id: u64 = parse(fields[0]).ok_or_else(|| field(0, "id"))?;
-            if id != rows.len() as u64 {
-                return Err(bad(
-                    line_no,
-                    "id",
-                    format!(
-                        "expected id {} (ids run 0..N in order), found {id}",
-                        rows.len()
-                    ),
-                ));
-            }
-            let lambda: f64 = parse(fields[4]).ok_or_else(|| field(4, "lambda"))?;
+        tsv::for_each_row(&dir.join(SCORES_FILE), Header::Exactly(HEADER), |row| {
+            tsv::expect_id(row, 0, rows.len())?;
+            let lambda: f64 = row.parse(4)?;
             if !(0.0..=1.0).contains(&lambda) {
-                return Err(bad(
-                    line_no,
-                    "lambda",
-                    format!("{lambda} is outside [0, 1]"),
-                ));
+                return Err(row.error(4, format!("{lambda} is outside [0, 1]")));
             }
             rows.push(ScoreRow {
-                id,
-                label: parse(fields[2]).ok_or_else(|| field(2, "label"))?,
-                score: parse(fields[3]).ok_or_else(|| field(3, "score"))?,
+                id: rows.len() as u64,
+                label: row.parse(2)?,
+                score: row.parse(3)?,
                 lambda,
-                kept: match fields[5] {
+                kept: match row.raw(5)? {
                     "1" => true,
                     "0" => false,
-                    _ => return Err(field(5, "kept")),
+                    other => return Err(row.error(5, format!("expected 0 or 1, found {other:?}"))),
                 },
             });
-        }
+            Ok(())
+        })?;
         Ok(ScoreTable::new(rows))
     }
 }

@@ -6,10 +6,10 @@
 //! 2.4M; two of them share a digest with probability about 2.4M² / 2⁶⁵ ≈ 2·10⁻⁷).
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 
 use super::ScoreError;
+use crate::tsv::{self, Header, TsvError};
 
 /// Whether each listed sample is noisy (given label ≠ true label), by path.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -45,56 +45,18 @@ impl Truth {
 }
 
 pub fn read_truth(path: &Path) -> Result<Truth, ScoreError> {
-    let file = std::fs::File::open(path).map_err(|s| ScoreError::io(path, s))?;
-    let mut lines = std::io::BufReader::new(file).lines();
-    let bad = |line: usize, field: &str, message: String| ScoreError::BadField {
-        path: path.to_path_buf(),
-        line,
-        field: field.to_string(),
-        message,
-    };
-    let first = lines
-        .next()
-        .transpose()
-        .map_err(|s| ScoreError::io(path, s))?
-        .unwrap_or_default();
-    let header: Vec<&str> = first.split('\t').collect();
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .ok_or_else(|| bad(1, name, format!("missing from the header {header:?}")))
-    };
-    let (path_col, given_col, true_col) = (
-        column("path")?,
-        column("given_label")?,
-        column("true_label")?,
-    );
     let mut truth = Truth::default();
-    for (n, line) in lines.enumerate() {
-        let line_no = n + 2;
-        let line = line.map_err(|s| ScoreError::io(path, s))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split('\t').collect();
-        let get = |col: usize, name: &str| {
-            fields
-                .get(col)
-                .copied()
-                .ok_or_else(|| bad(line_no, name, format!("missing ({} fields)", fields.len())))
-        };
-        let number = |col: usize, name: &str| -> Result<i64, ScoreError> {
-            let raw = get(col, name)?;
+    let columns = ["path", "given_label", "true_label"];
+    tsv::for_each_row(path, Header::Naming(&columns), |row| {
+        let label = |i: usize| -> Result<i64, TsvError> {
+            let raw = row.raw(i)?;
             raw.parse()
-                .map_err(|_| bad(line_no, name, format!("not an integer: {raw:?}")))
+                .map_err(|_| row.error(i, format!("not an integer: {raw:?}")))
         };
-        let given = number(given_col, "given_label")?;
-        let true_label = number(true_col, "true_label")?;
-        truth
-            .noisy
-            .insert(path_key(get(path_col, "path")?), given != true_label);
-    }
+        let noisy = label(1)? != label(2)?;
+        truth.noisy.insert(path_key(row.raw(0)?), noisy);
+        Ok(())
+    })?;
     Ok(truth)
 }
 
