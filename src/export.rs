@@ -6,13 +6,15 @@
 //!
 //! - `samples.csv` and `samples.jsonl`: one row per training sample, in store order: `id`,
 //!   `path` (as the dataset lists it), `label` and `wnid` (the given label), `source`,
-//!   `text_score` (the page text's agreement with its class), `image_score` (empty: no image
-//!   signal exists yet), `combined_score` (what the cleaning ranks by: the text score, until
-//!   image signals join it), `rank` (1 = the most plausible of its class, by combined score:
+//!   `text_score` (the page text's agreement with its class), the probe's image signals where
+//!   the recipe weighs them (`confidence`, `margin`, `knn`; empty otherwise), `combined_score`
+//!   (what the cleaning ranks by: the text score alone, or the weighted mean of the signals'
+//!   ranks within the class), `rank` (1 = the most plausible of its class, by combined score:
 //!   the reverse of the order the cleaning discards in), `class_samples`, `kept` (the cleaning's verdict) and `lambda` (the
 //!   soft label's loss weight);
 //! - `classes.csv`: per class its label, wnid, name, samples, kept, discarded, mean score and,
-//!   where a truth file is known, noisy samples and the score's noise-detection AUC;
+//!   where a truth file is known, noisy samples and the score's noise-detection AUC (and each
+//!   signal's, with image signals);
 //! - the cleaned training list in the dataset's own format ([`crate::dataset::clean_lists`]:
 //!   `train_filelist_clean.txt` and its line-aligned `train_meta_list_clean.txt` for WebVision),
 //!   so that other tools train on websieve's cleaning.
@@ -76,9 +78,12 @@ pub struct SampleVerdict {
     pub wnid: String,
     pub source: String,
     pub text_score: f64,
-    /// No image signal exists yet: always empty (`null`).
-    pub image_score: Option<f64>,
-    /// What the cleaning ranks by; the text score until image signals join it.
+    /// The probe's out-of-fold probability of the given label, its margin over the best
+    /// other class, and the k-NN label agreement; empty (`null`) without image signals.
+    pub confidence: Option<f64>,
+    pub margin: Option<f64>,
+    pub knn: Option<f64>,
+    /// What the cleaning ranks by: the text score alone, or the signals combined.
     pub combined_score: f64,
     /// 1 = the most plausible sample of its class.
     pub rank: usize,
@@ -88,14 +93,16 @@ pub struct SampleVerdict {
 }
 
 impl SampleVerdict {
-    const COLUMNS: [&'static str; 12] = [
+    const COLUMNS: [&'static str; 14] = [
         "id",
         "path",
         "label",
         "wnid",
         "source",
         "text_score",
-        "image_score",
+        "confidence",
+        "margin",
+        "knn",
         "combined_score",
         "rank",
         "class_samples",
@@ -104,6 +111,7 @@ impl SampleVerdict {
     ];
 
     fn csv_fields(&self) -> Vec<String> {
+        let optional = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         vec![
             self.id.to_string(),
             self.path.clone(),
@@ -111,7 +119,9 @@ impl SampleVerdict {
             self.wnid.clone(),
             self.source.clone(),
             self.text_score.to_string(),
-            self.image_score.map_or(String::new(), |s| s.to_string()),
+            optional(self.confidence),
+            optional(self.margin),
+            optional(self.knn),
             self.combined_score.to_string(),
             self.rank.to_string(),
             self.class_samples.to_string(),
@@ -157,7 +167,8 @@ pub fn export(run_dir: &Path, out: Option<&Path>) -> Result<ExportSummary, Expor
             stored,
         });
     }
-    let verdicts = verdicts(&store, table.rows())?;
+    let signals = score::Signals::load(score_dir)?;
+    let verdicts = verdicts(&store, table.rows(), signals.as_ref())?;
     let dir = out.map_or_else(|| folder.file(RunFolder::EXPORT), Path::to_path_buf);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let mut files = Vec::new();
@@ -186,8 +197,13 @@ pub fn export(run_dir: &Path, out: Option<&Path>) -> Result<ExportSummary, Expor
     })
 }
 
-/// The verdict of every row, with the store's path, wnid and source for its id.
-fn verdicts(store: &Store, rows: &[ScoreRow]) -> Result<Vec<SampleVerdict>, ExportError> {
+/// The verdict of every row, with the store's path, wnid and source for its id, and each
+/// signal where the score combined several.
+fn verdicts(
+    store: &Store,
+    rows: &[ScoreRow],
+    signals: Option<&score::Signals>,
+) -> Result<Vec<SampleVerdict>, ExportError> {
     let labels: Vec<u32> = rows.iter().map(|r| r.label).collect();
     let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
     let classes = &store.header().classes;
@@ -205,14 +221,17 @@ fn verdicts(store: &Store, rows: &[ScoreRow]) -> Result<Vec<SampleVerdict>, Expo
         .map(|row| {
             let meta = reader.meta(Split::Train, row.id)?;
             let i = row.id as usize;
+            let signal = |column: fn(&score::Signals) -> &[f64]| signals.map(|s| column(s)[i]);
             Ok(SampleVerdict {
                 id: row.id,
                 path: meta.path,
                 label: row.label,
                 wnid: classes[row.label as usize].id.clone(),
                 source: meta.source.as_str().to_string(),
-                text_score: row.score,
-                image_score: None,
+                text_score: signal(|s| &s.text).unwrap_or(row.score),
+                confidence: signal(|s| &s.confidence),
+                margin: signal(|s| &s.margin),
+                knn: signal(|s| &s.knn),
                 combined_score: row.score,
                 rank: rank[i],
                 class_samples: class_samples[i],
@@ -240,7 +259,7 @@ fn samples_jsonl(verdicts: &[SampleVerdict]) -> String {
 }
 
 fn classes_csv(summary: &ScoreSummary, store: &Store) -> String {
-    let header = [
+    let mut header = [
         "label",
         "wnid",
         "name",
@@ -251,11 +270,16 @@ fn classes_csv(summary: &ScoreSummary, store: &Store) -> String {
         "noisy",
         "auc",
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
+    let with_signals = summary.classes.iter().any(|c| !c.signals.is_empty());
+    if with_signals {
+        header.extend(score::SIGNAL_NAMES.map(|name| format!("auc_{name}")));
+    }
     let mut out = csv_line(&header);
     let optional = |v: Option<String>| v.unwrap_or_default();
     for c in &summary.classes {
-        out.push_str(&csv_line(&[
+        let mut fields = vec![
             c.label.to_string(),
             store.header().classes[c.label as usize].id.clone(),
             c.name.clone(),
@@ -265,7 +289,14 @@ fn classes_csv(summary: &ScoreSummary, store: &Store) -> String {
             c.mean_score.to_string(),
             optional(c.noisy.map(|n| n.to_string())),
             optional(c.auc.map(|a| format!("{a:.4}"))),
-        ]));
+        ];
+        if with_signals {
+            fields.extend(score::SIGNAL_NAMES.map(|name| {
+                let signal = c.signals.iter().find(|s| s.signal == name);
+                optional(signal.and_then(|s| s.auc).map(|a| format!("{a:.4}")))
+            }));
+        }
+        out.push_str(&csv_line(&fields));
     }
     out
 }

@@ -957,6 +957,22 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
     let per_class = summary["classes"][0]["signals"].as_array().unwrap();
     assert_eq!(per_class.len(), 4);
 
+    // The export gives each sample's signals beside the combined score it ranks by.
+    let run = tmp.path().join("runs").join("quickstart");
+    websieve::export::export(&run, None).unwrap();
+    let exported = std::fs::read_to_string(run.join("export").join("samples.jsonl")).unwrap();
+    let signals = websieve::score::Signals::load(&score).unwrap().unwrap();
+    let scores = websieve::score::ScoreTable::load(&score).unwrap();
+    for (i, line) in exported.lines().enumerate() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(row["text_score"].as_f64(), Some(signals.text[i]));
+        assert_eq!(row["confidence"].as_f64(), Some(signals.confidence[i]));
+        assert_eq!(row["knn"].as_f64(), Some(signals.knn[i]));
+        assert_eq!(row["combined_score"].as_f64(), Some(scores.rows()[i].score));
+    }
+    let classes_csv = std::fs::read_to_string(run.join("export").join("classes.csv")).unwrap();
+    assert!(classes_csv.lines().next().unwrap().ends_with(",auc_knn"));
+
     let again = tempfile::tempdir().unwrap();
     let rerun = runner(again.path(), &args, &[]);
     assert!(rerun.status.success());
