@@ -230,28 +230,21 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             ),
         );
     }
-    if clean.signals.reads_probe()
-        && matches!(
-            labels,
-            LabelParams::Soft {
-                lambda: LambdaMap::Ratio { .. }
-            }
-        )
-    {
+    // The ratio λ reads raw similarities; a score that is not one names why.
+    let ratio_lambda = matches!(
+        labels,
+        LabelParams::Soft {
+            lambda: LambdaMap::Ratio { .. }
+        }
+    );
+    if ratio_lambda && clean.signals.reads_probe() {
         v.error(
             "labels.lambda",
             "\"ratio\" (min(1, s / s0)) reads raw similarities; with image signals the score is \
              a weighted mean of ranks within the class, in [0, 1]: use \"rank\" or \"sigmoid\"",
         );
     }
-    if clean.calibration == Calibration::ClassZ
-        && matches!(
-            labels,
-            LabelParams::Soft {
-                lambda: LambdaMap::Ratio { .. }
-            }
-        )
-    {
+    if ratio_lambda && clean.calibration == Calibration::ClassZ {
         v.error(
             "labels.lambda",
             "\"ratio\" (min(1, s / s0)) reads raw similarities; calibrated scores are robust \
