@@ -291,10 +291,10 @@ fn classes_csv(summary: &ScoreSummary, store: &Store) -> String {
             optional(c.auc.map(|a| format!("{a:.4}"))),
         ];
         if with_signals {
-            fields.extend(score::SIGNAL_NAMES.map(|name| {
-                let signal = c.signals.iter().find(|s| s.signal == name);
-                optional(signal.and_then(|s| s.auc).map(|a| format!("{a:.4}")))
-            }));
+            fields.extend(
+                score::SIGNAL_NAMES
+                    .map(|name| optional(c.signal_auc(name).map(|a| format!("{a:.4}")))),
+            );
         }
         out.push_str(&csv_line(&fields));
     }

@@ -72,8 +72,10 @@ impl Row<'_> {
     }
 }
 
-/// Calls `each` with every row of the table at `path` after checking its header. Blank lines
-/// are skipped. With [`Header::Exactly`], a row of another field count is an error.
+/// Calls `each` with every row of the table at `path` after checking its header. With
+/// [`Header::Exactly`] (a table a stage wrote) every line is a row, and one of another field
+/// count, a blank one included, is an error; with [`Header::Naming`] (a file a person or a
+/// dataset brought) blank lines are skipped.
 pub fn for_each_row(
     path: &Path,
     header: Header,
@@ -117,7 +119,7 @@ pub fn for_each_row(
     for (n, line) in lines.enumerate() {
         let line_no = n + 2;
         let line = line.map_err(io)?;
-        if line.trim().is_empty() {
+        if !exact && line.trim().is_empty() {
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
@@ -176,9 +178,12 @@ mod tests {
     fn rows_are_parsed_and_faults_named_by_line_and_field() {
         let exact = || Header::Exactly("id\tcount");
         assert_eq!(
-            read("id\tcount\n0\t5\n\n1\t-2\n", exact()),
-            Ok(vec![(2, 5), (4, -2)])
+            read("id\tcount\n0\t5\n1\t-2\n", exact()),
+            Ok(vec![(2, 5), (3, -2)])
         );
+        // A stage's own table has no blank lines: one is a damaged row.
+        let err = read("id\tcount\n0\t5\n\n1\t-2\n", exact()).unwrap_err();
+        assert!(err.ends_with("t.tsv:3: field row: expected 2 tab-separated fields, found 1"));
         let err = read("id\tcount\n0\t5\n1\tmany\n", exact()).unwrap_err();
         assert!(
             err.ends_with("t.tsv:3: field count: cannot parse \"many\""),
@@ -196,7 +201,11 @@ mod tests {
     #[test]
     fn columns_asked_by_name_are_found_anywhere_in_the_header() {
         let naming = || Header::Naming(&["id", "count"]);
-        assert_eq!(read("count\tx\tid\n4\ty\t0\n", naming()), Ok(vec![(2, 4)]));
+        // A file people bring may end in blank lines: they are skipped.
+        assert_eq!(
+            read("count\tx\tid\n4\ty\t0\n\n", naming()),
+            Ok(vec![(2, 4)])
+        );
         let err = read("x\tcount\n", naming()).unwrap_err();
         assert!(
             err.contains("t.tsv:1: field id: missing from the header"),

@@ -312,9 +312,11 @@ impl Page {
                 ];
                 if with_signals {
                     row.extend(score::SIGNAL_NAMES.map(|name| {
-                        let signal =
-                            score.and_then(|s| s.signals.iter().find(|a| a.signal == name));
-                        or_dash(signal.and_then(|a| a.auc).map(|a| format!("{a:.3}")))
+                        or_dash(
+                            score
+                                .and_then(|s| s.signal_auc(name))
+                                .map(|a| format!("{a:.3}")),
+                        )
                     }));
                 }
                 row

@@ -160,6 +160,16 @@ pub struct ClassSummary {
     pub signals: Vec<SignalAuc>,
 }
 
+impl ClassSummary {
+    /// The AUC of the signal `name` (one of [`SIGNAL_NAMES`]) within the class, where known.
+    pub fn signal_auc(&self, name: &str) -> Option<f64> {
+        self.signals
+            .iter()
+            .find(|s| s.signal == name)
+            .and_then(|s| s.auc)
+    }
+}
+
 /// Noise detection against the truth file (noisy = true label differs from the given one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoiseMetrics {
@@ -437,12 +447,7 @@ fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError
         ));
         if with_signals {
             for name in SIGNAL_NAMES {
-                let a = c
-                    .signals
-                    .iter()
-                    .find(|s| s.signal == name)
-                    .and_then(|s| s.auc);
-                out.push_str(&format!("\t{}", auc(a)));
+                out.push_str(&format!("\t{}", auc(c.signal_auc(name))));
             }
         }
         out.push('\n');
