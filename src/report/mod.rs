@@ -3,7 +3,8 @@
 //! the evaluation results). Out: one table with a row per run: the settings whose values
 //! differ between the runs (as dotted keys, e.g. `train.optimizer.lr`), images seen, top-1
 //! and top-5 of the last epoch, with a holdout the best epoch on it and its top-1 and top-5,
-//! the same on the second validation set where there is one, the noise-detection AUC (where a
+//! the same on the second validation set where there is one, the ensemble's top-1 and top-5
+//! for a recipe that averages runs (`eval.ensemble`), the noise-detection AUC (where a
 //! truth file is known), wall time and state (finished, failed, stopped early, running); as
 //! text, Markdown, CSV or JSON ([`ReportFormat`]). Each accuracy's column says which weights
 //! it is of (`top-1 last`, `top-1 best`; CSV and JSON `top1_last`, `top1_best`). With
@@ -68,6 +69,9 @@ pub struct RunSummary {
     pub second_val: Option<EvalMetrics>,
     /// With a holdout (`train.holdout`): the best epoch on it, and its evaluation.
     pub best: Option<BestResults>,
+    /// With `eval.ensemble`: the evaluation of this run's predictions averaged with the
+    /// members'.
+    pub ensemble: Option<EvalMetrics>,
     /// Noise-detection AUC of the scores against the truth file, when known.
     pub noise_auc: Option<f64>,
     /// Images the training saw, when it trained.
@@ -200,6 +204,7 @@ pub fn load_run(dir: &Path) -> Result<RunSummary, ReportError> {
         results,
         second_val: folder.second_val_metrics()?,
         best,
+        ensemble: folder.ensemble_metrics()?,
         noise_auc,
         images: folder.images_seen()?,
         seconds,
@@ -278,8 +283,8 @@ fn count_text(v: f64) -> String {
 }
 
 /// The measured columns over `runs`: images, top-1/top-5 of the last epoch, noise AUC and time
-/// always; the best epoch on the holdout with its top-1/top-5, and the same on the second
-/// validation set, where some run has them. Each accuracy says which weights it is of.
+/// always; the ensemble's top-1/top-5, the best epoch on the holdout with its top-1/top-5, and
+/// the same on the second validation set, where some run has them. Each accuracy says which weights it is of.
 fn columns(runs: &[RunSummary]) -> Vec<Column> {
     let column = |header: &str, key, value, text| Column {
         header: header.to_string(),
@@ -307,6 +312,22 @@ fn columns(runs: &[RunSummary]) -> Vec<Column> {
             accuracy_text,
         ),
     ];
+    if runs.iter().any(|r| r.ensemble.is_some()) {
+        columns.extend([
+            column(
+                "top-1 ensemble",
+                "top1_ensemble",
+                |r| Some(r.ensemble.as_ref()?.top1),
+                accuracy_text,
+            ),
+            column(
+                "top-5 ensemble",
+                "top5_ensemble",
+                |r| Some(r.ensemble.as_ref()?.top5),
+                accuracy_text,
+            ),
+        ]);
+    }
     if runs.iter().any(|r| r.best.is_some()) {
         columns.extend([
             column(

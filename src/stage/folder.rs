@@ -314,6 +314,12 @@ impl RunFolder {
         self.read_json(Self::SECOND_VAL_METRICS)
     }
 
+    /// The ensemble's evaluation (`eval.ensemble`: this run's predictions averaged with the
+    /// members'), when the recipe names one and the run evaluated.
+    pub fn ensemble_metrics(&self) -> Result<Option<EvalMetrics>, StageError> {
+        self.read_json(&format!("{}/{}", Self::ENSEMBLE, Self::EVAL_METRICS))
+    }
+
     /// The best epoch on the holdout, when the run had one and evaluated.
     pub fn best_epoch(&self) -> Result<Option<BestEpoch>, StageError> {
         self.read_json(Self::BEST_EPOCH)

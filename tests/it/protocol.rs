@@ -555,7 +555,7 @@ fn food101n_reads_its_lists_and_its_verification_labels_are_the_noise_truth() {
 /// end of each of 3 epochs; the best epoch on it (never on val) is evaluated beside the last
 /// on both validation sets, and the report's tables (text, CSV, HTML) say which is which.
 #[test]
-fn a_holdout_chooses_the_best_epoch_and_reports_show_last_and_best_on_both_val_sets() {
+fn a_holdout_chooses_the_best_epoch_and_reports_show_last_best_and_ensemble_results() {
     let tmp = tempfile::tempdir().unwrap();
     let params = websieve::recipe::SyntheticParams {
         min_per_class: 10,
@@ -699,6 +699,26 @@ fn a_holdout_chooses_the_best_epoch_and_reports_show_last_and_best_on_both_val_s
             .as_f64()
             .unwrap()
     );
+
+    // A recipe that averages its predictions with another run's (training reused from the
+    // first run): the report shows the ensemble's accuracy beside the run's own.
+    run(&["name=\"averaged\"", "eval.ensemble=[\"quickstart\"]"]);
+    let averaged = tmp.path().join("runs/averaged");
+    let csv = runner_stdout(&["report", "--format", "csv", averaged.to_str().unwrap()]);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let ensemble: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(averaged.join("ensemble/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    for (column, key) in [("top1_ensemble", "top1"), ("top5_ensemble", "top5")] {
+        let at = header.iter().position(|h| *h == column).expect(column);
+        assert_eq!(
+            row[at].parse::<f64>().unwrap(),
+            ensemble[key].as_f64().unwrap()
+        );
+    }
 
     let page = tmp.path().join("page");
     report(&["--html", page.to_str().unwrap()]);

@@ -110,15 +110,3 @@ fn contiguous<'a, T>(op: &'static str, data: &'a [T], l: &Layout) -> Result<&'a 
         None => Err(OpError::NotContiguous { op }.into()),
     }
 }
-
-/// `s^-beta`, with the common β = 0.75 (GoogLeNet, AlexNet) done by square roots: several times
-/// faster than `powf`.
-#[inline(always)]
-pub(crate) fn pow_neg<A: Float>(s: A, beta: A, beta_is_three_quarters: bool) -> A {
-    if beta_is_three_quarters {
-        let r = s.sqrt();
-        (r * r.sqrt()).recip()
-    } else {
-        s.powf(-beta)
-    }
-}
