@@ -694,7 +694,8 @@ fn exchange_tensor(
 }
 
 /// Combines one contribution per rank (index = rank); the ranks must agree on op and length.
-fn combine(contributions: &[(CollectiveOp, Vec<f32>)]) -> Result<Vec<f32>, String> {
+/// Consumes them: a sum accumulates into rank 0's buffer, a broadcast hands on the root's.
+fn combine(mut contributions: Vec<(CollectiveOp, Vec<f32>)>) -> Result<Vec<f32>, String> {
     let (op, first) = contributions.first().ok_or("no ranks")?;
     for (rank, (other_op, data)) in contributions.iter().enumerate().skip(1) {
         if other_op != op {
@@ -710,17 +711,18 @@ fn combine(contributions: &[(CollectiveOp, Vec<f32>)]) -> Result<Vec<f32>, Strin
     }
     match *op {
         CollectiveOp::Sum => {
-            let mut sum = first.clone();
+            let mut rest = contributions.split_off(1);
+            let mut sum = contributions.swap_remove(0).1;
             // Rank order, always: float addition is not associative.
-            for (_, data) in &contributions[1..] {
-                sum.iter_mut().zip(data).for_each(|(s, x)| *s += x);
+            for (_, data) in &mut rest {
+                sum.iter_mut().zip(data.iter()).for_each(|(s, x)| *s += x);
             }
             Ok(sum)
         }
-        CollectiveOp::Broadcast { root } => contributions
-            .get(root)
-            .map(|(_, data)| data.clone())
-            .ok_or_else(|| format!("broadcast root {root} is not a rank")),
+        CollectiveOp::Broadcast { root } if root < contributions.len() => {
+            Ok(contributions.swap_remove(root).1)
+        }
+        CollectiveOp::Broadcast { root } => Err(format!("broadcast root {root} is not a rank")),
     }
 }
 
@@ -780,6 +782,8 @@ struct RoundState {
     /// The last completed round's result; a rank reads it before it can join the next round,
     /// so no round overwrites a result that a rank has yet to read.
     result: Arc<Result<Vec<f32>, String>>,
+    /// Ranks yet to read `result`: the last one takes it rather than copying it.
+    unread: usize,
 }
 
 impl ThreadGroupMember {
@@ -791,6 +795,7 @@ impl ThreadGroupMember {
                 pending: vec![None; world_size],
                 completed_rounds: 0,
                 result: Arc::new(Ok(Vec::new())),
+                unread: 0,
             }),
             round_done: Condvar::new(),
         });
@@ -830,7 +835,8 @@ impl HostExchange for ThreadGroupMember {
         let round = state.completed_rounds;
         if state.pending.iter().all(Option::is_some) {
             let contributions: Vec<_> = state.pending.iter_mut().filter_map(Option::take).collect();
-            state.result = Arc::new(combine(&contributions));
+            state.result = Arc::new(combine(contributions));
+            state.unread = state.pending.len();
             state.completed_rounds += 1;
             rounds.round_done.notify_all();
         } else {
@@ -850,11 +856,15 @@ impl HostExchange for ThreadGroupMember {
                 )));
             }
         }
-        let result = Arc::clone(&state.result);
+        state.unread -= 1;
+        let result = match state.unread {
+            0 => std::mem::replace(&mut state.result, Arc::new(Ok(Vec::new()))),
+            _ => Arc::clone(&state.result),
+        };
         drop(state);
-        result
-            .as_ref()
-            .clone()
+        // The last reader owns the buffer unless another is still copying it.
+        Arc::try_unwrap(result)
+            .unwrap_or_else(|shared| shared.as_ref().clone())
             .map_err(|detail| self.failure(detail))
     }
 }
@@ -893,7 +903,7 @@ impl HostExchange for TcpGroup {
                 for (i, peer) in peers.iter_mut().enumerate() {
                     contributions.push(read_contribution(peer).map_err(|e| lost(i + 1, e))?);
                 }
-                let combined = combine(&contributions);
+                let combined = combine(contributions);
                 let reply = combined.as_ref().map(|sum| f32_bytes(sum));
                 let reply = reply.as_deref().map_err(|message| message.as_str());
                 for (i, peer) in peers.iter_mut().enumerate() {

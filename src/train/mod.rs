@@ -30,6 +30,7 @@ pub mod optim;
 mod run;
 pub mod schedule;
 mod step;
+mod update;
 
 use std::fs;
 use std::path::{Path, PathBuf};

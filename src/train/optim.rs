@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use super::update::{update, Coefficients};
 use crate::recipe::check_optimizer;
 use crate::recipe::params::SgdParams;
 
@@ -180,21 +181,13 @@ impl Sgd {
             .map(|clip| clip / grad_norm);
         for &(i, grad) in &present {
             let param = &mut self.params[i];
-            // Detached: an update that tracked the variable would chain every step's graph
-            // (activations included) to the next through the momentum buffer.
-            let weights = param.var.as_tensor().detach();
-            let grad = grad.detach();
-            let mut g = match clip_scale {
-                Some(scale) => (&grad * scale)?,
-                None => grad,
+            let k = Coefficients {
+                clip: clip_scale,
+                decay: self.weight_decay * param.decay_mult,
+                momentum: self.momentum,
+                lr: lr * param.lr_mult,
             };
-            let decay = self.weight_decay * param.decay_mult;
-            if decay != 0.0 {
-                g = (g + (&weights * decay)?)?;
-            }
-            let velocity = ((&param.history * self.momentum)? + (g * (lr * param.lr_mult))?)?;
-            param.var.set(&(&weights - &velocity)?)?;
-            param.history = velocity;
+            param.history = update(&param.var, &param.history, grad, k)?;
         }
         self.step += 1;
         Ok(StepStats {

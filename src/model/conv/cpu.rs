@@ -172,17 +172,16 @@ impl Drop for Scratch {
 }
 
 /// `cols[(c, i, j), (n, oy, ox)] = x[n, c, oy·s + i − pad, ox·s + j − pad]`, 0 in the padding.
+/// Each element is written once: the padding's zeros only where the window leaves the image.
 fn im2col(g: &Geometry, x: &[f32]) -> Scratch {
     let (p, plane) = (g.p(), g.h * g.w);
     let mut cols = Scratch::new(g.k() * g.np());
     cols.par_chunks_mut(g.np().max(1))
         .enumerate()
         .for_each(|(row, out)| {
-            if !g.is_pointwise() {
-                out.fill(0.0);
-            }
             let (c, i, j) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
             let Some((lo, hi, first)) = g.columns_inside(j) else {
+                out.fill(0.0);
                 return;
             };
             for (n, out) in out.chunks_exact_mut(p).enumerate() {
@@ -193,8 +192,11 @@ fn im2col(g: &Geometry, x: &[f32]) -> Scratch {
                 }
                 for (oy, out) in out.chunks_exact_mut(g.ow).enumerate() {
                     let Some(y) = g.input_row(oy, i) else {
+                        out.fill(0.0);
                         continue;
                     };
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
                     let x = &x[y * g.w..][..g.w];
                     match g.stride {
                         1 => out[lo..hi].copy_from_slice(&x[first..first + hi - lo]),
