@@ -4,13 +4,6 @@
 
 mod cli;
 
-/// mimalloc keeps freed blocks for reuse where glibc's malloc returns large ones to the
-/// kernel: training frees and reallocates every activation and gradient each step, and with
-/// glibc each reuse faulted its pages in again, and with two threads every such fault also
-/// flushed the other core's TLB (BENCHMARKS.md, issue 17).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
