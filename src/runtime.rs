@@ -711,11 +711,11 @@ fn combine(mut contributions: Vec<(CollectiveOp, Vec<f32>)>) -> Result<Vec<f32>,
     }
     match *op {
         CollectiveOp::Sum => {
-            let mut rest = contributions.split_off(1);
-            let mut sum = contributions.swap_remove(0).1;
+            let mut ranks = contributions.into_iter().map(|(_, data)| data);
+            let mut sum = ranks.next().unwrap_or_default();
             // Rank order, always: float addition is not associative.
-            for (_, data) in &mut rest {
-                sum.iter_mut().zip(data.iter()).for_each(|(s, x)| *s += x);
+            for data in ranks {
+                sum.iter_mut().zip(&data).for_each(|(s, x)| *s += x);
             }
             Ok(sum)
         }

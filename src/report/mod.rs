@@ -284,7 +284,8 @@ fn count_text(v: f64) -> String {
 
 /// The measured columns over `runs`: images, top-1/top-5 of the last epoch, noise AUC and time
 /// always; the ensemble's top-1/top-5, the best epoch on the holdout with its top-1/top-5, and
-/// the same on the second validation set, where some run has them. Each accuracy says which weights it is of.
+/// the same on the second validation set, where some run has them. Each accuracy says which
+/// weights it is of.
 fn columns(runs: &[RunSummary]) -> Vec<Column> {
     let column = |header: &str, key, value, text| Column {
         header: header.to_string(),

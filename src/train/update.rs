@@ -39,7 +39,7 @@ pub(super) fn update(
         history.contiguous()?,
         grad.contiguous()?,
     );
-    let velocity = history.apply_op3_no_bwd(&weights.detach(), &grad, &Velocity(k))?;
+    let velocity = history.apply_op3_no_bwd(weights, &grad, &Velocity(k))?;
     weights.inplace_op2(&velocity, &Subtract)?;
     Ok(velocity)
 }

@@ -2,6 +2,8 @@
 //! ceil mode, with Caffe's output size and Caffe's average divisor (windows count the padding
 //! they cover, but not the overhang past it that ceil mode adds).
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use num_traits::Zero;
 use rayon::prelude::*;
@@ -171,6 +173,17 @@ impl PoolGeom {
         (self.windows(self.h, self.oh), self.windows(self.w, self.ow))
     }
 
+    /// The outputs along a row whose window `cols` lies whole inside the input at stride 1
+    /// (the inception branches' 3×3/1 pools): there consecutive outputs read consecutive
+    /// inputs. Empty at other strides.
+    fn inner_columns(&self, cols: &[Window]) -> Range<usize> {
+        let full = |cw: &Window| cw.end - cw.start == self.kernel;
+        match (self.stride, cols.iter().position(full)) {
+            (1, Some(first)) => first..cols.iter().rposition(full).map_or(first, |j| j + 1),
+            _ => 0..0,
+        }
+    }
+
     /// Runs op's CUDA kernel over `operands` (x, or x and dL/dy, or dL/dy), into a tensor of
     /// shape `out`.
     #[cfg(feature = "cuda")]
@@ -263,28 +276,21 @@ impl<T: Element> MaxRows<T> {
     }
 
     /// One output row of max pooling from the reduced row: each output the largest of its
-    /// column window. Outputs whose window lies whole inside the row at stride 1 (the inception
-    /// branches' 3×3/1 pools) take the maximum of shifted slices, which vectorises.
-    fn pool_row(&self, cols: &[Window], kernel: usize, stride: usize, out: &mut [T]) {
-        let full = |cw: &Window| cw.end - cw.start == kernel;
-        let (first, last) = match stride {
-            1 => (
-                cols.iter().position(full).unwrap_or(cols.len()),
-                cols.iter().rposition(full).map_or(0, |j| j + 1),
-            ),
-            _ => (cols.len(), 0),
-        };
+    /// column window. The outputs `inner` ([`PoolGeom::inner_columns`]) take the maximum of
+    /// shifted slices, which vectorises.
+    fn pool_row(&self, cols: &[Window], inner: &Range<usize>, kernel: usize, out: &mut [T]) {
         for (j, cw) in cols.iter().enumerate() {
-            if !(first..last).contains(&j) {
+            if !inner.contains(&j) {
                 out[j] = self.window_max(cw);
             }
         }
-        if first < last {
-            let inner = &mut out[first..last];
-            let start = cols[first].start;
-            inner.copy_from_slice(&self.values[start..][..last - first]);
+        if !inner.is_empty() {
+            let start = cols[inner.start].start;
+            let inner = &mut out[inner.clone()];
+            inner.copy_from_slice(&self.values[start..][..inner.len()]);
             for t in 1..kernel {
-                keep_larger(inner, &self.values[start + t..][..last - first]);
+                let shifted = &self.values[start + t..][..inner.len()];
+                keep_larger(inner, shifted);
             }
         }
     }
@@ -321,6 +327,7 @@ impl Kernel1 for MaxPool2d {
     fn run<T: Element>(&self, x: &[T]) -> Vec<T> {
         let g = &self.0;
         let (rows, cols) = g.row_col_windows();
+        let inner = g.inner_columns(&cols);
         let mut out = vec![T::zero(); g.n * g.c * g.out_plane()];
         out.par_chunks_mut(g.out_plane())
             .zip(x.par_chunks(g.in_plane()))
@@ -329,7 +336,7 @@ impl Kernel1 for MaxPool2d {
                 |reduced, (out, plane)| {
                     for (rw, out) in rows.iter().zip(out.chunks_exact_mut(g.ow)) {
                         reduced.reduce(plane, g.w, rw);
-                        reduced.pool_row(&cols, g.kernel, g.stride, out);
+                        reduced.pool_row(&cols, &inner, g.kernel, out);
                     }
                 },
             );
