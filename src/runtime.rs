@@ -24,10 +24,10 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::recipe::params::Devices;
 
@@ -607,6 +607,32 @@ pub trait Collective {
     fn all_reduce_sum(&mut self, tensor: &Tensor) -> Result<Tensor, RuntimeError>;
     /// `root`'s tensor, on every rank.
     fn broadcast(&mut self, tensor: &Tensor, root: usize) -> Result<Tensor, RuntimeError>;
+    /// The element-wise sum over all ranks of each of `parts` (f32, any shapes, the same on
+    /// every rank) in one call: the trainer's gradients and loss terms. By default one
+    /// [`Collective::all_reduce_sum`] of their concatenation.
+    fn all_reduce_sum_parts(&mut self, parts: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+        sum_as_one_bucket(self, parts)
+    }
+}
+
+/// [`Collective::all_reduce_sum_parts`] as one flat bucket, split back into `parts`' shapes.
+fn sum_as_one_bucket<C: Collective + ?Sized>(
+    collective: &mut C,
+    parts: &[Tensor],
+) -> Result<Vec<Tensor>, RuntimeError> {
+    let flat = parts
+        .iter()
+        .map(Tensor::flatten_all)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let summed = collective.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let len = part.elem_count();
+        out.push(summed.narrow(0, offset, len)?.reshape(part.shape())?);
+        offset += len;
+    }
+    Ok(out)
 }
 
 /// Checks what every implementation needs: an f32 tensor, a root that is a rank.
@@ -653,6 +679,10 @@ impl Collective for SingleProcess {
         check_call(tensor, CollectiveOp::Broadcast { root }, 0, 1)?;
         Ok(tensor.clone())
     }
+
+    fn all_reduce_sum_parts(&mut self, parts: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+        parts.iter().map(|part| self.all_reduce_sum(part)).collect()
+    }
 }
 
 /// A collective on host memory: every rank hands in a buffer and gets back the combination
@@ -661,6 +691,13 @@ pub trait HostExchange {
     /// (rank, world size).
     fn rank_and_size(&self) -> (usize, usize);
     fn exchange(&mut self, op: CollectiveOp, data: Vec<f32>) -> Result<Vec<f32>, RuntimeError>;
+    /// [`Collective::all_reduce_sum_parts`]; by default one exchange of their concatenation.
+    fn exchange_parts(&mut self, parts: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>
+    where
+        Self: Sized,
+    {
+        sum_as_one_bucket(self, parts)
+    }
 }
 
 impl<G: HostExchange> Collective for G {
@@ -679,6 +716,25 @@ impl<G: HostExchange> Collective for G {
     fn broadcast(&mut self, tensor: &Tensor, root: usize) -> Result<Tensor, RuntimeError> {
         exchange_tensor(self, tensor, CollectiveOp::Broadcast { root })
     }
+
+    fn all_reduce_sum_parts(&mut self, parts: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+        self.exchange_parts(parts)
+    }
+}
+
+/// Appends a CPU f32 tensor's elements to `out` in row-major order, without a temporary.
+fn append_f32(tensor: &Tensor, out: &mut Vec<f32>) -> Result<(), RuntimeError> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => {
+            out.extend_from_slice(&data[start..end]);
+        }
+        _ => {
+            drop(storage);
+            out.extend(tensor.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    Ok(())
 }
 
 fn exchange_tensor(
@@ -737,6 +793,7 @@ pub fn on_thread_ranks<T: Send, E: Send + From<RuntimeError>>(
     if ranks <= 1 {
         return rank(&mut SingleProcess);
     }
+    keep_freed_memory();
     let results: Vec<Result<T, E>> = std::thread::scope(|scope| {
         let threads: Vec<_> = ThreadGroupMember::group(ranks)
             .into_iter()
@@ -760,9 +817,29 @@ pub fn on_thread_ranks<T: Send, E: Send + From<RuntimeError>>(
     results.find_map(Result::err).map_or(Ok(first), Err)
 }
 
+/// Has glibc's malloc keep freed memory for reuse instead of handing it back to the kernel:
+/// buffers up to 32 MiB come from the heap, which grows 64 MiB at a time and is never
+/// trimmed. A training step frees and allocates activation-sized buffers by the hundred; each
+/// one handed back was faulted in afresh on its next use, and with several thread ranks every
+/// unmapping interrupted the other cores to flush their TLBs. Measured (BENCHMARKS.md, issue
+/// 17): the full net on 2 thread ranks 9.4 → 10.9 img/s; no gain on one thread, so a single
+/// rank keeps malloc's defaults. The process keeps its peak heap until it exits.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets malloc's tunables; every value is in its documented range.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// One rank of a group of threads in one process (`train.cpu_ranks`, and tests): each round,
 /// the last rank to arrive combines every rank's contribution in rank order and wakes the
-/// others.
+/// others. [`Collective::all_reduce_sum_parts`] instead shares the sum: each rank copies its
+/// parts into a buffer of its own kept from call to call, then sums its share of the
+/// elements over every rank's buffer, and reads the others' shares back (the same rank-order
+/// sums, without fresh pages or a rank left waiting while another adds).
 pub struct ThreadGroupMember {
     rank: usize,
     world_size: usize,
@@ -773,6 +850,10 @@ pub struct ThreadGroupMember {
 struct ThreadRounds {
     state: Mutex<RoundState>,
     round_done: Condvar,
+    /// Per rank, its parts laid end to end ([`ThreadGroupMember::exchange_parts`]).
+    contributions: Vec<RwLock<Vec<f32>>>,
+    /// Per rank, the sum over all ranks of its share ([`shard_rows`]) of those elements.
+    shares: Vec<RwLock<Vec<f32>>>,
 }
 
 struct RoundState {
@@ -798,6 +879,8 @@ impl ThreadGroupMember {
                 unread: 0,
             }),
             round_done: Condvar::new(),
+            contributions: (0..world_size).map(|_| RwLock::default()).collect(),
+            shares: (0..world_size).map(|_| RwLock::default()).collect(),
         });
         (0..world_size)
             .map(|rank| ThreadGroupMember {
@@ -820,7 +903,14 @@ impl ThreadGroupMember {
             detail: detail.into(),
         }
     }
+
+    /// Waits for every rank to arrive: an exchange of nothing.
+    fn barrier(&mut self) -> Result<(), RuntimeError> {
+        self.exchange(CollectiveOp::Sum, Vec::new()).map(drop)
+    }
 }
+
+const POISONED: &str = "another rank panicked during a collective";
 
 impl HostExchange for ThreadGroupMember {
     fn rank_and_size(&self) -> (usize, usize) {
@@ -828,7 +918,6 @@ impl HostExchange for ThreadGroupMember {
     }
 
     fn exchange(&mut self, op: CollectiveOp, data: Vec<f32>) -> Result<Vec<f32>, RuntimeError> {
-        const POISONED: &str = "another rank panicked during a collective";
         let rounds = &*self.rounds;
         let mut state = rounds.state.lock().map_err(|_| self.failure(POISONED))?;
         state.pending[self.rank] = Some((op, data));
@@ -866,6 +955,81 @@ impl HostExchange for ThreadGroupMember {
         Arc::try_unwrap(result)
             .unwrap_or_else(|shared| shared.as_ref().clone())
             .map_err(|detail| self.failure(detail))
+    }
+
+    /// Between the two barriers every rank only reads the contributions and writes its own
+    /// share; outside them it writes only its own contribution and reads the shares, so the
+    /// locks are never contended and the next call cannot overwrite what a rank still reads.
+    fn exchange_parts(&mut self, parts: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+        for part in parts {
+            check_call(part, CollectiveOp::Sum, self.rank, self.world_size)?;
+        }
+        let rounds = Arc::clone(&self.rounds);
+        let len = {
+            let mut mine = rounds.contributions[self.rank]
+                .write()
+                .map_err(|_| self.failure(POISONED))?;
+            mine.clear();
+            for part in parts {
+                append_f32(part, &mut mine)?;
+            }
+            mine.len()
+        };
+        self.barrier()?;
+        let (start, share_len) = shard_rows(len, self.rank, self.world_size);
+        {
+            let all = rounds
+                .contributions
+                .iter()
+                .map(RwLock::read)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| self.failure(POISONED))?;
+            if let Some(rank) = all.iter().position(|c| c.len() != len) {
+                return Err(self.failure(format!(
+                    "{}: rank {} sent {len} values, rank {rank} sent {}",
+                    CollectiveOp::Sum,
+                    self.rank,
+                    all[rank].len()
+                )));
+            }
+            let mut share = rounds.shares[self.rank]
+                .write()
+                .map_err(|_| self.failure(POISONED))?;
+            share.clear();
+            share.extend_from_slice(&all[0][start..start + share_len]);
+            // Rank order, always: float addition is not associative.
+            for other in &all[1..] {
+                let other = &other[start..start + share_len];
+                share.iter_mut().zip(other).for_each(|(s, x)| *s += x);
+            }
+        }
+        self.barrier()?;
+        let shares = rounds
+            .shares
+            .iter()
+            .map(RwLock::read)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| self.failure(POISONED))?;
+        let mut offset = 0;
+        parts
+            .iter()
+            .map(|part| {
+                let len = part.elem_count();
+                let mut summed = Vec::with_capacity(len);
+                let mut share_start = 0;
+                for share in shares.iter() {
+                    // The overlap of [offset, offset + len) with this share's elements.
+                    let from = offset.max(share_start);
+                    let to = (offset + len).min(share_start + share.len());
+                    if from < to {
+                        summed.extend_from_slice(&share[from - share_start..to - share_start]);
+                    }
+                    share_start += share.len();
+                }
+                offset += len;
+                Ok(Tensor::from_vec(summed, part.shape(), part.device())?)
+            })
+            .collect()
     }
 }
 
@@ -2010,6 +2174,64 @@ mod tests {
         );
         let results = run_ranks(ThreadGroupMember::group(4), &vectors, 20);
         check_rank_results(&results, &vectors);
+    }
+
+    /// Parts of several shapes (one empty, one longer than a share, the others straddling
+    /// the shares' borders) sum to the rank-order sum of their concatenation, bit for bit,
+    /// round after round, as the flat bucket of [`sum_as_one_bucket`] does over TCP.
+    #[test]
+    fn thread_group_sums_parts_in_shares_as_one_bucket_would() {
+        let shapes: [&[usize]; 5] = [&[7], &[3, 5], &[0], &[1], &[4, 2, 3]];
+        let len: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        let vectors = random_vectors(3, len);
+        let expected = bits(&rank_order_sum(&vectors));
+        let parts_of = |data: &[f32]| -> Vec<Tensor> {
+            let mut offset = 0;
+            shapes
+                .iter()
+                .map(|&shape| {
+                    let n: usize = shape.iter().product();
+                    offset += n;
+                    Tensor::from_slice(&data[offset - n..offset], shape, &Device::Cpu).unwrap()
+                })
+                .collect()
+        };
+        let threads: Vec<_> = ThreadGroupMember::group(3)
+            .into_iter()
+            .zip(vectors.iter().map(|v| parts_of(v)))
+            .map(|(mut member, parts)| {
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|_| member.all_reduce_sum_parts(&parts).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (rank, thread) in threads.into_iter().enumerate() {
+            for summed in thread.join().unwrap() {
+                let dims: Vec<Vec<usize>> = summed.iter().map(|t| t.dims().to_vec()).collect();
+                assert_eq!(dims, shapes.map(<[usize]>::to_vec), "rank {rank}");
+                let flat: Vec<f32> = summed
+                    .iter()
+                    .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    .collect();
+                assert_eq!(bits(&flat), expected, "rank {rank}");
+            }
+        }
+
+        let mut members = ThreadGroupMember::group(2).into_iter();
+        let (mut first, mut second) = (members.next().unwrap(), members.next().unwrap());
+        let longer = parts_of(&vectors[1]);
+        let other = std::thread::spawn(move || second.all_reduce_sum_parts(&longer));
+        let message = first
+            .all_reduce_sum_parts(&parts_of(&vectors[0])[..2])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&format!("rank 0 sent 22 values, rank 1 sent {len}")),
+            "{message}"
+        );
+        assert!(other.join().unwrap().is_err());
     }
 
     #[test]

@@ -168,9 +168,9 @@ fn computed(grads: GradStore, loss: StepLoss, parts: &[Tensor]) -> Result<Comput
 }
 
 /// One data-parallel step, after [`scaled_backward`] of this rank's shard with the loss
-/// scaled by `n_rank / n_global`: ONE `all_reduce_sum` of a flat f32 bucket (every present
-/// gradient, flattened in the order of `net.vars()`, then the loss and its terms), split back
-/// into the gradient store. The squares come from the reduced gradients, so every rank clips
+/// scaled by `n_rank / n_global`: ONE `all_reduce_sum_parts` of every present gradient (in
+/// the order of `net.vars()`, in f32), then the loss and its terms, put back into the
+/// gradient store. The squares come from the reduced gradients, so every rank clips
 /// and checks the same values.
 fn all_reduce_step(
     net: &GoogLeNet,
@@ -187,26 +187,19 @@ fn all_reduce_step(
                 .map(|g| (var.as_tensor(), g.clone()))
         })
         .collect();
-    let mut bucket = Vec::with_capacity(present.len() + 1 + loss.terms.len());
+    let mut parts = Vec::with_capacity(present.len() + 1 + loss.terms.len());
     for (_, grad) in &present {
-        bucket.push(grad.to_dtype(DType::F32)?.flatten_all()?);
+        parts.push(grad.to_dtype(DType::F32)?);
     }
-    bucket.push(loss.total.to_dtype(DType::F32)?.reshape(1)?);
+    parts.push(loss.total.to_dtype(DType::F32)?.reshape(1)?);
     for (_, term) in &loss.terms {
-        bucket.push(term.to_dtype(DType::F32)?.reshape(1)?);
+        parts.push(term.to_dtype(DType::F32)?.reshape(1)?);
     }
-    let summed = collective.all_reduce_sum(&Tensor::cat(&bucket, 0)?)?;
-    let mut offset = 0;
-    for (var, grad) in present {
-        let len = grad.elem_count();
-        let reduced = summed
-            .narrow(0, offset, len)?
-            .reshape(grad.shape())?
-            .to_dtype(grad.dtype())?;
-        grads.insert(var, reduced);
-        offset += len;
+    let mut summed = collective.all_reduce_sum_parts(&parts)?;
+    let tail = Tensor::cat(&summed.split_off(present.len()), 0)?;
+    for ((var, grad), reduced) in present.into_iter().zip(summed) {
+        grads.insert(var, reduced.to_dtype(grad.dtype())?);
     }
-    let tail = summed.narrow(0, offset, 1 + loss.terms.len())?;
     let mut parts = vec![tail.to_dtype(DType::F64)?];
     parts.extend(sgd.gradient_squares(&grads)?);
     computed(grads, loss, &parts)
