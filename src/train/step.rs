@@ -169,9 +169,10 @@ fn computed(grads: GradStore, loss: StepLoss, parts: &[Tensor]) -> Result<Comput
 
 /// One data-parallel step, after [`scaled_backward`] of this rank's shard with the loss
 /// scaled by `n_rank / n_global`: ONE `all_reduce_sum_parts` of every present gradient (in
-/// the order of `net.vars()`, in f32), then the loss and its terms, put back into the
-/// gradient store. The squares come from the reduced gradients, so every rank clips
-/// and checks the same values.
+/// the order of `net.vars()`, in f32), the batch-norm running statistics, then the loss and
+/// its terms; the gradients go back into the gradient store, the statistics' mean into the
+/// network. The squares come from the reduced gradients, so every rank clips and checks the
+/// same values.
 fn all_reduce_step(
     net: &GoogLeNet,
     sgd: &Sgd,
@@ -187,16 +188,26 @@ fn all_reduce_step(
                 .map(|g| (var.as_tensor(), g.clone()))
         })
         .collect();
-    let mut parts = Vec::with_capacity(present.len() + 1 + loss.terms.len());
+    let buffers = net.buffers();
+    let mut parts = Vec::with_capacity(present.len() + buffers.len() + 1 + loss.terms.len());
     for (_, grad) in &present {
         parts.push(grad.to_dtype(DType::F32)?);
+    }
+    for (_, buffer) in buffers {
+        parts.push(buffer.as_tensor().to_dtype(DType::F32)?);
     }
     parts.push(loss.total.to_dtype(DType::F32)?.reshape(1)?);
     for (_, term) in &loss.terms {
         parts.push(term.to_dtype(DType::F32)?.reshape(1)?);
     }
     let mut summed = collective.all_reduce_sum_parts(&parts)?;
-    let tail = Tensor::cat(&summed.split_off(present.len()), 0)?;
+    let tail = Tensor::cat(&summed.split_off(present.len() + buffers.len()), 0)?;
+    // Each rank moved its batch-norm statistics towards its own rows: every replica takes
+    // their mean, so all hold the same (as if the batch's statistics were the shards' mean).
+    let ranks = collective.world_size() as f64;
+    for ((_, buffer), sum) in buffers.iter().zip(summed.split_off(present.len())) {
+        buffer.set(&sum.affine(1.0 / ranks, 0.0)?.to_dtype(buffer.dtype())?)?;
+    }
     for ((var, grad), reduced) in present.into_iter().zip(summed) {
         grads.insert(var, reduced.to_dtype(grad.dtype())?);
     }

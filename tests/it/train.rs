@@ -651,9 +651,11 @@ struct RanksRun {
     dir: tempfile::TempDir,
 }
 
-/// `world` ranks as threads on the CPU, each fed the global batches of `global_batch`, into
-/// one folder; with `held`, those images held out and evaluated at the end of every epoch.
+/// `world` ranks as threads on the CPU training `model`, each fed the global batches of
+/// `global_batch`, into one folder; with `held`, those images held out and evaluated at the
+/// end of every epoch.
 fn run_ranks(
+    model: ModelParams,
     data: &Images,
     world: usize,
     global_batch: usize,
@@ -661,11 +663,7 @@ fn run_ranks(
     held: Option<&Images>,
 ) -> RanksRun {
     let dir = tempfile::tempdir().unwrap();
-    let r = short_run(
-        model(true),
-        params(DATA_PARALLEL_LR, global_batch, 1000),
-        steps,
-    );
+    let r = short_run(model, params(DATA_PARALLEL_LR, global_batch, 1000), steps);
     let held_ids: Vec<u64> = (0..held.map_or(0, |h| h.labels.len() as u64)).collect();
     let ranks: Vec<(Weights, Option<BestEpoch>)> = std::thread::scope(|scope| {
         let ranks: Vec<_> = ThreadGroupMember::group(world)
@@ -738,7 +736,7 @@ fn ranks_with_uneven_holdout_shares_evaluate_it_once_and_stay_in_step() {
     for (held, world) in [(5, 3), (3, 4)] {
         let held_images = images(held);
         // 12 images in global batches of 6: epochs end at steps 2 and 4.
-        let run = run_ranks(&data, world, 6, 4, Some(&held_images));
+        let run = run_ranks(model(true), &data, world, 6, 4, Some(&held_images));
         assert!(run.bests[0].is_some());
         assert!(
             run.bests.iter().all(|b| *b == run.bests[0]),
@@ -752,6 +750,51 @@ fn ranks_with_uneven_holdout_shares_evaluate_it_once_and_stay_in_step() {
         assert_eq!(evaluated.len(), 2, "{world} ranks");
         for line in evaluated {
             assert_eq!(line["holdout_samples"], held, "{world} ranks: {line}");
+        }
+    }
+}
+
+/// With batch norm each rank normalises over its own rows and moves its running statistics
+/// towards them; the ranks then average the statistics, so every replica (and the checkpoint)
+/// holds the same: after 3 steps on 2 and 3 ranks every tensor, statistics included, is
+/// bitwise equal on every rank, and the statistics moved from their initial 0 and 1.
+#[test]
+fn data_parallel_batch_norm_keeps_one_set_of_running_statistics() {
+    let data = images(24);
+    for world in [2, 3] {
+        let run = run_ranks(
+            model_with(Arch::GooglenetBn, false),
+            &data,
+            world,
+            6,
+            3,
+            None,
+        );
+        let ranks = &run.weights;
+        let statistics: Vec<&String> = ranks[0]
+            .keys()
+            .filter(|name| name.contains("running_"))
+            .collect();
+        assert!(statistics.len() > 20, "{statistics:?}");
+        for name in statistics {
+            let start = if name.ends_with("running_mean") {
+                0.0
+            } else {
+                1.0
+            };
+            assert!(
+                ranks[0][name].iter().any(|v| *v != start),
+                "{name} did not move"
+            );
+            for (rank, other) in ranks.iter().enumerate().skip(1) {
+                assert!(
+                    ranks[0][name] == other[name],
+                    "{world} ranks: rank {rank}'s {name}"
+                );
+            }
+        }
+        for other in &ranks[1..] {
+            assert!(ranks[0] == *other, "{world} ranks differ");
         }
     }
 }
@@ -813,7 +856,7 @@ fn data_parallel_ranks_agree_bitwise_and_equal_the_single_process() {
     for (world, global_batch) in [(2, 8), (4, 8), (4, 6)] {
         for (steps, bound) in [(1, 1e-4), (20, 1e-2)] {
             let reference = single_process_weights(&data, global_batch, steps);
-            let run = run_ranks(&data, world, global_batch, steps, None);
+            let run = run_ranks(model(true), &data, world, global_batch, steps, None);
             let ranks = &run.weights;
             assert_eq!(losses(run.dir.path()).len(), steps as usize);
             for other in &ranks[1..] {
