@@ -373,7 +373,15 @@ fn write_images(
     let disk_full_after: Option<u64> = failpoint::value(failpoint::DISK_FULL_AFTER_COMMITS_ENV);
     let commit_every = options.commit_every.max(1);
     let first = counts.next as usize;
-    let next_image = AtomicUsize::new(first);
+    // The writer's reorder buffer holds what arrives ahead of the first missing image; a
+    // worker the OS deschedules with images in hand would otherwise let it grow with the
+    // rest of the work list.
+    let claims = Claims {
+        next: AtomicUsize::new(first),
+        gathering: AtomicUsize::new(first),
+        window: (CHUNKS_AHEAD + 2) * commit_every,
+        end: work.len(),
+    };
     let lmdb = |e| target.lmdb(e);
     std::thread::scope(|scope| {
         let (sender, receiver) =
@@ -394,10 +402,13 @@ fn write_images(
             Ok(())
         });
         // The writer owns the flush requests, so that the flusher ends with it.
-        let (bar, lmdb) = (&bar, &lmdb);
+        let (bar, lmdb, claims) = (&bar, &lmdb, &claims);
         let writer = scope.spawn(move || -> Result<(), IngestError> {
+            // However the writer ends, no worker may wait for it any longer.
+            let _release = ReleaseOnDrop(claims);
             let mut commits = 0u64;
             for chunk in in_order_chunks(receiver, first, work.len(), commit_every) {
+                claims.gathering_from(chunk.start as usize + chunk.results.len());
                 if disk_full_after == Some(commits) {
                     let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
                     return Err(lmdb(heed::Error::Io(full)));
@@ -428,21 +439,15 @@ fn write_images(
         pool.scope(|tasks| {
             for _ in 0..pool.current_num_threads() {
                 let sender = sender.clone();
-                let next_image = &next_image;
-                tasks.spawn(move |_| loop {
-                    let claimed = next_image.fetch_add(CLAIM, Ordering::Relaxed);
-                    let Some(samples) = work.get(claimed..(claimed + CLAIM).min(work.len())) else {
-                        break;
-                    };
-                    if samples.is_empty() {
-                        break;
-                    }
-                    let results = samples
-                        .iter()
-                        .map(|(_, sample)| prepare_file(sample, params))
-                        .collect();
-                    if sender.send((claimed, results)).is_err() {
-                        break; // the writer failed; its error is returned below
+                tasks.spawn(move |_| {
+                    while let Some(claimed) = claims.claim() {
+                        let results = work[claimed.clone()]
+                            .iter()
+                            .map(|(_, sample)| prepare_file(sample, params))
+                            .collect();
+                        if sender.send((claimed.start, results)).is_err() {
+                            break; // the writer failed; its error is returned below
+                        }
                     }
                 });
             }
@@ -729,6 +734,47 @@ fn grow_map(env: &heed::Env<heed::WithoutTls>) -> Result<(), heed::Error> {
 /// A file's stored record, or why it was skipped.
 type Prepared = Result<Vec<u8>, Skip>;
 
+/// Runs of [`CLAIM`] work-list positions for the workers, never more than `window` past the
+/// first position of the chunk the writer is gathering: the results a slow worker holds back
+/// leave at most that many waiting in the writer's reorder buffer.
+struct Claims {
+    next: AtomicUsize,
+    gathering: AtomicUsize,
+    window: usize,
+    end: usize,
+}
+
+impl Claims {
+    /// The next run, after waiting for the writer if it is `window` behind; `None` at the end.
+    fn claim(&self) -> Option<std::ops::Range<usize>> {
+        while self.next.load(Ordering::Relaxed)
+            >= self
+                .gathering
+                .load(Ordering::Acquire)
+                .saturating_add(self.window)
+        {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let claimed = self.next.fetch_add(CLAIM, Ordering::Relaxed);
+        (claimed < self.end).then(|| claimed..(claimed + CLAIM).min(self.end))
+    }
+
+    /// The writer now gathers the chunk that starts at `position`.
+    fn gathering_from(&self, position: usize) {
+        self.gathering.store(position, Ordering::Release);
+    }
+}
+
+/// Lets every worker claim freely once the writer is gone (its receiver dropped, the
+/// workers' sends fail and they stop).
+struct ReleaseOnDrop<'a>(&'a Claims);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.gathering_from(usize::MAX);
+    }
+}
+
 /// Runs of results (first position, results) that arrive in any order, as chunks of `size`
 /// consecutive work-list positions from `first` to `end` (the last chunk may be shorter).
 /// Stops early if the senders stop early.
@@ -900,6 +946,36 @@ mod tests {
         assert!(!out_of_space(&os(libc::EACCES), || 0, 1000));
         let map_full = heed::Error::Mdb(heed::MdbError::MapFull);
         assert!(!out_of_space(&map_full, || 0, 1000));
+    }
+
+    /// A worker may claim up to `window` past the writer's chunk and then waits for the
+    /// writer (whatever a descheduled worker holds back, the reorder buffer stays bounded);
+    /// the writer moving on, or ending, lets it go on.
+    #[test]
+    fn claims_stay_within_the_window_past_the_writer() {
+        let claims = Claims {
+            next: AtomicUsize::new(0),
+            gathering: AtomicUsize::new(0),
+            window: 2 * CLAIM,
+            end: 10 * CLAIM,
+        };
+        assert_eq!(claims.claim(), Some(0..CLAIM));
+        assert_eq!(claims.claim(), Some(CLAIM..2 * CLAIM));
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| claims.claim());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiting.is_finished(), "claimed past the window");
+            claims.gathering_from(CLAIM);
+            assert_eq!(waiting.join().unwrap(), Some(2 * CLAIM..3 * CLAIM));
+            let waiting = scope.spawn(|| claims.claim());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiting.is_finished(), "claimed past the window");
+            drop(ReleaseOnDrop(&claims));
+            assert_eq!(waiting.join().unwrap(), Some(3 * CLAIM..4 * CLAIM));
+        });
+        let rest: Vec<_> = std::iter::from_fn(|| claims.claim()).collect();
+        assert_eq!(rest.len(), 6);
+        assert_eq!(rest.last(), Some(&(9 * CLAIM..10 * CLAIM)));
     }
 
     #[test]
