@@ -24,7 +24,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
@@ -908,6 +908,18 @@ impl ThreadGroupMember {
     fn barrier(&mut self) -> Result<(), RuntimeError> {
         self.exchange(CollectiveOp::Sum, Vec::new()).map(drop)
     }
+
+    /// Every rank's buffer of `buffers`, read-locked.
+    fn read_all<'a>(
+        &self,
+        buffers: &'a [RwLock<Vec<f32>>],
+    ) -> Result<Vec<RwLockReadGuard<'a, Vec<f32>>>, RuntimeError> {
+        buffers
+            .iter()
+            .map(RwLock::read)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| self.failure(POISONED))
+    }
 }
 
 const POISONED: &str = "another rank panicked during a collective";
@@ -978,12 +990,7 @@ impl HostExchange for ThreadGroupMember {
         self.barrier()?;
         let (start, share_len) = shard_rows(len, self.rank, self.world_size);
         {
-            let all = rounds
-                .contributions
-                .iter()
-                .map(RwLock::read)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| self.failure(POISONED))?;
+            let all = self.read_all(&rounds.contributions)?;
             if let Some(rank) = all.iter().position(|c| c.len() != len) {
                 return Err(self.failure(format!(
                     "{}: rank {} sent {len} values, rank {rank} sent {}",
@@ -1004,12 +1011,7 @@ impl HostExchange for ThreadGroupMember {
             }
         }
         self.barrier()?;
-        let shares = rounds
-            .shares
-            .iter()
-            .map(RwLock::read)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| self.failure(POISONED))?;
+        let shares = self.read_all(&rounds.shares)?;
         let mut offset = 0;
         parts
             .iter()
