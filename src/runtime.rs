@@ -2178,27 +2178,30 @@ mod tests {
         check_rank_results(&results, &vectors);
     }
 
-    /// Parts of several shapes (one empty, one longer than a share, the others straddling
-    /// the shares' borders) sum to the rank-order sum of their concatenation, bit for bit,
-    /// round after round, as the flat bucket of [`sum_as_one_bucket`] does over TCP.
-    #[test]
-    fn thread_group_sums_parts_in_shares_as_one_bucket_would() {
-        let shapes: [&[usize]; 5] = [&[7], &[3, 5], &[0], &[1], &[4, 2, 3]];
-        let len: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-        let vectors = random_vectors(3, len);
-        let expected = bits(&rank_order_sum(&vectors));
-        let parts_of = |data: &[f32]| -> Vec<Tensor> {
-            let mut offset = 0;
-            shapes
-                .iter()
-                .map(|&shape| {
-                    let n: usize = shape.iter().product();
-                    offset += n;
-                    Tensor::from_slice(&data[offset - n..offset], shape, &Device::Cpu).unwrap()
-                })
-                .collect()
-        };
-        let threads: Vec<_> = ThreadGroupMember::group(3)
+    /// The parts of [`sums_parts_as_one_bucket`]: an empty one, one longer than a share, the
+    /// others straddling the shares' borders.
+    const PART_SHAPES: [&[usize]; 5] = [&[7], &[3, 5], &[0], &[1], &[4, 2, 3]];
+
+    fn parts_of(data: &[f32]) -> Vec<Tensor> {
+        let mut offset = 0;
+        PART_SHAPES
+            .iter()
+            .map(|&shape| {
+                let n: usize = shape.iter().product();
+                offset += n;
+                Tensor::from_slice(&data[offset - n..offset], shape, &Device::Cpu).unwrap()
+            })
+            .collect()
+    }
+
+    /// Each of `members` sums its share of `vectors` as [`parts_of`] 5 times: every rank
+    /// gets the parts' shapes back, holding the rank-order sum of the vectors bit for bit.
+    fn sums_parts_as_one_bucket<C: Collective + Send + 'static>(
+        members: Vec<C>,
+        vectors: &[Vec<f32>],
+    ) {
+        let expected = bits(&rank_order_sum(vectors));
+        let threads: Vec<_> = members
             .into_iter()
             .zip(vectors.iter().map(|v| parts_of(v)))
             .map(|(mut member, parts)| {
@@ -2212,7 +2215,7 @@ mod tests {
         for (rank, thread) in threads.into_iter().enumerate() {
             for summed in thread.join().unwrap() {
                 let dims: Vec<Vec<usize>> = summed.iter().map(|t| t.dims().to_vec()).collect();
-                assert_eq!(dims, shapes.map(<[usize]>::to_vec), "rank {rank}");
+                assert_eq!(dims, PART_SHAPES.map(<[usize]>::to_vec), "rank {rank}");
                 let flat: Vec<f32> = summed
                     .iter()
                     .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
@@ -2220,6 +2223,24 @@ mod tests {
                 assert_eq!(bits(&flat), expected, "rank {rank}");
             }
         }
+    }
+
+    const PARTS_LEN: usize = 7 + 15 + 1 + 24;
+
+    /// Thread ranks sum in shares of a buffer each keeps; TCP ranks one flat bucket (the
+    /// default): both give every rank the rank-order sum. A rank with fewer values fails
+    /// every rank, naming both lengths.
+    #[test]
+    fn ranks_sum_parts_in_rank_order() {
+        let vectors = random_vectors(3, PARTS_LEN);
+        sums_parts_as_one_bucket(ThreadGroupMember::group(3), &vectors);
+        let (root, others) = tcp_ranks(3, &[], |port, rank| {
+            rendezvous_join("127.0.0.1", port, rank, 3, QUICK)
+                .unwrap()
+                .1
+        });
+        let members: Vec<TcpGroup> = std::iter::once(root.unwrap()).chain(others).collect();
+        sums_parts_as_one_bucket(members, &vectors);
 
         let mut members = ThreadGroupMember::group(2).into_iter();
         let (mut first, mut second) = (members.next().unwrap(), members.next().unwrap());
@@ -2230,7 +2251,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            message.contains(&format!("rank 0 sent 22 values, rank 1 sent {len}")),
+            message.contains(&format!("rank 0 sent 22 values, rank 1 sent {PARTS_LEN}")),
             "{message}"
         );
         assert!(other.join().unwrap().is_err());
