@@ -1,7 +1,8 @@
 """Noise-detection AUC of other ways to combine the signals a score stage already has
 (BENCHMARKS.md, issue 14): the text score of a text-only score stage, the probe's out-of-fold
-confidence, margin and k-NN agreement, and a k-NN agreement in the LDA topic space (cosine
-and Hellinger). Each signal is ranked within its class, as `[clean] signals` does, then
+confidence, margin and k-NN agreement, a k-NN agreement in the LDA topic space (cosine and
+Hellinger), and the search rank (a sample's row in its query's result list, read from the
+WebVision layout beside the truth file). Each signal is ranked within its class, as `[clean] signals` does, then
 combined with the weights listed. The truth file is read only to measure.
 
 Usage: python3 scripts/bench/combine_signals.py CACHE TEXT_SCORE_KEY LDA_KEY TRUTH PROBE_KEY...
@@ -46,7 +47,21 @@ def topic_knn(k, hellinger):
     return (label[near] == label[:, None]).mean(1) + 1e-6 * text
 
 
-signals = {"text": in_class(text)}
+def search_rank():
+    """Each sample's row in its query's result list over the rows of that list, from the
+    WebVision layout's line-aligned file and meta lists (rows follow the search rank)."""
+    root = truth_file.removesuffix(".truth.tsv")
+    files = [l.split() for l in open(f"{root}/info/train_filelist_all.txt")]
+    meta = [l.split() for l in open(f"{root}/info/train_meta_list_all.txt")]
+    row_of = {f[0]: (m[0], int(m[1])) for f, m in zip(files, meta)}
+    rows_in = {}
+    for query, _ in row_of.values():
+        rows_in[query] = rows_in.get(query, 0) + 1
+    # Higher is more plausible: the first results first.
+    return np.array([-row_of[r["path"]][1] / rows_in[row_of[r["path"]][0]] for r in rows]) + 1e-6 * text
+
+
+signals = {"text": in_class(text), "search-rank": in_class(search_rank())}
 for k in (10, 30):
     for hellinger in (False, True):
         name = f"topic-knn{k}-{'hellinger' if hellinger else 'cosine'}"
@@ -62,6 +77,10 @@ combos = [
     ("text + 2 confidence + 0.5 knn", {"text": 1, "confidence": 2, "knn": 0.5}),
     ("0.5 text + confidence + 0.5 topic-knn30", {"text": 0.5, "confidence": 1, "topic-knn30-hellinger": 0.5}),
     ("text + confidence + 0.5 topic-knn30 + 0.5 knn", {"text": 1, "confidence": 1, "topic-knn30-hellinger": 0.5, "knn": 0.5}),
+    ("text + confidence + 0.5 knn + 0.5 search-rank", {"text": 1, "confidence": 1, "knn": 0.5, "search-rank": 0.5}),
+    ("text + confidence + 0.5 knn + search-rank", {"text": 1, "confidence": 1, "knn": 0.5, "search-rank": 1}),
+    ("text + confidence + search-rank", {"text": 1, "confidence": 1, "search-rank": 1}),
+    ("text + confidence + 0.5 knn + 1.5 search-rank", {"text": 1, "confidence": 1, "knn": 0.5, "search-rank": 1.5}),
 ]
 print("\n| combination | " + " | ".join(probe_keys) + " |\n| --- |" + " --- |" * len(probe_keys))
 table = {name: [] for name, _ in combos + [("logits summed: text + confidence + 0.5 knn", None)]}
