@@ -749,6 +749,11 @@ fn exchange_tensor(
     Ok(Tensor::from_vec(combined, tensor.shape(), tensor.device())?)
 }
 
+/// The message for ranks that handed in different numbers of values to one call.
+fn lengths_differ(op: CollectiveOp, first: usize, rank: usize, len: usize) -> String {
+    format!("{op}: rank 0 sent {first} values, rank {rank} sent {len}")
+}
+
 /// Combines one contribution per rank (index = rank); the ranks must agree on op and length.
 /// Consumes them: a sum accumulates into rank 0's buffer, a broadcast hands on the root's.
 fn combine(mut contributions: Vec<(CollectiveOp, Vec<f32>)>) -> Result<Vec<f32>, String> {
@@ -758,11 +763,7 @@ fn combine(mut contributions: Vec<(CollectiveOp, Vec<f32>)>) -> Result<Vec<f32>,
             return Err(format!("rank 0 called {op}, rank {rank} called {other_op}"));
         }
         if data.len() != first.len() {
-            return Err(format!(
-                "{op}: rank 0 sent {} values, rank {rank} sent {}",
-                first.len(),
-                data.len()
-            ));
+            return Err(lengths_differ(*op, first.len(), rank, data.len()));
         }
     }
     match *op {
@@ -991,13 +992,9 @@ impl HostExchange for ThreadGroupMember {
         let (start, share_len) = shard_rows(len, self.rank, self.world_size);
         {
             let all = self.read_all(&rounds.contributions)?;
-            if let Some(rank) = all.iter().position(|c| c.len() != len) {
-                return Err(self.failure(format!(
-                    "{}: rank {} sent {len} values, rank {rank} sent {}",
-                    CollectiveOp::Sum,
-                    self.rank,
-                    all[rank].len()
-                )));
+            if let Some(rank) = all.iter().position(|c| c.len() != all[0].len()) {
+                let sum = CollectiveOp::Sum;
+                return Err(self.failure(lengths_differ(sum, all[0].len(), rank, all[rank].len())));
             }
             let mut share = rounds.shares[self.rank]
                 .write()
