@@ -44,6 +44,10 @@ fn run(stage: ScaleStage, samples: usize, work: &Path) -> Usage {
             .args(["--samples", &samples.to_string()])
             .args(["--set", &format!("lda.topics={TOPICS}")])
             .args(["--set", "text.max_words=2000"])
+            // The sampler's workers decode batches ahead, and how many are in flight at its peak
+            // varies from run to run: at the recipe's 80 images (1 MB a batch) that swung the
+            // peak by 3 MB, as much as the budget allows 36,000 added samples.
+            .args(["--set", "train.batch_per_device=4"])
             .env("RUST_LOG", "error"),
     )
     .unwrap_or_else(|e| panic!("{} at {samples} samples: {e}", stage.name()));
