@@ -59,6 +59,7 @@ fn score_dataset(root: Option<PathBuf>, format: DatasetFormat) -> anyhow::Result
         class_names: &class_names,
         image: None,
         probe: None,
+        search: None,
     };
     // A dataset that knows its noise (the generated one) also gets the detection's AUC.
     let clean = recipe::CleanParams {

@@ -6,15 +6,16 @@
 //!
 //! - `samples.csv` and `samples.jsonl`: one row per training sample, in store order: `id`,
 //!   `path` (as the dataset lists it), `label` and `wnid` (the given label), `source`,
-//!   `text_score` (the page text's agreement with its class), the probe's image signals where
-//!   the recipe weighs them (`confidence`, `margin`, `knn`; empty otherwise), `combined_score`
+//!   `text_score` (the page text's agreement with its class), the image's standing in its
+//!   query's search results (`search`) and the probe's image signals (`confidence`, `margin`,
+//!   `knn`) where the recipe weighs them (empty otherwise), `combined_score`
 //!   (what the cleaning ranks by: the text score alone, or the weighted mean of the signals'
 //!   ranks within the class), `rank` (1 = the most plausible of its class, by combined score:
 //!   the reverse of the order the cleaning discards in), `class_samples`, `kept` (the cleaning's verdict) and `lambda` (the
 //!   soft label's loss weight);
 //! - `classes.csv`: per class its label, wnid, name, samples, kept, discarded, mean score and,
 //!   where a truth file is known, noisy samples and the score's noise-detection AUC (and each
-//!   signal's, with image signals);
+//!   signal's, with several signals);
 //! - the cleaned training list in the dataset's own format ([`crate::dataset::clean_lists`]:
 //!   `train_filelist_clean.txt` and its line-aligned `train_meta_list_clean.txt` for WebVision),
 //!   so that other tools train on websieve's cleaning.
@@ -27,7 +28,7 @@ use serde::Serialize;
 use crate::dataset::{self, DatasetError};
 use crate::recipe::{self, RecipeError};
 use crate::sample::Split;
-use crate::score::{self, ScoreError, ScoreRow, ScoreSummary, ScoreTable};
+use crate::score::{self, ScoreError, ScoreRow, ScoreSummary, ScoreTable, Signal};
 use crate::stage::{RunFolder, StageError, StageKind};
 use crate::store::{Store, StoreError};
 use crate::table::csv_line;
@@ -78,6 +79,9 @@ pub struct SampleVerdict {
     pub wnid: String,
     pub source: String,
     pub text_score: f64,
+    /// The image's standing in its query's search results (1 the first result, 1/n the last
+    /// of n); empty (`null`) unless the score weighs it.
+    pub search: Option<f64>,
     /// The probe's out-of-fold probability of the given label, its margin over the best
     /// other class, and the k-NN label agreement; empty (`null`) without image signals.
     pub confidence: Option<f64>,
@@ -93,13 +97,14 @@ pub struct SampleVerdict {
 }
 
 impl SampleVerdict {
-    const COLUMNS: [&'static str; 14] = [
+    const COLUMNS: [&'static str; 15] = [
         "id",
         "path",
         "label",
         "wnid",
         "source",
         "text_score",
+        "search",
         "confidence",
         "margin",
         "knn",
@@ -119,6 +124,7 @@ impl SampleVerdict {
             self.wnid.clone(),
             self.source.clone(),
             self.text_score.to_string(),
+            optional(self.search),
             optional(self.confidence),
             optional(self.margin),
             optional(self.knn),
@@ -221,17 +227,18 @@ fn verdicts(
         .map(|row| {
             let meta = reader.meta(Split::Train, row.id)?;
             let i = row.id as usize;
-            let signal = |column: fn(&score::Signals) -> &[f64]| signals.map(|s| column(s)[i]);
+            let signal = |signal| Some(signals?.get(signal)?[i]);
             Ok(SampleVerdict {
                 id: row.id,
                 path: meta.path,
                 label: row.label,
                 wnid: classes[row.label as usize].id.clone(),
                 source: meta.source.as_str().to_string(),
-                text_score: signal(|s| &s.text).unwrap_or(row.score),
-                confidence: signal(|s| &s.confidence),
-                margin: signal(|s| &s.margin),
-                knn: signal(|s| &s.knn),
+                text_score: signal(Signal::Text).unwrap_or(row.score),
+                search: signal(Signal::Search),
+                confidence: signal(Signal::Confidence),
+                margin: signal(Signal::Margin),
+                knn: signal(Signal::Knn),
                 combined_score: row.score,
                 rank: rank[i],
                 class_samples: class_samples[i],
@@ -272,10 +279,8 @@ fn classes_csv(summary: &ScoreSummary, store: &Store) -> String {
     ]
     .map(String::from)
     .to_vec();
-    let with_signals = summary.classes.iter().any(|c| !c.signals.is_empty());
-    if with_signals {
-        header.extend(score::SIGNAL_NAMES.map(|name| format!("auc_{name}")));
-    }
+    let names = score::measured_names(summary.classes.iter().map(|c| c.signals.as_slice()));
+    header.extend(names.iter().map(|name| format!("auc_{name}")));
     let mut out = csv_line(&header);
     let optional = |v: Option<String>| v.unwrap_or_default();
     for c in &summary.classes {
@@ -290,12 +295,11 @@ fn classes_csv(summary: &ScoreSummary, store: &Store) -> String {
             optional(c.noisy.map(|n| n.to_string())),
             optional(c.auc.map(|a| format!("{a:.4}"))),
         ];
-        if with_signals {
-            fields.extend(
-                score::SIGNAL_NAMES
-                    .map(|name| optional(c.signal_auc(name).map(|a| format!("{a:.4}")))),
-            );
-        }
+        fields.extend(
+            names
+                .iter()
+                .map(|name| optional(c.signal_auc(name).map(|a| format!("{a:.4}")))),
+        );
         out.push_str(&csv_line(&fields));
     }
     out

@@ -165,6 +165,7 @@ pub fn noise_runs(
                 class_names: &data.class_names,
                 image: None,
                 probe: None,
+                search: None,
             };
             let clean = CleanParams {
                 similarity,

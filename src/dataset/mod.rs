@@ -5,7 +5,9 @@
 //! Out: a [`DatasetIndex`]: the class list and every sample's file, label, source, query and
 //! page text, in file-list order, cut to the recipe's classes (`dataset.classes`, relabelled
 //! 0.. by [`LabelMap`]) and, for WebVision, to its sources. No image is opened here; the
-//! ingest stage decodes them, and every later stage sees only what the store holds.
+//! ingest stage decodes them, and later stages see what the store holds, except two
+//! readings of the lists themselves: each image's standing in its query's search results
+//! ([`search_standing`], for the score stage) and the cleaned lists of `export`.
 //! [`fingerprint`] summarises a root's files for the ingest stage's cache key.
 
 pub mod clothing1m;
@@ -19,7 +21,7 @@ pub mod synthetic;
 pub mod texts;
 pub mod webvision;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -371,6 +373,27 @@ pub fn clean_lists(
         DatasetFormat::Jsonl => jsonl::clean_lists(root(params)?, keep),
         DatasetFormat::Clothing1m => clothing1m::clean_lists(root(params)?, keep),
         DatasetFormat::Food101n => food101n::clean_lists(root(params)?, keep),
+    }
+}
+
+/// Each training image's standing in its query's search results, by path as listed
+/// ([`webvision::search_standing`]); `None` for formats whose lists keep no search order.
+/// `work_dir` is where `synthetic` generated its files.
+pub fn search_standing(
+    params: &DatasetParams,
+    work_dir: &Path,
+) -> Result<Option<HashMap<String, f64>>, DatasetError> {
+    match params.format {
+        DatasetFormat::Webvision => {
+            webvision::search_standing(root(params)?, &params.sources).map(Some)
+        }
+        DatasetFormat::Synthetic => {
+            webvision::search_standing(&work_dir.join(synthetic::DIR), &params.sources).map(Some)
+        }
+        DatasetFormat::Imagefolder
+        | DatasetFormat::Jsonl
+        | DatasetFormat::Clothing1m
+        | DatasetFormat::Food101n => Ok(None),
     }
 }
 

@@ -154,6 +154,44 @@ pub fn clean_lists(
     ])
 }
 
+/// Each training image's standing in its query's search results, by path as listed: 1 for
+/// the first of the n rows its meta file has, falling to 1/n for the last. WebVision keeps
+/// each query's results in the order the engine returned them, and the meta list's row is
+/// that order; n is the rows the lists name in that meta file, or its last row named if
+/// higher (lists cut to part of a query's results). The lists of
+/// `sources`, as [`read`] takes them.
+pub fn search_standing(
+    root: &Path,
+    sources: &[Source],
+) -> Result<HashMap<String, f64>, DatasetError> {
+    let (files, metas) = train_lists(root, sources)?;
+    // Each row's meta file as an index into `results`: the rows named in it, and the last.
+    let mut rows = Vec::new();
+    let mut meta_files: HashMap<String, usize> = HashMap::new();
+    let mut results: Vec<(u32, u32)> = Vec::new();
+    for (file_line, meta_line) in files.lines().zip(metas.lines()) {
+        let (path, _) = file_line.head_rest("path")?;
+        let (meta_path, row) = meta_line.pair::<u32>("meta file", "row")?;
+        if row == 0 {
+            return Err(meta_line.error("row", "is 1-based, got 0"));
+        }
+        let file = *meta_files.entry(meta_path.to_string()).or_insert_with(|| {
+            results.push((0, 0));
+            results.len() - 1
+        });
+        let (named, last) = &mut results[file];
+        (*named, *last) = (*named + 1, (*last).max(row));
+        rows.push((path.to_string(), file, row));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(path, file, row)| {
+            let (named, last) = results[file];
+            (path, 1.0 - (row - 1) as f64 / named.max(last) as f64)
+        })
+        .collect())
+}
+
 fn read_classes(path: &Path) -> Result<Vec<ClassInfo>, DatasetError> {
     let file = ListFile::read(path.to_path_buf())?;
     file.lines()

@@ -246,27 +246,41 @@ pub struct CleanParams {
 pub struct SignalWeights {
     /// Topic similarity to the class mean.
     pub text: f64,
+    /// The image's standing in its query's search results (the dataset's lists).
+    /// Out of the key when 0, as before it existed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub search: f64,
     /// Out-of-fold predicted probability of the given label (the `probe` stage).
     pub confidence: f64,
     /// k-NN label agreement in the probe network's features (the `probe` stage).
     pub knn: f64,
 }
 
+fn is_zero(weight: &f64) -> bool {
+    *weight == 0.0
+}
+
 impl SignalWeights {
     pub const TEXT_ONLY: SignalWeights = SignalWeights {
         text: 1.0,
+        search: 0.0,
         confidence: 0.0,
         knn: 0.0,
     };
 
     /// The text alone: the score is the topic similarity itself, not a rank.
     pub fn is_text_only(&self) -> bool {
-        !self.reads_probe()
+        !self.reads_probe() && !self.reads_search()
     }
 
     /// Whether an image signal counts, so that the `probe` stage runs.
     pub fn reads_probe(&self) -> bool {
         self.confidence > 0.0 || self.knn > 0.0
+    }
+
+    /// Whether the search standing counts, so that the score stage reads the dataset's lists.
+    pub fn reads_search(&self) -> bool {
+        self.search > 0.0
     }
 }
 

@@ -274,7 +274,8 @@ pub struct RawClean {
     /// The evidence a sample's score combines, each with its weight. Without it, the text
     /// alone (`{ text = 1 }`), scored as the original did. With an image signal (`confidence`,
     /// `knn`: the `probe` stage), each signal is ranked within its class and the score is
-    /// the weighted mean of the ranks (0 = lowest of the class, 1 = highest).
+    /// the weighted mean of the ranks (0 = lowest of the class, 1 = highest); as with the
+    /// search standing (`search`).
     pub signals: Option<RawSignals>,
 }
 
@@ -285,6 +286,11 @@ pub struct RawClean {
 pub struct RawSignals {
     /// Similarity of the page text's topic vector to its class's mean.
     pub text: Option<f64>,
+    /// The image's standing in its query's search results: 1 for the first result, falling
+    /// to 1/n for the last of n (webvision and synthetic lists, which keep each query's
+    /// results in the order the engine returned them). Search engines rank relevant images
+    /// first, so the wrong ones gather at the bottom.
+    pub search: Option<f64>,
     /// Out-of-fold predicted probability of the given label (a network that never trained
     /// on the sample: the `probe` stage).
     pub confidence: Option<f64>,

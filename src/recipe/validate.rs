@@ -208,6 +208,18 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
              (the generated dataset, Clothing1M and Food-101N bring their own)",
         );
     }
+    if clean.signals.reads_search()
+        && !matches!(
+            dataset.format,
+            DatasetFormat::Webvision | DatasetFormat::Synthetic
+        )
+    {
+        v.error(
+            "clean.signals.search",
+            "weighs where each image stood in its query's search results, which only webvision \
+             (and synthetic) lists keep: set it to 0 for this dataset",
+        );
+    }
     if let Some(format) = match dataset.format {
         DatasetFormat::Clothing1m => Some("Clothing1M"),
         DatasetFormat::Food101n => Some("Food-101N"),
@@ -237,11 +249,11 @@ pub fn validate(name: String, raw: RawRecipe, sources: &SourceMap) -> Result<Rec
             lambda: LambdaMap::Ratio { .. }
         }
     );
-    if ratio_lambda && clean.signals.reads_probe() {
+    if ratio_lambda && !clean.signals.is_text_only() {
         v.error(
             "labels.lambda",
-            "\"ratio\" (min(1, s / s0)) reads raw similarities; with image signals the score is \
-             a weighted mean of ranks within the class, in [0, 1]: use \"rank\" or \"sigmoid\"",
+            "\"ratio\" (min(1, s / s0)) reads raw similarities; with several signals the score \
+             is a weighted mean of ranks within the class, in [0, 1]: use \"rank\" or \"sigmoid\"",
         );
     }
     if ratio_lambda && clean.calibration == Calibration::ClassZ {
@@ -653,13 +665,14 @@ fn signals(v: &mut Validator, raw: Option<RawSignals>) -> SignalWeights {
     };
     let weights = SignalWeights {
         text: weight(v, "clean.signals.text", raw.text),
+        search: weight(v, "clean.signals.search", raw.search),
         confidence: weight(v, "clean.signals.confidence", raw.confidence),
         knn: weight(v, "clean.signals.knn", raw.knn),
     };
-    if weights.text + weights.confidence + weights.knn <= 0.0 {
+    if weights.text + weights.search + weights.confidence + weights.knn <= 0.0 {
         v.error(
             "clean.signals",
-            "weighs no signal: give `text`, `confidence` or `knn` a weight above 0",
+            "weighs no signal: give `text`, `search`, `confidence` or `knn` a weight above 0",
         );
         return SignalWeights::TEXT_ONLY;
     }

@@ -281,11 +281,13 @@ impl Page {
         .into_iter()
         .map(|(n, a)| (n.to_string(), a))
         .collect();
-        // With image signals, each signal's noise AUC in the class beside the score's.
-        let with_signals = scored.values().any(|c| !c.signals.is_empty());
-        if with_signals {
-            columns.extend(score::SIGNAL_NAMES.map(|name| (format!("AUC {name}"), Align::Right)));
-        }
+        // With several signals, each signal's noise AUC in the class beside the score's.
+        let names = score::measured_names(scored.values().map(|c| c.signals.as_slice()));
+        columns.extend(
+            names
+                .iter()
+                .map(|name| (format!("AUC {name}"), Align::Right)),
+        );
         let labels: Vec<usize> = match evaluated {
             Some(classes) => classes.iter().map(|c| c.class).collect(),
             None => scored.keys().copied().collect(),
@@ -310,15 +312,13 @@ impl Page {
                     or_dash(score.map(|s| format!("{:.3}", s.mean_score))),
                     or_dash(score.and_then(|s| s.auc).map(|a| format!("{a:.3}"))),
                 ];
-                if with_signals {
-                    row.extend(score::SIGNAL_NAMES.map(|name| {
-                        or_dash(
-                            score
-                                .and_then(|s| s.signal_auc(name))
-                                .map(|a| format!("{a:.3}")),
-                        )
-                    }));
-                }
+                row.extend(names.iter().map(|name| {
+                    or_dash(
+                        score
+                            .and_then(|s| s.signal_auc(name))
+                            .map(|a| format!("{a:.3}")),
+                    )
+                }));
                 row
             })
             .collect();
@@ -389,7 +389,7 @@ impl Page {
                     // Web data: an image that cannot be read is shown as missing, not fatal.
                     Err(_) => false,
                 };
-                let signals = ranks.as_ref().map(|r| r[i]);
+                let signals = ranks.as_ref().map(|r| r.described(i));
                 self.figure(
                     &thumb,
                     shown,
@@ -423,7 +423,7 @@ impl Page {
         rank: usize,
         members: usize,
         noisy: Option<bool>,
-        signal_ranks: Option<[f64; 3]>,
+        signal_ranks: Option<String>,
         meta: &SampleMeta,
     ) {
         let text = meta.text.joined();
@@ -443,9 +443,8 @@ impl Page {
         };
         let kept = if row.kept { "kept" } else { "discarded" };
         // Each signal's rank in the class (0 its lowest, 1 its highest): what the score combines.
-        let signals = signal_ranks.map_or(String::new(), |[text, confidence, knn]| {
-            format!("<br>class rank by text {text:.2} · confidence {confidence:.2} · k-NN {knn:.2}")
-        });
+        let signals =
+            signal_ranks.map_or(String::new(), |ranks| format!("<br>class rank by {ranks}"));
         let _ = writeln!(
             self.body,
             "<figcaption>#{} · score {:.3} · rank {}/{members} · {kept}{verdict}{signals}<br><code>{}</code><br><span title=\"{}\">{}{ellipsis}</span></figcaption></figure>",

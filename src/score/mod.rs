@@ -1,11 +1,12 @@
 //! Per-sample scores from topic vectors (and, when the recipe weighs them, the probe's image
-//! signals): similarity to the class mean, cleaning rules, λ soft labels, reports: the
+//! signals and each image's standing in its query's search results): similarity to the class mean, cleaning rules, λ soft labels, reports: the
 //! `score` stage. In: topic vectors and paths, each read in passes in id order
 //! ([`TopicRows`]: a `.npy` file is never held whole; [`SamplePaths`]), labels, optionally the
-//! probe's rows, the images and a truth file. Memory: the class means and a few arrays of a
+//! probe's rows, the search standings, the images and a truth file. Memory: the class means and a few arrays of a
 //! few bytes per sample (label, score, λ, kept, noisy). Out, in the stage folder: `scores.tsv`
 //! (id, path, label, score, λ, kept: what training reads back through [`ScoreTable`]),
-//! `signals.tsv` (each signal beside the combined score, with image signals), `classes.tsv`
+//! `signals.tsv` (each signal beside the combined score, when more than the text counts),
+//! `classes.tsv`
 //! (with a truth file, each class's AUC, and each signal's), `summary.json`,
 //! `score_histogram.png` (the discard cut drawn, the noise AUC in its title), and
 //! `lowest/<class>.png` contact sheets of the lowest-scored images of each class (of the
@@ -26,7 +27,10 @@ pub use rules::{
     auc_low_is_positive, by_class_ascending, calibrate, class_means, class_ranks, combine, kept,
     lambdas, oracle_kept, scores, similarity,
 };
-pub use signals::{rank_caption, SignalAuc, Signals, SIGNALS_FILE, SIGNAL_NAMES};
+pub use signals::{
+    measured_names, Signal, SignalAgreement, SignalAuc, SignalRanks, Signals, LOW_AGREEMENT,
+    SIGNALS_FILE, SIGNAL_NAMES,
+};
 pub use table::{ScoreRow, ScoreTable, SCORES_FILE};
 pub use truth::{read_truth, Truth};
 
@@ -140,6 +144,9 @@ pub struct ScoreInputs<'a> {
     /// The image evidence of every sample (the `probe` stage), in id order: read when
     /// `clean.signals` weighs an image signal.
     pub probe: Option<&'a [ProbeRow]>,
+    /// Every sample's standing in its query's search results, in id order: read when
+    /// `clean.signals` weighs it.
+    pub search: Option<&'a [f64]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +162,7 @@ pub struct ClassSummary {
     pub noisy: Option<usize>,
     pub noisy_discarded: Option<usize>,
     pub auc: Option<f64>,
-    /// With image signals too: the AUC of each signal alone within the class.
+    /// With signals besides the text: the AUC of each signal alone within the class.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SignalAuc>,
 }
@@ -189,7 +196,8 @@ pub struct NoiseMetrics {
     pub auc: Option<f64>,
     /// Mean of the per-class AUCs (classes with both clean and noisy samples).
     pub macro_auc: Option<f64>,
-    /// With image signals: the AUC of each signal alone (text, confidence, margin, knn).
+    /// With signals besides the text: the AUC of each signal measured, alone (text, search,
+    /// confidence, margin, knn).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<SignalAuc>,
 }
@@ -201,6 +209,10 @@ pub struct ScoreSummary {
     pub kept: usize,
     pub classes: Vec<ClassSummary>,
     pub noise: Option<NoiseMetrics>,
+    /// With two or more weighed signals: how well each agrees with the others (no truth
+    /// file needed; [`Signals::agreement`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agreement: Vec<SignalAgreement>,
 }
 
 /// The `score` stage.
@@ -221,16 +233,28 @@ pub fn run_stage(
         clean.mean,
     )?;
     calibrate(&mut score, inputs.labels, classes, clean.calibration);
-    let signals = match clean.signals.reads_probe() {
-        true => {
-            let probe = inputs.probe.ok_or_else(|| {
-                ScoreError::Inputs("clean.signals weighs image signals, but no probe".into())
-            })?;
-            let signals = Signals::new(score, probe)?;
+    let signals = match clean.signals.is_text_only() {
+        true => None,
+        false => {
+            let probe = match clean.signals.reads_probe() {
+                true => Some(inputs.probe.ok_or_else(|| {
+                    ScoreError::Inputs("clean.signals weighs image signals, but no probe".into())
+                })?),
+                false => None,
+            };
+            let search = match clean.signals.reads_search() {
+                true => Some(inputs.search.map(<[f64]>::to_vec).ok_or_else(|| {
+                    ScoreError::Inputs(
+                        "clean.signals weighs the search standing, but the dataset lists none"
+                            .into(),
+                    )
+                })?),
+                false => None,
+            };
+            let signals = Signals::new(score, search, probe)?;
             score = signals.combined(&clean.signals, inputs.labels, classes);
             Some(signals)
         }
-        false => None,
     };
     let noisy = match &clean.truth {
         Some(path) => {
@@ -282,6 +306,10 @@ pub fn run_stage(
             ..noise_metrics(&score, &keep, n, &class_summaries)
         }),
         classes: class_summaries,
+        agreement: signals
+            .as_ref()
+            .map(|s| s.agreement(&clean.signals, inputs.labels, classes))
+            .unwrap_or_default(),
     };
     if let Some(signals) = &signals {
         signals.save(dir, &score)?;
@@ -421,15 +449,13 @@ pub fn or_na(value: Option<f64>) -> String {
 fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError> {
     let opt = |x: Option<usize>| x.map_or(String::new(), |v| v.to_string());
     let auc = |a: Option<f64>| a.map_or(String::new(), |a| format!("{a:.4}"));
-    // With image signals, each signal's AUC within the class follows the score's.
-    let with_signals = classes.iter().any(|c| !c.signals.is_empty());
+    // With several signals, each signal's AUC within the class follows the score's.
+    let names = measured_names(classes.iter().map(|c| c.signals.as_slice()));
     let mut out = String::from(
         "label\tname\tsamples\tkept\tmean_score\tmedian_score\tnoisy\tnoisy_discarded\tauc",
     );
-    if with_signals {
-        SIGNAL_NAMES
-            .iter()
-            .for_each(|name| out.push_str(&format!("\tauc_{name}")));
+    for name in &names {
+        out.push_str(&format!("\tauc_{name}"));
     }
     out.push('\n');
     for c in classes {
@@ -445,10 +471,8 @@ fn write_classes(path: &Path, classes: &[ClassSummary]) -> Result<(), ScoreError
             opt(c.noisy_discarded),
             auc(c.auc),
         ));
-        if with_signals {
-            for name in SIGNAL_NAMES {
-                out.push_str(&format!("\t{}", auc(c.signal_auc(name))));
-            }
+        for name in &names {
+            out.push_str(&format!("\t{}", auc(c.signal_auc(name))));
         }
         out.push('\n');
     }
@@ -550,7 +574,7 @@ fn write_contact_sheets(
                 };
                 let ranks = ranks
                     .as_ref()
-                    .map_or(String::new(), |r| format!("\n{}", rank_caption(r[i])));
+                    .map_or(String::new(), |r| format!("\n{}", r.caption(i)));
                 image(i as u64).map(|img| plot::Cell {
                     image: img,
                     caption: format!("#{i} {:.3}{truth}{ranks}", score[i]),
@@ -558,10 +582,9 @@ fn write_contact_sheets(
             })
             .collect();
         let name = sanitize(&inputs.class_names[label]);
-        let legend = match signals {
-            Some(_) => "\nt, c, k: % of the class below in text, confidence, k-NN",
-            None => "",
-        };
+        let legend = ranks
+            .as_ref()
+            .map_or(String::new(), |r| format!("\n{}", r.legend()));
         let title = format!(
             "class {label} {}: lowest scores{legend}",
             inputs.class_names[label]

@@ -22,7 +22,7 @@ use crate::runtime::{
 use crate::sample::{Batch, SampleText, Source, Split};
 use crate::store::{self, Store};
 use crate::text::{DocumentSource, TextError};
-use crate::{eval, lda, probe, score, train};
+use crate::{dataset, eval, lda, probe, score, train};
 
 /// Everything a stage's build gets.
 pub struct BuildContext<'a> {
@@ -509,9 +509,34 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
     refuse_text_settings_without_text(cx, StageKind::Score)?;
     let store = Store::open(cx.dir(StageKind::Ingest))?;
     let topics = lda::open_topics(&cx.dir(StageKind::Lda).join(lda::TOPICS_TRAIN_FILE))?;
+    // Each image's standing in its query's results, from the lists the store was ingested
+    // from (their content is in the ingest key).
+    let standing = match cx.recipe.clean.signals.reads_search() {
+        true => dataset::search_standing(&cx.recipe.dataset, cx.dir(StageKind::Ingest))?,
+        false => None,
+    };
     let mut labels = Vec::with_capacity(store.len(Split::Train) as usize);
-    for_each_meta(&store, Split::Train, &mut |_, meta| labels.push(meta.label))
-        .map_err(|(_, e)| e)?;
+    let mut search = Vec::new();
+    let mut unlisted = None;
+    for_each_meta(&store, Split::Train, &mut |id, meta| {
+        labels.push(meta.label);
+        if let Some(standing) = &standing {
+            match standing.get(&meta.path) {
+                Some(&s) => search.push(s),
+                None => {
+                    unlisted.get_or_insert((id, meta.path.clone()));
+                }
+            }
+        }
+    })
+    .map_err(|(_, e)| e)?;
+    if let Some((id, path)) = unlisted {
+        return Err(score::ScoreError::Path {
+            id,
+            message: format!("{path} is in the store but not in the dataset's lists"),
+        }
+        .into());
+    }
     let class_names = store.header().class_names();
     let image = |id: u64| store.reader().ok()?.image(Split::Train, id).ok();
     let probe = match cx.upstream.get(&StageKind::Probe) {
@@ -525,6 +550,7 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
         class_names: &class_names,
         image: Some(&image),
         probe: probe.as_ref().map(|p| p.rows()),
+        search: standing.as_ref().map(|_| search.as_slice()),
     };
     // A dataset that knows its noise (the generated one) left its truth file with the store;
     // used unless the recipe names one.
@@ -534,6 +560,20 @@ fn build_score(cx: &BuildContext) -> Result<(), StageFailure> {
     }
     let summary = score::run_stage(&inputs, &clean, &cx.recipe.labels, cx.out)?;
     tracing::info!(samples = summary.samples, kept = summary.kept, "scored");
+    for weak in summary
+        .agreement
+        .iter()
+        .filter(|a| a.agreement < score::LOW_AGREEMENT)
+    {
+        tracing::warn!(
+            signal = %weak.signal,
+            agreement = weak.agreement,
+            "a weighed signal's ranks hardly agree with the other signals' (below {}): it may \
+             carry no evidence on this dataset; check its AUC against a truth file, or weigh it 0 \
+             in clean.signals",
+            score::LOW_AGREEMENT
+        );
+    }
     if let Some(noise) = &summary.noise {
         tracing::info!(
             auc = noise.auc,

@@ -458,6 +458,51 @@ fn meta_rows_follow_the_meta_list_not_the_file_order() {
     }
 }
 
+/// The search standing: 1 for a query's first result, falling to 1/n for the last of the n
+/// rows its meta file has, from whichever lists the sources pick; a bad row is named with
+/// its line.
+#[test]
+fn search_standing_follows_each_images_row_in_its_query_results() {
+    let root = tempfile::tempdir().unwrap();
+    let images = write_webvision_fixture(root.path());
+    for sources in [
+        vec![Source::Flickr],
+        vec![Source::Google],
+        vec![Source::Google, Source::Flickr],
+    ] {
+        let standing =
+            websieve::dataset::webvision::search_standing(root.path(), &sources).unwrap();
+        let listed: Vec<&FixtureImage> = images
+            .iter()
+            .filter(|i| sources.iter().any(|s| i.path.starts_with(s.as_str())))
+            .collect();
+        assert_eq!(standing.len(), listed.len());
+        for image in &listed {
+            let query = &image.path[..12];
+            let n = images
+                .iter()
+                .filter(|i| i.path.starts_with(query))
+                .map(|i| i.row)
+                .max()
+                .unwrap();
+            assert_eq!(
+                standing[image.path],
+                1.0 - (image.row - 1) as f64 / n as f64,
+                "{}",
+                image.path
+            );
+        }
+    }
+    let metas = root.path().join("info/train_meta_list_all.txt");
+    replace_line(&metas, 2, "flickr/q0002.json 0");
+    let error = websieve::dataset::webvision::search_standing(
+        root.path(),
+        &[Source::Google, Source::Flickr],
+    )
+    .unwrap_err();
+    insta::assert_snapshot!(error_text(error, root.path()), @"<root>/info/train_meta_list_all.txt:2: row: is 1-based, got 0");
+}
+
 /// Error text with the temporary root replaced, for snapshots.
 fn error_text(error: DatasetError, root: &Path) -> String {
     error

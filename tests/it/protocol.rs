@@ -523,6 +523,7 @@ fn food101n_reads_its_lists_and_its_verification_labels_are_the_noise_truth() {
         class_names: &class_names,
         image: None,
         probe: None,
+        search: None,
     };
     let clean = recipe::CleanParams {
         similarity: recipe::Similarity::Cosine,

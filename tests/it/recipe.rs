@@ -316,6 +316,27 @@ fn calibrated_scores_refuse_the_ratio_lambda() {
 }
 
 #[test]
+fn the_search_standing_is_refused_where_the_lists_keep_no_search_order() {
+    let set = "clean.signals={ text = 1, search = 1 }";
+    let imagefolder = error(
+        "recipes/quickstart.toml",
+        &[set, "dataset.format=\"imagefolder\"", "dataset.root=\"x\""],
+    );
+    assert!(
+        imagefolder.contains("`clean.signals.search`: weighs where each image stood"),
+        "{imagefolder}"
+    );
+    // The generated dataset keeps each query's results in order; its score is a rank mean.
+    let synthetic = load("recipes/quickstart.toml", &[set, "labels.lambda=\"rank\""]).unwrap();
+    assert!(synthetic[0].clean.signals.reads_search());
+    let ratio = error("recipes/quickstart.toml", &["clean.signals={ search = 1 }"]);
+    assert!(
+        ratio.contains("with several signals the score is a weighted mean of ranks"),
+        "{ratio}"
+    );
+}
+
+#[test]
 fn thread_ranks_are_for_the_cpu_and_need_a_row_each() {
     let on_gpu = error(
         "recipes/quickstart.toml",

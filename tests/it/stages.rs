@@ -3,6 +3,7 @@
 
 use crate::cli::{runner, stage_dir, stages_json, SMALL, TINY};
 use websieve::recipe::{self, Recipe};
+use websieve::score::Signal;
 use websieve::stage::{StageKind, Workspace};
 
 fn recipe_with(sets: &[&str]) -> Recipe {
@@ -888,9 +889,77 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
     assert!(stages_json(tmp.path(), "quickstart")["stages"]["probe"].is_null());
     let text_score = stage_dir(tmp.path(), "quickstart", "score");
 
+    // The search standing needs no probe: the score reads it from the generated lists.
+    let mut with_search = args.clone();
+    with_search.extend([
+        "--set",
+        "clean.signals={ text = 1, search = 1 }",
+        "--set",
+        "labels.lambda=\"rank\"",
+    ]);
+    let searched = runner(tmp.path(), &with_search, &[]);
+    assert!(
+        searched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&searched.stderr)
+    );
+    assert!(stages_json(tmp.path(), "quickstart")["stages"]["probe"].is_null());
+    let search_score = stage_dir(tmp.path(), "quickstart", "score");
+    let signals = websieve::score::Signals::load(&search_score)
+        .unwrap()
+        .unwrap();
+    let search = signals.get(Signal::Search).unwrap();
+    // Each sample's standing from the lists themselves: its row r of the n its meta file has.
+    let info = stage_dir(tmp.path(), "quickstart", "ingest").join("synthetic/info");
+    let read = |name: &str| std::fs::read_to_string(info.join(name)).unwrap();
+    let (files, metas) = (
+        read("train_filelist_all.txt"),
+        read("train_meta_list_all.txt"),
+    );
+    let mut of: std::collections::HashMap<&str, f64> = Default::default();
+    let mut standing: std::collections::HashMap<&str, (&str, f64)> = Default::default();
+    for (file, meta) in files.lines().zip(metas.lines()) {
+        let (meta, row) = meta.split_once(' ').unwrap();
+        let row: f64 = row.parse().unwrap();
+        let n = of.entry(meta).or_default();
+        *n = n.max(row);
+        standing.insert(file.split_once(' ').unwrap().0, (meta, row));
+    }
+    let scores = std::fs::read_to_string(search_score.join("scores.tsv")).unwrap();
+    let mut firsts = 0;
+    for (i, line) in scores.lines().skip(1).enumerate() {
+        let path = line.split('\t').nth(1).unwrap();
+        let (meta, row) = standing[path];
+        assert_eq!(search[i], 1.0 - (row - 1.0) / of[meta], "{path}");
+        firsts += usize::from(row == 1.0);
+    }
+    assert!(firsts > 1, "every query's first result stands at 1");
+    // Without a truth file's help, how well each weighed signal agrees with the other.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(search_score.join("summary.json")).unwrap())
+            .unwrap();
+    let agreement: Vec<(&str, f64)> = summary["agreement"]
+        .as_array()
+        .expect("two weighed signals")
+        .iter()
+        .map(|a| {
+            (
+                a["signal"].as_str().unwrap(),
+                a["agreement"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(agreement.len(), 2, "{agreement:?}");
+    assert_eq!((agreement[0].0, agreement[1].0), ("text", "search"));
+    // Against one other signal, each agrees as much as the other does.
+    assert!(
+        (agreement[0].1 - agreement[1].1).abs() < 1e-12,
+        "{agreement:?}"
+    );
+
     args.extend([
         "--set",
-        "clean.signals={ text = 1, confidence = 1, knn = 1 }",
+        "clean.signals={ text = 1, search = 1, confidence = 1, knn = 1 }",
         "--set",
         "probe.folds=2",
         "--set",
@@ -933,11 +1002,11 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
         .iter()
         .map(|s| s["signal"].as_str().unwrap())
         .collect();
-    assert_eq!(signals, ["text", "confidence", "margin", "knn"]);
+    assert_eq!(signals, ["text", "search", "confidence", "margin", "knn"]);
     let table = std::fs::read_to_string(score.join("signals.tsv")).unwrap();
     assert_eq!(
         table.lines().next(),
-        Some("id\ttext\tconfidence\tmargin\tknn\tscore")
+        Some("id\ttext\tsearch\tconfidence\tmargin\tknn\tscore")
     );
     // Ranks within the class: every combined score lies in [0, 1].
     for line in table.lines().skip(1) {
@@ -951,11 +1020,11 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
             .lines()
             .next()
             .unwrap()
-            .ends_with("\tauc\tauc_text\tauc_confidence\tauc_margin\tauc_knn"),
+            .ends_with("\tauc\tauc_text\tauc_search\tauc_confidence\tauc_margin\tauc_knn"),
         "{classes}"
     );
     let per_class = summary["classes"][0]["signals"].as_array().unwrap();
-    assert_eq!(per_class.len(), 4);
+    assert_eq!(per_class.len(), 5);
 
     // The export gives each sample's signals beside the combined score it ranks by.
     let run = tmp.path().join("runs").join("quickstart");
@@ -965,9 +1034,14 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
     let scores = websieve::score::ScoreTable::load(&score).unwrap();
     for (i, line) in exported.lines().enumerate() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(row["text_score"].as_f64(), Some(signals.text[i]));
-        assert_eq!(row["confidence"].as_f64(), Some(signals.confidence[i]));
-        assert_eq!(row["knn"].as_f64(), Some(signals.knn[i]));
+        for (column, signal) in [
+            ("text_score", Signal::Text),
+            ("search", Signal::Search),
+            ("confidence", Signal::Confidence),
+            ("knn", Signal::Knn),
+        ] {
+            assert_eq!(row[column].as_f64(), Some(signals.get(signal).unwrap()[i]));
+        }
         assert_eq!(row["combined_score"].as_f64(), Some(scores.rows()[i].score));
     }
     let classes_csv = std::fs::read_to_string(run.join("export").join("classes.csv")).unwrap();

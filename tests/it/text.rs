@@ -519,6 +519,7 @@ fn score_stage_detects_planted_noise_from_text() {
         class_names: &class_names,
         image: Some(&image),
         probe: None,
+        search: None,
     };
     let clean = CleanParams {
         similarity: Similarity::Cosine,
@@ -565,6 +566,7 @@ fn score_stage_detects_planted_noise_from_text() {
         &ScoreInputs {
             image: None,
             probe: None,
+            search: None,
             ..inputs
         },
         &dot,
@@ -608,6 +610,7 @@ fn score_tables_on_hand_made_vectors() {
         class_names: &names,
         image: None,
         probe: None,
+        search: None,
     };
     let clean = CleanParams {
         similarity: Similarity::Cosine,
@@ -688,6 +691,7 @@ impl OneClass {
             class_names: &self.names,
             image: None,
             probe: None,
+            search: None,
         }
     }
 }
