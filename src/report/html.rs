@@ -345,6 +345,20 @@ impl Page {
             })?;
             self.image(&path, "score histogram");
         }
+        let agreement = ScoreSummary::load(score_dir)?.agreement;
+        if !agreement.is_empty() {
+            let parts: Vec<String> = agreement
+                .iter()
+                .map(|a| format!("{} {:.2}", a.signal, a.agreement))
+                .collect();
+            self.note(&format!(
+                "Agreement of each weighed signal with the others (correlation of their ranks in \
+                 the class; no truth file): {}. Below {} a signal may carry no evidence on this \
+                 dataset.",
+                parts.join(" · "),
+                score::LOW_AGREEMENT
+            ));
+        }
         let table = ScoreTable::load(score_dir)?;
         let store = match ingest {
             Some(ingest) => Store::open(ingest)?,
@@ -442,7 +456,7 @@ impl Page {
             None => "",
         };
         let kept = if row.kept { "kept" } else { "discarded" };
-        // Each signal's rank in the class (0 its lowest, 1 its highest): what the score combines.
+        // Each measured signal's rank in the class (0 its lowest, 1 its highest).
         let signals =
             signal_ranks.map_or(String::new(), |ranks| format!("<br>class rank by {ranks}"));
         let _ = writeln!(

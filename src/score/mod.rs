@@ -1,13 +1,15 @@
 //! Per-sample scores from topic vectors (and, when the recipe weighs them, the probe's image
-//! signals and each image's standing in its query's search results): similarity to the class mean, cleaning rules, λ soft labels, reports: the
-//! `score` stage. In: topic vectors and paths, each read in passes in id order
-//! ([`TopicRows`]: a `.npy` file is never held whole; [`SamplePaths`]), labels, optionally the
-//! probe's rows, the search standings, the images and a truth file. Memory: the class means and a few arrays of a
-//! few bytes per sample (label, score, λ, kept, noisy). Out, in the stage folder: `scores.tsv`
-//! (id, path, label, score, λ, kept: what training reads back through [`ScoreTable`]),
-//! `signals.tsv` (each signal beside the combined score, when more than the text counts),
-//! `classes.tsv`
-//! (with a truth file, each class's AUC, and each signal's), `summary.json`,
+//! signals and each image's standing in its query's search results): similarity to the
+//! class mean, cleaning rules, λ soft labels, reports: the `score` stage.
+//!
+//! In: topic vectors and paths, each read in passes in id order ([`TopicRows`]: a `.npy`
+//! file is never held whole; [`SamplePaths`]), labels, optionally the probe's rows, the
+//! search standings, the images and a truth file. Memory: the class means and a few arrays
+//! of a few bytes per sample (label, score, λ, kept, noisy). Out, in the stage folder:
+//! `scores.tsv` (id, path, label, score, λ, kept: what training reads back through
+//! [`ScoreTable`]), `signals.tsv` (each signal beside the combined score, when more than the
+//! text counts), `classes.tsv` (with a truth file, each class's AUC, and each signal's),
+//! `summary.json` (with several signals, also how well each agrees with the others),
 //! `score_histogram.png` (the discard cut drawn, the noise AUC in its title), and
 //! `lowest/<class>.png` contact sheets of the lowest-scored images of each class (of the
 //! [`SHEET_CLASSES`] lowest-scored classes, when there are more), captioned with each
@@ -37,7 +39,7 @@ pub use truth::{read_truth, Truth};
 use crate::npy::{NpyError, NpyFile};
 use crate::plot::{self, PlotError};
 use crate::probe::ProbeRow;
-use crate::recipe::params::{CleanParams, CleanRule, LabelParams, Similarity};
+use crate::recipe::params::{CleanParams, CleanRule, LabelParams, SignalWeights, Similarity};
 use crate::tsv::TsvError;
 
 pub const CLASSES_FILE: &str = "classes.tsv";
@@ -215,6 +217,15 @@ pub struct ScoreSummary {
     pub agreement: Vec<SignalAgreement>,
 }
 
+impl ScoreSummary {
+    /// Reads a score stage's `summary.json`.
+    pub fn load(dir: &Path) -> Result<ScoreSummary, ScoreError> {
+        let path = dir.join(SUMMARY_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|s| ScoreError::io(&path, s))?;
+        serde_json::from_str(&text).map_err(|source| ScoreError::Json { path, source })
+    }
+}
+
 /// The `score` stage.
 pub fn run_stage(
     inputs: &ScoreInputs,
@@ -326,6 +337,7 @@ pub fn run_stage(
         &score,
         noisy.as_deref(),
         &summary,
+        &clean.signals,
         discard_cut(&score, &keep, inputs.labels, clean.rule).as_ref(),
     )?;
     if let Some(image) = inputs.image {
@@ -510,16 +522,23 @@ fn write_histogram(
     score: &[f64],
     noisy: Option<&[Option<bool>]>,
     summary: &ScoreSummary,
+    weights: &SignalWeights,
     cut: Option<&plot::Cut>,
 ) -> Result<(), ScoreError> {
     let kind = match summary.similarity {
         Similarity::Dot => "dot",
         Similarity::Cosine => "cosine",
     };
-    let auc = summary.noise.as_ref().and_then(|n| n.auc);
-    let title = match auc {
-        Some(auc) => format!("{kind} similarity to the class mean · noise AUC {auc:.3}"),
-        None => format!("{kind} similarity to the class mean"),
+    let what = match weights.is_text_only() {
+        true => format!("{kind} similarity to the class mean"),
+        false => {
+            let names: Vec<&str> = Signal::weighed(weights).map(Signal::name).collect();
+            format!("mean rank in the class of {}", names.join(", "))
+        }
+    };
+    let title = match summary.noise.as_ref().and_then(|n| n.auc) {
+        Some(auc) => format!("{what} · noise AUC {auc:.3}"),
+        None => what,
     };
     let series: Vec<(String, Vec<f64>)> = match noisy {
         None => vec![("all samples".into(), score.to_vec())],

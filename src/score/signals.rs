@@ -62,6 +62,11 @@ impl Signal {
         }
     }
 
+    /// The signals `weights` weighs, in [`Signal::ALL`] order.
+    pub fn weighed(weights: &SignalWeights) -> impl Iterator<Item = Signal> + '_ {
+        Signal::ALL.into_iter().filter(|s| s.weight(weights) > 0.0)
+    }
+
     fn weight(self, weights: &SignalWeights) -> f64 {
         match self {
             Signal::Text => weights.text,

@@ -85,7 +85,7 @@ fn export_rows_are_the_training_samples_and_the_clean_list_reingests_to_the_kept
     let csv = std::fs::read_to_string(export.join("samples.csv")).unwrap();
     assert_eq!(
         csv.lines().next().unwrap(),
-        "id,path,label,wnid,source,text_score,confidence,margin,knn,combined_score,rank,class_samples,kept,lambda"
+        "id,path,label,wnid,source,text_score,search,confidence,margin,knn,combined_score,rank,class_samples,kept,lambda"
     );
     assert_eq!(csv.lines().count(), rows.len() + 1);
     // The scores and verdicts are the score stage's; each class ranks 1..=n, best first.
@@ -95,8 +95,8 @@ fn export_rows_are_the_training_samples_and_the_clean_list_reingests_to_the_kept
         assert_eq!(row["text_score"].as_f64().unwrap(), scored.score);
         assert_eq!(row["combined_score"].as_f64().unwrap(), scored.score);
         assert_eq!(row["kept"].as_bool().unwrap(), scored.kept);
-        for signal in ["confidence", "margin", "knn"] {
-            assert!(row[signal].is_null(), "no image signals: {row}");
+        for signal in ["search", "confidence", "margin", "knn"] {
+            assert!(row[signal].is_null(), "the text alone: {row}");
         }
         assert_eq!(
             row["wnid"].as_str().unwrap(),

@@ -1,7 +1,7 @@
 //! The stage graph and its cache as a sweep sees it: changing a setting re-keys exactly the
 //! stages that read it and everything downstream; the rest is reused.
 
-use crate::cli::{runner, stage_dir, stages_json, SMALL, TINY};
+use crate::cli::{runner, runner_stdout, stage_dir, stages_json, SMALL, TINY};
 use websieve::recipe::{self, Recipe};
 use websieve::score::Signal;
 use websieve::stage::{StageKind, Workspace};
@@ -955,6 +955,24 @@ fn image_signals_add_a_deterministic_probe_stage_whose_evidence_the_score_combin
     assert!(
         (agreement[0].1 - agreement[1].1).abs() < 1e-12,
         "{agreement:?}"
+    );
+    // The report page shows the agreement, and each image's rank by every signal measured.
+    let page = tmp.path().join("page");
+    let run = tmp.path().join("runs").join("quickstart");
+    runner_stdout(&[
+        "report",
+        "--html",
+        page.to_str().unwrap(),
+        run.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(page.join("index.html")).unwrap();
+    assert!(
+        html.contains("Agreement of each weighed signal with the others"),
+        "no agreement on the page"
+    );
+    assert!(
+        html.contains("class rank by text ") && html.contains(" · search standing "),
+        "no signal ranks in the captions"
     );
 
     args.extend([
